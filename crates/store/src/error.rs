@@ -1,0 +1,123 @@
+use std::path::PathBuf;
+
+use crate::PersonKey;
+
+/// Everything that can go wrong in the store.
+///
+/// Messages name the operation and the person or field, and never contain a secret: sealed
+/// values are only ever named, and SQLite's own messages carry column names, not bound values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error(
+        "{path} is not a calbridge store or is damaged ({source}): \
+         point the configuration at the right file or restore it from a backup"
+    )]
+    NotADatabase {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error(
+        "the store at {path} has schema version {found}, newer than version {supported} that this \
+         calbridge knows: run the calbridge version that last wrote it, or a newer one"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+
+    #[error("cannot bring the schema of the store at {path} up to date: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
+    #[error("store: {operation} failed: {source}")]
+    Database {
+        operation: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("store: cannot {operation}: {person} is not in the store (upsert the person first)")]
+    PersonNotFound {
+        operation: &'static str,
+        person: PersonKey,
+    },
+
+    #[error("store: {what} holds an unreadable {field} value: {reason}")]
+    InvalidRow {
+        what: String,
+        field: &'static str,
+        reason: String,
+    },
+
+    #[error(
+        "secret {name} cannot be decrypted with this key: the store's key changed since the \
+         secret was written; use the old key file or variable, or store the secret again"
+    )]
+    SecretUndecryptable { name: String },
+
+    #[error("secret {name} cannot be encrypted: {reason}")]
+    SecretUnencryptable { name: String, reason: String },
+
+    #[error("cannot read the store key from file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+
+    #[error("cannot read the store key from environment variable {variable}: {reason}")]
+    KeyVariable { variable: String, reason: String },
+
+    #[error("cannot write a new store key to {path}: {reason}")]
+    KeyGenerate { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again later can succeed: the database was busy or
+    /// locked by another writer, or no connection was free in time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. } | StoreError::Open { source, .. } => {
+                is_busy_or_locked(source)
+            }
+            _ => false,
+        }
+    }
+
+    /// Built inside `map_err` closures so that the operation text is only formatted on failure.
+    pub(crate) fn database(operation: String, source: sqlx::Error) -> Self {
+        StoreError::Database { operation, source }
+    }
+}
+
+/// SQLite's primary result codes live in the low byte of the extended code sqlx reports.
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+pub(crate) const SQLITE_CORRUPT: i64 = 11;
+pub(crate) const SQLITE_NOTADB: i64 = 26;
+
+pub(crate) fn sqlite_primary_code(error: &sqlx::Error) -> Option<i64> {
+    let database_error = error.as_database_error()?;
+    let code = database_error.code()?;
+    code.parse::<i64>().ok().map(|extended| extended & 0xff)
+}
+
+fn is_busy_or_locked(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        other => matches!(
+            sqlite_primary_code(other),
+            Some(SQLITE_BUSY | SQLITE_LOCKED)
+        ),
+    }
+}

@@ -1,0 +1,133 @@
+//! The store: what calbridge remembers between two runs.
+//!
+//! People from the directory, their appointments (only the fields presence needs), how far each
+//! calendar sync has come (delta links, subscriptions), the presence last decided, secrets
+//! sealed at rest, and an outbox of events for webhooks. Everything goes through the [`Store`]
+//! trait so that the service holds an `Arc<dyn Store>`; [`SqliteStore`] is the embedded default
+//! and a PostgreSQL implementation can fill the same trait for several instances.
+//!
+//! **Invariant:** the store never holds what a source did not fetch: a hidden subject is NULL,
+//! not an empty string, and no secret is ever written in clear.
+
+mod crypto;
+mod error;
+mod migrations;
+mod records;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use calbridge_domain::{Appointment, Secret, SourceId};
+use jiff::Timestamp;
+
+pub use crypto::SecretKey;
+pub use error::StoreError;
+pub use records::{
+    AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
+    PersonUpsert, Removal, Resolution, SourceCounters, SourceState, SyncError, SyncState,
+    TokenState,
+};
+pub use sqlite::SqliteStore;
+
+/// The operations the service needs from persistent storage.
+///
+/// Methods that concern one person fail with [`StoreError::PersonNotFound`] when the person was
+/// never upserted (or was removed), except the `get`/`load` ones, which answer `None`.
+/// `#[async_trait]` rather than native `async fn` because the trait must be usable as
+/// `dyn Store`.
+#[async_trait]
+pub trait Store: Send + Sync {
+    // People.
+
+    /// Adds a person, or updates the directory's fields of a known one. The resolution of a
+    /// new person starts as [`Resolution::Pending`] and is kept for a known one.
+    async fn upsert_person(&self, person: &PersonUpsert) -> Result<(), StoreError>;
+    async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError>;
+    /// Every person, ordered by source then address.
+    async fn list_people(&self) -> Result<Vec<Person>, StoreError>;
+    /// The people of one source, ordered by address.
+    async fn list_people_of_source(&self, source: &SourceId) -> Result<Vec<Person>, StoreError>;
+    /// Removes a person with their appointments, sync state and presence.
+    async fn remove_person(&self, key: &PersonKey) -> Result<Removal, StoreError>;
+    async fn mark_resolution(
+        &self,
+        key: &PersonKey,
+        resolution: &Resolution,
+    ) -> Result<(), StoreError>;
+
+    // Appointments.
+
+    /// Replaces all of a person's appointments by the result of a full read of
+    /// `[window_start, window_end)`, in one transaction: a failure leaves the old set intact.
+    /// Appointments from an earlier window are dropped too, because the window moves at
+    /// midnight and what fell out of it is no longer kept fresh by the source.
+    async fn replace_appointments(
+        &self,
+        key: &PersonKey,
+        window_start: Timestamp,
+        window_end: Timestamp,
+        appointments: Vec<Appointment>,
+    ) -> Result<(), StoreError>;
+    /// Applies a delta in one transaction: upserts by appointment id, then removals.
+    /// Removing an id that is not stored is not an error (deltas repeat themselves).
+    async fn apply_appointment_changes(
+        &self,
+        key: &PersonKey,
+        upserts: Vec<Appointment>,
+        removed_ids: Vec<String>,
+    ) -> Result<(), StoreError>;
+    /// A person's appointments, ordered by id. Empty for an unknown person.
+    async fn load_appointments(&self, key: &PersonKey) -> Result<Vec<Appointment>, StoreError>;
+    /// Every person's appointments in one read, for start-up. Every stored person has an
+    /// entry, with an empty list when they have no appointments.
+    async fn load_all_appointments(
+        &self,
+    ) -> Result<HashMap<PersonKey, Vec<Appointment>>, StoreError>;
+
+    // Sync state.
+
+    /// A person's sync state; the default (nothing synced yet) when none was saved.
+    async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError>;
+    /// Saves every field but `appointment_window`, which only `replace_appointments` writes.
+    async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError>;
+    /// A source's state; the default when none was saved.
+    async fn get_source_state(&self, source: &SourceId) -> Result<SourceState, StoreError>;
+    async fn set_source_state(
+        &self,
+        source: &SourceId,
+        state: &SourceState,
+    ) -> Result<(), StoreError>;
+
+    // Presence.
+
+    async fn save_presence(
+        &self,
+        key: &PersonKey,
+        presence: &CurrentPresence,
+    ) -> Result<(), StoreError>;
+    async fn load_presence(&self, key: &PersonKey) -> Result<Option<CurrentPresence>, StoreError>;
+    /// Every saved presence, ordered by source then address.
+    async fn list_presence(&self) -> Result<Vec<(PersonKey, CurrentPresence)>, StoreError>;
+
+    // Secrets.
+
+    /// Seals `secret` with the store's key (a fresh nonce each time) and saves it as `name`.
+    async fn put_secret(&self, name: &str, secret: &Secret) -> Result<(), StoreError>;
+    /// The secret saved as `name`; [`StoreError::SecretUndecryptable`] if the key changed.
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
+
+    // Outbox.
+
+    /// Appends an event; ids grow monotonically and are never reused.
+    async fn append_outbox(&self, event: &NewOutboxEvent) -> Result<OutboxId, StoreError>;
+    /// Up to `limit` events with an id greater than `after`, oldest first.
+    async fn read_outbox_after(
+        &self,
+        after: OutboxId,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// The last event id `consumer` has handled; `OutboxId(0)` for a new consumer.
+    async fn get_outbox_cursor(&self, consumer: &str) -> Result<OutboxId, StoreError>;
+    async fn set_outbox_cursor(&self, consumer: &str, cursor: OutboxId) -> Result<(), StoreError>;
+}

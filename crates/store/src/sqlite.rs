@@ -1,0 +1,983 @@
+//! The embedded SQLite implementation of [`Store`].
+
+mod codec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use calbridge_domain::{Appointment, Secret, SourceId};
+use jiff::Timestamp;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection, SqliteExecutor};
+
+use crate::error::{sqlite_primary_code, SQLITE_CORRUPT, SQLITE_NOTADB};
+use crate::migrations::{latest_version, EmbeddedMigrations};
+use crate::{
+    AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
+    PersonUpsert, Removal, Resolution, SecretKey, SourceState, Store, StoreError, SyncError,
+    SyncState, TokenState,
+};
+use codec::{
+    decode_appointment, decode_date, decode_person_key, decode_timestamp, encode_appointment,
+    opt_seconds, sensitivity_text, show_as_text, status_text,
+};
+
+/// How long a statement waits for another connection's write lock before failing with a
+/// retryable "database is locked". Writes are short, so a few seconds only expire when
+/// something is badly wrong (another process holding the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite serialises writers anyway; a few connections let readers (the API, the admin page)
+/// run beside a writer in WAL mode without queueing behind it.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// Write transactions take the write lock up front. A deferred transaction that reads and then
+/// writes can fail at once with SQLITE_BUSY when another connection wrote in between, and the
+/// busy timeout cannot help it; BEGIN IMMEDIATE waits for the lock instead.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+const APPOINTMENT_COLUMNS: &str = "a.appointment_id, a.start_at, a.end_at, a.first_day, \
+     a.end_day, a.show_as, a.sensitivity, a.subject, a.organizer, a.status";
+
+const PERSON_COLUMNS: &str = "p.source_id, p.address, p.display_name, p.sip_uri, \
+     p.resolution, p.primary_smtp, p.resolution_error, p.created_at, p.updated_at";
+
+const INSERT_APPOINTMENT: &str = "INSERT INTO appointments (person_id, appointment_id, \
+     start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+const UPSERT_APPOINTMENT: &str = "INSERT INTO appointments (person_id, appointment_id, \
+     start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (person_id, appointment_id) DO UPDATE SET \
+     start_at = excluded.start_at, end_at = excluded.end_at, first_day = excluded.first_day, \
+     end_day = excluded.end_day, show_as = excluded.show_as, \
+     sensitivity = excluded.sensitivity, subject = excluded.subject, \
+     organizer = excluded.organizer, status = excluded.status";
+
+/// The SQLite store. Cheap to share: hold it in an `Arc<dyn Store>`.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    key: SecretKey,
+    /// For error messages only.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and brings its schema up to
+    /// date. `key` seals and opens the secrets; it must be the same key on every start.
+    pub async fn open(path: impl AsRef<Path>, key: SecretKey) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable in WAL mode except for the last transactions before a power
+            // cut, which the next sync re-reads anyway.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|source| open_error(&path, source))?;
+        Self::migrate(pool, key, path).await
+    }
+
+    /// A private database that lives as long as the store; for tests.
+    pub async fn open_in_memory(key: SecretKey) -> Result<Self, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let options = SqliteConnectOptions::new()
+            .in_memory(true)
+            .foreign_keys(true);
+        // Every connection to ":memory:" is a different database, so the pool must hold
+        // exactly one connection and never close it.
+        let pool = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(|source| open_error(&path, source))?;
+        Self::migrate(pool, key, path).await
+    }
+
+    /// Where the database lives (`:memory:` for an in-memory store).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for running operations and closes every connection, so that the file is
+    /// checkpointed and another process (or a reopen in a test) sees everything.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(pool: SqlitePool, key: SecretKey, path: PathBuf) -> Result<Self, StoreError> {
+        let supported = latest_version();
+        if let Some(found) = applied_version(&pool)
+            .await
+            .map_err(|source| open_error(&path, source))?
+        {
+            if found > supported {
+                return Err(StoreError::SchemaTooNew {
+                    path,
+                    found,
+                    supported,
+                });
+            }
+        }
+        let migrate_error = |source| StoreError::Migrate {
+            path: path.clone(),
+            source,
+        };
+        let migrator = Migrator::new(EmbeddedMigrations)
+            .await
+            .map_err(migrate_error)?;
+        migrator.run(&pool).await.map_err(migrate_error)?;
+        Ok(SqliteStore { pool, key, path })
+    }
+
+    fn client_state_names(key: &PersonKey) -> (String, String) {
+        let name = format!("client_state of {key}");
+        // Length-prefixed so that no choice of source id and address can collide.
+        let aad = format!(
+            "sync_state.client_state:{}:{}:{}",
+            key.source.0.len(),
+            key.source,
+            key.address
+        );
+        (name, aad)
+    }
+}
+
+fn open_error(path: &Path, source: sqlx::Error) -> StoreError {
+    match sqlite_primary_code(&source) {
+        Some(SQLITE_NOTADB | SQLITE_CORRUPT) => StoreError::NotADatabase {
+            path: path.to_path_buf(),
+            source,
+        },
+        _ => StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// The highest migration a database has applied, `None` for a new database.
+async fn applied_version(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
+    let has_table: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if has_table.is_none() {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+        .fetch_one(pool)
+        .await
+}
+
+async fn person_id<'e>(
+    executor: impl SqliteExecutor<'e>,
+    key: &PersonKey,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM people WHERE source_id = ? AND address = ?")
+        .bind(&key.source.0)
+        .bind(key.address.as_str())
+        .fetch_optional(executor)
+        .await
+}
+
+async fn require_person_id<'e>(
+    executor: impl SqliteExecutor<'e>,
+    key: &PersonKey,
+    operation: &'static str,
+) -> Result<i64, StoreError> {
+    person_id(executor, key)
+        .await
+        .map_err(|source| StoreError::database(format!("{operation} for {key}"), source))?
+        .ok_or_else(|| StoreError::PersonNotFound {
+            operation,
+            person: key.clone(),
+        })
+}
+
+async fn write_appointment(
+    connection: &mut SqliteConnection,
+    statement: &'static str,
+    person_id: i64,
+    appointment: &Appointment,
+) -> Result<(), sqlx::Error> {
+    let columns = encode_appointment(appointment);
+    sqlx::query(statement)
+        .bind(person_id)
+        .bind(&appointment.id)
+        .bind(columns.start_at)
+        .bind(columns.end_at)
+        .bind(columns.first_day)
+        .bind(columns.end_day)
+        .bind(show_as_text(appointment.show_as))
+        .bind(sensitivity_text(appointment.sensitivity))
+        .bind(appointment.subject.as_deref())
+        .bind(appointment.organizer.as_ref().map(|o| o.as_str()))
+        .bind(status_text(appointment.status))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+fn decode_person(row: &SqliteRow) -> Result<Person, StoreError> {
+    let key = decode_person_key(row, "source_id", "address")?;
+    let what = || format!("person {key}");
+    let resolution_text: String = get(row, "resolution", &what)?;
+    let resolution = match resolution_text.as_str() {
+        "pending" => Resolution::Pending,
+        "resolved" => {
+            let primary_smtp: Option<String> = get(row, "primary_smtp", &what)?;
+            let primary_smtp = primary_smtp.unwrap_or_default();
+            let primary_smtp =
+                calbridge_domain::MailboxAddress::parse(&primary_smtp).map_err(|error| {
+                    StoreError::InvalidRow {
+                        what: what(),
+                        field: "primary_smtp",
+                        reason: error.to_string(),
+                    }
+                })?;
+            Resolution::Resolved { primary_smtp }
+        }
+        "failed" => Resolution::Failed {
+            error: get::<Option<String>>(row, "resolution_error", &what)?.unwrap_or_default(),
+        },
+        other => {
+            return Err(StoreError::InvalidRow {
+                what: what(),
+                field: "resolution",
+                reason: format!("unknown state `{other}`"),
+            })
+        }
+    };
+    Ok(Person {
+        display_name: get(row, "display_name", &what)?,
+        sip_uri: get(row, "sip_uri", &what)?,
+        resolution,
+        created_at: decode_timestamp(get(row, "created_at", &what)?, "created_at", &what)?,
+        updated_at: decode_timestamp(get(row, "updated_at", &what)?, "updated_at", &what)?,
+        key,
+    })
+}
+
+/// Reads one column, naming the record and field if SQLite holds an unexpected type.
+fn get<'r, T>(
+    row: &'r SqliteRow,
+    column: &'static str,
+    what: &dyn Fn() -> String,
+) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(column).map_err(|error| StoreError::InvalidRow {
+        what: what(),
+        field: column,
+        reason: error.to_string(),
+    })
+}
+
+fn decode_opt_timestamp(
+    seconds: Option<i64>,
+    field: &'static str,
+    what: &dyn Fn() -> String,
+) -> Result<Option<Timestamp>, StoreError> {
+    seconds
+        .map(|seconds| decode_timestamp(seconds, field, what))
+        .transpose()
+}
+
+fn to_i64(count: u64) -> i64 {
+    // Counters that reach 2^63 saturate rather than wrap negative.
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64, field: &'static str, what: &dyn Fn() -> String) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::InvalidRow {
+        what: what(),
+        field,
+        reason: format!("{value} is negative"),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_person(&self, person: &PersonUpsert) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_second();
+        // updated_at moves only when something changed, so it tells when the directory last
+        // changed this person rather than when it was last re-read.
+        sqlx::query(
+            "INSERT INTO people (source_id, address, display_name, sip_uri, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (source_id, address) DO UPDATE SET \
+             display_name = excluded.display_name, sip_uri = excluded.sip_uri, \
+             updated_at = excluded.updated_at \
+             WHERE display_name IS NOT excluded.display_name OR sip_uri IS NOT excluded.sip_uri",
+        )
+        .bind(&person.key.source.0)
+        .bind(person.key.address.as_str())
+        .bind(person.display_name.as_deref())
+        .bind(person.sip_uri.as_deref())
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("upsert person {}", person.key), source))?;
+        Ok(())
+    }
+
+    async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS} FROM people p WHERE p.source_id = ? AND p.address = ?"
+        ))
+        .bind(&key.source.0)
+        .bind(key.address.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("read person {key}"), source))?;
+        row.as_ref().map(decode_person).transpose()
+    }
+
+    async fn list_people(&self) -> Result<Vec<Person>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS} FROM people p ORDER BY p.source_id, p.address"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database("list people".to_string(), source))?;
+        rows.iter().map(decode_person).collect()
+    }
+
+    async fn list_people_of_source(&self, source: &SourceId) -> Result<Vec<Person>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS} FROM people p WHERE p.source_id = ? ORDER BY p.address"
+        ))
+        .bind(&source.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database(format!("list people of source {source}"), error))?;
+        rows.iter().map(decode_person).collect()
+    }
+
+    async fn remove_person(&self, key: &PersonKey) -> Result<Removal, StoreError> {
+        // Appointments, sync state and presence go with the person through ON DELETE CASCADE.
+        let result = sqlx::query("DELETE FROM people WHERE source_id = ? AND address = ?")
+            .bind(&key.source.0)
+            .bind(key.address.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::database(format!("remove person {key}"), source))?;
+        Ok(if result.rows_affected() == 0 {
+            Removal::NotFound
+        } else {
+            Removal::Removed
+        })
+    }
+
+    async fn mark_resolution(
+        &self,
+        key: &PersonKey,
+        resolution: &Resolution,
+    ) -> Result<(), StoreError> {
+        let (state, primary_smtp, error) = match resolution {
+            Resolution::Pending => ("pending", None, None),
+            Resolution::Resolved { primary_smtp } => {
+                ("resolved", Some(primary_smtp.as_str()), None)
+            }
+            Resolution::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        let result = sqlx::query(
+            "UPDATE people SET resolution = ?, primary_smtp = ?, resolution_error = ?, \
+             updated_at = ? WHERE source_id = ? AND address = ?",
+        )
+        .bind(state)
+        .bind(primary_smtp)
+        .bind(error)
+        .bind(Timestamp::now().as_second())
+        .bind(&key.source.0)
+        .bind(key.address.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("mark resolution of {key}"), source))?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::PersonNotFound {
+                operation: "mark the resolution",
+                person: key.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn replace_appointments(
+        &self,
+        key: &PersonKey,
+        window_start: Timestamp,
+        window_end: Timestamp,
+        appointments: Vec<Appointment>,
+    ) -> Result<(), StoreError> {
+        let operation = "replace the appointments";
+        let failed =
+            |source| StoreError::database(format!("replace appointments of {key}"), source);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person_id = require_person_id(&mut *tx, key, operation).await?;
+        sqlx::query("DELETE FROM appointments WHERE person_id = ?")
+            .bind(person_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        for appointment in &appointments {
+            // A plain INSERT, not an upsert: a full read that lists one id twice is a source
+            // bug, and failing the whole replacement keeps the previous, consistent window.
+            write_appointment(&mut tx, INSERT_APPOINTMENT, person_id, appointment)
+                .await
+                .map_err(|source| {
+                    StoreError::database(
+                        format!(
+                            "replace appointments of {key} (appointment {})",
+                            appointment.id
+                        ),
+                        source,
+                    )
+                })?;
+        }
+        sqlx::query(
+            "INSERT INTO sync_state (person_id, window_start, window_end) VALUES (?, ?, ?) \
+             ON CONFLICT (person_id) DO UPDATE SET \
+             window_start = excluded.window_start, window_end = excluded.window_end",
+        )
+        .bind(person_id)
+        .bind(window_start.as_second())
+        .bind(window_end.as_second())
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn apply_appointment_changes(
+        &self,
+        key: &PersonKey,
+        upserts: Vec<Appointment>,
+        removed_ids: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let failed =
+            |source| StoreError::database(format!("apply appointment changes of {key}"), source);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person_id = require_person_id(&mut *tx, key, "apply appointment changes").await?;
+        for appointment in &upserts {
+            write_appointment(&mut tx, UPSERT_APPOINTMENT, person_id, appointment)
+                .await
+                .map_err(|source| {
+                    StoreError::database(
+                        format!("upsert appointment {} of {key}", appointment.id),
+                        source,
+                    )
+                })?;
+        }
+        for removed_id in &removed_ids {
+            sqlx::query("DELETE FROM appointments WHERE person_id = ? AND appointment_id = ?")
+                .bind(person_id)
+                .bind(removed_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn load_appointments(&self, key: &PersonKey) -> Result<Vec<Appointment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {APPOINTMENT_COLUMNS} FROM appointments a \
+             JOIN people p ON p.id = a.person_id \
+             WHERE p.source_id = ? AND p.address = ? ORDER BY a.appointment_id"
+        ))
+        .bind(&key.source.0)
+        .bind(key.address.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("load appointments of {key}"), source))?;
+        rows.iter()
+            .map(|row| decode_appointment(row, key))
+            .collect()
+    }
+
+    async fn load_all_appointments(
+        &self,
+    ) -> Result<HashMap<PersonKey, Vec<Appointment>>, StoreError> {
+        // One query for everyone: at start-up this is 100,000 rows for 10,000 people, and one
+        // statement per person would spend most of its time in round trips.
+        let rows = sqlx::query(&format!(
+            "SELECT p.id AS person_id, p.source_id, p.address, {APPOINTMENT_COLUMNS} \
+             FROM people p LEFT JOIN appointments a ON a.person_id = p.id \
+             ORDER BY p.id, a.appointment_id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database("load all appointments".to_string(), source))?;
+
+        let mut by_person: HashMap<PersonKey, Vec<Appointment>> = HashMap::new();
+        let mut current: Option<(i64, PersonKey, Vec<Appointment>)> = None;
+        for row in &rows {
+            let person_id: i64 = get(row, "person_id", &|| "a person".to_string())?;
+            // Rows come ordered by person, so the key is decoded once per person, not per row.
+            if current.as_ref().map(|(id, _, _)| *id) != Some(person_id) {
+                if let Some((_, key, appointments)) = current.take() {
+                    by_person.insert(key, appointments);
+                }
+                let key = decode_person_key(row, "source_id", "address")?;
+                current = Some((person_id, key, Vec::new()));
+            }
+            if let Some((_, key, appointments)) = current.as_mut() {
+                let has_appointment: Option<String> =
+                    get(row, "appointment_id", &|| format!("appointments of {key}"))?;
+                if has_appointment.is_some() {
+                    appointments.push(decode_appointment(row, key)?);
+                }
+            }
+        }
+        if let Some((_, key, appointments)) = current {
+            by_person.insert(key, appointments);
+        }
+        Ok(by_person)
+    }
+
+    async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError> {
+        let failed = |source| StoreError::database(format!("read sync state of {key}"), source);
+        let person_id = require_person_id(&self.pool, key, "read the sync state").await?;
+        let Some(row) = sqlx::query(
+            "SELECT delta_link, subscription_id, subscription_expires_at, client_state_sealed, \
+             last_full_sync_at, last_delta_at, last_error, last_error_at, consecutive_failures, \
+             window_start, window_end FROM sync_state WHERE person_id = ?",
+        )
+        .bind(person_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?
+        else {
+            return Ok(SyncState::default());
+        };
+        let what = || format!("sync state of {key}");
+        let client_state = match get::<Option<Vec<u8>>>(&row, "client_state_sealed", &what)? {
+            Some(sealed) => {
+                let (name, aad) = Self::client_state_names(key);
+                let clear = self.key.open(&name, &aad, &sealed)?;
+                let text = String::from_utf8(clear.to_vec())
+                    .map_err(|_| StoreError::SecretUndecryptable { name })?;
+                Some(Secret::new(text))
+            }
+            None => None,
+        };
+        let last_error = match get::<Option<String>>(&row, "last_error", &what)? {
+            Some(message) => Some(SyncError {
+                message,
+                at: decode_timestamp(
+                    get::<Option<i64>>(&row, "last_error_at", &what)?.unwrap_or(0),
+                    "last_error_at",
+                    &what,
+                )?,
+            }),
+            None => None,
+        };
+        let window_start =
+            decode_opt_timestamp(get(&row, "window_start", &what)?, "window_start", &what)?;
+        let window_end =
+            decode_opt_timestamp(get(&row, "window_end", &what)?, "window_end", &what)?;
+        let consecutive_failures: i64 = get(&row, "consecutive_failures", &what)?;
+        Ok(SyncState {
+            delta_link: get(&row, "delta_link", &what)?,
+            subscription_id: get(&row, "subscription_id", &what)?,
+            subscription_expires_at: decode_opt_timestamp(
+                get(&row, "subscription_expires_at", &what)?,
+                "subscription_expires_at",
+                &what,
+            )?,
+            client_state,
+            last_full_sync_at: decode_opt_timestamp(
+                get(&row, "last_full_sync_at", &what)?,
+                "last_full_sync_at",
+                &what,
+            )?,
+            last_delta_at: decode_opt_timestamp(
+                get(&row, "last_delta_at", &what)?,
+                "last_delta_at",
+                &what,
+            )?,
+            last_error,
+            consecutive_failures: u32::try_from(consecutive_failures).unwrap_or(u32::MAX),
+            appointment_window: window_start
+                .zip(window_end)
+                .map(|(start, end)| AppointmentWindow { start, end }),
+        })
+    }
+
+    async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {
+        let failed = |source| StoreError::database(format!("save sync state of {key}"), source);
+        let client_state_sealed = match &state.client_state {
+            Some(secret) => {
+                let (name, aad) = Self::client_state_names(key);
+                Some(self.key.seal(&name, &aad, secret.expose().as_bytes())?)
+            }
+            None => None,
+        };
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person_id = require_person_id(&mut *tx, key, "save the sync state").await?;
+        sqlx::query(
+            "INSERT INTO sync_state (person_id, delta_link, subscription_id, \
+             subscription_expires_at, client_state_sealed, last_full_sync_at, last_delta_at, \
+             last_error, last_error_at, consecutive_failures) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (person_id) DO UPDATE SET \
+             delta_link = excluded.delta_link, subscription_id = excluded.subscription_id, \
+             subscription_expires_at = excluded.subscription_expires_at, \
+             client_state_sealed = excluded.client_state_sealed, \
+             last_full_sync_at = excluded.last_full_sync_at, \
+             last_delta_at = excluded.last_delta_at, last_error = excluded.last_error, \
+             last_error_at = excluded.last_error_at, \
+             consecutive_failures = excluded.consecutive_failures",
+        )
+        .bind(person_id)
+        .bind(state.delta_link.as_deref())
+        .bind(state.subscription_id.as_deref())
+        .bind(opt_seconds(state.subscription_expires_at))
+        .bind(client_state_sealed)
+        .bind(opt_seconds(state.last_full_sync_at))
+        .bind(opt_seconds(state.last_delta_at))
+        .bind(
+            state
+                .last_error
+                .as_ref()
+                .map(|error| error.message.as_str()),
+        )
+        .bind(state.last_error.as_ref().map(|error| error.at.as_second()))
+        .bind(i64::from(state.consecutive_failures))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn get_source_state(&self, source: &SourceId) -> Result<SourceState, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_status, token_error, token_checked_at, secret_expires_on, \
+             last_throttled_at, n_requests, n_throttled, n_failures \
+             FROM source_state WHERE source_id = ?",
+        )
+        .bind(&source.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| StoreError::database(format!("read state of source {source}"), error))?;
+        let Some(row) = row else {
+            return Ok(SourceState::default());
+        };
+        let what = || format!("state of source {source}");
+        let token_status: String = get(&row, "token_status", &what)?;
+        let token = match token_status.as_str() {
+            "unknown" => TokenState::Unknown,
+            "ok" => TokenState::Ok,
+            "failed" => TokenState::Failed {
+                error: get::<Option<String>>(&row, "token_error", &what)?.unwrap_or_default(),
+            },
+            other => {
+                return Err(StoreError::InvalidRow {
+                    what: what(),
+                    field: "token_status",
+                    reason: format!("unknown state `{other}`"),
+                })
+            }
+        };
+        let secret_expires_on = get::<Option<String>>(&row, "secret_expires_on", &what)?
+            .map(|text| decode_date(&text, "secret_expires_on", &what))
+            .transpose()?;
+        Ok(SourceState {
+            token,
+            token_checked_at: decode_opt_timestamp(
+                get(&row, "token_checked_at", &what)?,
+                "token_checked_at",
+                &what,
+            )?,
+            secret_expires_on,
+            last_throttled_at: decode_opt_timestamp(
+                get(&row, "last_throttled_at", &what)?,
+                "last_throttled_at",
+                &what,
+            )?,
+            counters: crate::SourceCounters {
+                n_requests: to_u64(get(&row, "n_requests", &what)?, "n_requests", &what)?,
+                n_throttled: to_u64(get(&row, "n_throttled", &what)?, "n_throttled", &what)?,
+                n_failures: to_u64(get(&row, "n_failures", &what)?, "n_failures", &what)?,
+            },
+        })
+    }
+
+    async fn set_source_state(
+        &self,
+        source: &SourceId,
+        state: &SourceState,
+    ) -> Result<(), StoreError> {
+        let (token_status, token_error) = match &state.token {
+            TokenState::Unknown => ("unknown", None),
+            TokenState::Ok => ("ok", None),
+            TokenState::Failed { error } => ("failed", Some(error.as_str())),
+        };
+        sqlx::query(
+            "INSERT INTO source_state (source_id, token_status, token_error, token_checked_at, \
+             secret_expires_on, last_throttled_at, n_requests, n_throttled, n_failures, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (source_id) DO UPDATE SET \
+             token_status = excluded.token_status, token_error = excluded.token_error, \
+             token_checked_at = excluded.token_checked_at, \
+             secret_expires_on = excluded.secret_expires_on, \
+             last_throttled_at = excluded.last_throttled_at, n_requests = excluded.n_requests, \
+             n_throttled = excluded.n_throttled, n_failures = excluded.n_failures, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&source.0)
+        .bind(token_status)
+        .bind(token_error)
+        .bind(opt_seconds(state.token_checked_at))
+        .bind(state.secret_expires_on.map(|date| date.to_string()))
+        .bind(opt_seconds(state.last_throttled_at))
+        .bind(to_i64(state.counters.n_requests))
+        .bind(to_i64(state.counters.n_throttled))
+        .bind(to_i64(state.counters.n_failures))
+        .bind(Timestamp::now().as_second())
+        .execute(&self.pool)
+        .await
+        .map_err(|error| StoreError::database(format!("save state of source {source}"), error))?;
+        Ok(())
+    }
+
+    async fn save_presence(
+        &self,
+        key: &PersonKey,
+        presence: &CurrentPresence,
+    ) -> Result<(), StoreError> {
+        let failed = |source| StoreError::database(format!("save presence of {key}"), source);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person_id = require_person_id(&mut *tx, key, "save the presence").await?;
+        sqlx::query(
+            "INSERT INTO presence (person_id, activity, note, until_at, why, next_change_at, \
+             decided_at, published_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (person_id) DO UPDATE SET \
+             activity = excluded.activity, note = excluded.note, until_at = excluded.until_at, \
+             why = excluded.why, next_change_at = excluded.next_change_at, \
+             decided_at = excluded.decided_at, \
+             published_fingerprint = excluded.published_fingerprint",
+        )
+        .bind(person_id)
+        .bind(&presence.activity)
+        .bind(presence.note.as_deref())
+        .bind(opt_seconds(presence.until))
+        .bind(&presence.why)
+        .bind(opt_seconds(presence.next_change_at))
+        .bind(presence.decided_at.as_second())
+        .bind(presence.published_fingerprint.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn load_presence(&self, key: &PersonKey) -> Result<Option<CurrentPresence>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.activity, r.note, r.until_at, r.why, r.next_change_at, r.decided_at, \
+             r.published_fingerprint FROM presence r JOIN people p ON p.id = r.person_id \
+             WHERE p.source_id = ? AND p.address = ?",
+        )
+        .bind(&key.source.0)
+        .bind(key.address.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("load presence of {key}"), source))?;
+        row.map(|row| decode_presence(&row, key)).transpose()
+    }
+
+    async fn list_presence(&self) -> Result<Vec<(PersonKey, CurrentPresence)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, r.activity, r.note, r.until_at, r.why, \
+             r.next_change_at, r.decided_at, r.published_fingerprint \
+             FROM presence r JOIN people p ON p.id = r.person_id \
+             ORDER BY p.source_id, p.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database("list presence".to_string(), source))?;
+        rows.iter()
+            .map(|row| {
+                let key = decode_person_key(row, "source_id", "address")?;
+                let presence = decode_presence(row, &key)?;
+                Ok((key, presence))
+            })
+            .collect()
+    }
+
+    async fn put_secret(&self, name: &str, secret: &Secret) -> Result<(), StoreError> {
+        let sealed = self
+            .key
+            .seal(name, &secret_aad(name), secret.expose().as_bytes())?;
+        sqlx::query(
+            "INSERT INTO secrets (name, sealed, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(sealed)
+        .bind(Timestamp::now().as_second())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::database(format!("save secret {name}"), source))?;
+        Ok(())
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        let sealed: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT sealed FROM secrets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| StoreError::database(format!("read secret {name}"), source))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let clear = self.key.open(name, &secret_aad(name), &sealed)?;
+        let text =
+            String::from_utf8(clear.to_vec()).map_err(|_| StoreError::SecretUndecryptable {
+                name: name.to_string(),
+            })?;
+        Ok(Some(Secret::new(text)))
+    }
+
+    async fn append_outbox(&self, event: &NewOutboxEvent) -> Result<OutboxId, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO outbox (topic, person_source, person_address, payload, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&event.topic)
+        .bind(event.person.as_ref().map(|person| person.source.0.as_str()))
+        .bind(event.person.as_ref().map(|person| person.address.as_str()))
+        .bind(event.payload.to_string())
+        .bind(event.created_at.as_second())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| {
+            StoreError::database(
+                format!("append {} event to the outbox", event.topic),
+                source,
+            )
+        })?;
+        Ok(OutboxId(result.last_insert_rowid()))
+    }
+
+    async fn read_outbox_after(
+        &self,
+        after: OutboxId,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, topic, person_source, person_address, payload, created_at \
+             FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| {
+            StoreError::database(format!("read the outbox after event {}", after.0), source)
+        })?;
+        rows.iter().map(decode_outbox_event).collect()
+    }
+
+    async fn get_outbox_cursor(&self, consumer: &str) -> Result<OutboxId, StoreError> {
+        let last_id: Option<i64> =
+            sqlx::query_scalar("SELECT last_id FROM outbox_cursors WHERE consumer = ?")
+                .bind(consumer)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| {
+                    StoreError::database(format!("read the outbox cursor of {consumer}"), source)
+                })?;
+        Ok(OutboxId(last_id.unwrap_or(0)))
+    }
+
+    async fn set_outbox_cursor(&self, consumer: &str, cursor: OutboxId) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox_cursors (consumer, last_id) VALUES (?, ?) \
+             ON CONFLICT (consumer) DO UPDATE SET last_id = excluded.last_id",
+        )
+        .bind(consumer)
+        .bind(cursor.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| {
+            StoreError::database(format!("save the outbox cursor of {consumer}"), source)
+        })?;
+        Ok(())
+    }
+}
+
+fn secret_aad(name: &str) -> String {
+    format!("secrets.sealed:{name}")
+}
+
+fn decode_presence(row: &SqliteRow, key: &PersonKey) -> Result<CurrentPresence, StoreError> {
+    let what = || format!("presence of {key}");
+    Ok(CurrentPresence {
+        activity: get(row, "activity", &what)?,
+        note: get(row, "note", &what)?,
+        until: decode_opt_timestamp(get(row, "until_at", &what)?, "until_at", &what)?,
+        why: get(row, "why", &what)?,
+        next_change_at: decode_opt_timestamp(
+            get(row, "next_change_at", &what)?,
+            "next_change_at",
+            &what,
+        )?,
+        decided_at: decode_timestamp(get(row, "decided_at", &what)?, "decided_at", &what)?,
+        published_fingerprint: get(row, "published_fingerprint", &what)?,
+    })
+}
+
+fn decode_outbox_event(row: &SqliteRow) -> Result<OutboxEvent, StoreError> {
+    let id: i64 = get(row, "id", &|| "an outbox event".to_string())?;
+    let what = || format!("outbox event {id}");
+    let person_source: Option<String> = get(row, "person_source", &what)?;
+    let person = match person_source {
+        Some(_) => Some(decode_person_key(row, "person_source", "person_address")?),
+        None => None,
+    };
+    let payload_text: String = get(row, "payload", &what)?;
+    let payload = serde_json::from_str(&payload_text).map_err(|error| StoreError::InvalidRow {
+        what: what(),
+        field: "payload",
+        reason: error.to_string(),
+    })?;
+    Ok(OutboxEvent {
+        id: OutboxId(id),
+        topic: get(row, "topic", &what)?,
+        person,
+        payload,
+        created_at: decode_timestamp(get(row, "created_at", &what)?, "created_at", &what)?,
+    })
+}

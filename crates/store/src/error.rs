@@ -121,3 +121,21 @@ fn is_busy_or_locked(error: &sqlx::Error) -> bool {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_retryable_and_a_missing_person_is_not() {
+        let timed_out =
+            StoreError::database("save presence".to_string(), sqlx::Error::PoolTimedOut);
+        assert!(timed_out.is_retryable());
+        let missing = StoreError::SecretUndecryptable {
+            name: "x".to_string(),
+        };
+        assert!(!missing.is_retryable());
+        let closed = StoreError::database("save presence".to_string(), sqlx::Error::PoolClosed);
+        assert!(!closed.is_retryable());
+    }
+}

@@ -33,7 +33,8 @@ pub use sqlite::SqliteStore;
 /// The operations the service needs from persistent storage.
 ///
 /// Methods that concern one person fail with [`StoreError::PersonNotFound`] when the person was
-/// never upserted (or was removed), except the `get`/`load` ones, which answer `None`.
+/// never upserted (or was removed), except `get_person`, `load_appointments` and
+/// `load_presence`, which answer `None` or an empty list.
 /// `#[async_trait]` rather than native `async fn` because the trait must be usable as
 /// `dyn Store`.
 #[async_trait]

@@ -398,7 +398,7 @@ async fn a_replacement_that_fails_midway_leaves_the_previous_window() {
     let message = error.to_string();
     assert!(
         message.starts_with(
-            "store: replace appointments of alice@example.com (source tenant-a) (appointment b2) failed"
+            "store: replace appointments of alice@example.com (source tenant-a) at appointment b2 failed"
         ),
         "{message}"
     );

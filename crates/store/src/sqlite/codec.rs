@@ -142,60 +142,100 @@ pub(super) fn decode_person_key(
     Ok(PersonKey::new(SourceId(source), address))
 }
 
-/// Decodes the appointment columns of `row` (see `APPOINTMENT_COLUMNS`).
+/// The stored columns of one appointment, as read from a row or from the JSON array that
+/// `load_all_appointments` builds in SQL.
+#[derive(serde::Deserialize)]
+pub(super) struct AppointmentColumns(
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+impl AppointmentColumns {
+    /// Reads the columns of `APPOINTMENT_COLUMNS` from `row`.
+    pub(super) fn from_row(row: &SqliteRow, person: &PersonKey) -> Result<Self, StoreError> {
+        let what = || format!("appointments of {person}");
+        Ok(AppointmentColumns(
+            get(row, "appointment_id", &what)?,
+            get(row, "start_at", &what)?,
+            get(row, "end_at", &what)?,
+            get(row, "first_day", &what)?,
+            get(row, "end_day", &what)?,
+            get(row, "show_as", &what)?,
+            get(row, "sensitivity", &what)?,
+            get(row, "subject", &what)?,
+            get(row, "organizer", &what)?,
+            get(row, "status", &what)?,
+        ))
+    }
+
+    pub(super) fn decode(self, person: &PersonKey) -> Result<Appointment, StoreError> {
+        let AppointmentColumns(
+            id,
+            start_at,
+            end_at,
+            first_day,
+            end_day,
+            show_as,
+            sensitivity,
+            subject,
+            organizer,
+            status,
+        ) = self;
+        let what = || format!("appointment {id} of {person}");
+        let invalid = |field: &'static str, reason: String| StoreError::InvalidRow {
+            what: what(),
+            field,
+            reason,
+        };
+        let time = match (start_at, end_at, first_day, end_day) {
+            (Some(start), Some(end), None, None) => AppointmentTime::Timed {
+                start: decode_timestamp(start, "start_at", &what)?,
+                end: decode_timestamp(end, "end_at", &what)?,
+            },
+            (None, None, Some(first_day), Some(end_day)) => AppointmentTime::AllDay {
+                first_day: decode_date(&first_day, "first_day", &what)?,
+                end_day: decode_date(&end_day, "end_day", &what)?,
+            },
+            _ => {
+                return Err(invalid(
+                    "start_at",
+                    "neither both instants nor both dates are set".to_string(),
+                ))
+            }
+        };
+        let organizer = organizer
+            .map(|text| MailboxAddress::parse(&text))
+            .transpose()
+            .map_err(|error| invalid("organizer", error.to_string()))?;
+        let show_as = parse_show_as(&show_as)
+            .ok_or_else(|| invalid("show_as", format!("unknown value `{show_as}`")))?;
+        let sensitivity = parse_sensitivity(&sensitivity)
+            .ok_or_else(|| invalid("sensitivity", format!("unknown value `{sensitivity}`")))?;
+        let status = parse_status(&status)
+            .ok_or_else(|| invalid("status", format!("unknown value `{status}`")))?;
+        Ok(Appointment {
+            time,
+            show_as,
+            sensitivity,
+            subject,
+            organizer,
+            status,
+            id,
+        })
+    }
+}
+
 pub(super) fn decode_appointment(
     row: &SqliteRow,
     person: &PersonKey,
 ) -> Result<Appointment, StoreError> {
-    let id: String = get(row, "appointment_id", &|| {
-        format!("appointments of {person}")
-    })?;
-    let what = || format!("appointment {id} of {person}");
-    let invalid = |field: &'static str, reason: String| StoreError::InvalidRow {
-        what: what(),
-        field,
-        reason,
-    };
-
-    let start_at: Option<i64> = get(row, "start_at", &what)?;
-    let end_at: Option<i64> = get(row, "end_at", &what)?;
-    let first_day: Option<String> = get(row, "first_day", &what)?;
-    let end_day: Option<String> = get(row, "end_day", &what)?;
-    let time = match (start_at, end_at, first_day, end_day) {
-        (Some(start), Some(end), None, None) => AppointmentTime::Timed {
-            start: decode_timestamp(start, "start_at", &what)?,
-            end: decode_timestamp(end, "end_at", &what)?,
-        },
-        (None, None, Some(first_day), Some(end_day)) => AppointmentTime::AllDay {
-            first_day: decode_date(&first_day, "first_day", &what)?,
-            end_day: decode_date(&end_day, "end_day", &what)?,
-        },
-        _ => {
-            return Err(invalid(
-                "start_at",
-                "neither both instants nor both dates are set".to_string(),
-            ))
-        }
-    };
-
-    let show_as: String = get(row, "show_as", &what)?;
-    let sensitivity: String = get(row, "sensitivity", &what)?;
-    let status: String = get(row, "status", &what)?;
-    let organizer: Option<String> = get(row, "organizer", &what)?;
-    let organizer = organizer
-        .map(|text| MailboxAddress::parse(&text))
-        .transpose()
-        .map_err(|error| invalid("organizer", error.to_string()))?;
-    Ok(Appointment {
-        time,
-        show_as: parse_show_as(&show_as)
-            .ok_or_else(|| invalid("show_as", format!("unknown value `{show_as}`")))?,
-        sensitivity: parse_sensitivity(&sensitivity)
-            .ok_or_else(|| invalid("sensitivity", format!("unknown value `{sensitivity}`")))?,
-        subject: get(row, "subject", &what)?,
-        organizer,
-        status: parse_status(&status)
-            .ok_or_else(|| invalid("status", format!("unknown value `{status}`")))?,
-        id,
-    })
+    AppointmentColumns::from_row(row, person)?.decode(person)
 }

@@ -1,0 +1,158 @@
+//! The emulator's own admin endpoint under `/_emulator`: faults, counters, delta expiry,
+//! lifecycle notifications and the manual clock. It needs no token (it is a test tool).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jiff::SignedDuration;
+use serde_json::{json, Value};
+
+use crate::faults::lock;
+use crate::graph::subscriptions::{send_lifecycle, LifecycleEvent};
+use crate::state::AppState;
+use crate::timefmt::graph_instant;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/_emulator/health", get(health))
+        .route("/_emulator/counters", get(counters))
+        .route("/_emulator/counters/reset", post(reset_counters))
+        .route(
+            "/_emulator/faults",
+            get(get_faults).post(patch_faults).patch(patch_faults),
+        )
+        .route("/_emulator/delta/expire", post(expire_delta))
+        .route("/_emulator/subscriptions", get(list_subscriptions))
+        .route("/_emulator/subscriptions/{id}/lifecycle", post(lifecycle))
+        .route("/_emulator/clock", get(clock))
+        .route("/_emulator/clock/advance", post(advance_clock))
+}
+
+fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn counters(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let snapshot = state.counters.snapshot(|index| state.mailbox_name(index));
+    let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+    if query
+        .get("by_mailbox")
+        .is_some_and(|value| value == "false")
+    {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("by_mailbox");
+        }
+    }
+    Json(body).into_response()
+}
+
+async fn reset_counters(State(state): State<Arc<AppState>>) -> Response {
+    state.counters.reset();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn get_faults(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.faults()).into_response()
+}
+
+/// Applies a partial settings object; `"expire_delta_tokens": true` also expires delta tokens.
+async fn patch_faults(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let Ok(mut patch) = serde_json::from_slice::<Value>(&body) else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object of fault settings",
+        );
+    };
+    let expire = patch
+        .as_object_mut()
+        .and_then(|object| object.remove("expire_delta_tokens"))
+        .and_then(|value| value.as_bool())
+        .unwrap_or(false);
+    let mut faults = lock(&state.faults);
+    match faults.patched(&patch) {
+        Ok(updated) => {
+            *faults = updated.clone();
+            drop(faults);
+            if expire {
+                state.delta.expire_all();
+            }
+            Json(updated).into_response()
+        }
+        Err(error) => admin_error(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+async fn expire_delta(State(state): State<Arc<AppState>>) -> Response {
+    state.delta.expire_all();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_subscriptions(State(state): State<Arc<AppState>>) -> Response {
+    let items: Vec<Value> = state
+        .subscriptions
+        .all()
+        .iter()
+        .map(|subscription| {
+            json!({
+                "id": subscription.id,
+                "resource": subscription.resource,
+                "mailbox": state.mailbox_name(subscription.user_index),
+                "applicationId": state.directory.apps[subscription.app_index].client_id,
+                "expirationDateTime": graph_instant(subscription.expiration),
+                "notificationUrl": crate::notify::redact(&subscription.notification_url),
+                "hasLifecycleNotificationUrl": subscription.lifecycle_notification_url.is_some(),
+            })
+        })
+        .collect();
+    Json(json!({"value": items})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleRequest {
+    lifecycle_event: LifecycleEvent,
+}
+
+async fn lifecycle(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(request) = serde_json::from_slice::<LifecycleRequest>(&body) else {
+        return admin_error(StatusCode::BAD_REQUEST, "the body must be {\"lifecycleEvent\": \"reauthorizationRequired\" | \"subscriptionRemoved\" | \"missed\"}");
+    };
+    match send_lifecycle(&state, &id, request.lifecycle_event) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => admin_error(StatusCode::NOT_FOUND, error.to_string()),
+    }
+}
+
+async fn clock(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({"now": graph_instant(state.clock.now()), "manual": state.clock.is_manual()}))
+        .into_response()
+}
+
+async fn advance_clock(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let seconds = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value.get("seconds").and_then(Value::as_i64));
+    let Some(seconds) = seconds else {
+        return admin_error(StatusCode::BAD_REQUEST, "the body must be {\"seconds\": N}");
+    };
+    match state.clock.advance(SignedDuration::from_secs(seconds)) {
+        Ok(now) => Json(json!({"now": graph_instant(now)})).into_response(),
+        Err(error) => admin_error(StatusCode::CONFLICT, error.to_string()),
+    }
+}

@@ -1,0 +1,343 @@
+//! Faults and limits (throttling, error rates, latency, outages) and request counters.
+//!
+//! Both are shared by every request and switchable at run time through the admin endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Faults and limits; every field has a default, so a scenario or a patch names only what it changes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSettings {
+    /// Concurrent requests per app per mailbox before 429 `MailboxConcurrency` (Graph: 4). 0 = no limit.
+    pub mailbox_concurrency_limit: u32,
+    /// Requests per app per mailbox per window before 429 (Graph: 10,000 per 10 minutes). 0 = no limit.
+    pub mailbox_requests_per_window: u32,
+    /// Length of the request-count window in seconds (Graph: 600).
+    pub mailbox_window_seconds: u64,
+    /// `Retry-After` seconds sent with a concurrency 429.
+    pub concurrency_retry_after_seconds: u64,
+    /// Mailboxes (any address or id) that answer every request with 429, for client tests.
+    pub throttled_mailboxes: Vec<String>,
+    /// `Retry-After` seconds for requests to `throttled_mailboxes`.
+    pub throttled_mailbox_retry_after_seconds: u64,
+    /// Fraction (0.0–1.0) of Graph requests answered 503 or 504 instead.
+    pub server_error_rate: f64,
+    /// Added latency on every Graph and token request, in milliseconds.
+    pub latency_ms: u64,
+    /// Extra random latency, uniformly 0..=jitter milliseconds.
+    pub latency_jitter_ms: u64,
+    /// When true the token endpoint answers 503 `temporarily_unavailable`.
+    pub token_endpoint_outage: bool,
+    /// Fraction (0.0–1.0) of change notifications silently dropped.
+    pub drop_notifications_rate: f64,
+    /// Age after which a delta token answers 410 `syncStateNotFound`.
+    pub delta_token_max_age_seconds: u64,
+}
+
+impl Default for FaultSettings {
+    fn default() -> Self {
+        FaultSettings {
+            mailbox_concurrency_limit: 4,
+            mailbox_requests_per_window: 10_000,
+            mailbox_window_seconds: 600,
+            concurrency_retry_after_seconds: 1,
+            throttled_mailboxes: vec![],
+            throttled_mailbox_retry_after_seconds: 30,
+            server_error_rate: 0.0,
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            token_endpoint_outage: false,
+            drop_notifications_rate: 0.0,
+            delta_token_max_age_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultPatchError {
+    #[error("the fault settings must be a JSON object")]
+    NotAnObject,
+    #[error("invalid fault settings: {0}")]
+    Invalid(String),
+}
+
+impl FaultSettings {
+    /// Applies a partial JSON object (only the named fields change).
+    pub fn patched(&self, patch: &Value) -> Result<FaultSettings, FaultPatchError> {
+        let patch_object = patch.as_object().ok_or(FaultPatchError::NotAnObject)?;
+        let mut current = serde_json::to_value(self)
+            .map_err(|error| FaultPatchError::Invalid(error.to_string()))?;
+        if let Some(current_object) = current.as_object_mut() {
+            for (key, value) in patch_object {
+                current_object.insert(key.clone(), value.clone());
+            }
+        }
+        let updated: FaultSettings = serde_json::from_value(current)
+            .map_err(|error| FaultPatchError::Invalid(error.to_string()))?;
+        for rate in [updated.server_error_rate, updated.drop_notifications_rate] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(FaultPatchError::Invalid(
+                    "rates must be between 0.0 and 1.0".to_string(),
+                ));
+            }
+        }
+        Ok(updated)
+    }
+}
+
+/// The outcome of asking the throttle for a slot.
+pub enum Admission {
+    Admitted(ThrottleGuard),
+    Throttled {
+        retry_after_seconds: u64,
+        limit: ThrottleLimit,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleLimit {
+    Concurrency,
+    RequestRate,
+    Forced,
+}
+
+#[derive(Default)]
+struct MailboxUsage {
+    in_flight: u32,
+    window_start: Option<Timestamp>,
+    requests_in_window: u32,
+}
+
+/// Per app and mailbox usage for Outlook's limits.
+#[derive(Default)]
+pub struct Throttle {
+    usage: Mutex<HashMap<(usize, usize), MailboxUsage>>,
+}
+
+/// Holds one concurrency slot until dropped.
+pub struct ThrottleGuard {
+    throttle: Arc<Throttle>,
+    key: (usize, usize),
+}
+
+impl Drop for ThrottleGuard {
+    fn drop(&mut self) {
+        let mut usage = lock(&self.throttle.usage);
+        if let Some(entry) = usage.get_mut(&self.key) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Throttle {
+    pub fn admit(
+        self: &Arc<Self>,
+        app_index: usize,
+        user_index: usize,
+        now: Timestamp,
+        settings: &FaultSettings,
+    ) -> Admission {
+        let key = (app_index, user_index);
+        let mut usage = lock(&self.usage);
+        let entry = usage.entry(key).or_default();
+        if settings.mailbox_concurrency_limit > 0
+            && entry.in_flight >= settings.mailbox_concurrency_limit
+        {
+            return Admission::Throttled {
+                retry_after_seconds: settings.concurrency_retry_after_seconds,
+                limit: ThrottleLimit::Concurrency,
+            };
+        }
+        if settings.mailbox_requests_per_window > 0 {
+            let window = SignedDuration::from_secs(
+                i64::try_from(settings.mailbox_window_seconds).unwrap_or(i64::MAX),
+            );
+            let window_start = match entry.window_start {
+                Some(start) if now.duration_since(start) < window => start,
+                _ => {
+                    entry.requests_in_window = 0;
+                    entry.window_start = Some(now);
+                    now
+                }
+            };
+            if entry.requests_in_window >= settings.mailbox_requests_per_window {
+                let remaining = window - now.duration_since(window_start);
+                let seconds = u64::try_from(remaining.as_secs()).unwrap_or(0).max(1);
+                return Admission::Throttled {
+                    retry_after_seconds: seconds,
+                    limit: ThrottleLimit::RequestRate,
+                };
+            }
+            entry.requests_in_window += 1;
+        }
+        entry.in_flight += 1;
+        Admission::Admitted(ThrottleGuard {
+            throttle: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// Requests served, by kind and by mailbox, for benchmarks and tests.
+#[derive(Default)]
+pub struct Counters {
+    inner: Mutex<CounterTables>,
+}
+
+#[derive(Default)]
+struct CounterTables {
+    by_kind: BTreeMap<String, u64>,
+    by_mailbox: HashMap<usize, u64>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CountersSnapshot {
+    pub total_requests: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    /// Requests that reached a mailbox, keyed by the mailbox's user principal name.
+    pub by_mailbox: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    pub fn count(&self, kind: &str) {
+        let mut tables = lock(&self.inner);
+        *tables.by_kind.entry(kind.to_string()).or_default() += 1;
+    }
+
+    pub fn count_mailbox(&self, user_index: usize) {
+        let mut tables = lock(&self.inner);
+        *tables.by_mailbox.entry(user_index).or_default() += 1;
+    }
+
+    pub fn snapshot(&self, mailbox_name: impl Fn(usize) -> String) -> CountersSnapshot {
+        let tables = lock(&self.inner);
+        let total_requests = tables
+            .by_kind
+            .iter()
+            .filter(|(kind, _)| {
+                !kind.starts_with("notifications.")
+                    && !kind.starts_with("throttled.")
+                    && !kind.starts_with("faults.")
+            })
+            .map(|(_, count)| count)
+            .sum();
+        CountersSnapshot {
+            total_requests,
+            by_kind: tables.by_kind.clone(),
+            by_mailbox: tables
+                .by_mailbox
+                .iter()
+                .map(|(index, count)| (mailbox_name(*index), *count))
+                .collect(),
+        }
+    }
+
+    pub fn reset(&self) {
+        let mut tables = lock(&self.inner);
+        tables.by_kind.clear();
+        tables.by_mailbox.clear();
+    }
+}
+
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the emulator's tables stay usable, and
+    // refusing every later request would turn one bug into a dead server.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifth_concurrent_request_is_throttled_and_a_released_slot_is_reused() {
+        let throttle = Arc::new(Throttle::default());
+        let settings = FaultSettings::default();
+        let now = Timestamp::UNIX_EPOCH;
+        let mut guards = Vec::new();
+        for _ in 0..4 {
+            match throttle.admit(0, 0, now, &settings) {
+                Admission::Admitted(guard) => guards.push(guard),
+                Admission::Throttled { .. } => panic!("throttled too early"),
+            }
+        }
+        assert!(matches!(
+            throttle.admit(0, 0, now, &settings),
+            Admission::Throttled {
+                limit: ThrottleLimit::Concurrency,
+                ..
+            }
+        ));
+        assert!(
+            matches!(throttle.admit(0, 1, now, &settings), Admission::Admitted(_)),
+            "another mailbox is not affected"
+        );
+        guards.pop();
+        assert!(matches!(
+            throttle.admit(0, 0, now, &settings),
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn request_rate_window_resets_after_its_length() {
+        let throttle = Arc::new(Throttle::default());
+        let settings = FaultSettings {
+            mailbox_requests_per_window: 2,
+            mailbox_window_seconds: 600,
+            ..FaultSettings::default()
+        };
+        let start = Timestamp::UNIX_EPOCH;
+        assert!(matches!(
+            throttle.admit(0, 0, start, &settings),
+            Admission::Admitted(_)
+        ));
+        assert!(matches!(
+            throttle.admit(0, 0, start, &settings),
+            Admission::Admitted(_)
+        ));
+        let later = start
+            .checked_add(SignedDuration::from_secs(100))
+            .unwrap_or(start);
+        match throttle.admit(0, 0, later, &settings) {
+            Admission::Throttled {
+                retry_after_seconds,
+                limit,
+            } => {
+                assert_eq!(limit, ThrottleLimit::RequestRate);
+                assert_eq!(retry_after_seconds, 500);
+            }
+            Admission::Admitted(_) => panic!("third request in the window was admitted"),
+        }
+        let next_window = start
+            .checked_add(SignedDuration::from_secs(600))
+            .unwrap_or(start);
+        assert!(matches!(
+            throttle.admit(0, 0, next_window, &settings),
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn patch_changes_only_named_fields_and_rejects_bad_rates() {
+        let settings = FaultSettings::default();
+        let patched = settings.patched(&serde_json::json!({"latency_ms": 20}));
+        assert!(
+            matches!(&patched, Ok(updated) if updated.latency_ms == 20 && updated.mailbox_concurrency_limit == 4)
+        );
+        assert!(settings
+            .patched(&serde_json::json!({"server_error_rate": 2.0}))
+            .is_err());
+        assert!(settings
+            .patched(&serde_json::json!({"no_such_switch": true}))
+            .is_err());
+    }
+}

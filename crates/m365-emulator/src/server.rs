@@ -1,0 +1,243 @@
+//! The HTTPS listener and the route table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::graph::{
+    batch, calendar_view, delta, events, schedule, subscriptions, users, GraphError,
+};
+use crate::state::AppState;
+use crate::{admin, identity};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(identity::openid_configuration),
+        )
+        .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
+        .route("/{tenant}/discovery/v2.0/keys", get(identity::keys))
+        .route(
+            "/common/discovery/instance",
+            get(identity::instance_discovery),
+        )
+        .route("/v1.0/users", get(users::list_users))
+        .route("/v1.0/users/{user}", get(users::get_user))
+        .route("/v1.0/groups", get(users::list_groups))
+        .route("/v1.0/groups/{group}/members", get(users::group_members))
+        .route(
+            "/v1.0/users/{user}/calendarView",
+            get(calendar_view::calendar_view),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/calendarView",
+            get(calendar_view::calendar_view),
+        )
+        .route(
+            "/v1.0/users/{user}/calendarView/delta",
+            get(delta::calendar_view_delta),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/calendarView/delta",
+            get(delta::calendar_view_delta),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/getSchedule",
+            post(schedule::get_schedule),
+        )
+        .route(
+            "/v1.0/users/{user}/events",
+            get(events::list_events).post(events::create),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/events",
+            get(events::list_events).post(events::create),
+        )
+        .route(
+            "/v1.0/users/{user}/events/{event}",
+            get(events::get_event)
+                .patch(events::update)
+                .delete(events::delete),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/events/{event}",
+            get(events::get_event)
+                .patch(events::update)
+                .delete(events::delete),
+        )
+        .route("/v1.0/$batch", post(batch::batch))
+        .route(
+            "/v1.0/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/v1.0/subscriptions/{id}",
+            get(subscriptions::get)
+                .patch(subscriptions::update)
+                .delete(subscriptions::delete),
+        )
+        .merge(admin::router())
+        .fallback(fallback)
+        .with_state(state)
+}
+
+async fn fallback(uri: Uri) -> Response {
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/v1.0/") {
+        let segment = rest.split('/').next_back().unwrap_or(rest);
+        return GraphError::bad_request(
+            "BadRequest",
+            format!("Resource not found for the segment '{segment}'."),
+        )
+        .into_response();
+    }
+    (StatusCode::NOT_FOUND, "Not found").into_response()
+}
+
+/// Graph's paths are case-insensitive (`calendarview` works as well as `calendarView`), and
+/// some clients send a trailing slash; routing is exact, so known segments are normalised.
+pub fn normalize_path(path_and_query: &str) -> String {
+    const KNOWN: [&str; 12] = [
+        "v1.0",
+        "users",
+        "groups",
+        "members",
+        "calendarView",
+        "calendar",
+        "events",
+        "delta",
+        "getSchedule",
+        "subscriptions",
+        "$batch",
+        "_emulator",
+    ];
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let trimmed = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let normalized: Vec<String> = trimmed
+        .split('/')
+        .map(|segment| {
+            KNOWN
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(segment))
+                .map(|known| known.to_string())
+                .unwrap_or_else(|| segment.to_string())
+        })
+        .collect();
+    let mut result = normalized.join("/");
+    // `users('ada@contoso.example')` is the same as `users/ada@contoso.example`.
+    if let Some(start) = result.find("/users('") {
+        if let Some(end_offset) = result[start..].find("')") {
+            let key = result[start + 8..start + end_offset].to_string();
+            result = format!(
+                "{}/users/{key}{}",
+                &result[..start],
+                &result[start + end_offset + 2..]
+            );
+        }
+    }
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
+}
+
+fn normalize_uri(uri: &Uri) -> Uri {
+    let path_and_query = uri
+        .path_and_query()
+        .map(|value| value.as_str())
+        .unwrap_or("/");
+    normalize_path(path_and_query)
+        .parse()
+        .unwrap_or_else(|_| uri.clone())
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let mut connection_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // A client that opens a socket and never finishes the handshake must not hold a task forever.
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let router = router.clone();
+                async move {
+                    let (mut parts, body) = request.into_parts();
+                    parts.uri = normalize_uri(&parts.uri);
+                    router
+                        .oneshot(Request::from_parts(parts, Body::new(body)))
+                        .await
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls_stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = connection_shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_case_and_parentheses() {
+        assert_eq!(
+            normalize_path("/v1.0/Users/ada@x/calendarview?startDateTime=a"),
+            "/v1.0/users/ada@x/calendarView?startDateTime=a"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/users('ada@x')/calendar/getschedule"),
+            "/v1.0/users/ada@x/calendar/getSchedule"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/subscriptions/"),
+            "/v1.0/subscriptions"
+        );
+    }
+}

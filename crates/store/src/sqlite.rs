@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use calbridge_domain::{Appointment, Secret, SourceId};
 use jiff::Timestamp;
 use sqlx::migrate::Migrator;
+use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection, SqliteExecutor};
 
@@ -48,9 +49,14 @@ const APPOINTMENT_COLUMNS: &str = "a.appointment_id, a.start_at, a.end_at, a.fir
 const PERSON_COLUMNS: &str = "p.source_id, p.address, p.display_name, p.sip_uri, \
      p.resolution, p.primary_smtp, p.resolution_error, p.created_at, p.updated_at";
 
-const INSERT_APPOINTMENT: &str = "INSERT INTO appointments (person_id, appointment_id, \
+const INSERT_APPOINTMENT_PREFIX: &str = "INSERT INTO appointments (person_id, appointment_id, \
      start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     VALUES";
+
+const APPOINTMENT_PLACEHOLDERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// 11 parameters per row: 100 rows stay far below SQLite's limit of 32,766 per statement.
+const ROWS_PER_INSERT: usize = 100;
 
 const UPSERT_APPOINTMENT: &str = "INSERT INTO appointments (person_id, appointment_id, \
      start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
@@ -226,10 +232,22 @@ async fn write_appointment(
     person_id: i64,
     appointment: &Appointment,
 ) -> Result<(), sqlx::Error> {
+    bind_appointment(sqlx::query(statement), person_id, appointment)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Binds the 11 parameters of one row of `appointments`, in `APPOINTMENT_PLACEHOLDERS` order.
+fn bind_appointment<'q>(
+    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+    person_id: i64,
+    appointment: &'q Appointment,
+) -> Query<'q, Sqlite, SqliteArguments<'q>> {
     let columns = encode_appointment(appointment);
-    sqlx::query(statement)
+    query
         .bind(person_id)
-        .bind(&appointment.id)
+        .bind(appointment.id.as_str())
         .bind(columns.start_at)
         .bind(columns.end_at)
         .bind(columns.first_day)
@@ -239,9 +257,6 @@ async fn write_appointment(
         .bind(appointment.subject.as_deref())
         .bind(appointment.organizer.as_ref().map(|o| o.as_str()))
         .bind(status_text(appointment.status))
-        .execute(connection)
-        .await?;
-    Ok(())
 }
 
 fn decode_person(row: &SqliteRow) -> Result<Person, StoreError> {
@@ -448,20 +463,19 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        for appointment in &appointments {
-            // A plain INSERT, not an upsert: a full read that lists one id twice is a source
-            // bug, and failing the whole replacement keeps the previous, consistent window.
-            write_appointment(&mut tx, INSERT_APPOINTMENT, person_id, appointment)
-                .await
-                .map_err(|source| {
-                    StoreError::database(
-                        format!(
-                            "replace appointments of {key} at appointment {}",
-                            appointment.id
-                        ),
-                        source,
-                    )
-                })?;
+        // A plain INSERT, not an upsert: a full read that lists one id twice is a source bug,
+        // and failing the whole replacement keeps the previous, consistent window. Several
+        // rows per statement, because the cost of a statement, not of a row, dominates.
+        for chunk in appointments.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "{INSERT_APPOINTMENT_PREFIX} {}",
+                vec![APPOINTMENT_PLACEHOLDERS; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for appointment in chunk {
+                query = bind_appointment(query, person_id, appointment);
+            }
+            query.execute(&mut *tx).await.map_err(failed)?;
         }
         sqlx::query(
             "INSERT INTO sync_state (person_id, window_start, window_end) VALUES (?, ?, ?) \

@@ -231,6 +231,24 @@ pub struct World {
 }
 
 impl Scenario {
+    /// Parses scenario TOML text (certificates must be inline `pem`).
+    pub fn from_toml_str(text: &str) -> Result<Scenario, ScenarioError> {
+        toml::from_str(text).map_err(|error| ScenarioError::Parse {
+            path: PathBuf::from("<text>"),
+            format: "TOML",
+            message: error.to_string(),
+        })
+    }
+
+    /// Parses scenario JSON text (certificates must be inline `pem`).
+    pub fn from_json_str(text: &str) -> Result<Scenario, ScenarioError> {
+        serde_json::from_str(text).map_err(|error| ScenarioError::Parse {
+            path: PathBuf::from("<text>"),
+            format: "JSON",
+            message: error.to_string(),
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: path.to_path_buf(),

@@ -61,7 +61,7 @@ pub async fn calendar_view(
     let result = async {
         let caller = authenticate(&state, &headers, "calendar.view", Need::CalendarRead).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let query = QueryParameters(query);
         let (window_start, window_end) = time_window(&query)?;
         let prefer = parse_prefer(&headers);

@@ -85,7 +85,7 @@ pub async fn calendar_view_delta(
     let result = async {
         let caller = authenticate(&state, &headers, "calendar.delta", Need::CalendarRead).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let query = QueryParameters(query);
         let prefer = parse_prefer(&headers);
         let zone = prefer.time_zone.clone().unwrap_or_else(NamedZone::utc);

@@ -50,7 +50,7 @@ pub async fn list_events(
     let result = async {
         let caller = authenticate(&state, &headers, "events.list", Need::CalendarRead).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let query = QueryParameters(query);
         let prefer = parse_prefer(&headers);
         let page_size = match query.get("$top") {
@@ -101,7 +101,7 @@ pub async fn get_event(
     let result = async {
         let caller = authenticate(&state, &headers, "events.get", Need::CalendarRead).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let query = QueryParameters(query);
         let prefer = parse_prefer(&headers);
         let zone = prefer.time_zone.clone().unwrap_or_else(NamedZone::utc);
@@ -136,7 +136,7 @@ pub async fn create(
     let result = async {
         let caller = authenticate(&state, &headers, "events.create", Need::CalendarWrite).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let json_body = parse_json_body(&body)?;
         let user = &state.directory.users[user_index];
         let organizer = EmailAddress {
@@ -189,7 +189,7 @@ pub async fn update(
     let result = async {
         let caller = authenticate(&state, &headers, "events.update", Need::CalendarWrite).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let json_body = parse_json_body(&body)?;
         let (item, change) = {
             let mut mailbox = lock(&state.mailboxes[user_index]);
@@ -228,7 +228,7 @@ pub async fn delete(
     let result = async {
         let caller = authenticate(&state, &headers, "events.delete", Need::CalendarWrite).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let change = {
             let mut mailbox = lock(&state.mailboxes[user_index]);
             delete_event(&mut mailbox, &event_id, state.clock.now(), &state.ids)

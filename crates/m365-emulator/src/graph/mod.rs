@@ -241,7 +241,11 @@ pub async fn authenticate(
     need: Need,
 ) -> Result<Caller, GraphError> {
     state.counters.count(kind);
-    apply_latency(state).await;
+    // Mailbox requests take their latency while holding a concurrency slot (see
+    // `enter_mailbox`), as a slow Exchange backend would; the others take it here.
+    if !matches!(need, Need::CalendarRead | Need::CalendarWrite) {
+        apply_latency(state).await;
+    }
     let faults = state.faults();
     if faults.server_error_rate > 0.0 && state.ids.unit() < faults.server_error_rate {
         state.counters.count("faults.server_errors");
@@ -367,7 +371,18 @@ pub fn resolve_mailbox(state: &AppState, caller: &Caller, key: &str) -> Result<u
 }
 
 /// Mailbox-level checks: delegated reach, application access policy, mailbox existence, throttling.
-pub fn enter_mailbox(
+/// Holds a concurrency slot for the request's duration; added latency is spent holding it.
+pub async fn enter_mailbox(
+    state: &AppState,
+    caller: &Caller,
+    user_index: usize,
+) -> Result<ThrottleGuard, GraphError> {
+    let guard = admit_to_mailbox(state, caller, user_index)?;
+    apply_latency(state).await;
+    Ok(guard)
+}
+
+fn admit_to_mailbox(
     state: &AppState,
     caller: &Caller,
     user_index: usize,

@@ -57,7 +57,7 @@ pub async fn get_schedule(
         let caller =
             authenticate(&state, &headers, "calendar.getSchedule", Need::CalendarRead).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
-        let _slot = enter_mailbox(&state, &caller, user_index)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
         let body: Value = serde_json::from_slice(&body).map_err(|error| {
             GraphError::bad_request(
                 "RequestBodyRead",

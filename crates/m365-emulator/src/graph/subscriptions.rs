@@ -341,7 +341,7 @@ pub async fn create(
         }
         {
             let _slot =
-                enter_mailbox(&state, &caller, user_index).map_err(|error| match error.status {
+                enter_mailbox(&state, &caller, user_index).await.map_err(|error| match error.status {
                     StatusCode::FORBIDDEN => {
                         extension_error(StatusCode::FORBIDDEN, "Create", &error.message)
                     }

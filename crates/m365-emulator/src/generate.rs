@@ -385,7 +385,7 @@ fn person_calendar(
             String::new()
         };
         planned.push(Planned {
-            subject: *random.pick(&MEETING_SUBJECTS[..]),
+            subject: MEETING_SUBJECTS[random.below(MEETING_SUBJECTS.len() as u64) as usize],
             start,
             end,
             all_day: false,
@@ -476,7 +476,7 @@ fn person_calendar(
         };
         let start = at(day, 8, 0);
         planned.push(Planned {
-            subject: *random.pick(&PRIVATE_SUBJECTS[..]),
+            subject: PRIVATE_SUBJECTS[random.below(PRIVATE_SUBJECTS.len() as u64) as usize],
             start,
             end: start.checked_add(1.hours()).unwrap_or(start),
             all_day: false,

@@ -41,10 +41,6 @@ impl SeededRandom {
         unit < probability
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
     pub fn guid(&mut self) -> String {
         let a = self.next_u64();
         let b = self.next_u64();

@@ -224,11 +224,19 @@ fn diff(
     let mut items = Vec::new();
     let mut current = Baseline::with_capacity(instances.len());
     for instance in &instances {
+        // What a client sees of the instance, not the master's change key: deleting one
+        // occurrence bumps the master but leaves the other occurrences as they were.
+        let data = &instance.data;
         let fingerprint = format!(
-            "{}|{}|{}",
-            instance.change_key,
+            "{}|{}|{}|{}|{}|{}|{}|{}",
             instance.start.timestamp(),
-            instance.end.timestamp()
+            instance.end.timestamp(),
+            data.subject,
+            data.show_as.name(),
+            data.sensitivity.name(),
+            data.is_cancelled,
+            data.location,
+            data.is_all_day
         );
         if previous.get(&instance.id) != Some(&fingerprint) {
             items.push(event_json(instance, address, zone, None));

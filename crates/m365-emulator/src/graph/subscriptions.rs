@@ -292,18 +292,19 @@ pub async fn create(
         })?;
         let mut change_types = Vec::new();
         for name in change_type_text.split(',') {
-            let change =
-                match name.trim() {
-                    "created" => ChangeType::Created,
-                    "updated" => ChangeType::Updated,
-                    "deleted" => ChangeType::Deleted,
-                    other => return Err(GraphError::bad_request(
+            let change = match name.trim() {
+                "created" => ChangeType::Created,
+                "updated" => ChangeType::Updated,
+                "deleted" => ChangeType::Deleted,
+                other => {
+                    return Err(GraphError::bad_request(
                         "InvalidRequest",
                         format!(
                             "'{other}' is not a valid change type: use created, updated, deleted."
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             if !change_types.contains(&change) {
                 change_types.push(change);
             }
@@ -340,8 +341,9 @@ pub async fn create(
             ));
         }
         {
-            let _slot =
-                enter_mailbox(&state, &caller, user_index).await.map_err(|error| match error.status {
+            let _slot = enter_mailbox(&state, &caller, user_index)
+                .await
+                .map_err(|error| match error.status {
                     StatusCode::FORBIDDEN => {
                         extension_error(StatusCode::FORBIDDEN, "Create", &error.message)
                     }

@@ -182,16 +182,35 @@ impl Harness {
     }
 
     pub async fn token_request(&self, form: &[(&str, &str)]) -> Reply {
-        let body = form.iter().map(|(key, value)| format!("{key}={}", encode(value))).collect::<Vec<_>>().join("&");
-        self.client.send("POST", &self.emulator.ready().token_url, &[], Some(("application/x-www-form-urlencoded", body.into_bytes()))).await
+        let body = form
+            .iter()
+            .map(|(key, value)| format!("{key}={}", encode(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.client
+            .send(
+                "POST",
+                &self.emulator.ready().token_url,
+                &[],
+                Some(("application/x-www-form-urlencoded", body.into_bytes())),
+            )
+            .await
     }
 
     pub async fn token_for(&self, client_id: &str, secret: &str) -> String {
         let reply = self
-            .token_request(&[("client_id", client_id), ("client_secret", secret), ("grant_type", "client_credentials"), ("scope", GRAPH_SCOPE)])
+            .token_request(&[
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("grant_type", "client_credentials"),
+                ("scope", GRAPH_SCOPE),
+            ])
             .await;
         assert_eq!(reply.status, 200, "token request failed: {}", reply.text());
-        reply.json()["access_token"].as_str().unwrap_or_default().to_string()
+        reply.json()["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn token(&self) -> String {
@@ -208,13 +227,25 @@ impl Harness {
     pub async fn send_json(&self, method: &str, url: &str, token: &str, body: &Value) -> Reply {
         let authorization = format!("Bearer {token}");
         self.client
-            .send(method, url, &[("authorization", authorization.as_str())], Some(("application/json", body.to_string().into_bytes())))
+            .send(
+                method,
+                url,
+                &[("authorization", authorization.as_str())],
+                Some(("application/json", body.to_string().into_bytes())),
+            )
             .await
     }
 
     pub async fn delete(&self, url: &str, token: &str) -> Reply {
         let authorization = format!("Bearer {token}");
-        self.client.send("DELETE", url, &[("authorization", authorization.as_str())], None).await
+        self.client
+            .send(
+                "DELETE",
+                url,
+                &[("authorization", authorization.as_str())],
+                None,
+            )
+            .await
     }
 }
 
@@ -222,7 +253,9 @@ pub fn encode(value: &str) -> String {
     let mut encoded = String::new();
     for byte in value.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => encoded.push(byte as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                encoded.push(byte as char)
+            }
             other => encoded.push_str(&format!("%{other:02X}")),
         }
     }
@@ -245,7 +278,10 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -262,23 +298,43 @@ impl HttpsClient {
             Ok(certificate) => certificate,
             Err(error) => panic!("CA file {} unreadable: {error}", ca_path.display()),
         };
-        assert!(roots.add(certificate).is_ok(), "CA certificate rejected by rustls");
+        assert!(
+            roots.add(certificate).is_ok(),
+            "CA certificate rejected by rustls"
+        );
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        let config = match rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
             Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
             Err(error) => panic!("TLS config: {error}"),
         };
-        HttpsClient { tls: Arc::new(config) }
+        HttpsClient {
+            tls: Arc::new(config),
+        }
     }
 
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<(&str, Vec<u8>)>) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
         let uri: hyper::Uri = match url.parse() {
             Ok(uri) => uri,
             Err(error) => panic!("bad url {url}: {error}"),
         };
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
         let port = uri.port_u16().unwrap_or(443);
-        let authority = uri.authority().map(|authority| authority.to_string()).unwrap_or_default();
+        let authority = uri
+            .authority()
+            .map(|authority| authority.to_string())
+            .unwrap_or_default();
         let stream = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
             Ok(stream) => stream,
             Err(error) => panic!("connect {authority}: {error}"),
@@ -287,19 +343,29 @@ impl HttpsClient {
             Ok(name) => name,
             Err(error) => panic!("server name {host}: {error}"),
         };
-        let tls = match tokio_rustls::TlsConnector::from(Arc::clone(&self.tls)).connect(server_name, stream).await {
+        let tls = match tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(server_name, stream)
+            .await
+        {
             Ok(tls) => tls,
             Err(error) => panic!("TLS to {authority}: {error}"),
         };
-        let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
-            Ok(pair) => pair,
-            Err(error) => panic!("HTTP handshake: {error}"),
-        };
+        let (mut sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+                Ok(pair) => pair,
+                Err(error) => panic!("HTTP handshake: {error}"),
+            };
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let path = uri.path_and_query().map(|path| path.as_str().to_string()).unwrap_or_else(|| "/".to_string());
-        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", authority);
+        let path = uri
+            .path_and_query()
+            .map(|path| path.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -314,15 +380,26 @@ impl HttpsClient {
             Ok(request) => request,
             Err(error) => panic!("request: {error}"),
         };
-        let response = match tokio::time::timeout(Duration::from_secs(30), sender.send_request(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => panic!("request to {url} failed: {error}"),
-            Err(_) => panic!("request to {url} timed out"),
-        };
+        let response =
+            match tokio::time::timeout(Duration::from_secs(30), sender.send_request(request)).await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => panic!("request to {url} failed: {error}"),
+                Err(_) => panic!("request to {url} timed out"),
+            };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.map(|collected| collected.to_bytes().to_vec()).unwrap_or_default();
-        Reply { status, headers, body }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes().to_vec())
+            .unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -342,30 +419,53 @@ pub enum Validation {
 pub async fn start_receiver(validation: Validation) -> NotificationReceiver {
     use axum::extract::{Query, State};
     use axum::response::IntoResponse;
-    type Channels = (mpsc::UnboundedSender<Value>, mpsc::UnboundedSender<String>, Validation);
-    async fn handle(State(channels): State<Arc<Channels>>, Query(query): Query<Vec<(String, String)>>, body: axum::body::Bytes) -> axum::response::Response {
+    type Channels = (
+        mpsc::UnboundedSender<Value>,
+        mpsc::UnboundedSender<String>,
+        Validation,
+    );
+    async fn handle(
+        State(channels): State<Arc<Channels>>,
+        Query(query): Query<Vec<(String, String)>>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
         if let Some((_, token)) = query.iter().find(|(key, _)| key == "validationToken") {
             let _ = channels.1.send(token.clone());
             return match channels.2 {
-                Validation::Answer => ([("content-type", "text/plain")], token.clone()).into_response(),
+                Validation::Answer => {
+                    ([("content-type", "text/plain")], token.clone()).into_response()
+                }
                 Validation::Refuse => axum::http::StatusCode::FORBIDDEN.into_response(),
             };
         }
-        let _ = channels.0.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        let _ = channels
+            .0
+            .send(serde_json::from_slice(&body).unwrap_or(Value::Null));
         axum::http::StatusCode::ACCEPTED.into_response()
     }
     let (sender, received) = mpsc::unbounded_channel();
     let (validation_sender, validations) = mpsc::unbounded_channel();
-    let app = axum::Router::new().fallback(handle).with_state(Arc::new((sender, validation_sender, validation)));
+    let app = axum::Router::new().fallback(handle).with_state(Arc::new((
+        sender,
+        validation_sender,
+        validation,
+    )));
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
         Ok(listener) => listener,
         Err(error) => panic!("receiver bind: {error}"),
     };
-    let port = listener.local_addr().map(|address| address.port()).unwrap_or_default();
+    let port = listener
+        .local_addr()
+        .map(|address| address.port())
+        .unwrap_or_default();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    NotificationReceiver { url: format!("http://127.0.0.1:{port}/notify"), received, validations }
+    NotificationReceiver {
+        url: format!("http://127.0.0.1:{port}/notify"),
+        received,
+        validations,
+    }
 }
 
 impl NotificationReceiver {

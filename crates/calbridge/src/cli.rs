@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::simulate::SimulateArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "calbridge", version, about = "Exchange / Microsoft 365 calendars as live presence for phone systems")]
+#[command(
+    name = "calbridge",
+    version,
+    about = "Exchange / Microsoft 365 calendars as live presence for phone systems"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

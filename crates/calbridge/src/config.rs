@@ -51,7 +51,10 @@ impl Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceConfig {
-    #[serde(default = "default_language", deserialize_with = "deserialize_language")]
+    #[serde(
+        default = "default_language",
+        deserialize_with = "deserialize_language"
+    )]
     pub language: Language,
     #[serde(default = "default_zone")]
     pub timezone: ZoneName,
@@ -89,7 +92,11 @@ impl PresenceConfig {
             } else {
                 SubjectVisibility::Hidden
             },
-            priority_keywords: self.priority_keywords.iter().filter_map(|k| Keyword::new(k)).collect(),
+            priority_keywords: self
+                .priority_keywords
+                .iter()
+                .filter_map(|k| Keyword::new(k))
+                .collect(),
             no_priority_keywords: self
                 .no_priority_keywords
                 .iter()
@@ -122,7 +129,9 @@ fn default_true() -> bool {
     true
 }
 
-fn deserialize_language<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Language, D::Error> {
+fn deserialize_language<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Language, D::Error> {
     let code = String::deserialize(deserializer)?;
     Language::parse(&code).ok_or_else(|| {
         serde::de::Error::custom(format!(
@@ -143,7 +152,10 @@ mod tests {
         let config = Config::parse(text).unwrap();
         assert_eq!(config.presence.language, Language::En);
         assert_eq!(config.presence.timezone.iana(), "Europe/Berlin");
-        assert_eq!(config.presence.mapping.tentative_exception, MappedPresence::Away);
+        assert_eq!(
+            config.presence.mapping.tentative_exception,
+            MappedPresence::Away
+        );
         assert_eq!(config.presence.rules().priority_keywords.len(), 2);
     }
 
@@ -151,7 +163,8 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_name() {
         let error = Config::parse("[presence]\nshow_subjects = false\n").unwrap_err();
         assert!(error.contains("unknown field `show_subjects`"), "{error}");
-        let error = Config::parse("[presence.mapping]\nbusy = \"busy\"\nsleepy = \"away\"\n").unwrap_err();
+        let error =
+            Config::parse("[presence.mapping]\nbusy = \"busy\"\nsleepy = \"away\"\n").unwrap_err();
         assert!(error.contains("unknown field `sleepy`"), "{error}");
         let error = Config::parse("[presense]\n").unwrap_err();
         assert!(error.contains("unknown field `presense`"), "{error}");
@@ -160,12 +173,19 @@ mod tests {
     #[test]
     fn bad_values_name_the_value_and_the_choices() {
         let error = Config::parse("[presence]\nlanguage = \"xx\"\n").unwrap_err();
-        assert!(error.contains("unknown language `xx`: use one of en, en-US, de, fr"), "{error}");
+        assert!(
+            error.contains("unknown language `xx`: use one of en, en-US, de, fr"),
+            "{error}"
+        );
         let error = Config::parse("[presence]\ntimezone = \"Mars/Base\"\n").unwrap_err();
         assert!(error.contains("unknown time zone `Mars/Base`"), "{error}");
         let error = Config::parse("[presence.mapping]\noof = \"asleep\"\n").unwrap_err();
-        assert!(error.contains("asleep") && error.contains("available"), "{error}");
-        let error = Config::parse("[presence]\ntentative_exception_organizers = [\"hr\"]\n").unwrap_err();
+        assert!(
+            error.contains("asleep") && error.contains("available"),
+            "{error}"
+        );
+        let error =
+            Config::parse("[presence]\ntentative_exception_organizers = [\"hr\"]\n").unwrap_err();
         assert!(error.contains("`hr` must look like name@domain"), "{error}");
     }
 

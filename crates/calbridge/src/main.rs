@@ -17,7 +17,11 @@ fn main() -> ExitCode {
                     config.presence.language.code(),
                     config.presence.timezone,
                     config.presence.timezone.iana(),
-                    if config.presence.show_subject { "shown" } else { "hidden" }
+                    if config.presence.show_subject {
+                        "shown"
+                    } else {
+                        "hidden"
+                    }
                 );
             })
             .map_err(anyhow::Error::from),

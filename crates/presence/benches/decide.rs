@@ -32,7 +32,11 @@ fn ten_appointments(base: Timestamp) -> Vec<Appointment> {
                 end: base + (*offset as i64 + *length as i64).minutes(),
             },
             show_as: *show_as,
-            sensitivity: if index == 4 { Sensitivity::Private } else { Sensitivity::Normal },
+            sensitivity: if index == 4 {
+                Sensitivity::Private
+            } else {
+                Sensitivity::Normal
+            },
             subject: Some(subject.to_string()),
             organizer: MailboxAddress::parse("boss@example.com").ok(),
             status: AppointmentStatus::Active,
@@ -48,7 +52,11 @@ fn bench_decide(c: &mut Criterion) {
     let appointments = ten_appointments(base);
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Elements(1));
-    for (label, minutes) in [("in_meeting", 130i64), ("free_until_next", 80), ("home_office", 500)] {
+    for (label, minutes) in [
+        ("in_meeting", 130i64),
+        ("free_until_next", 80),
+        ("home_office", 500),
+    ] {
         let now = base + minutes.minutes();
         group.bench_function(format!("10_appointments/{label}"), |b| {
             b.iter(|| decide(black_box(&appointments), &rules, &locale, black_box(now)))

@@ -243,7 +243,12 @@ impl Candidate<'_> {
         *self.tier.get_or_init(|| {
             let title = self.appointment.subject.as_deref().unwrap_or("");
             // "Must not contain" wins over "need to contain": "Urlaub (home office)" has none.
-            if let Some(keyword) = self.rules.no_priority_keywords.iter().find(|k| k.is_in(title)) {
+            if let Some(keyword) = self
+                .rules
+                .no_priority_keywords
+                .iter()
+                .find(|k| k.is_in(title))
+            {
                 return (Tier::NoPriority, Some(keyword));
             }
             if let Some(keyword) = self.rules.priority_keywords.iter().find(|k| k.is_in(title)) {
@@ -256,7 +261,12 @@ impl Candidate<'_> {
     /// True when `self` shows rather than `other` while both run.
     fn beats(&self, other: &Candidate<'_>) -> bool {
         let mine = (self.tier(), self.activity.strength(), self.start, self.end);
-        let theirs = (other.tier(), other.activity.strength(), other.start, other.end);
+        let theirs = (
+            other.tier(),
+            other.activity.strength(),
+            other.start,
+            other.end,
+        );
         match mine.cmp(&theirs) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
@@ -274,9 +284,10 @@ fn classify(appointment: &Appointment, rules: &Rules) -> Option<(Category, Activ
         ShowAs::Free => return None,
         ShowAs::Busy => Category::Busy,
         ShowAs::Tentative => {
-            let by_exception_organizer = appointment.organizer.as_ref().is_some_and(|organizer| {
-                rules.tentative_exception_organizers.contains(organizer)
-            });
+            let by_exception_organizer = appointment
+                .organizer
+                .as_ref()
+                .is_some_and(|organizer| rules.tentative_exception_organizers.contains(organizer));
             if by_exception_organizer {
                 Category::TentativeException
             } else {
@@ -363,7 +374,10 @@ fn has_control_character(text: &str) -> bool {
     bytes.iter().enumerate().any(|(index, &byte)| {
         byte < 0x20
             || byte == 0x7f
-            || (byte == 0xc2 && bytes.get(index + 1).is_some_and(|next| (0x80..=0x9f).contains(next)))
+            || (byte == 0xc2
+                && bytes
+                    .get(index + 1)
+                    .is_some_and(|next| (0x80..=0x9f).contains(next)))
     })
 }
 
@@ -488,13 +502,18 @@ pub fn decide(
         (Some(index), Some(until)) if candidates[index].activity != Activity::Available => {
             let winner = &candidates[index];
             let info = info_of(winner.appointment, rules);
-            let (_, len_chars, _, len_bytes) =
-                note.push_marked(info.text(words, winner.activity));
+            let (_, len_chars, _, len_bytes) = note.push_marked(info.text(words, winner.activity));
             note.push(" ");
             note.push(words.until);
             note.push(" ");
             date_only = winner.appointment.time.is_all_day() && until == winner.end;
-            write_date_time(&mut note, locale.language, now_local, zone.to_datetime(until), date_only);
+            write_date_time(
+                &mut note,
+                locale.language,
+                now_local,
+                zone.to_datetime(until),
+                date_only,
+            );
             note.push(" #");
             note.push(winner.activity.tag());
             note.push_with(|text| push_len_tag(text, len_chars, len_bytes));
@@ -530,7 +549,13 @@ pub fn decide(
             note.push(" ");
             note.push(words.until);
             note.push(" ");
-            write_date_time(&mut note, locale.language, now_local, zone.to_datetime(until), date_only);
+            write_date_time(
+                &mut note,
+                locale.language,
+                now_local,
+                zone.to_datetime(until),
+                date_only,
+            );
             let mut next_tag = None;
             if let Some(next) = successor {
                 let info = info_of(next.appointment, rules);
@@ -548,7 +573,10 @@ pub fn decide(
                         Activity::Available => {}
                     }
                 }
-                next_tag = Some((next.activity, note.push_marked(info.text(words, next.activity))));
+                next_tag = Some((
+                    next.activity,
+                    note.push_marked(info.text(words, next.activity)),
+                ));
                 note.push(")");
             }
             note.push(" #free");
@@ -559,7 +587,8 @@ pub fn decide(
             if date_only {
                 note.push(" #whole-day");
             }
-            if let Some((next_activity, (position, length, byte_position, byte_length))) = next_tag {
+            if let Some((next_activity, (position, length, byte_position, byte_length))) = next_tag
+            {
                 note.push(" #next-activity:");
                 note.push(next_activity.tag());
                 note.push_with(|text| {

@@ -28,68 +28,70 @@ fn base() -> Timestamp {
 
 fn appointment_strategy() -> impl Strategy<Value = Appointment> {
     (
-        0i64..(4 * 96),          // start in quarter hours over four days around a DST change
-        1i64..(2 * 96),          // length in quarter hours
-        0usize..6,               // show-as
-        0usize..4,               // sensitivity
+        0i64..(4 * 96),           // start in quarter hours over four days around a DST change
+        1i64..(2 * 96),           // length in quarter hours
+        0usize..6,                // show-as
+        0usize..4,                // sensitivity
         0usize..TITLES.len() + 1, // title, or the secret for a private one
-        any::<bool>(),           // all-day
-        0usize..10,              // status: mostly active
-        0usize..1000,            // id
+        any::<bool>(),            // all-day
+        0usize..10,               // status: mostly active
+        0usize..1000,             // id
     )
-        .prop_map(|(start, length, show_as, sensitivity, title, all_day, status, id)| {
-            let show_as = [
-                ShowAs::Free,
-                ShowAs::Tentative,
-                ShowAs::Busy,
-                ShowAs::Oof,
-                ShowAs::WorkingElsewhere,
-                ShowAs::Unknown,
-            ][show_as];
-            let sensitivity = [
-                Sensitivity::Normal,
-                Sensitivity::Personal,
-                Sensitivity::Private,
-                Sensitivity::Confidential,
-            ][sensitivity];
-            // The secret title only ever goes on private or confidential appointments.
-            let subject = if title == TITLES.len() {
-                if sensitivity.hides_subject() {
-                    SECRET.to_string()
+        .prop_map(
+            |(start, length, show_as, sensitivity, title, all_day, status, id)| {
+                let show_as = [
+                    ShowAs::Free,
+                    ShowAs::Tentative,
+                    ShowAs::Busy,
+                    ShowAs::Oof,
+                    ShowAs::WorkingElsewhere,
+                    ShowAs::Unknown,
+                ][show_as];
+                let sensitivity = [
+                    Sensitivity::Normal,
+                    Sensitivity::Personal,
+                    Sensitivity::Private,
+                    Sensitivity::Confidential,
+                ][sensitivity];
+                // The secret title only ever goes on private or confidential appointments.
+                let subject = if title == TITLES.len() {
+                    if sensitivity.hides_subject() {
+                        SECRET.to_string()
+                    } else {
+                        TITLES[0].to_string()
+                    }
                 } else {
-                    TITLES[0].to_string()
-                }
-            } else {
-                TITLES[title].to_string()
-            };
-            let start_at = base() + (start * 15).minutes();
-            let time = if all_day {
-                let first_day = berlin().zone().to_datetime(start_at).date();
-                let days = (length / 96).clamp(1, 3) as i8;
-                AppointmentTime::AllDay {
-                    first_day,
-                    end_day: first_day.checked_add(jiff::Span::new().days(days)).unwrap(),
-                }
-            } else {
-                AppointmentTime::Timed {
-                    start: start_at,
-                    end: start_at + (length * 15).minutes(),
-                }
-            };
-            Appointment {
-                id: format!("id{id}"),
-                time,
-                show_as,
-                sensitivity,
-                subject: Some(subject),
-                organizer: None,
-                status: if status == 0 {
-                    AppointmentStatus::Cancelled
+                    TITLES[title].to_string()
+                };
+                let start_at = base() + (start * 15).minutes();
+                let time = if all_day {
+                    let first_day = berlin().zone().to_datetime(start_at).date();
+                    let days = (length / 96).clamp(1, 3) as i8;
+                    AppointmentTime::AllDay {
+                        first_day,
+                        end_day: first_day.checked_add(jiff::Span::new().days(days)).unwrap(),
+                    }
                 } else {
-                    AppointmentStatus::Active
-                },
-            }
-        })
+                    AppointmentTime::Timed {
+                        start: start_at,
+                        end: start_at + (length * 15).minutes(),
+                    }
+                };
+                Appointment {
+                    id: format!("id{id}"),
+                    time,
+                    show_as,
+                    sensitivity,
+                    subject: Some(subject),
+                    organizer: None,
+                    status: if status == 0 {
+                        AppointmentStatus::Cancelled
+                    } else {
+                        AppointmentStatus::Active
+                    },
+                }
+            },
+        )
 }
 
 fn rules_strategy() -> impl Strategy<Value = Rules> {

@@ -19,7 +19,11 @@ pub fn locale(language: Language) -> Locale {
 /// A local Berlin date-time as an instant.
 pub fn at(local: &str) -> Timestamp {
     let civil: DateTime = local.parse().unwrap();
-    berlin().zone().to_ambiguous_timestamp(civil).compatible().unwrap()
+    berlin()
+        .zone()
+        .to_ambiguous_timestamp(civil)
+        .compatible()
+        .unwrap()
 }
 
 pub fn timed(id: &str, subject: &str, start: &str, end: &str, show_as: ShowAs) -> Appointment {
@@ -37,7 +41,13 @@ pub fn timed(id: &str, subject: &str, start: &str, end: &str, show_as: ShowAs) -
     }
 }
 
-pub fn all_day(id: &str, subject: &str, first: (i16, i8, i8), end: (i16, i8, i8), show_as: ShowAs) -> Appointment {
+pub fn all_day(
+    id: &str,
+    subject: &str,
+    first: (i16, i8, i8),
+    end: (i16, i8, i8),
+    show_as: ShowAs,
+) -> Appointment {
     Appointment {
         id: id.to_string(),
         time: AppointmentTime::AllDay {

@@ -15,6 +15,8 @@ CREATE TABLE people (
     resolution       TEXT    NOT NULL DEFAULT 'pending'
                              CHECK (resolution IN ('pending', 'resolved', 'failed')),
     primary_smtp     TEXT,
+    -- The source's own id for the mailbox (Graph's user object id), used in later requests.
+    source_user_id   TEXT,
     resolution_error TEXT,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,

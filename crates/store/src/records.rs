@@ -49,6 +49,8 @@ pub enum Resolution {
     Pending,
     Resolved {
         primary_smtp: MailboxAddress,
+        /// The source's own id of the mailbox (Graph's user object id), when it has one.
+        source_user_id: Option<String>,
     },
     /// The lookup failed; the text is shown in the admin view.
     Failed {

@@ -47,7 +47,7 @@ const APPOINTMENT_COLUMNS: &str = "a.appointment_id, a.start_at, a.end_at, a.fir
      a.end_day, a.show_as, a.sensitivity, a.subject, a.organizer, a.status";
 
 const PERSON_COLUMNS: &str = "p.source_id, p.address, p.display_name, p.sip_uri, \
-     p.resolution, p.primary_smtp, p.resolution_error, p.created_at, p.updated_at";
+     p.resolution, p.primary_smtp, p.source_user_id, p.resolution_error, p.created_at, p.updated_at";
 
 const INSERT_APPOINTMENT_PREFIX: &str = "INSERT INTO appointments (person_id, appointment_id, \
      start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
@@ -276,7 +276,10 @@ fn decode_person(row: &SqliteRow) -> Result<Person, StoreError> {
                         reason: error.to_string(),
                     }
                 })?;
-            Resolution::Resolved { primary_smtp }
+            Resolution::Resolved {
+                primary_smtp,
+                source_user_id: get(row, "source_user_id", &what)?,
+            }
         }
         "failed" => Resolution::Failed {
             error: get::<Option<String>>(row, "resolution_error", &what)?.unwrap_or_default(),
@@ -417,19 +420,24 @@ impl Store for SqliteStore {
         key: &PersonKey,
         resolution: &Resolution,
     ) -> Result<(), StoreError> {
+        let source_user_id = match resolution {
+            Resolution::Resolved { source_user_id, .. } => source_user_id.as_deref(),
+            _ => None,
+        };
         let (state, primary_smtp, error) = match resolution {
             Resolution::Pending => ("pending", None, None),
-            Resolution::Resolved { primary_smtp } => {
+            Resolution::Resolved { primary_smtp, .. } => {
                 ("resolved", Some(primary_smtp.as_str()), None)
             }
             Resolution::Failed { error } => ("failed", None, Some(error.as_str())),
         };
         let result = sqlx::query(
-            "UPDATE people SET resolution = ?, primary_smtp = ?, resolution_error = ?, \
-             updated_at = ? WHERE source_id = ? AND address = ?",
+            "UPDATE people SET resolution = ?, primary_smtp = ?, source_user_id = ?, \
+             resolution_error = ?, updated_at = ? WHERE source_id = ? AND address = ?",
         )
         .bind(state)
         .bind(primary_smtp)
+        .bind(source_user_id)
         .bind(error)
         .bind(Timestamp::now().as_second())
         .bind(&key.source.0)

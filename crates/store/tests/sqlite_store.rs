@@ -153,6 +153,7 @@ async fn re_reading_the_directory_keeps_the_resolution_and_updates_the_names() {
             &alice,
             &Resolution::Resolved {
                 primary_smtp: primary.clone(),
+                source_user_id: Some("graph-id-1".to_string()),
             },
         )
         .await
@@ -173,7 +174,8 @@ async fn re_reading_the_directory_keeps_the_resolution_and_updates_the_names() {
     assert_eq!(
         stored.resolution,
         Resolution::Resolved {
-            primary_smtp: primary
+            primary_smtp: primary,
+            source_user_id: Some("graph-id-1".to_string()),
         }
     );
 }

@@ -154,6 +154,12 @@ impl AuthError {
         }
     }
 
+    /// The same kind of failure, ignoring trace ids and timestamps that differ per answer.
+    pub fn same_problem(&self, other: &AuthError) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.aadsts_code() == other.aadsts_code()
+    }
+
     fn backoff_range(&self) -> (Duration, Duration) {
         if self.is_credential_problem() || matches!(self, AuthError::Throttled { .. }) {
             (CREDENTIAL_BACKOFF_FIRST, CREDENTIAL_BACKOFF_MAX)
@@ -416,12 +422,12 @@ struct EntraErrorBody {
 }
 
 impl TokenProvider {
-    /// `authority_url` and `graph_url` without trailing slashes; the scope is
-    /// `{graph_url}/.default`, the token URL `{authority_url}/{tenant}/oauth2/v2.0/token`.
+    /// `authority_url` without a trailing slash; the token URL is
+    /// `{authority_url}/{tenant}/oauth2/v2.0/token`.
     pub fn new(
         http: reqwest::Client,
         authority_url: &str,
-        graph_url: &str,
+        scope: &str,
         tenant_id: &str,
         client_id: &str,
         credential: &GraphCredential,
@@ -451,7 +457,7 @@ impl TokenProvider {
                 authority_url.trim_end_matches('/'),
                 tenant_id
             ),
-            scope: format!("{}/.default", graph_url.trim_end_matches('/')),
+            scope: scope.to_string(),
             tenant_id: tenant_id.to_string(),
             client_id: client_id.to_string(),
             credential,
@@ -512,7 +518,7 @@ impl TokenProvider {
             Err(error) => {
                 let (first, max) = error.backoff_range();
                 let (since, backoff) = match &state.failure {
-                    Some(previous) if previous.error == error => {
+                    Some(previous) if previous.error.same_problem(&error) => {
                         (previous.since, (previous.backoff * 2).min(max))
                     }
                     Some(previous) => (previous.since, first),
@@ -522,7 +528,7 @@ impl TokenProvider {
                 if state
                     .failure
                     .as_ref()
-                    .is_none_or(|previous| previous.error != error)
+                    .is_none_or(|previous| !previous.error.same_problem(&error))
                 {
                     tracing::error!(client_id = %self.client_id, backoff_seconds = backoff.as_secs(), "{error}");
                 }

@@ -21,6 +21,11 @@ pub struct GraphSourceConfig {
     pub authority_url: String,
     #[serde(default = "default_graph_url")]
     pub graph_url: String,
+    /// The scope of the token request. Default `{graph_url}/.default`, which is right for
+    /// Microsoft's clouds; an emulator or a proxy in front of Graph needs the real resource,
+    /// `https://graph.microsoft.com/.default`.
+    #[serde(default)]
+    pub token_scope: Option<String>,
     /// A PEM file with one or more extra CA certificates to trust besides the system's
     /// (the emulator's self-signed CA, or a TLS-inspecting proxy's).
     #[serde(default)]
@@ -77,6 +82,7 @@ impl GraphSourceConfig {
             credential,
             authority_url: default_authority_url(),
             graph_url: default_graph_url(),
+            token_scope: None,
             extra_root_ca: None,
             max_concurrent_requests: default_max_concurrent_requests(),
             per_mailbox_concurrency: default_per_mailbox_concurrency(),

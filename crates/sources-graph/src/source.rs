@@ -211,10 +211,19 @@ impl GraphSource {
         let authority_url = check_https("authority_url", &config.authority_url)?;
         let graph_url = check_https("graph_url", &config.graph_url)?;
         let client = build_http_client(config.extra_root_ca.as_deref())?;
+        let scope = match &config.token_scope {
+            Some(scope) if !scope.trim().is_empty() => scope.trim().to_string(),
+            Some(_) => {
+                return Err(ConfigError::Empty {
+                    setting: "token_scope",
+                })
+            }
+            None => format!("{graph_url}/.default"),
+        };
         let tokens = Arc::new(TokenProvider::new(
             client.clone(),
             &authority_url,
-            &graph_url,
+            &scope,
             config.tenant_id.trim(),
             config.client_id.trim(),
             &config.credential,

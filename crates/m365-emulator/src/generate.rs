@@ -156,10 +156,11 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             suffix
         );
         let mail = format!("{local}@{GENERATED_DOMAIN}");
+        // "last.first" is unique whenever "first.last" is; initials would collide.
         let alias = format!(
-            "{}{}{}@{GENERATED_DOMAIN}",
-            &first[..1].to_ascii_lowercase(),
+            "{}.{}{}@{GENERATED_DOMAIN}",
             last.to_ascii_lowercase(),
+            first.to_ascii_lowercase(),
             suffix
         );
         let mut zone_pick = random.below(100);

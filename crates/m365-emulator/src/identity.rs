@@ -494,11 +494,19 @@ fn check_client_assertion(
     }
     // Entra allows five minutes of clock skew on client assertions.
     let skew = SignedDuration::from_mins(5);
-    let seconds = |name: &str| claims.get(name).and_then(Value::as_i64);
+    // msal for Python writes `exp`/`nbf` as floats (seconds with a fraction); Entra accepts that.
+    let seconds = |name: &str| {
+        let value = claims.get(name)?;
+        value
+            .as_i64()
+            .or_else(|| value.as_f64().map(|float| float.floor() as i64))
+    };
     let now_seconds = now.as_second();
     let expiry = seconds("exp").ok_or_else(malformed)?;
     let not_before = seconds("nbf").unwrap_or(i64::MIN);
-    if expiry + skew.as_secs() < now_seconds || not_before - skew.as_secs() > now_seconds {
+    if expiry.saturating_add(skew.as_secs()) < now_seconds
+        || not_before.saturating_sub(skew.as_secs()) > now_seconds
+    {
         return Err(invalid_client(
             700024,
             format!("Client assertion is not within its valid time range. Current time: {now}, assertion valid from {}, expiry time of assertion {}.", Timestamp::from_second(not_before.max(0)).unwrap_or(Timestamp::UNIX_EPOCH), Timestamp::from_second(expiry).unwrap_or(Timestamp::UNIX_EPOCH)),

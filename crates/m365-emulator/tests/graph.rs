@@ -1020,16 +1020,33 @@ async fn the_example_scenario_loads_and_serves_its_calendars() {
     let harness = start_with(EmulatorConfig::scenario_file(path)).await;
     let ready = harness.emulator.ready().clone();
     assert_eq!(ready.client_id, "6e2a0c1d-5b4f-4a39-9e8d-7c6b5a493827");
-    assert_eq!(ready.client_secret.as_deref(), Some("calbridge-demo-secret"));
-    let token = harness.token_for(&ready.client_id, "calbridge-demo-secret").await;
+    assert_eq!(
+        ready.client_secret.as_deref(),
+        Some("calbridge-demo-secret")
+    );
+    let token = harness
+        .token_for(&ready.client_id, "calbridge-demo-secret")
+        .await;
     let now = jiff::Timestamp::now();
     let start = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let end = now.checked_add(SignedDuration::from_hours(24 * 8)).unwrap_or(now).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let url = harness.graph(&format!("/users/ada@contoso.example/calendarView?startDateTime={start}&endDateTime={end}&$top=100"));
+    let end = now
+        .checked_add(SignedDuration::from_hours(24 * 8))
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let url = harness.graph(&format!(
+        "/users/ada@contoso.example/calendarView?startDateTime={start}&endDateTime={end}&$top=100"
+    ));
     let view = harness.get(&url, &token, &[]).await.json();
     let subjects = subjects(&view);
-    assert!(subjects.iter().any(|subject| subject == "Customer call"), "{subjects:?}");
-    assert!(subjects.iter().any(|subject| subject == "Daily stand-up"), "{subjects:?}");
+    assert!(
+        subjects.iter().any(|subject| subject == "Customer call"),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.iter().any(|subject| subject == "Daily stand-up"),
+        "{subjects:?}"
+    );
 }
 
 #[tokio::test]
@@ -1038,17 +1055,48 @@ async fn ten_thousand_generated_users_start_quickly_and_are_in_the_all_people_gr
     let harness = start_with(EmulatorConfig::generated(10_000, 5)).await;
     let elapsed = started.elapsed();
     // Measured at about 0.7 s in a debug build; ten seconds leaves room for a slow CI machine.
-    assert!(elapsed < std::time::Duration::from_secs(10), "start took {elapsed:?}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(10),
+        "start took {elapsed:?}"
+    );
     let ready = harness.emulator.ready().clone();
-    let token = harness.token_for(&ready.client_id, ready.client_secret.as_deref().unwrap_or_default()).await;
+    let token = harness
+        .token_for(
+            &ready.client_id,
+            ready.client_secret.as_deref().unwrap_or_default(),
+        )
+        .await;
     let group_id = ready.group_id.clone().unwrap_or_default();
-    let members = harness.get(&harness.graph(&format!("/groups/{group_id}/members?$top=999&$select=mail")), &token, &[]).await.json();
+    let members = harness
+        .get(
+            &harness.graph(&format!("/groups/{group_id}/members?$top=999&$select=mail")),
+            &token,
+            &[],
+        )
+        .await
+        .json();
     assert_eq!(members["value"].as_array().map(Vec::len), Some(999));
     assert!(members["@odata.nextLink"].is_string());
-    let first_mail = members["value"][0]["mail"].as_str().unwrap_or_default().to_string();
+    let first_mail = members["value"][0]["mail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let now = jiff::Timestamp::now();
-    let window_start = now.checked_sub(SignedDuration::from_hours(24 * 7)).unwrap_or(now).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let window_end = now.checked_add(SignedDuration::from_hours(24 * 14)).unwrap_or(now).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let window_start = now
+        .checked_sub(SignedDuration::from_hours(24 * 7))
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let window_end = now
+        .checked_add(SignedDuration::from_hours(24 * 14))
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let view = harness.get(&harness.graph(&format!("/users/{first_mail}/calendarView?startDateTime={window_start}&endDateTime={window_end}&$top=200")), &token, &[]).await.json();
-    assert!(view["value"].as_array().is_some_and(|items| items.len() >= 3), "{view}");
+    assert!(
+        view["value"]
+            .as_array()
+            .is_some_and(|items| items.len() >= 3),
+        "{view}"
+    );
 }

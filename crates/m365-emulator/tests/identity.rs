@@ -63,7 +63,8 @@ fn client_assertion(
         URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &der))
     };
     let header = json!({"alg": algorithm, "typ": "JWT", thumbprint_header: thumbprint});
-    let claims = json!({"aud": audience, "iss": APP_ID, "sub": APP_ID, "jti": "test-jti", "nbf": now, "exp": now + expires_in_seconds});
+    // Like msal for Python: no `nbf`, and `exp` as a float.
+    let claims = json!({"aud": audience, "iss": APP_ID, "sub": APP_ID, "jti": "test-jti", "iat": now, "exp": (now + expires_in_seconds) as f64 + 0.5});
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),

@@ -103,12 +103,12 @@ pub async fn calendar_view(
             ),
         };
         let mut body = json!({"@odata.context": context, "value": items});
-        if skip + page_size < instances.len() {
+        if skip.saturating_add(page_size) < instances.len() {
             body["@odata.nextLink"] = json!(format!(
                 "{}{}?{}",
                 state.base_url,
                 uri.path(),
-                query.with(&[("$skip", (skip + page_size).to_string())])
+                query.with(&[("$skip", (skip.saturating_add(page_size)).to_string())])
             ));
         }
         let mut response = Json(body).into_response();

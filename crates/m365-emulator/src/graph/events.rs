@@ -76,12 +76,12 @@ pub async fn list_events(
             .map(|item| event_json(item, &address, &zone, select.as_deref()))
             .collect();
         let mut body = json!({"@odata.context": format!("{}/$metadata#users('{}')/events", state.graph_url, user_key), "value": page});
-        if skip + page_size < items.len() {
+        if skip.saturating_add(page_size) < items.len() {
             body["@odata.nextLink"] = json!(format!(
                 "{}{}?{}",
                 state.base_url,
                 uri.path(),
-                query.with(&[("$skip", (skip + page_size).to_string())])
+                query.with(&[("$skip", (skip.saturating_add(page_size)).to_string())])
             ));
         }
         let mut response = Json(body).into_response();

@@ -309,7 +309,7 @@ fn verify_bearer(state: &AppState, headers: &HeaderMap) -> Result<Caller, GraphE
     }
     // Graph tolerates five minutes of clock skew past `exp`.
     let expiry = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-    if state.clock.now().as_second() >= expiry + 300 {
+    if state.clock.now().as_second() >= expiry.saturating_add(300) {
         return Err(GraphError::unauthorized(
             "Lifetime validation failed, the token is expired.",
         ));

@@ -293,11 +293,11 @@ fn page(
     let select = query.select();
     let page_items: Vec<Value> = items.iter().skip(offset).take(top).cloned().collect();
     let mut body = json!({"@odata.context": context(state, context_entity, select.as_deref()), "value": page_items});
-    if offset + top < items.len() {
+    if offset.saturating_add(top) < items.len() {
         body["@odata.nextLink"] = json!(format!(
             "{}{path}?{}",
             state.base_url,
-            query.with(&[("$skiptoken", encode_skip_token(offset + top))])
+            query.with(&[("$skiptoken", encode_skip_token(offset.saturating_add(top)))])
         ));
     }
     Ok(Json(body).into_response())

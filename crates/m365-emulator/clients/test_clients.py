@@ -9,6 +9,7 @@ import pytest
 import recurring_ical_events
 import requests
 from O365 import Account, MSGraphProtocol
+from O365.utils import FileSystemTokenBackend
 
 from conftest import EXPIRED_SECRET, SECRET, THROTTLED_USER
 
@@ -76,7 +77,7 @@ class EmulatorProtocol(MSGraphProtocol):
         super().__init__(**kwargs)
 
 
-def o365_account(emulator, retries=3):
+def o365_account(emulator, token_folder, retries=3):
     account = Account(
         (emulator["client_id"], SECRET),
         auth_flow_type="credentials",
@@ -84,6 +85,8 @@ def o365_account(emulator, retries=3):
         protocol=EmulatorProtocol(emulator["base_url"]),
         verify_ssl=emulator["ca_cert"],
         request_retries=retries,
+        # Keep python-o365's token file in the test's temp folder, never in the work tree.
+        token_backend=FileSystemTokenBackend(token_path=token_folder, token_filename="o365_token.txt"),
     )
     # python-o365 builds its msal client with the public cloud's authority; hand it one for the
     # emulator instead (same class, same token cache, emulator authority).
@@ -99,8 +102,8 @@ def o365_account(emulator, retries=3):
     return account
 
 
-def test_python_o365_lists_a_calendar_view_following_paging(emulator):
-    account = o365_account(emulator)
+def test_python_o365_lists_a_calendar_view_following_paging(emulator, tmp_path):
+    account = o365_account(emulator, tmp_path)
     schedule = account.schedule(resource="ada@contoso.example")
     start = datetime.datetime(2030, 3, 1, tzinfo=datetime.timezone.utc)
     end = datetime.datetime(2030, 4, 30, tzinfo=datetime.timezone.utc)
@@ -144,7 +147,7 @@ def set_faults(emulator, faults):
     assert reply.status_code == 200, reply.text
 
 
-def test_a_throttled_mailbox_answers_429_with_retry_after(emulator):
+def test_a_throttled_mailbox_answers_429_with_retry_after(emulator, tmp_path):
     set_faults(emulator, {"throttled_mailboxes": [THROTTLED_USER], "throttled_mailbox_retry_after_seconds": 7})
     try:
         session = graph_session(emulator)
@@ -156,7 +159,7 @@ def test_a_throttled_mailbox_answers_429_with_retry_after(emulator):
             reply.raise_for_status()
         assert raised.value.response.status_code == 429
         # python-o365 without retries raises the HTTP error it would raise against Graph.
-        account = o365_account(emulator, retries=0)
+        account = o365_account(emulator, tmp_path, retries=0)
         schedule = account.schedule(resource=THROTTLED_USER)
         day_start = datetime.datetime(2030, 3, 1, tzinfo=datetime.timezone.utc)
         day_end = datetime.datetime(2030, 3, 2, tzinfo=datetime.timezone.utc)

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::{DemoArgs, RunArgs};
 use crate::simulate::SimulateArgs;
 
 #[derive(Debug, Parser)]
@@ -19,6 +20,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service with a configuration file.
+    Run(RunArgs),
+    /// Run the service against the bundled Microsoft 365 emulator with a generated organisation.
+    Demo(DemoArgs),
+    /// Walk the path to Microsoft 365 step by step (token, user, calendar, webhook) and say
+    /// which step fails and what to change.
+    Check(crate::check::CheckArgs),
+    /// Measure first sync, notification latency and memory against the emulator.
+    Bench(crate::bench::BenchArgs),
     /// Work with the presence engine.
     #[command(subcommand)]
     Presence(PresenceCommand),

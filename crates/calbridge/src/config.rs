@@ -27,6 +27,177 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default)]
     pub presence: PresenceConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Calendar sources side by side (several tenants, later EWS servers and CalDAV).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Where the people come from; each entry feeds one source.
+    #[serde(default)]
+    pub directory: Vec<DirectoryConfig>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file. Default `calbridge.sqlite` beside the configuration file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// File with the 32-byte key that seals secrets at rest (base64 or hex). Created with
+    /// mode 0600 on first start when missing. Default `calbridge.key` beside the database.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the key instead of a file.
+    #[serde(default)]
+    pub key_env: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+            key_file: None,
+            key_env: None,
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("calbridge.sqlite")
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP API, the admin page and the notification webhook.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token for `/api/v1/*` and the admin page. Either this or `token_env`.
+    #[serde(default)]
+    pub token: Option<calbridge_domain::Secret>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The URL at which Microsoft Graph reaches this service (https in production), e.g.
+    /// `https://calbridge.example.com`. With it calbridge subscribes to change notifications;
+    /// without it, it reads changes by delta polling every `sync.poll_interval_seconds`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+            token: None,
+            token_env: None,
+            public_url: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+/// `[sync]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Hours of calendar kept from now on (the seed's 48 h).
+    #[serde(default = "default_window_hours")]
+    pub window_hours: u32,
+    /// Delta polling interval when no `api.public_url` is set.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_seconds: u64,
+    /// Every person's calendar is re-checked by delta once per this period, to catch what a
+    /// lost notification missed. 0 turns it off.
+    #[serde(default = "default_reconcile_minutes")]
+    pub reconcile_interval_minutes: u64,
+    /// The midnight re-read is spread over this many minutes so the tenant is not hit at once.
+    #[serde(default = "default_midnight_spread")]
+    pub midnight_spread_minutes: u64,
+    /// Lifetime asked for new subscriptions (Graph's maximum for events is 4,230 minutes in
+    /// the documented limits; newer tenants accept up to 10,080).
+    #[serde(default = "default_subscription_minutes")]
+    pub subscription_lifetime_minutes: u64,
+    /// Subscriptions are renewed this long before they expire.
+    #[serde(default = "default_renew_before")]
+    pub renew_before_minutes: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            window_hours: default_window_hours(),
+            poll_interval_seconds: default_poll_interval(),
+            reconcile_interval_minutes: default_reconcile_minutes(),
+            midnight_spread_minutes: default_midnight_spread(),
+            subscription_lifetime_minutes: default_subscription_minutes(),
+            renew_before_minutes: default_renew_before(),
+        }
+    }
+}
+
+fn default_window_hours() -> u32 {
+    48
+}
+fn default_poll_interval() -> u64 {
+    120
+}
+fn default_reconcile_minutes() -> u64 {
+    60
+}
+fn default_midnight_spread() -> u64 {
+    10
+}
+fn default_subscription_minutes() -> u64 {
+    4230
+}
+fn default_renew_before() -> u64 {
+    60
+}
+
+/// `[[sources]]`: one calendar source; exactly one kind table (`[sources.graph]`) is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A short name people refer to in `[[directory]]` (`source = "contoso"`).
+    pub id: calbridge_domain::SourceId,
+    /// When the client secret expires (Entra ID → App registrations → Certificates & secrets
+    /// shows it). The admin page warns 30 days before.
+    #[serde(default)]
+    pub secret_expires_on: Option<jiff::civil::Date>,
+    #[serde(default)]
+    pub graph: Option<calbridge_sources_graph::GraphSourceConfig>,
+}
+
+/// `[[directory]]`: who to follow, for one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The `id` of the source these people's calendars live in.
+    pub source: calbridge_domain::SourceId,
+    /// A CSV file (header `address[,sip_uri,display_name]`) or a TOML file
+    /// (`[[person]] address = "…"`), re-read when it changes.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An Entra ID group whose members are followed (needs `GroupMember.Read.All` or
+    /// `Group.Read.All` and `User.Read.All`).
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// How often the file or group is checked for changes.
+    #[serde(default = "default_directory_refresh")]
+    pub refresh_seconds: u64,
+}
+
+fn default_directory_refresh() -> u64 {
+    30
 }
 
 impl Config {
@@ -35,15 +206,100 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
     }
 
     /// Parses TOML text; the error is toml's, which names the key and shows the line.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|error| error.to_string())
+        let config: Config = toml::from_str(text).map_err(|error| error.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules that span tables, which serde cannot express.
+    fn check(&self) -> Result<(), String> {
+        let mut ids = std::collections::HashSet::new();
+        for source in &self.sources {
+            if !ids.insert(source.id.clone()) {
+                return Err(format!("[[sources]] id `{}` appears twice", source.id));
+            }
+            if source.graph.is_none() {
+                return Err(format!(
+                    "[[sources]] `{}` needs a kind table: add [sources.graph] (EWS and CalDAV come later)",
+                    source.id
+                ));
+            }
+        }
+        for entry in &self.directory {
+            if !ids.contains(&entry.source) {
+                return Err(format!(
+                    "[[directory]] names source `{}`, but no [[sources]] has that id",
+                    entry.source
+                ));
+            }
+            match (&entry.file, &entry.group_id) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "[[directory]] for source `{}` needs exactly one of `file` or `group_id`",
+                        entry.source
+                    ))
+                }
+            }
+        }
+        if self.sync.window_hours == 0 || self.sync.window_hours > 24 * 62 {
+            return Err(format!(
+                "sync.window_hours = {} must be between 1 and 1488 (62 days, Graph's limit)",
+                self.sync.window_hours
+            ));
+        }
+        if self.api.token.is_some() && self.api.token_env.is_some() {
+            return Err("api: set either `token` or `token_env`, not both".to_string());
+        }
+        if self.store.key_file.is_some() && self.store.key_env.is_some() {
+            return Err("store: set either `key_file` or `key_env`, not both".to_string());
+        }
+        Ok(())
+    }
+
+    /// Resolves relative paths against the folder of the configuration file, so that the
+    /// service finds its files whatever the working directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.store.path);
+        if let Some(key_file) = &mut self.store.key_file {
+            resolve(key_file);
+        }
+        for entry in &mut self.directory {
+            if let Some(file) = &mut entry.file {
+                resolve(file);
+            }
+        }
+        for source in &mut self.sources {
+            if let Some(graph) = &mut source.graph {
+                if let Some(ca) = &mut graph.extra_root_ca {
+                    resolve(ca);
+                }
+                if let calbridge_sources_graph::GraphCredential::Certificate {
+                    certificate_pem,
+                    private_key_pem,
+                } = &mut graph.credential
+                {
+                    resolve(certificate_pem);
+                    resolve(private_key_pem);
+                }
+            }
+        }
     }
 }
 

@@ -1,9 +1,19 @@
 //! calbridge: Exchange / Microsoft 365 calendars turned into live presence.
 //!
 //! This crate is the service and its command line; the pipeline's layers live in their own
-//! crates (`calbridge-domain`, `calbridge-presence`, `calbridge-sources-graph`, …), see
-//! ARCHITECTURE.md.
+//! crates (`calbridge-domain`, `calbridge-presence`, `calbridge-sources-graph`,
+//! `calbridge-store`), see ARCHITECTURE.md.
 
+pub mod api;
+pub mod bench;
+pub mod check;
 pub mod cli;
+pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod directory;
+pub mod hub;
+pub mod service;
+pub mod shutdown;
 pub mod simulate;
+pub mod sync;

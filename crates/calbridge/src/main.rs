@@ -6,6 +6,17 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        // The demo and the benchmark print their own progress; keep the log to problems.
+        Command::Demo(_) | Command::Bench(_) | Command::Check(_) => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Presence(PresenceCommand::Simulate(args)) => {
             calbridge::simulate::run(&args, &mut std::io::stdout().lock())
@@ -13,18 +24,20 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => Config::load(&config)
             .map(|config| {
                 println!(
-                    "configuration is valid: language {}, time zone {} ({}), subjects {}",
+                    "configuration is valid: language {}, time zone {} ({}), subjects {}, {} source(s), {} directory entr(ies)",
                     config.presence.language.code(),
                     config.presence.timezone,
                     config.presence.timezone.iana(),
-                    if config.presence.show_subject {
-                        "shown"
-                    } else {
-                        "hidden"
-                    }
+                    if config.presence.show_subject { "shown" } else { "hidden" },
+                    config.sources.len(),
+                    config.directory.len(),
                 );
             })
             .map_err(anyhow::Error::from),
+        Command::Run(args) => block_on(calbridge::commands::run(args)),
+        Command::Demo(args) => block_on(calbridge::commands::demo(args)),
+        Command::Check(args) => block_on(calbridge::check::run(args)),
+        Command::Bench(args) => block_on(calbridge::bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,4 +46,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?
+        .block_on(future)
 }

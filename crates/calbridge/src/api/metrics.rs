@@ -1,0 +1,145 @@
+//! `/metrics` in the Prometheus text exposition format, written by hand: a dozen gauges and
+//! counters do not justify a metrics framework.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use calbridge_sources_graph::TokenStatus;
+
+use super::ApiState;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let mut out = String::with_capacity(4096);
+    let counters = state.hub.counters();
+    let none = String::new();
+    metric(
+        &mut out,
+        "calbridge_people",
+        "gauge",
+        "People whose presence is kept.",
+        &[(none.clone(), state.hub.n_people() as f64)],
+    );
+    metric(
+        &mut out,
+        "calbridge_presence_timers",
+        "gauge",
+        "Pending presence timers (one per person with a coming change).",
+        &[(none.clone(), state.hub.n_timers() as f64)],
+    );
+    metric(
+        &mut out,
+        "calbridge_presence_decisions_total",
+        "counter",
+        "Presence decisions computed.",
+        &[(none.clone(), counters.decisions.load(Relaxed) as f64)],
+    );
+    metric(
+        &mut out,
+        "calbridge_presence_changes_total",
+        "counter",
+        "Presence changes published.",
+        &[(none.clone(), counters.changes.load(Relaxed) as f64)],
+    );
+    metric(
+        &mut out,
+        "calbridge_presence_timer_fires_total",
+        "counter",
+        "Timers that fired at a boundary.",
+        &[(none, counters.timer_fires.load(Relaxed) as f64)],
+    );
+    let mut requests = Vec::new();
+    let mut throttled = Vec::new();
+    let mut retries = Vec::new();
+    let mut notifications = Vec::new();
+    let mut token_ok = Vec::new();
+    let mut subscriptions = Vec::new();
+    let mut first_sync = Vec::new();
+    for (id, sync) in &state.syncs {
+        let label = format!(
+            "{{source=\"{}\"}}",
+            id.0.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let graph = sync.graph.counters();
+        requests.push((label.clone(), graph.requests_sent as f64));
+        throttled.push((label.clone(), graph.throttled_answers as f64));
+        retries.push((label.clone(), graph.retries as f64));
+        notifications.push((
+            label.clone(),
+            sync.notifications_received.load(Relaxed) as f64,
+        ));
+        token_ok.push((
+            label.clone(),
+            f64::from(u8::from(matches!(
+                sync.token_status(),
+                TokenStatus::Valid { .. }
+            ))),
+        ));
+        subscriptions.push((label.clone(), sync.n_subscriptions() as f64));
+        first_sync.push((
+            label,
+            f64::from(u8::from(sync.progress.finished.load(Relaxed))),
+        ));
+    }
+    metric(
+        &mut out,
+        "calbridge_graph_requests_total",
+        "counter",
+        "HTTP requests sent to Microsoft Graph ($batch counts once).",
+        &requests,
+    );
+    metric(
+        &mut out,
+        "calbridge_graph_throttled_total",
+        "counter",
+        "429 answers from Graph, including inside $batch.",
+        &throttled,
+    );
+    metric(
+        &mut out,
+        "calbridge_graph_retries_total",
+        "counter",
+        "Graph requests sent again after 429, 5xx or network errors.",
+        &retries,
+    );
+    metric(
+        &mut out,
+        "calbridge_notifications_received_total",
+        "counter",
+        "Change notifications accepted from Graph.",
+        &notifications,
+    );
+    metric(
+        &mut out,
+        "calbridge_token_valid",
+        "gauge",
+        "1 when the source holds a valid access token.",
+        &token_ok,
+    );
+    metric(
+        &mut out,
+        "calbridge_subscriptions",
+        "gauge",
+        "Active change-notification subscriptions.",
+        &subscriptions,
+    );
+    metric(
+        &mut out,
+        "calbridge_first_sync_finished",
+        "gauge",
+        "1 once the first sync of the source is done.",
+        &first_sync,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

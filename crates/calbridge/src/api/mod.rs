@@ -1,0 +1,526 @@
+//! The HTTP face of the service: the REST + Server-Sent-Events API, the admin page, health and
+//! metrics, and the Graph notification webhook.
+//!
+//! `/api/v1/*` needs the bearer token from the configuration (also accepted as
+//! `?access_token=` because browsers' EventSource cannot send headers). The webhook is
+//! authenticated by Graph's `clientState` instead; `/healthz` and `/metrics` are open so that
+//! load balancers and Prometheus can reach them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use calbridge_domain::{AppointmentStatus, MailboxAddress, Secret, SourceId};
+use calbridge_presence::SubjectVisibility;
+use calbridge_sources_graph::TokenStatus;
+use calbridge_store::{PersonKey, Resolution, Store};
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::clock::Clock;
+use crate::hub::{PresenceChange, PresenceHub};
+use crate::sync::graph::GraphSync;
+
+mod metrics;
+
+const ADMIN_PAGE: &str = include_str!("admin.html");
+
+pub struct ApiState {
+    pub hub: Arc<PresenceHub>,
+    pub store: Arc<dyn Store>,
+    pub syncs: HashMap<SourceId, Arc<GraphSync>>,
+    pub token: Secret,
+    pub clock: Arc<dyn Clock>,
+    pub started_at: Timestamp,
+    pub window_hours: u32,
+    pub problems: crate::service::Problems,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/users", get(users))
+        .route("/api/v1/users/{address}/presence", get(presence))
+        .route("/api/v1/users/{address}/calendar", get(calendar))
+        .route("/api/v1/presence/stream", get(stream))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/", get(|| async { Html(ADMIN_PAGE) }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/notifications/graph/{source}",
+            post(graph_notification).get(graph_validation),
+        )
+        .route(
+            "/notifications/graph/{source}/lifecycle",
+            post(graph_notification).get(graph_validation),
+        )
+        .merge(api)
+        .with_state(state)
+}
+
+fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError(status, message.into()).into_response()
+}
+
+/// An error answer: `{"error": "…"}` with a status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token=").map(percent_decode))
+    });
+    let presented = from_header.or(from_query);
+    let accepted = presented.is_some_and(|token| {
+        constant_time_equal(token.as_bytes(), state.token.expose().as_bytes())
+    });
+    if accepted {
+        next.run(request).await
+    } else {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token: send `Authorization: Bearer <token>` with the token from calbridge.toml [api] (calbridge prints it at start when it generated one)",
+        )
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guessed
+/// token was right.
+fn constant_time_equal(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'%' && index + 2 < bytes.len() {
+            if let Ok(decoded) = u8::from_str_radix(&value[index + 1..index + 3], 16) {
+                out.push(decoded);
+                index += 3;
+                continue;
+            }
+        }
+        out.push(if byte == b'+' { b' ' } else { byte });
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    let first_sync_done = state.syncs.values().all(|sync| {
+        sync.progress
+            .finished
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    Json(json!({
+        "status": "ok",
+        "people": state.hub.n_people(),
+        "first_sync_done": first_sync_done,
+    }))
+    .into_response()
+}
+
+fn token_json(status: TokenStatus) -> Value {
+    match status {
+        TokenStatus::NotRequested => {
+            json!({"state": "not_requested", "valid_until": null, "error": null, "next_attempt_at": null})
+        }
+        TokenStatus::Valid { valid_until } => {
+            json!({"state": "valid", "valid_until": valid_until.to_string(), "error": null, "next_attempt_at": null})
+        }
+        TokenStatus::Failing {
+            since,
+            error,
+            next_attempt_at,
+        } => json!({
+            "state": "failing",
+            "valid_until": null,
+            "since": since.to_string(),
+            "error": error.to_string(),
+            "next_attempt_at": next_attempt_at.to_string(),
+        }),
+    }
+}
+
+/// "Client secret expires in 12 days": shown from 30 days before the date on.
+pub fn secret_warning(
+    expires_on: Option<jiff::civil::Date>,
+    now: Timestamp,
+    source: &SourceId,
+) -> Option<String> {
+    let expires_on = expires_on?;
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let days_left = (expires_on - today).get_days();
+    let advice = "create a new secret in Entra ID → App registrations → Certificates & secrets, put it in calbridge.toml and update secret_expires_on";
+    if days_left < 0 {
+        Some(format!(
+            "The client secret of source {source} expired on {expires_on}: {advice}."
+        ))
+    } else if days_left <= 30 {
+        Some(format!("The client secret of source {source} expires in {days_left} days ({expires_on}): {advice}."))
+    } else {
+        None
+    }
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> Response {
+    let now = state.clock.now();
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    let mut ids: Vec<&SourceId> = state.syncs.keys().collect();
+    ids.sort();
+    for id in ids {
+        let sync = &state.syncs[id];
+        let counters = sync.graph.counters();
+        let people = state.hub.people();
+        let mine: Vec<&PersonKey> = people
+            .iter()
+            .filter(|person| &person.source == id)
+            .collect();
+        for person in &mine {
+            if let Some(health) = sync.health(person) {
+                if let (Some(message), Some(at)) = (health.last_error, health.last_error_at) {
+                    errors.push((at, json!({"at": at.to_string(), "person": person.address.as_str(), "source": id.0, "message": message})));
+                }
+            }
+        }
+        let progress = &sync.progress;
+        use std::sync::atomic::Ordering::Relaxed;
+        sources.push(json!({
+            "id": id.0,
+            "kind": "graph",
+            "mode": if sync.uses_notifications() { "notifications" } else { "polling" },
+            "token": token_json(sync.token_status()),
+            "secret_expires_on": sync.secret_expires_on.map(|date| date.to_string()),
+            "secret_warning": secret_warning(sync.secret_expires_on, now, id),
+            "people": mine.len(),
+            "subscriptions": sync.n_subscriptions(),
+            "first_sync": {
+                "total": progress.total.load(Relaxed),
+                "done": progress.done.load(Relaxed),
+                "failed": progress.failed.load(Relaxed),
+                "finished": progress.finished.load(Relaxed),
+            },
+            "requests": counters.requests_sent,
+            "throttled": counters.throttled_answers,
+            "retries": counters.retries,
+            "notifications_received": sync.notifications_received.load(Relaxed),
+            "notifications_rejected": sync.notifications_rejected.load(Relaxed),
+        }));
+    }
+    for (at, message) in state
+        .problems
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+    {
+        errors.push((
+            *at,
+            json!({"at": at.to_string(), "person": null, "source": null, "message": message}),
+        ));
+    }
+    errors.sort_by_key(|error| std::cmp::Reverse(error.0));
+    let errors: Vec<Value> = errors
+        .into_iter()
+        .take(200)
+        .map(|(_, error)| error)
+        .collect();
+    let counters = state.hub.counters();
+    use std::sync::atomic::Ordering::Relaxed;
+    Json(json!({
+        "started_at": state.started_at.to_string(),
+        "people": state.hub.n_people(),
+        "timers": state.hub.n_timers(),
+        "decisions": counters.decisions.load(Relaxed),
+        "changes": counters.changes.load(Relaxed),
+        "sources": sources,
+        "errors": errors,
+    }))
+    .into_response()
+}
+
+fn presence_json(state: &ApiState, person: &PersonKey) -> Value {
+    match state.hub.decision(person) {
+        Some((decision, decided_at)) => json!({
+            "activity": decision.activity,
+            "note": decision.note,
+            "until": decision.until.map(|until| until.to_string()),
+            "next_change_at": decision.next_change_at.map(|at| at.to_string()),
+            "why": decision.explain(),
+            "decided_at": decided_at.to_string(),
+        }),
+        None => Value::Null,
+    }
+}
+
+async fn users(State(state): State<Arc<ApiState>>) -> Response {
+    let people = match state.store.list_people().await {
+        Ok(people) => people,
+        Err(error) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the store: {error}"),
+            )
+        }
+    };
+    let users: Vec<Value> = people
+        .iter()
+        .map(|person| {
+            let (resolution, resolved_address, resolution_error) = match &person.resolution {
+                Resolution::Pending => ("pending", None, None),
+                Resolution::Resolved { primary_smtp, .. } => {
+                    ("resolved", Some(primary_smtp.to_string()), None)
+                }
+                Resolution::Failed { error } => ("failed", None, Some(error.clone())),
+            };
+            let sync = state
+                .syncs
+                .get(&person.key.source)
+                .and_then(|sync| sync.health(&person.key))
+                .map(|health| serde_json::to_value(health).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            json!({
+                "address": person.key.address.as_str(),
+                "source": person.key.source.0,
+                "display_name": person.display_name,
+                "resolution": resolution,
+                "resolved_address": resolved_address,
+                "resolution_error": resolution_error,
+                "presence": presence_json(&state, &person.key),
+                "sync": sync,
+            })
+        })
+        .collect();
+    Json(json!({ "users": users })).into_response()
+}
+
+fn find_person(state: &ApiState, raw: &str) -> Result<PersonKey, ApiError> {
+    let address = MailboxAddress::parse(raw)
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let mut people = state.hub.people();
+    people.sort();
+    people
+        .into_iter()
+        .find(|person| person.address == address)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no user {address} is followed"),
+            )
+        })
+}
+
+async fn presence(State(state): State<Arc<ApiState>>, Path(address): Path<String>) -> Response {
+    let person = match find_person(&state, &address) {
+        Ok(person) => person,
+        Err(error) => return error.into_response(),
+    };
+    let mut body = presence_json(&state, &person);
+    if let Value::Object(map) = &mut body {
+        map.insert("address".into(), json!(person.address.as_str()));
+        map.insert("source".into(), json!(person.source.0));
+    }
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct CalendarQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_query_instant(
+    name: &str,
+    raw: Option<&str>,
+    default: Timestamp,
+) -> Result<Timestamp, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw.parse::<Timestamp>().map_err(|error| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter `{name}` = `{raw}` is not an RFC 3339 instant like 2026-11-23T08:00:00Z: {error}"),
+            )
+        }),
+    }
+}
+
+async fn calendar(
+    State(state): State<Arc<ApiState>>,
+    Path(address): Path<String>,
+    Query(query): Query<CalendarQuery>,
+) -> Response {
+    let person = match find_person(&state, &address) {
+        Ok(person) => person,
+        Err(error) => return error.into_response(),
+    };
+    let now = state.clock.now();
+    let window_end = now
+        .checked_add(jiff::SignedDuration::from_hours(i64::from(
+            state.window_hours,
+        )))
+        .unwrap_or(now);
+    let (from, to) = match (
+        parse_query_instant("from", query.from.as_deref(), now),
+        parse_query_instant("to", query.to.as_deref(), window_end),
+    ) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(error), _) | (_, Err(error)) => return error.into_response(),
+    };
+    let appointments = state.hub.appointments(&person).unwrap_or_default();
+    let zone = state.hub.locale().zone.zone().clone();
+    let subjects_shown = state.hub.rules().subjects == SubjectVisibility::Shown;
+    let mut blocks: Vec<(Timestamp, Value)> = appointments
+        .iter()
+        .filter(|appointment| appointment.status == AppointmentStatus::Active)
+        .filter_map(|appointment| {
+            let (start, end) = appointment.time.instants(&zone);
+            if end <= from || start >= to {
+                return None;
+            }
+            let private = appointment.sensitivity.hides_subject();
+            let subject = if subjects_shown && !private {
+                appointment.subject.clone()
+            } else {
+                None
+            };
+            Some((
+                start,
+                json!({
+                    "start": start.to_string(),
+                    "end": end.to_string(),
+                    "all_day": appointment.time.is_all_day(),
+                    "show_as": appointment.show_as,
+                    "subject": subject,
+                    "private": private,
+                }),
+            ))
+        })
+        .collect();
+    blocks.sort_by_key(|(start, _)| *start);
+    Json(json!({
+        "address": person.address.as_str(),
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "blocks": blocks.into_iter().map(|(_, block)| block).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+pub fn change_json(change: &PresenceChange) -> Value {
+    json!({
+        "address": change.person.address.as_str(),
+        "source": change.person.source.0,
+        "activity": change.decision.activity,
+        "note": change.decision.note,
+        "until": change.decision.until.map(|until| until.to_string()),
+        "next_change_at": change.decision.next_change_at.map(|at| at.to_string()),
+        "why": change.decision.explain(),
+        "decided_at": change.decided_at.to_string(),
+    })
+}
+
+async fn stream(
+    State(state): State<Arc<ApiState>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let changes = BroadcastStream::new(state.hub.subscribe()).filter_map(|item| async move {
+        match item {
+            Ok(change) => Some(Ok(Event::default()
+                .event("presence")
+                .data(change_json(&change).to_string()))),
+            // A slow client that fell behind gets told so and can re-read /api/v1/users.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                Some(Ok(Event::default()
+                    .event("lagged")
+                    .data(json!({ "missed": missed }).to_string())))
+            }
+        }
+    });
+    Sse::new(changes).keep_alive(KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct ValidationQuery {
+    #[serde(rename = "validationToken")]
+    validation_token: Option<String>,
+}
+
+/// Graph's validation handshake: echo the token as text/plain within 10 s.
+async fn graph_validation(Query(query): Query<ValidationQuery>) -> Response {
+    match query.validation_token {
+        Some(token) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            token,
+        )
+            .into_response(),
+        None => api_error(
+            StatusCode::BAD_REQUEST,
+            "expected a validationToken query parameter",
+        ),
+    }
+}
+
+async fn graph_notification(
+    State(state): State<Arc<ApiState>>,
+    Path(source): Path<String>,
+    Query(query): Query<ValidationQuery>,
+    _headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(token) = query.validation_token {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            token,
+        )
+            .into_response();
+    }
+    let Some(sync) = state.syncs.get(&SourceId(source.clone())) else {
+        return api_error(StatusCode::NOT_FOUND, format!("no Graph source `{source}`"));
+    };
+    match sync.accept_notifications(&body) {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => api_error(StatusCode::BAD_REQUEST, error),
+    }
+}

@@ -1,0 +1,264 @@
+//! `calbridge run` and `calbridge demo`: the service in the foreground.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use calbridge_domain::{Secret, SourceId};
+use calbridge_sources_graph::{GraphCredential, GraphSourceConfig};
+use m365_emulator::{Emulator, EmulatorConfig};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, DirectoryConfig, SourceConfig};
+use crate::service::{self, RunningService, ServiceOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, default_value = "calbridge.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the API and admin page listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// People in the generated organisation.
+    #[arg(long, default_value_t = 300)]
+    pub users: usize,
+    /// Seed of the generated organisation (the same seed gives the same people and meetings).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Folder for the demo's database and key; default: a new folder under the temp dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Stop after the first sync instead of running until Ctrl-C (for scripts).
+    #[arg(long)]
+    pub exit_after_sync: bool,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    if config.sources.is_empty() {
+        anyhow::bail!(
+            "{} has no [[sources]]: add one with a [sources.graph] table (see examples/calbridge.toml)",
+            args.config.display()
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let running = service::start(
+        config,
+        ServiceOptions {
+            clock,
+            listener: None,
+        },
+    )
+    .await?;
+    eprintln!("calbridge listens on http://{}", running.address);
+    if running.api_token_generated {
+        println!("api-token: {}", running.api_token.expose());
+        eprintln!(
+            "(generated because calbridge.toml sets no [api] token; it is kept encrypted in the store)"
+        );
+    }
+    serve_until_interrupted(running, false).await
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("calbridge-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    eprintln!(
+        "Starting the Microsoft 365 emulator with {} generated people…",
+        args.users
+    );
+    let mut emulator_config = EmulatorConfig::generated(args.users, args.seed);
+    emulator_config.state_dir = Some(data_dir.join("emulator"));
+    let emulator = Emulator::start(emulator_config)
+        .await
+        .context("the bundled Microsoft 365 emulator did not start")?;
+    let ready = emulator.ready().clone();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (choose another with --listen)",
+                args.listen
+            )
+        })?;
+    let address = listener.local_addr()?;
+    let config = demo_config(&ready, &data_dir, &format!("http://{address}"))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let running = service::start(
+        config,
+        ServiceOptions {
+            clock,
+            listener: Some(listener),
+        },
+    )
+    .await?;
+    eprintln!(
+        "Emulated tenant: {} (Graph at {})",
+        ready.tenant_id, ready.graph_url
+    );
+    eprintln!("Database: {}", data_dir.join("calbridge.sqlite").display());
+    println!(
+        "admin page: http://{}/#token={}",
+        running.address,
+        running.api_token.expose()
+    );
+    println!("api-token: {}", running.api_token.expose());
+    let outcome = if args.exit_after_sync {
+        show_progress(&running).await;
+        print_summary(&running);
+        let report = running.shutdown().await;
+        report_tasks(&report);
+        Ok(())
+    } else {
+        serve_until_interrupted(running, true).await
+    };
+    emulator.shutdown().await;
+    outcome
+}
+
+/// The configuration `demo` runs with: one Graph source pointed at the emulator, the
+/// emulator's "all people" group as the directory, change notifications to our own port.
+pub fn demo_config(
+    ready: &m365_emulator::ReadyInfo,
+    data_dir: &std::path::Path,
+    public_url: &str,
+) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    config.store.path = data_dir.join("calbridge.sqlite");
+    config.api.public_url = Some(public_url.to_string());
+    let mut graph = GraphSourceConfig::new(
+        ready.tenant_id.clone(),
+        ready.client_id.clone(),
+        GraphCredential::ClientSecret(Secret::new(
+            ready
+                .client_secret
+                .clone()
+                .context("the emulator's app has no client secret")?,
+        )),
+    );
+    graph.authority_url = ready.base_url.clone();
+    graph.graph_url = ready.base_url.clone();
+    // The emulator checks the audience like Entra ID does: ask for Graph's real resource.
+    graph.token_scope = Some("https://graph.microsoft.com/.default".to_string());
+    graph.extra_root_ca = Some(ready.ca_cert.clone());
+    let source = SourceId("demo".to_string());
+    config.sources.push(SourceConfig {
+        id: source.clone(),
+        secret_expires_on: None,
+        graph: Some(graph),
+    });
+    config.directory.push(DirectoryConfig {
+        source,
+        file: None,
+        group_id: Some(
+            ready
+                .group_id
+                .clone()
+                .context("the generated organisation has no group")?,
+        ),
+        refresh_seconds: 300,
+    });
+    Ok(config)
+}
+
+/// A progress bar on stderr while the first sync runs.
+async fn show_progress(running: &RunningService) {
+    let started = std::time::Instant::now();
+    loop {
+        let (mut total, mut done, mut failed, mut finished) = (0, 0, 0, true);
+        for sync in running.syncs.values() {
+            total += sync.progress.total.load(Relaxed);
+            done += sync.progress.done.load(Relaxed);
+            failed += sync.progress.failed.load(Relaxed);
+            finished &= sync.progress.finished.load(Relaxed);
+        }
+        let width = 30;
+        let filled = if total == 0 {
+            width
+        } else {
+            done * width / total.max(1)
+        };
+        eprint!(
+            "\rfirst sync [{}{}] {done}/{total} calendars, {failed} failed, {:.1} s ",
+            "#".repeat(filled.min(width)),
+            ".".repeat(width - filled.min(width)),
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+        if finished {
+            eprintln!();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_summary(running: &RunningService) {
+    let mut counts = std::collections::BTreeMap::new();
+    for person in running.hub.people() {
+        if let Some((decision, _)) = running.hub.decision(&person) {
+            *counts.entry(decision.activity.as_str()).or_insert(0usize) += 1;
+        }
+    }
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(activity, n)| format!("{n} {activity}"))
+        .collect();
+    eprintln!("presence now: {}", summary.join(", "));
+}
+
+fn report_tasks(report: &[(&'static str, String)]) {
+    for (task, ended) in report {
+        tracing::info!("task {task}: {ended}");
+    }
+}
+
+async fn serve_until_interrupted(
+    running: RunningService,
+    print_changes: bool,
+) -> anyhow::Result<()> {
+    show_progress(&running).await;
+    print_summary(&running);
+    let mut changes = running.hub.subscribe();
+    eprintln!("Presence changes as they happen (Ctrl-C to stop):");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            change = changes.recv(), if print_changes => {
+                match change {
+                    Ok(change) => {
+                        let local = change.decided_at.to_zoned(running.hub.locale().zone.zone().clone());
+                        println!(
+                            "{}  {:<32} {:<9} {}",
+                            local.strftime("%H:%M:%S"),
+                            change.person.address.as_str(),
+                            change.decision.activity.as_str(),
+                            change.decision.note.split(" #").next().unwrap_or("")
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        eprintln!("({missed} changes not shown: the terminal is too slow)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    }
+    eprintln!("Stopping…");
+    let report = running.shutdown().await;
+    for (task, ended) in &report {
+        eprintln!("  {task}: {ended}");
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The presence hub: every person's appointments, their current decision, and a timer per
+//! person at the decision's `next_change_at`.
+//!
+//! Sources hand in appointments; the hub runs the engine for that one person, publishes the
+//! decision when it differs from the last one, and sets the person's timer. A single task
+//! ([`PresenceHub::run_timers`]) sleeps until the earliest timer: there is no loop over all
+//! users, and presence flips at the boundary itself, not at the next poll.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use calbridge_domain::Appointment;
+use calbridge_presence::{decide, Decision, Locale, Rules};
+use calbridge_store::PersonKey;
+use jiff::Timestamp;
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::clock::Clock;
+use crate::shutdown::Shutdown;
+
+/// A published presence change.
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    pub person: PersonKey,
+    pub decision: Arc<Decision>,
+    /// When the engine decided it (the service clock).
+    pub decided_at: Timestamp,
+}
+
+struct PersonEntry {
+    appointments: Arc<Vec<Appointment>>,
+    decision: Option<Arc<Decision>>,
+    decided_at: Option<Timestamp>,
+    timer: Option<Timestamp>,
+}
+
+struct Timeline {
+    people: HashMap<PersonKey, PersonEntry>,
+    timers: BTreeSet<(Timestamp, PersonKey)>,
+}
+
+pub struct PresenceHub {
+    rules: Rules,
+    locale: Locale,
+    clock: Arc<dyn Clock>,
+    state: Mutex<Timeline>,
+    timers_changed: Notify,
+    changes: broadcast::Sender<PresenceChange>,
+    /// Changes for the store's writer task, which persists them off the hot path.
+    persist: mpsc::UnboundedSender<PresenceChange>,
+    counters: HubCounters,
+}
+
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub decisions: std::sync::atomic::AtomicU64,
+    pub changes: std::sync::atomic::AtomicU64,
+    pub timer_fires: std::sync::atomic::AtomicU64,
+}
+
+impl PresenceHub {
+    /// The hub and the receiving end of the persistence queue (for the store writer task).
+    pub fn new(
+        rules: Rules,
+        locale: Locale,
+        clock: Arc<dyn Clock>,
+    ) -> (Arc<PresenceHub>, mpsc::UnboundedReceiver<PresenceChange>) {
+        let (changes, _) = broadcast::channel(4096);
+        let (persist, persist_rx) = mpsc::unbounded_channel();
+        let hub = PresenceHub {
+            rules,
+            locale,
+            clock,
+            state: Mutex::new(Timeline {
+                people: HashMap::new(),
+                timers: BTreeSet::new(),
+            }),
+            timers_changed: Notify::new(),
+            changes,
+            persist,
+            counters: HubCounters::default(),
+        };
+        (Arc::new(hub), persist_rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Timeline> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing presence for everyone, so keep going with the data.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PresenceChange> {
+        self.changes.subscribe()
+    }
+
+    pub fn counters(&self) -> &HubCounters {
+        &self.counters
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn locale(&self) -> &Locale {
+        &self.locale
+    }
+
+    /// Replaces a person's appointments (a full read) and decides anew.
+    pub fn set_appointments(&self, person: &PersonKey, appointments: Vec<Appointment>) {
+        self.update(person, |current| *current = appointments);
+    }
+
+    /// Applies a delta: upserts by id, then removals.
+    pub fn apply_changes(&self, person: &PersonKey, upserts: Vec<Appointment>, removed: &[String]) {
+        self.update(person, |current| {
+            for appointment in upserts {
+                match current
+                    .iter_mut()
+                    .find(|existing| existing.id == appointment.id)
+                {
+                    Some(existing) => *existing = appointment,
+                    None => current.push(appointment),
+                }
+            }
+            current.retain(|appointment| !removed.contains(&appointment.id));
+        });
+    }
+
+    /// Registers a person with what the store remembers (at start-up), deciding at once.
+    pub fn restore(&self, person: &PersonKey, appointments: Vec<Appointment>) {
+        self.set_appointments(person, appointments);
+    }
+
+    pub fn remove(&self, person: &PersonKey) {
+        let mut state = self.lock();
+        if let Some(entry) = state.people.remove(person) {
+            if let Some(at) = entry.timer {
+                state.timers.remove(&(at, person.clone()));
+            }
+        }
+    }
+
+    pub fn decision(&self, person: &PersonKey) -> Option<(Arc<Decision>, Timestamp)> {
+        let state = self.lock();
+        let entry = state.people.get(person)?;
+        Some((entry.decision.clone()?, entry.decided_at?))
+    }
+
+    pub fn appointments(&self, person: &PersonKey) -> Option<Arc<Vec<Appointment>>> {
+        self.lock()
+            .people
+            .get(person)
+            .map(|entry| entry.appointments.clone())
+    }
+
+    pub fn people(&self) -> Vec<PersonKey> {
+        self.lock().people.keys().cloned().collect()
+    }
+
+    pub fn n_people(&self) -> usize {
+        self.lock().people.len()
+    }
+
+    pub fn n_timers(&self) -> usize {
+        self.lock().timers.len()
+    }
+
+    fn update(&self, person: &PersonKey, change: impl FnOnce(&mut Vec<Appointment>)) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let entry = state
+            .people
+            .entry(person.clone())
+            .or_insert_with(|| PersonEntry {
+                appointments: Arc::new(Vec::new()),
+                decision: None,
+                decided_at: None,
+                timer: None,
+            });
+        let mut appointments = (*entry.appointments).clone();
+        change(&mut appointments);
+        entry.appointments = Arc::new(appointments);
+        self.decide_locked(&mut state, person, now);
+    }
+
+    /// Runs the engine for one person and reschedules their timer. Called with the lock held
+    /// so that a timer and a calendar change for the same person cannot interleave.
+    fn decide_locked(&self, state: &mut Timeline, person: &PersonKey, now: Timestamp) {
+        let Some(entry) = state.people.get_mut(person) else {
+            return;
+        };
+        let decision = decide(&entry.appointments, &self.rules, &self.locale, now);
+        self.counters
+            .decisions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let next_timer = decision.next_change_at;
+        let changed = entry
+            .decision
+            .as_ref()
+            .is_none_or(|previous| !previous.same_presence(&decision));
+        let old_timer = entry.timer.take();
+        entry.timer = next_timer;
+        if changed {
+            let decision = Arc::new(decision);
+            entry.decision = Some(decision.clone());
+            entry.decided_at = Some(now);
+            let change = PresenceChange {
+                person: person.clone(),
+                decision,
+                decided_at: now,
+            };
+            self.counters
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // No subscriber is not an error: the API may simply have no stream open.
+            let _ = self.changes.send(change.clone());
+            let _ = self.persist.send(change);
+        }
+        if let Some(at) = old_timer {
+            state.timers.remove(&(at, person.clone()));
+        }
+        if let Some(at) = next_timer {
+            let earliest_before = state.timers.first().map(|(first, _)| *first);
+            state.timers.insert((at, person.clone()));
+            if earliest_before.is_none_or(|first| at < first) {
+                self.timers_changed.notify_one();
+            }
+        }
+    }
+
+    /// Fires every due timer; returns how many fired.
+    pub fn fire_due_timers(&self) -> usize {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let mut fired = 0;
+        while let Some((at, person)) = state.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            state.timers.remove(&(at, person.clone()));
+            if let Some(entry) = state.people.get_mut(&person) {
+                entry.timer = None;
+            }
+            self.decide_locked(&mut state, &person, now);
+            fired += 1;
+        }
+        self.counters
+            .timer_fires
+            .fetch_add(fired as u64, std::sync::atomic::Ordering::Relaxed);
+        fired
+    }
+
+    /// The timer task: sleeps until the earliest `next_change_at`, fires what is due, and
+    /// sleeps again; wakes early when a sooner timer is set. Ends on `shutdown`.
+    pub async fn run_timers(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            self.fire_due_timers();
+            let earliest = self.lock().timers.first().map(|(at, _)| *at);
+            let sleep = match earliest {
+                Some(at) => self.clock.sleep_until(at),
+                None => Box::pin(std::future::pending()),
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.timers_changed.notified() => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! Wiring the pipeline together: store → hub → sources → directory → API, each long-running
+//! piece a task with a shutdown path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use calbridge_domain::{Secret, SourceId};
+use calbridge_sources_graph::{GraphSource, SubjectFetch};
+use calbridge_store::{CurrentPresence, PersonKey, PersonUpsert, SecretKey, SqliteStore, Store};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::clock::{Clock, GraphClockAdapter};
+use crate::config::{Config, DirectoryConfig};
+use crate::directory::{self, DirectoryPerson};
+use crate::hub::{PresenceChange, PresenceHub};
+use crate::shutdown::{self, Shutdown, Trigger};
+use crate::sync::graph::{GraphSync, Work};
+
+pub struct ServiceOptions {
+    pub clock: Arc<dyn Clock>,
+    /// A listener bound beforehand (tests and the demo bind port 0 first so that they know the
+    /// address before the service starts); `None` binds `api.listen`.
+    pub listener: Option<tokio::net::TcpListener>,
+}
+
+/// Problems that are not about one person's sync (directory lines, start-up), for the admin
+/// page's error list.
+pub type Problems = Arc<Mutex<Vec<(Timestamp, String)>>>;
+
+pub struct RunningService {
+    pub address: SocketAddr,
+    pub api_token: Secret,
+    /// True when calbridge made the token up (none configured): `run` prints it then.
+    pub api_token_generated: bool,
+    pub hub: Arc<PresenceHub>,
+    pub syncs: HashMap<SourceId, Arc<GraphSync>>,
+    pub store: Arc<dyn Store>,
+    pub problems: Problems,
+    trigger: Trigger,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl RunningService {
+    /// Waits until every source finished its first sync (resolution, window reads,
+    /// subscriptions).
+    pub async fn first_sync_done(&self) {
+        loop {
+            let finished = self.syncs.values().all(|sync| {
+                sync.progress
+                    .finished
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+            if finished {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every task and reports how each ended.
+    pub async fn shutdown(self) -> Vec<(&'static str, String)> {
+        self.trigger.fire();
+        let mut report = Vec::new();
+        for (name, task) in self.tasks {
+            let ended = match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(())) => "stopped".to_string(),
+                Ok(Err(error)) if error.is_panic() => "panicked".to_string(),
+                Ok(Err(error)) => format!("failed: {error}"),
+                Err(_) => "did not stop within 10 s".to_string(),
+            };
+            report.push((name, ended));
+        }
+        report
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    // The system RNG only fails on a broken OS; a token made of zeros would then be guessable,
+    // so fall back to something unpredictable enough rather than panic.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default();
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn open_key(config: &Config) -> anyhow::Result<SecretKey> {
+    if let Some(variable) = &config.store.key_env {
+        return Ok(SecretKey::from_env(variable)?);
+    }
+    let path = config
+        .store
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.store.path.with_extension("key"));
+    if path.exists() {
+        Ok(SecretKey::from_file(&path)?)
+    } else {
+        tracing::info!(path = %path.display(), "creating a new key for secrets at rest");
+        Ok(SecretKey::generate_to_file(&path)?)
+    }
+}
+
+async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret, bool)> {
+    if let Some(secret) = store.get_secret(name).await? {
+        return Ok((secret, false));
+    }
+    let secret = Secret::new(random_token());
+    store.put_secret(name, &secret).await?;
+    Ok((secret, true))
+}
+
+pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<RunningService> {
+    let clock = options.clock;
+    let key = open_key(&config)?;
+    if let Some(parent) = config.store.path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!(
+                    "cannot create the folder of {}",
+                    config.store.path.display()
+                )
+            })?;
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.store.path, key)
+            .await
+            .with_context(|| format!("cannot open the store {}", config.store.path.display()))?,
+    );
+    let (api_token, api_token_generated) = match (&config.api.token, &config.api.token_env) {
+        (Some(token), _) => (token.clone(), false),
+        (None, Some(variable)) => (
+            Secret::new(std::env::var(variable).with_context(|| {
+                format!("api.token_env names the environment variable {variable}, which is not set")
+            })?),
+            false,
+        ),
+        (None, None) => secret_or_new(store.as_ref(), "api.token").await?,
+    };
+    let (trigger, shutdown) = shutdown::channel();
+    let (hub, persist_rx) = PresenceHub::new(
+        config.presence.rules(),
+        config.presence.locale(),
+        clock.clone(),
+    );
+    let listener = match options.listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?,
+    };
+    let address = listener.local_addr()?;
+    let subjects = if config.presence.show_subject {
+        SubjectFetch::Fetch
+    } else {
+        SubjectFetch::Skip
+    };
+    let mut syncs = HashMap::new();
+    let mut queues = Vec::new();
+    for source in &config.sources {
+        let Some(graph_config) = &source.graph else {
+            continue;
+        };
+        let graph = GraphSource::new(graph_config, Arc::new(GraphClockAdapter(clock.clone())))
+            .with_context(|| format!("source `{}`", source.id))?;
+        let (client_state, _) = secret_or_new(
+            store.as_ref(),
+            &format!("source.{}.client_state", source.id),
+        )
+        .await?;
+        let (sync, queue) = GraphSync::new(
+            source.id.clone(),
+            graph,
+            store.clone(),
+            hub.clone(),
+            clock.clone(),
+            config.sync.clone(),
+            subjects,
+            config.api.public_url.as_deref(),
+            client_state,
+            source.secret_expires_on,
+        );
+        syncs.insert(source.id.clone(), sync.clone());
+        queues.push((sync, queue));
+    }
+    let problems: Problems = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    tasks.push((
+        "presence store writer",
+        tokio::spawn(persist_presence(
+            store.clone(),
+            persist_rx,
+            shutdown.clone(),
+        )),
+    ));
+    tasks.push((
+        "presence timers",
+        tokio::spawn(hub.clone().run_timers(shutdown.clone())),
+    ));
+
+    let state = Arc::new(ApiState {
+        hub: hub.clone(),
+        store: store.clone(),
+        syncs: syncs.clone(),
+        token: api_token.clone(),
+        clock: clock.clone(),
+        started_at: clock.now(),
+        window_hours: config.sync.window_hours,
+        problems: problems.clone(),
+    });
+    let router = api::router(state);
+    let api_shutdown = shutdown.clone();
+    tasks.push((
+        "http api",
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { api_shutdown.wait().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!("the HTTP API stopped: {error}");
+            }
+        }),
+    ));
+
+    // The directory goes first so that the sources start with everyone in the store.
+    let mut directory_state = DirectoryState::default();
+    for sync in syncs.values() {
+        let entries: Vec<DirectoryConfig> = config
+            .directory
+            .iter()
+            .filter(|entry| entry.source == sync.source_id)
+            .cloned()
+            .collect();
+        refresh_directory(
+            sync,
+            store.as_ref(),
+            &entries,
+            &mut directory_state,
+            &problems,
+            clock.as_ref(),
+            false,
+        )
+        .await;
+        let sync = sync.clone();
+        let store = store.clone();
+        let problems = problems.clone();
+        let clock = clock.clone();
+        let shutdown = shutdown.clone();
+        let mut directory_state = directory_state.clone();
+        tasks.push((
+            "directory",
+            tokio::spawn(async move {
+                let seconds = entries.iter().map(|entry| entry.refresh_seconds).min().unwrap_or(30).max(1);
+                let mut every = tokio::time::interval(Duration::from_secs(seconds));
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = every.tick() => {
+                            refresh_directory(&sync, store.as_ref(), &entries, &mut directory_state, &problems, clock.as_ref(), true).await;
+                        }
+                    }
+                }
+            }),
+        ));
+    }
+    for (sync, queue) in queues {
+        tasks.push((
+            "graph sync",
+            tokio::spawn(sync.run(queue, shutdown.clone())),
+        ));
+    }
+    Ok(RunningService {
+        address,
+        api_token,
+        api_token_generated,
+        hub,
+        syncs,
+        store,
+        problems,
+        trigger,
+        tasks,
+    })
+}
+
+/// What the directory task remembers between refreshes: file times and the last listing, so
+/// that an unchanged file is not re-applied and a group is not re-read too often.
+#[derive(Clone, Default)]
+struct DirectoryState {
+    file_times: HashMap<PathBuf, SystemTime>,
+    group_checked_at: HashMap<String, Timestamp>,
+}
+
+/// Groups are re-read at most this often: every read costs Graph requests.
+const GROUP_REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
+fn note_problem(problems: &Problems, now: Timestamp, message: String) {
+    tracing::warn!("{message}");
+    let mut problems = problems
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    problems.push((now, message));
+    let excess = problems.len().saturating_sub(200);
+    problems.drain(..excess);
+}
+
+/// Reads the directory entries of one source and brings the store (and, on refreshes, the
+/// sync task) in line. A file or group that cannot be read changes nothing: people are only
+/// removed when every entry of the source was read.
+async fn refresh_directory(
+    sync: &Arc<GraphSync>,
+    store: &dyn Store,
+    entries: &[DirectoryConfig],
+    state: &mut DirectoryState,
+    problems: &Problems,
+    clock: &dyn Clock,
+    is_refresh: bool,
+) {
+    let now = clock.now();
+    let mut listed: Vec<DirectoryPerson> = Vec::new();
+    let mut resolved = Vec::new();
+    let mut complete = true;
+    let mut changed = !is_refresh;
+    for entry in entries {
+        if let Some(path) = &entry.file {
+            let modified = std::fs::metadata(path)
+                .and_then(|meta| meta.modified())
+                .ok();
+            if modified.is_some() && state.file_times.get(path) != modified.as_ref() {
+                changed = true;
+            }
+            match directory::read_file(path) {
+                Ok(listing) => {
+                    if changed {
+                        for problem in listing.problems {
+                            note_problem(
+                                problems,
+                                now,
+                                format!("directory {}: {problem}", path.display()),
+                            );
+                        }
+                    }
+                    if let Some(modified) = modified {
+                        state.file_times.insert(path.clone(), modified);
+                    }
+                    listed.extend(listing.people);
+                }
+                Err(error) => {
+                    complete = false;
+                    if changed || !is_refresh {
+                        note_problem(problems, now, error.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(group) = &entry.group_id {
+            let due = state
+                .group_checked_at
+                .get(group)
+                .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH);
+            if !due {
+                complete = false;
+                continue;
+            }
+            state.group_checked_at.insert(group.clone(), now);
+            match sync.graph.group_members(group).await {
+                Ok(members) => {
+                    changed = true;
+                    for member in members {
+                        listed.push(DirectoryPerson {
+                            address: member.primary_smtp.clone(),
+                            sip_uri: None,
+                            display_name: member.display_name.clone(),
+                        });
+                        resolved.push(member);
+                    }
+                }
+                Err(error) => {
+                    complete = false;
+                    note_problem(
+                        problems,
+                        now,
+                        format!(
+                            "directory group {group} of source {}: {error}",
+                            sync.source_id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if !changed {
+        return;
+    }
+    let known: HashSet<PersonKey> = match store.list_people_of_source(&sync.source_id).await {
+        Ok(people) => people.into_iter().map(|person| person.key).collect(),
+        Err(error) => {
+            note_problem(
+                problems,
+                now,
+                format!("cannot read people from the store: {error}"),
+            );
+            return;
+        }
+    };
+    let mut wanted = HashSet::new();
+    for person in &listed {
+        let key = PersonKey {
+            source: sync.source_id.clone(),
+            address: person.address.clone(),
+        };
+        wanted.insert(key.clone());
+        let upsert = PersonUpsert {
+            key: key.clone(),
+            display_name: person.display_name.clone(),
+            sip_uri: person.sip_uri.clone(),
+        };
+        if let Err(error) = store.upsert_person(&upsert).await {
+            note_problem(
+                problems,
+                now,
+                format!("cannot store {}: {error}", person.address),
+            );
+            continue;
+        }
+        if is_refresh && !known.contains(&key) {
+            sync.enqueue(Work::Added(key));
+        }
+    }
+    for member in resolved {
+        let key = PersonKey {
+            source: sync.source_id.clone(),
+            address: member.primary_smtp.clone(),
+        };
+        sync.record_resolution(&key, Ok((member.primary_smtp, member.id)))
+            .await;
+    }
+    if complete {
+        for gone in known.difference(&wanted) {
+            tracing::info!(person = %gone, "no longer in the directory");
+            if let Err(error) = store.remove_person(gone).await {
+                note_problem(problems, now, format!("cannot remove {gone}: {error}"));
+            }
+            sync.enqueue(Work::Removed(gone.clone()));
+        }
+    }
+}
+
+/// Persists presence changes off the hot path, keeping only the newest per person when
+/// several queue up (at start-up thousands arrive at once).
+async fn persist_presence(
+    store: Arc<dyn Store>,
+    mut changes: mpsc::UnboundedReceiver<PresenceChange>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            change = changes.recv() => change,
+            _ = shutdown.wait() => None,
+        };
+        let Some(first) = first else {
+            // Drain what is left so that the last state survives the shutdown.
+            let mut rest = HashMap::new();
+            while let Ok(change) = changes.try_recv() {
+                rest.insert(change.person.clone(), change);
+            }
+            save_all(store.as_ref(), rest).await;
+            return;
+        };
+        let mut batch = HashMap::new();
+        batch.insert(first.person.clone(), first);
+        while let Ok(change) = changes.try_recv() {
+            batch.insert(change.person.clone(), change);
+        }
+        save_all(store.as_ref(), batch).await;
+    }
+}
+
+async fn save_all(store: &dyn Store, batch: HashMap<PersonKey, PresenceChange>) {
+    for (person, change) in batch {
+        let record = CurrentPresence {
+            activity: change.decision.activity.as_str().to_string(),
+            note: Some(change.decision.note.clone()),
+            until: change.decision.until,
+            why: change.decision.explain(),
+            next_change_at: change.decision.next_change_at,
+            decided_at: change.decided_at,
+            published_fingerprint: None,
+        };
+        if let Err(error) = store.save_presence(&person, &record).await {
+            // A person removed from the directory a moment ago: nothing to keep.
+            tracing::debug!(person = %person, "presence not stored: {error}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Keeping calendars fresh, one task per source.
+
+pub mod graph;

@@ -26,7 +26,7 @@ pub use error::StoreError;
 pub use records::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
     PersonUpsert, Removal, Resolution, SourceCounters, SourceState, SyncError, SyncState,
-    TokenState,
+    TokenState, WindowReplacement,
 };
 pub use sqlite::SqliteStore;
 
@@ -35,6 +35,16 @@ pub use sqlite::SqliteStore;
 /// Methods that concern one person fail with [`StoreError::PersonNotFound`] when the person was
 /// never upserted (or was removed), except `get_person`, `load_appointments` and
 /// `load_presence`, which answer `None` or an empty list.
+///
+/// The batch methods (`upsert_people`, `mark_resolutions`, `replace_appointments_many`,
+/// `set_sync_states`, `save_presences`) mean exactly what calling the single-item method once
+/// per element, in order, means; an empty batch is a no-op. Their default implementations do
+/// just that, after checking that every person named exists, so that an unknown person fails
+/// the batch with [`StoreError::PersonNotFound`] before anything is written. The defaults are
+/// not atomic against other failures (a database error halfway leaves the first elements
+/// written) nor against a concurrent `remove_person`; an implementation with transactions
+/// should override them to write the whole batch in one, as [`SqliteStore`] does.
+///
 /// `#[async_trait]` rather than native `async fn` because the trait must be usable as
 /// `dyn Store`.
 #[async_trait]
@@ -57,6 +67,33 @@ pub trait Store: Send + Sync {
         resolution: &Resolution,
     ) -> Result<(), StoreError>;
 
+    /// [`Store::upsert_person`] for each element, in order, in one transaction where the
+    /// implementation has them. Never fails with `PersonNotFound`: upserting creates.
+    async fn upsert_people(&self, people: &[PersonUpsert]) -> Result<(), StoreError> {
+        for person in people {
+            self.upsert_person(person).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::mark_resolution`] for each element, in order. One transaction for all; an
+    /// unknown person fails the whole batch with `PersonNotFound` (nothing written).
+    async fn mark_resolutions(
+        &self,
+        resolutions: &[(PersonKey, Resolution)],
+    ) -> Result<(), StoreError> {
+        require_people(
+            self,
+            resolutions.iter().map(|(key, _)| key),
+            "mark the resolution",
+        )
+        .await?;
+        for (key, resolution) in resolutions {
+            self.mark_resolution(key, resolution).await?;
+        }
+        Ok(())
+    }
+
     // Appointments.
 
     /// Replaces all of a person's appointments by the result of a full read of
@@ -70,6 +107,31 @@ pub trait Store: Send + Sync {
         window_end: Timestamp,
         appointments: Vec<Appointment>,
     ) -> Result<(), StoreError>;
+    /// [`Store::replace_appointments`] for each element, in order, each window recorded as
+    /// that method records it. One transaction for all; an unknown person fails the whole
+    /// batch with `PersonNotFound` (nothing written), and so does any other failure.
+    async fn replace_appointments_many(
+        &self,
+        windows: Vec<WindowReplacement>,
+    ) -> Result<(), StoreError> {
+        require_people(
+            self,
+            windows.iter().map(|window| &window.key),
+            "replace the appointments",
+        )
+        .await?;
+        for window in windows {
+            self.replace_appointments(
+                &window.key,
+                window.window_start,
+                window.window_end,
+                window.appointments,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Applies a delta in one transaction: upserts by appointment id, then removals.
     /// Removing an id that is not stored is not an error (deltas repeat themselves).
     async fn apply_appointment_changes(
@@ -92,6 +154,22 @@ pub trait Store: Send + Sync {
     async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError>;
     /// Saves every field but `appointment_window`, which only `replace_appointments` writes.
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError>;
+    /// [`Store::set_sync_state`] for each element, in order (so `appointment_window` is
+    /// ignored here too). One transaction for all; an unknown person fails the whole batch with
+    /// `PersonNotFound` (nothing written).
+    async fn set_sync_states(&self, states: &[(PersonKey, SyncState)]) -> Result<(), StoreError> {
+        require_people(
+            self,
+            states.iter().map(|(key, _)| key),
+            "save the sync state",
+        )
+        .await?;
+        for (key, state) in states {
+            self.set_sync_state(key, state).await?;
+        }
+        Ok(())
+    }
+
     /// A source's state; the default when none was saved.
     async fn get_source_state(&self, source: &SourceId) -> Result<SourceState, StoreError>;
     async fn set_source_state(
@@ -107,6 +185,24 @@ pub trait Store: Send + Sync {
         key: &PersonKey,
         presence: &CurrentPresence,
     ) -> Result<(), StoreError>;
+    /// [`Store::save_presence`] for each element, in order. One transaction for all; an
+    /// unknown person fails the whole batch with `PersonNotFound` (nothing written).
+    async fn save_presences(
+        &self,
+        presences: &[(PersonKey, CurrentPresence)],
+    ) -> Result<(), StoreError> {
+        require_people(
+            self,
+            presences.iter().map(|(key, _)| key),
+            "save the presence",
+        )
+        .await?;
+        for (key, presence) in presences {
+            self.save_presence(key, presence).await?;
+        }
+        Ok(())
+    }
+
     async fn load_presence(&self, key: &PersonKey) -> Result<Option<CurrentPresence>, StoreError>;
     /// Every saved presence, ordered by source then address.
     async fn list_presence(&self) -> Result<Vec<(PersonKey, CurrentPresence)>, StoreError>;
@@ -131,4 +227,25 @@ pub trait Store: Send + Sync {
     /// The last event id `consumer` has handled; `OutboxId(0)` for a new consumer.
     async fn get_outbox_cursor(&self, consumer: &str) -> Result<OutboxId, StoreError>;
     async fn set_outbox_cursor(&self, consumer: &str, cursor: OutboxId) -> Result<(), StoreError>;
+}
+
+/// For the default batch methods: fails with `PersonNotFound` for the first key that names no
+/// stored person, so that a batch is refused before any of it is written.
+async fn require_people<'k, S>(
+    store: &S,
+    keys: impl Iterator<Item = &'k PersonKey> + Send,
+    operation: &'static str,
+) -> Result<(), StoreError>
+where
+    S: Store + ?Sized,
+{
+    for key in keys {
+        if store.get_person(key).await?.is_none() {
+            return Err(StoreError::PersonNotFound {
+                operation,
+                person: key.clone(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use calbridge_domain::{MailboxAddress, Secret, SourceId};
+use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use jiff::civil::Date;
 use jiff::Timestamp;
 
@@ -53,9 +53,7 @@ pub enum Resolution {
         source_user_id: Option<String>,
     },
     /// The lookup failed; the text is shown in the admin view.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
 }
 
 /// A person as stored.
@@ -106,6 +104,16 @@ pub struct SyncState {
     /// The window of the last [`crate::Store::replace_appointments`]. Read-only here:
     /// `set_sync_state` ignores it, so a caller that builds a fresh `SyncState` cannot erase it.
     pub appointment_window: Option<AppointmentWindow>,
+}
+
+/// One person's full read of a window, for [`crate::Store::replace_appointments_many`]: the
+/// arguments of one [`crate::Store::replace_appointments`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowReplacement {
+    pub key: PersonKey,
+    pub window_start: Timestamp,
+    pub window_end: Timestamp,
+    pub appointments: Vec<Appointment>,
 }
 
 /// Whether a source's credentials currently get a token.

@@ -1,0 +1,399 @@
+//! Shared helpers for the black-box service tests: the emulator, the service on port 0, a
+//! Graph client that changes calendars through Graph's own API, and polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calbridge::clock::Clock;
+use calbridge::config::{Config, DirectoryConfig};
+use calbridge::service::{self, RunningService, ServiceOptions};
+use calbridge_domain::{MailboxAddress, SourceId};
+use calbridge_store::PersonKey;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use m365_emulator::ReadyInfo;
+use serde_json::{json, Value};
+
+/// The id `demo_config` gives the Graph source.
+pub const SOURCE: &str = "demo";
+
+/// How long any one wait may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+pub fn key(address: &str) -> PersonKey {
+    PersonKey {
+        source: SourceId(SOURCE.to_string()),
+        address: MailboxAddress::parse(address).expect("a valid address"),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test with `what` (and the
+/// last state `describe` gives) after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The service's configuration for an emulator: `demo_config` (Graph source "demo", change
+/// notifications to `public_url`), with a directory file instead of the group when given.
+pub fn config_for(
+    ready: &ReadyInfo,
+    data_dir: &Path,
+    public_url: &str,
+    directory_file: Option<&Path>,
+) -> Config {
+    let mut ready = ready.clone();
+    let has_group = ready.group_id.is_some();
+    if !has_group {
+        ready.group_id = Some("replaced-by-a-file".to_string());
+    }
+    let mut config =
+        calbridge::commands::demo_config(&ready, data_dir, public_url).expect("demo config");
+    if let Some(file) = directory_file {
+        config.directory = vec![DirectoryConfig {
+            source: SourceId(SOURCE.to_string()),
+            file: Some(file.to_path_buf()),
+            group_id: None,
+            refresh_seconds: 300,
+        }];
+    } else {
+        assert!(has_group, "a scenario needs a directory file");
+    }
+    config.presence.timezone = calbridge_domain::ZoneName::parse("UTC").expect("UTC");
+    config
+}
+
+/// Binds 127.0.0.1 on `port` (0 = any free port); returns the listener and its public URL.
+pub async fn listen(port: u16) -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the API port");
+    let url = format!("http://{}", listener.local_addr().expect("local address"));
+    (listener, url)
+}
+
+pub async fn start_service(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listener: tokio::net::TcpListener,
+) -> RunningService {
+    let running = service::start(
+        config,
+        ServiceOptions {
+            clock,
+            listener: Some(listener),
+        },
+    )
+    .await
+    .expect("the service starts");
+    tokio::time::timeout(Duration::from_secs(30), running.first_sync_done())
+        .await
+        .expect("the first sync finishes within 30 s");
+    running
+}
+
+/// `(activity, note, until)` of a person in the hub, if decided.
+pub fn presence_of(
+    running: &RunningService,
+    address: &str,
+) -> Option<(String, String, Option<Timestamp>)> {
+    running.hub.decision(&key(address)).map(|(decision, _)| {
+        (
+            decision.activity.as_str().to_string(),
+            decision.note.clone(),
+            decision.until,
+        )
+    })
+}
+
+/// The note without its hash tags ("Design review until 10:30 #busy…" → "Design review until 10:30").
+pub fn note_text(note: &str) -> &str {
+    note.split(" #").next().unwrap_or(note)
+}
+
+/// Waits until the hub shows `activity` for `address` with a note for which `note_ok` holds.
+pub async fn wait_presence(
+    running: &RunningService,
+    address: &str,
+    activity: &str,
+    note_ok: impl Fn(&str) -> bool,
+) -> (String, String, Option<Timestamp>) {
+    let mut last = None;
+    let started = Instant::now();
+    loop {
+        let now = presence_of(running, address);
+        if let Some((found, note, until)) = &now {
+            if found == activity && note_ok(note_text(note)) {
+                return (found.clone(), note.clone(), *until);
+            }
+        }
+        if now != last {
+            last = now;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "timed out after {PATIENCE:?} waiting for {address} to be {activity}; last presence: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// Graph as another application would use it: changes calendars through `/users/{id}/events`.
+pub struct GraphClient {
+    http: reqwest::Client,
+    graph_url: String,
+    token: String,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl GraphClient {
+    pub async fn new(ready: &ReadyInfo) -> GraphClient {
+        let http = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))
+            .expect("an HTTP client trusting the emulator's CA");
+        let form = format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+            form_encode(&ready.client_id),
+            form_encode(
+                ready
+                    .client_secret
+                    .as_deref()
+                    .expect("the app has a secret")
+            ),
+            form_encode("https://graph.microsoft.com/.default"),
+        );
+        let answer = http
+            .post(&ready.token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .expect("the token endpoint answers");
+        assert!(answer.status().is_success(), "token: {}", answer.status());
+        let body: Value = answer.json().await.expect("token JSON");
+        let token = body["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_string();
+        GraphClient {
+            http,
+            graph_url: ready.graph_url.clone(),
+            token,
+        }
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.graph_url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("Graph answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, body }
+    }
+
+    /// `send`, retried (up to 20 times, 200 ms apart) while Graph answers 429, 503 or 504:
+    /// the test's own writes share the app's limits with the service.
+    pub async fn send_patiently(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut attempts = 0;
+        loop {
+            let answer = self.send(method.clone(), path, body.clone()).await;
+            attempts += 1;
+            if !matches!(answer.status, 429 | 503 | 504) || attempts >= 20 {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Creates a single event (UTC times, whole seconds) and returns its id.
+    pub async fn create_event(
+        &self,
+        user: &str,
+        subject: &str,
+        start: Timestamp,
+        end: Timestamp,
+        show_as: &str,
+    ) -> String {
+        let body = json!({
+            "subject": subject,
+            "start": {"dateTime": graph_time(start), "timeZone": "UTC"},
+            "end": {"dateTime": graph_time(end), "timeZone": "UTC"},
+            "showAs": show_as,
+        });
+        let answer = self
+            .send_patiently(
+                reqwest::Method::POST,
+                &format!("/users/{user}/events"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            answer.status, 201,
+            "create event for {user}: {}",
+            answer.body
+        );
+        answer.body["id"].as_str().expect("an event id").to_string()
+    }
+
+    pub async fn delete_event(&self, user: &str, id: &str) {
+        let answer = self
+            .send_patiently(
+                reqwest::Method::DELETE,
+                &format!("/users/{user}/events/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 204, "delete event {id}: {}", answer.body);
+    }
+
+    /// `(subject, start, end)` of a user's events (single events only), read back from Graph.
+    pub async fn events(&self, user: &str) -> Vec<(String, Timestamp, Timestamp)> {
+        let answer = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/users/{user}/events?$top=100"),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "list events of {user}: {}", answer.body);
+        answer.body["value"]
+            .as_array()
+            .expect("a value array")
+            .iter()
+            .map(|event| {
+                (
+                    event["subject"].as_str().unwrap_or_default().to_string(),
+                    parse_graph_time(&event["start"]),
+                    parse_graph_time(&event["end"]),
+                )
+            })
+            .collect()
+    }
+
+    /// Mail addresses of a group's members.
+    pub async fn group_members(&self, group: &str) -> Vec<String> {
+        let answer = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/groups/{group}/members?$top=999&$select=mail"),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "group members: {}", answer.body);
+        answer.body["value"]
+            .as_array()
+            .expect("a value array")
+            .iter()
+            .filter_map(|member| member["mail"].as_str().map(str::to_lowercase))
+            .collect()
+    }
+}
+
+pub fn graph_time(at: Timestamp) -> String {
+    at.to_zoned(TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+fn parse_graph_time(value: &Value) -> Timestamp {
+    let date_time: jiff::civil::DateTime = value["dateTime"]
+        .as_str()
+        .expect("dateTime")
+        .parse()
+        .expect("a Graph dateTime");
+    let zone = value["timeZone"].as_str().unwrap_or("UTC");
+    assert_eq!(zone, "UTC", "events are read in UTC");
+    date_time
+        .to_zoned(TimeZone::UTC)
+        .expect("a UTC time")
+        .timestamp()
+}
+
+/// A whole second at or after `at` (Graph event times carry no fractions here).
+pub fn whole_second(at: Timestamp) -> Timestamp {
+    let seconds = at.as_second() + i64::from(at.subsec_nanosecond() > 0);
+    Timestamp::from_second(seconds).expect("a valid instant")
+}
+
+/// The service's HTTP API.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    pub fn new(running: &RunningService) -> Api {
+        Api {
+            // reqwest is built without a default TLS provider here; this client brings one.
+            http: calbridge_sources_graph::http::build_http_client(None).expect("an HTTP client"),
+            base: format!("http://{}", running.address),
+            token: running.api_token.expose().to_string(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get_authorized(&self, path: &str) -> Value {
+        let (status, body) = self.get(path, Some(&self.token.clone())).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+}

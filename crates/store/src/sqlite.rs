@@ -22,7 +22,7 @@ use crate::migrations::{latest_version, EmbeddedMigrations};
 use crate::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
     PersonUpsert, Removal, Resolution, SecretKey, SourceState, Store, StoreError, SyncError,
-    SyncState, TokenState,
+    SyncState, TokenState, WindowReplacement,
 };
 use codec::{
     decode_appointment, decode_date, decode_person_key, decode_timestamp, encode_appointment,
@@ -58,6 +58,12 @@ const APPOINTMENT_PLACEHOLDERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 /// 11 parameters per row: 100 rows stay far below SQLite's limit of 32,766 per statement.
 const ROWS_PER_INSERT: usize = 100;
 
+const UPSERT_WINDOW_PREFIX: &str =
+    "INSERT INTO sync_state (person_id, window_start, window_end) VALUES";
+
+const UPSERT_WINDOW_SUFFIX: &str = "ON CONFLICT (person_id) DO UPDATE SET \
+     window_start = excluded.window_start, window_end = excluded.window_end";
+
 const UPSERT_APPOINTMENT: &str = "INSERT INTO appointments (person_id, appointment_id, \
      start_at, end_at, first_day, end_day, show_as, sensitivity, subject, organizer, status) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -92,8 +98,10 @@ impl SqliteStore {
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable in WAL mode except for the last transactions before a power
-            // cut, which the next sync re-reads anyway.
+            // NORMAL rather than FULL: in WAL mode a commit then costs no fsync (only a
+            // checkpoint does), and WAL still keeps the database consistent after a crash or
+            // a power cut; at worst the last transactions are lost, and everything here can be
+            // re-read from the source (Microsoft 365), which the next sync does anyway.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
@@ -160,6 +168,25 @@ impl SqliteStore {
         Ok(SqliteStore { pool, key, path })
     }
 
+    /// The sealed `client_state` of `state`, as `set_sync_state` stores it.
+    fn seal_client_state(
+        &self,
+        key: &PersonKey,
+        state: &SyncState,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match &state.client_state {
+            Some(secret) => {
+                let (name, aad) = Self::client_state_names(key);
+                Ok(Some(self.key.seal(
+                    &name,
+                    &aad,
+                    secret.expose().as_bytes(),
+                )?))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn client_state_names(key: &PersonKey) -> (String, String) {
         let name = format!("client_state of {key}");
         // Length-prefixed so that no choice of source id and address can collide.
@@ -224,6 +251,406 @@ async fn require_person_id<'e>(
             operation,
             person: key.clone(),
         })
+}
+
+/// People per statement in `write_people`: 6 parameters per row.
+const PEOPLE_PER_UPSERT: usize = 100;
+
+/// `upsert_person` for each of `people`, in order, several rows per statement. SQLite applies
+/// the rows of one statement one after another, so a key listed twice ends as its last entry,
+/// as with one statement per person.
+async fn write_people(
+    connection: &mut SqliteConnection,
+    people: &[PersonUpsert],
+    now: i64,
+) -> Result<(), StoreError> {
+    for chunk in people.chunks(PEOPLE_PER_UPSERT) {
+        // updated_at moves only when something changed, so it tells when the directory last
+        // changed this person rather than when it was last re-read.
+        let sql = format!(
+            "INSERT INTO people (source_id, address, display_name, sip_uri, created_at, \
+             updated_at) VALUES {} \
+             ON CONFLICT (source_id, address) DO UPDATE SET \
+             display_name = excluded.display_name, sip_uri = excluded.sip_uri, \
+             updated_at = excluded.updated_at \
+             WHERE display_name IS NOT excluded.display_name OR sip_uri IS NOT excluded.sip_uri",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for person in chunk {
+            query = query
+                .bind(&person.key.source.0)
+                .bind(person.key.address.as_str())
+                .bind(person.display_name.as_deref())
+                .bind(person.sip_uri.as_deref())
+                .bind(now)
+                .bind(now);
+        }
+        query.execute(&mut *connection).await.map_err(|source| {
+            let what = match chunk {
+                [person] => format!("upsert person {}", person.key),
+                [first, ..] => format!("upsert {} people from {}", chunk.len(), first.key),
+                [] => unreachable!("chunks are never empty"),
+            };
+            StoreError::database(what, source)
+        })?;
+    }
+    Ok(())
+}
+
+/// `mark_resolution` of one person at `now`.
+async fn write_resolution<'e>(
+    executor: impl SqliteExecutor<'e>,
+    key: &PersonKey,
+    resolution: &Resolution,
+    now: i64,
+) -> Result<(), StoreError> {
+    let source_user_id = match resolution {
+        Resolution::Resolved { source_user_id, .. } => source_user_id.as_deref(),
+        _ => None,
+    };
+    let (state, primary_smtp, error) = match resolution {
+        Resolution::Pending => ("pending", None, None),
+        Resolution::Resolved { primary_smtp, .. } => {
+            ("resolved", Some(primary_smtp.as_str()), None)
+        }
+        Resolution::Failed { error } => ("failed", None, Some(error.as_str())),
+    };
+    let result = sqlx::query(
+        "UPDATE people SET resolution = ?, primary_smtp = ?, source_user_id = ?, \
+         resolution_error = ?, updated_at = ? WHERE source_id = ? AND address = ?",
+    )
+    .bind(state)
+    .bind(primary_smtp)
+    .bind(source_user_id)
+    .bind(error)
+    .bind(now)
+    .bind(&key.source.0)
+    .bind(key.address.as_str())
+    .execute(executor)
+    .await
+    .map_err(|source| StoreError::database(format!("mark resolution of {key}"), source))?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::PersonNotFound {
+            operation: "mark the resolution",
+            person: key.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The body of `replace_appointments`, inside the caller's transaction.
+async fn write_window(
+    connection: &mut SqliteConnection,
+    key: &PersonKey,
+    window_start: Timestamp,
+    window_end: Timestamp,
+    appointments: &[Appointment],
+) -> Result<(), StoreError> {
+    let failed = |source| StoreError::database(format!("replace appointments of {key}"), source);
+    let person_id = require_person_id(&mut *connection, key, "replace the appointments").await?;
+    sqlx::query("DELETE FROM appointments WHERE person_id = ?")
+        .bind(person_id)
+        .execute(&mut *connection)
+        .await
+        .map_err(failed)?;
+    // A plain INSERT, not an upsert: a full read that lists one id twice is a source bug,
+    // and failing the whole replacement keeps the previous, consistent window. Several
+    // rows per statement, because the cost of a statement, not of a row, dominates.
+    for chunk in appointments.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "{INSERT_APPOINTMENT_PREFIX} {}",
+            vec![APPOINTMENT_PLACEHOLDERS; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for appointment in chunk {
+            query = bind_appointment(query, person_id, appointment);
+        }
+        query.execute(&mut *connection).await.map_err(failed)?;
+    }
+    sqlx::query(&format!(
+        "{UPSERT_WINDOW_PREFIX} (?, ?, ?) {UPSERT_WINDOW_SUFFIX}"
+    ))
+    .bind(person_id)
+    .bind(window_start.as_second())
+    .bind(window_end.as_second())
+    .execute(&mut *connection)
+    .await
+    .map_err(failed)?;
+    Ok(())
+}
+
+/// Keys per statement in `person_ids`: 2 parameters per key.
+const KEYS_PER_LOOKUP: usize = 400;
+
+/// Rows per statement in `write_sync_states` (10 parameters each), `write_presences` (8) and
+/// the windows of `write_windows` (3), far below SQLite's limit of 32,766 parameters.
+const ROWS_PER_UPSERT: usize = 100;
+
+/// The people ids of `keys`, in the same order, with one statement per `KEYS_PER_LOOKUP` keys
+/// instead of one per key; `PersonNotFound` names the first key that is not stored.
+async fn person_ids<'k>(
+    connection: &mut SqliteConnection,
+    keys: impl Iterator<Item = &'k PersonKey>,
+    operation: &'static str,
+) -> Result<Vec<i64>, StoreError> {
+    let keys: Vec<&PersonKey> = keys.collect();
+    let mut found: HashMap<(&str, &str), i64> = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+        let sql = format!(
+            "SELECT id, source_id, address FROM people \
+             WHERE (source_id, address) IN (VALUES {})",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(&key.source.0).bind(key.address.as_str());
+        }
+        let rows = query.fetch_all(&mut *connection).await.map_err(|source| {
+            StoreError::database(format!("{operation} for {} people", chunk.len()), source)
+        })?;
+        // Matched back by the exact text bound, which is what `=` compared.
+        let by_text: HashMap<(String, String), i64> = rows
+            .iter()
+            .map(|row| {
+                let what = || "a person's id".to_string();
+                Ok::<_, StoreError>((
+                    (get(row, "source_id", &what)?, get(row, "address", &what)?),
+                    get(row, "id", &what)?,
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        for key in chunk {
+            let text = (key.source.0.clone(), key.address.as_str().to_string());
+            if let Some(id) = by_text.get(&text) {
+                found.insert((key.source.0.as_str(), key.address.as_str()), *id);
+            }
+        }
+    }
+    keys.iter()
+        .map(|key| {
+            found
+                .get(&(key.source.0.as_str(), key.address.as_str()))
+                .copied()
+                .ok_or_else(|| StoreError::PersonNotFound {
+                    operation,
+                    person: (*key).clone(),
+                })
+        })
+        .collect()
+}
+
+/// `replace_appointments` for each of `windows`, in order, inside the caller's transaction.
+///
+/// When every person appears once, the old appointments go with one DELETE per chunk of
+/// people and the new ones come with multi-row INSERTs across people, which is what makes a
+/// first sync of thousands of people fast. A person listed twice falls back to one
+/// `write_window` per element, so that the later window replaces the earlier exactly as
+/// separate calls would (a grouped INSERT would see both sets at once).
+async fn write_windows(
+    connection: &mut SqliteConnection,
+    windows: &[WindowReplacement],
+) -> Result<(), StoreError> {
+    let operation = "replace the appointments";
+    let ids = person_ids(
+        &mut *connection,
+        windows.iter().map(|window| &window.key),
+        operation,
+    )
+    .await?;
+    let mut distinct = std::collections::HashSet::with_capacity(ids.len());
+    if !ids.iter().all(|id| distinct.insert(*id)) {
+        for window in windows {
+            write_window(
+                &mut *connection,
+                &window.key,
+                window.window_start,
+                window.window_end,
+                &window.appointments,
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    let failed = |what: String| move |source| StoreError::database(what, source);
+    let people_of = |first: &PersonKey, last: &PersonKey| {
+        if first == last {
+            format!("replace appointments of {first}")
+        } else {
+            format!("replace appointments of the people from {first} to {last}")
+        }
+    };
+    for (chunk_ids, chunk) in ids
+        .chunks(KEYS_PER_LOOKUP)
+        .zip(windows.chunks(KEYS_PER_LOOKUP))
+    {
+        let sql = format!(
+            "DELETE FROM appointments WHERE person_id IN ({})",
+            vec!["?"; chunk_ids.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk_ids {
+            query = query.bind(*id);
+        }
+        query
+            .execute(&mut *connection)
+            .await
+            .map_err(failed(people_of(
+                &chunk[0].key,
+                &chunk[chunk.len() - 1].key,
+            )))?;
+    }
+    // A plain INSERT, as in `write_window`: an id listed twice in one window fails the batch.
+    let rows: Vec<(i64, &PersonKey, &Appointment)> = ids
+        .iter()
+        .zip(windows)
+        .flat_map(|(id, window)| {
+            window
+                .appointments
+                .iter()
+                .map(move |appointment| (*id, &window.key, appointment))
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "{INSERT_APPOINTMENT_PREFIX} {}",
+            vec![APPOINTMENT_PLACEHOLDERS; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (person_id, _, appointment) in chunk {
+            query = bind_appointment(query, *person_id, appointment);
+        }
+        let (first, last) = (chunk[0].1, chunk[chunk.len() - 1].1);
+        query
+            .execute(&mut *connection)
+            .await
+            .map_err(failed(people_of(first, last)))?;
+    }
+    for (chunk_ids, chunk) in ids
+        .chunks(ROWS_PER_UPSERT)
+        .zip(windows.chunks(ROWS_PER_UPSERT))
+    {
+        let sql = format!(
+            "{UPSERT_WINDOW_PREFIX} {} {UPSERT_WINDOW_SUFFIX}",
+            vec!["(?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, window) in chunk_ids.iter().zip(chunk) {
+            query = query
+                .bind(*id)
+                .bind(window.window_start.as_second())
+                .bind(window.window_end.as_second());
+        }
+        query
+            .execute(&mut *connection)
+            .await
+            .map_err(failed(people_of(
+                &chunk[0].key,
+                &chunk[chunk.len() - 1].key,
+            )))?;
+    }
+    Ok(())
+}
+
+/// `set_sync_state` for each row (person id, key, state, sealed `client_state`), in order,
+/// several rows per statement; SQLite applies them one after another, so a person listed
+/// twice ends with the later state, as with separate calls.
+async fn write_sync_states(
+    connection: &mut SqliteConnection,
+    rows: &[(i64, &PersonKey, &SyncState, Option<Vec<u8>>)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_UPSERT) {
+        let sql = format!(
+            "INSERT INTO sync_state (person_id, delta_link, subscription_id, \
+             subscription_expires_at, client_state_sealed, last_full_sync_at, last_delta_at, \
+             last_error, last_error_at, consecutive_failures) VALUES {} \
+             ON CONFLICT (person_id) DO UPDATE SET \
+             delta_link = excluded.delta_link, subscription_id = excluded.subscription_id, \
+             subscription_expires_at = excluded.subscription_expires_at, \
+             client_state_sealed = excluded.client_state_sealed, \
+             last_full_sync_at = excluded.last_full_sync_at, \
+             last_delta_at = excluded.last_delta_at, last_error = excluded.last_error, \
+             last_error_at = excluded.last_error_at, \
+             consecutive_failures = excluded.consecutive_failures",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (person_id, _, state, client_state_sealed) in chunk {
+            query = query
+                .bind(*person_id)
+                .bind(state.delta_link.as_deref())
+                .bind(state.subscription_id.as_deref())
+                .bind(opt_seconds(state.subscription_expires_at))
+                .bind(client_state_sealed.as_deref())
+                .bind(opt_seconds(state.last_full_sync_at))
+                .bind(opt_seconds(state.last_delta_at))
+                .bind(
+                    state
+                        .last_error
+                        .as_ref()
+                        .map(|error| error.message.as_str()),
+                )
+                .bind(state.last_error.as_ref().map(|error| error.at.as_second()))
+                .bind(i64::from(state.consecutive_failures));
+        }
+        query.execute(&mut *connection).await.map_err(|source| {
+            let what = match chunk {
+                [(_, key, _, _)] => format!("save sync state of {key}"),
+                [(_, first, _, _), ..] => {
+                    format!(
+                        "save the sync states of {} people from {first}",
+                        chunk.len()
+                    )
+                }
+                [] => unreachable!("chunks are never empty"),
+            };
+            StoreError::database(what, source)
+        })?;
+    }
+    Ok(())
+}
+
+/// `save_presence` for each row (person id, key, presence), in order, several rows per
+/// statement; a person listed twice ends with the later presence.
+async fn write_presences(
+    connection: &mut SqliteConnection,
+    rows: &[(i64, &PersonKey, &CurrentPresence)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_UPSERT) {
+        let sql = format!(
+            "INSERT INTO presence (person_id, activity, note, until_at, why, next_change_at, \
+             decided_at, published_fingerprint) VALUES {} \
+             ON CONFLICT (person_id) DO UPDATE SET \
+             activity = excluded.activity, note = excluded.note, until_at = excluded.until_at, \
+             why = excluded.why, next_change_at = excluded.next_change_at, \
+             decided_at = excluded.decided_at, \
+             published_fingerprint = excluded.published_fingerprint",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (person_id, _, presence) in chunk {
+            query = query
+                .bind(*person_id)
+                .bind(&presence.activity)
+                .bind(presence.note.as_deref())
+                .bind(opt_seconds(presence.until))
+                .bind(&presence.why)
+                .bind(opt_seconds(presence.next_change_at))
+                .bind(presence.decided_at.as_second())
+                .bind(presence.published_fingerprint.as_deref());
+        }
+        query.execute(&mut *connection).await.map_err(|source| {
+            let what = match chunk {
+                [(_, key, _)] => format!("save presence of {key}"),
+                [(_, first, _), ..] => {
+                    format!("save the presences of {} people from {first}", chunk.len())
+                }
+                [] => unreachable!("chunks are never empty"),
+            };
+            StoreError::database(what, source)
+        })?;
+    }
+    Ok(())
 }
 
 async fn write_appointment(
@@ -344,27 +771,26 @@ fn to_u64(value: i64, field: &'static str, what: &dyn Fn() -> String) -> Result<
 #[async_trait]
 impl Store for SqliteStore {
     async fn upsert_person(&self, person: &PersonUpsert) -> Result<(), StoreError> {
-        let now = Timestamp::now().as_second();
-        // updated_at moves only when something changed, so it tells when the directory last
-        // changed this person rather than when it was last re-read.
-        sqlx::query(
-            "INSERT INTO people (source_id, address, display_name, sip_uri, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (source_id, address) DO UPDATE SET \
-             display_name = excluded.display_name, sip_uri = excluded.sip_uri, \
-             updated_at = excluded.updated_at \
-             WHERE display_name IS NOT excluded.display_name OR sip_uri IS NOT excluded.sip_uri",
+        let mut connection = self.pool.acquire().await.map_err(|source| {
+            StoreError::database(format!("upsert person {}", person.key), source)
+        })?;
+        write_people(
+            &mut connection,
+            std::slice::from_ref(person),
+            Timestamp::now().as_second(),
         )
-        .bind(&person.key.source.0)
-        .bind(person.key.address.as_str())
-        .bind(person.display_name.as_deref())
-        .bind(person.sip_uri.as_deref())
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
         .await
-        .map_err(|source| StoreError::database(format!("upsert person {}", person.key), source))?;
-        Ok(())
+    }
+
+    async fn upsert_people(&self, people: &[PersonUpsert]) -> Result<(), StoreError> {
+        if people.is_empty() {
+            return Ok(());
+        }
+        let failed =
+            |source| StoreError::database(format!("upsert {} people", people.len()), source);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        write_people(&mut tx, people, Timestamp::now().as_second()).await?;
+        tx.commit().await.map_err(failed)
     }
 
     async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError> {
@@ -420,38 +846,28 @@ impl Store for SqliteStore {
         key: &PersonKey,
         resolution: &Resolution,
     ) -> Result<(), StoreError> {
-        let source_user_id = match resolution {
-            Resolution::Resolved { source_user_id, .. } => source_user_id.as_deref(),
-            _ => None,
-        };
-        let (state, primary_smtp, error) = match resolution {
-            Resolution::Pending => ("pending", None, None),
-            Resolution::Resolved { primary_smtp, .. } => {
-                ("resolved", Some(primary_smtp.as_str()), None)
-            }
-            Resolution::Failed { error } => ("failed", None, Some(error.as_str())),
-        };
-        let result = sqlx::query(
-            "UPDATE people SET resolution = ?, primary_smtp = ?, source_user_id = ?, \
-             resolution_error = ?, updated_at = ? WHERE source_id = ? AND address = ?",
-        )
-        .bind(state)
-        .bind(primary_smtp)
-        .bind(source_user_id)
-        .bind(error)
-        .bind(Timestamp::now().as_second())
-        .bind(&key.source.0)
-        .bind(key.address.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(|source| StoreError::database(format!("mark resolution of {key}"), source))?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::PersonNotFound {
-                operation: "mark the resolution",
-                person: key.clone(),
-            });
+        write_resolution(&self.pool, key, resolution, Timestamp::now().as_second()).await
+    }
+
+    async fn mark_resolutions(
+        &self,
+        resolutions: &[(PersonKey, Resolution)],
+    ) -> Result<(), StoreError> {
+        if resolutions.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let failed = |source| {
+            StoreError::database(
+                format!("mark the resolutions of {} people", resolutions.len()),
+                source,
+            )
+        };
+        let now = Timestamp::now().as_second();
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        for (key, resolution) in resolutions {
+            write_resolution(&mut *tx, key, resolution, now).await?;
+        }
+        tx.commit().await.map_err(failed)
     }
 
     async fn replace_appointments(
@@ -461,41 +877,28 @@ impl Store for SqliteStore {
         window_end: Timestamp,
         appointments: Vec<Appointment>,
     ) -> Result<(), StoreError> {
-        let operation = "replace the appointments";
         let failed =
             |source| StoreError::database(format!("replace appointments of {key}"), source);
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
-        let person_id = require_person_id(&mut *tx, key, operation).await?;
-        sqlx::query("DELETE FROM appointments WHERE person_id = ?")
-            .bind(person_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        // A plain INSERT, not an upsert: a full read that lists one id twice is a source bug,
-        // and failing the whole replacement keeps the previous, consistent window. Several
-        // rows per statement, because the cost of a statement, not of a row, dominates.
-        for chunk in appointments.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "{INSERT_APPOINTMENT_PREFIX} {}",
-                vec![APPOINTMENT_PLACEHOLDERS; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for appointment in chunk {
-                query = bind_appointment(query, person_id, appointment);
-            }
-            query.execute(&mut *tx).await.map_err(failed)?;
+        write_window(&mut tx, key, window_start, window_end, &appointments).await?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn replace_appointments_many(
+        &self,
+        windows: Vec<WindowReplacement>,
+    ) -> Result<(), StoreError> {
+        if windows.is_empty() {
+            return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO sync_state (person_id, window_start, window_end) VALUES (?, ?, ?) \
-             ON CONFLICT (person_id) DO UPDATE SET \
-             window_start = excluded.window_start, window_end = excluded.window_end",
-        )
-        .bind(person_id)
-        .bind(window_start.as_second())
-        .bind(window_end.as_second())
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+        let failed = |source| {
+            StoreError::database(
+                format!("replace the appointments of {} people", windows.len()),
+                source,
+            )
+        };
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        write_windows(&mut tx, &windows).await?;
         tx.commit().await.map_err(failed)
     }
 
@@ -657,47 +1060,43 @@ impl Store for SqliteStore {
 
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {
         let failed = |source| StoreError::database(format!("save sync state of {key}"), source);
-        let client_state_sealed = match &state.client_state {
-            Some(secret) => {
-                let (name, aad) = Self::client_state_names(key);
-                Some(self.key.seal(&name, &aad, secret.expose().as_bytes())?)
-            }
-            None => None,
-        };
+        let client_state_sealed = self.seal_client_state(key, state)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
         let person_id = require_person_id(&mut *tx, key, "save the sync state").await?;
-        sqlx::query(
-            "INSERT INTO sync_state (person_id, delta_link, subscription_id, \
-             subscription_expires_at, client_state_sealed, last_full_sync_at, last_delta_at, \
-             last_error, last_error_at, consecutive_failures) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (person_id) DO UPDATE SET \
-             delta_link = excluded.delta_link, subscription_id = excluded.subscription_id, \
-             subscription_expires_at = excluded.subscription_expires_at, \
-             client_state_sealed = excluded.client_state_sealed, \
-             last_full_sync_at = excluded.last_full_sync_at, \
-             last_delta_at = excluded.last_delta_at, last_error = excluded.last_error, \
-             last_error_at = excluded.last_error_at, \
-             consecutive_failures = excluded.consecutive_failures",
+        write_sync_states(&mut tx, &[(person_id, key, state, client_state_sealed)]).await?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn set_sync_states(&self, states: &[(PersonKey, SyncState)]) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let failed = |source| {
+            StoreError::database(
+                format!("save the sync states of {} people", states.len()),
+                source,
+            )
+        };
+        // Sealed before the transaction, as set_sync_state does, so that the write lock is not
+        // held while encrypting.
+        let sealed = states
+            .iter()
+            .map(|(key, state)| self.seal_client_state(key, state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let ids = person_ids(
+            &mut tx,
+            states.iter().map(|(key, _)| key),
+            "save the sync state",
         )
-        .bind(person_id)
-        .bind(state.delta_link.as_deref())
-        .bind(state.subscription_id.as_deref())
-        .bind(opt_seconds(state.subscription_expires_at))
-        .bind(client_state_sealed)
-        .bind(opt_seconds(state.last_full_sync_at))
-        .bind(opt_seconds(state.last_delta_at))
-        .bind(
-            state
-                .last_error
-                .as_ref()
-                .map(|error| error.message.as_str()),
-        )
-        .bind(state.last_error.as_ref().map(|error| error.at.as_second()))
-        .bind(i64::from(state.consecutive_failures))
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+        .await?;
+        let rows: Vec<_> = ids
+            .into_iter()
+            .zip(states)
+            .zip(sealed)
+            .map(|((id, (key, state)), sealed)| (id, key, state, sealed))
+            .collect();
+        write_sync_states(&mut tx, &rows).await?;
         tx.commit().await.map_err(failed)
     }
 
@@ -800,26 +1199,36 @@ impl Store for SqliteStore {
         let failed = |source| StoreError::database(format!("save presence of {key}"), source);
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
         let person_id = require_person_id(&mut *tx, key, "save the presence").await?;
-        sqlx::query(
-            "INSERT INTO presence (person_id, activity, note, until_at, why, next_change_at, \
-             decided_at, published_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (person_id) DO UPDATE SET \
-             activity = excluded.activity, note = excluded.note, until_at = excluded.until_at, \
-             why = excluded.why, next_change_at = excluded.next_change_at, \
-             decided_at = excluded.decided_at, \
-             published_fingerprint = excluded.published_fingerprint",
+        write_presences(&mut tx, &[(person_id, key, presence)]).await?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn save_presences(
+        &self,
+        presences: &[(PersonKey, CurrentPresence)],
+    ) -> Result<(), StoreError> {
+        if presences.is_empty() {
+            return Ok(());
+        }
+        let failed = |source| {
+            StoreError::database(
+                format!("save the presences of {} people", presences.len()),
+                source,
+            )
+        };
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let ids = person_ids(
+            &mut tx,
+            presences.iter().map(|(key, _)| key),
+            "save the presence",
         )
-        .bind(person_id)
-        .bind(&presence.activity)
-        .bind(presence.note.as_deref())
-        .bind(opt_seconds(presence.until))
-        .bind(&presence.why)
-        .bind(opt_seconds(presence.next_change_at))
-        .bind(presence.decided_at.as_second())
-        .bind(presence.published_fingerprint.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+        .await?;
+        let rows: Vec<_> = ids
+            .into_iter()
+            .zip(presences)
+            .map(|(id, (key, presence))| (id, key, presence))
+            .collect();
+        write_presences(&mut tx, &rows).await?;
         tx.commit().await.map_err(failed)
     }
 

@@ -29,6 +29,9 @@ pub enum Command {
     Check(crate::check::CheckArgs),
     /// Measure first sync, notification latency and memory against the emulator.
     Bench(crate::bench::BenchArgs),
+    /// The emulator child process of `bench` (internal).
+    #[command(hide = true)]
+    BenchEmulator(crate::bench::BenchEmulatorArgs),
     /// Work with the presence engine.
     #[command(subcommand)]
     Presence(PresenceCommand),

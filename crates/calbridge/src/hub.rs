@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use calbridge_domain::Appointment;
 use calbridge_presence::{decide, Decision, Locale, Rules};
-use calbridge_store::PersonKey;
+use calbridge_store::{PersonKey, Store};
+use futures_util::StreamExt;
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, Notify};
 
@@ -28,10 +29,12 @@ pub struct PresenceChange {
 }
 
 struct PersonEntry {
-    appointments: Arc<Vec<Appointment>>,
     decision: Option<Arc<Decision>>,
     decided_at: Option<Timestamp>,
     timer: Option<Timestamp>,
+    /// Bumped by every calendar update, so that a timer that loaded the appointments from the
+    /// store does not overwrite a decision made from newer ones meanwhile.
+    version: u64,
 }
 
 struct Timeline {
@@ -39,10 +42,14 @@ struct Timeline {
     timers: BTreeSet<(Timestamp, PersonKey)>,
 }
 
+/// The hub keeps decisions and timers in memory, not appointments: those live in the store,
+/// which the hub reads when a timer fires. That keeps memory per person small (a decision is a
+/// few hundred bytes; a day of Graph events with their long ids is kilobytes).
 pub struct PresenceHub {
     rules: Rules,
     locale: Locale,
     clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
     state: Mutex<Timeline>,
     timers_changed: Notify,
     changes: broadcast::Sender<PresenceChange>,
@@ -58,12 +65,17 @@ pub struct HubCounters {
     pub timer_fires: std::sync::atomic::AtomicU64,
 }
 
+/// Timers due at the same instant (09:00 for half the company) load their appointments this
+/// many at a time.
+const PARALLEL_TIMER_LOADS: usize = 16;
+
 impl PresenceHub {
     /// The hub and the receiving end of the persistence queue (for the store writer task).
     pub fn new(
         rules: Rules,
         locale: Locale,
         clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>,
     ) -> (Arc<PresenceHub>, mpsc::UnboundedReceiver<PresenceChange>) {
         let (changes, _) = broadcast::channel(4096);
         let (persist, persist_rx) = mpsc::unbounded_channel();
@@ -71,6 +83,7 @@ impl PresenceHub {
             rules,
             locale,
             clock,
+            store,
             state: Mutex::new(Timeline {
                 people: HashMap::new(),
                 timers: BTreeSet::new(),
@@ -86,9 +99,7 @@ impl PresenceHub {
     fn lock(&self) -> MutexGuard<'_, Timeline> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing presence for everyone, so keep going with the data.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<PresenceChange> {
@@ -107,30 +118,51 @@ impl PresenceHub {
         &self.locale
     }
 
-    /// Replaces a person's appointments (a full read) and decides anew.
-    pub fn set_appointments(&self, person: &PersonKey, appointments: Vec<Appointment>) {
-        self.update(person, |current| *current = appointments);
+    /// Decides a person's presence from their complete, already stored appointments (after a
+    /// full read, a delta, or at start-up).
+    pub fn set_appointments(&self, person: &PersonKey, appointments: &[Appointment]) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let entry = state.people.entry(person.clone()).or_insert(PersonEntry {
+            decision: None,
+            decided_at: None,
+            timer: None,
+            version: 0,
+        });
+        entry.version += 1;
+        self.decide_locked(&mut state, person, appointments, now);
     }
 
-    /// Applies a delta: upserts by id, then removals.
-    pub fn apply_changes(&self, person: &PersonKey, upserts: Vec<Appointment>, removed: &[String]) {
-        self.update(person, |current| {
-            for appointment in upserts {
-                match current
-                    .iter_mut()
-                    .find(|existing| existing.id == appointment.id)
-                {
-                    Some(existing) => *existing = appointment,
-                    None => current.push(appointment),
+    /// Reads a person's appointments from the store and decides anew.
+    pub async fn refresh(&self, person: &PersonKey) {
+        let version = self.lock().people.get(person).map(|entry| entry.version);
+        match self.store.load_appointments(person).await {
+            Ok(appointments) => {
+                let now = self.clock.now();
+                let mut state = self.lock();
+                let current = state.people.get(person).map(|entry| entry.version);
+                if current.is_some() && current == version {
+                    self.decide_locked(&mut state, person, &appointments, now);
+                } else if current.is_none() {
+                    drop(state);
+                    self.set_appointments(person, &appointments);
                 }
             }
-            current.retain(|appointment| !removed.contains(&appointment.id));
-        });
-    }
-
-    /// Registers a person with what the store remembers (at start-up), deciding at once.
-    pub fn restore(&self, person: &PersonKey, appointments: Vec<Appointment>) {
-        self.set_appointments(person, appointments);
+            Err(error) => {
+                // Try again shortly rather than leave the person without a timer.
+                tracing::warn!(person = %person, "cannot read appointments to decide presence: {error}");
+                let retry = self.clock.now().checked_add(jiff::SignedDuration::from_secs(5)).ok();
+                let mut state = self.lock();
+                if let (Some(retry), Some(entry)) = (retry, state.people.get_mut(person)) {
+                    let old = entry.timer.replace(retry);
+                    if let Some(old) = old {
+                        state.timers.remove(&(old, person.clone()));
+                    }
+                    state.timers.insert((retry, person.clone()));
+                    self.timers_changed.notify_one();
+                }
+            }
+        }
     }
 
     pub fn remove(&self, person: &PersonKey) {
@@ -148,13 +180,6 @@ impl PresenceHub {
         Some((entry.decision.clone()?, entry.decided_at?))
     }
 
-    pub fn appointments(&self, person: &PersonKey) -> Option<Arc<Vec<Appointment>>> {
-        self.lock()
-            .people
-            .get(person)
-            .map(|entry| entry.appointments.clone())
-    }
-
     pub fn people(&self) -> Vec<PersonKey> {
         self.lock().people.keys().cloned().collect()
     }
@@ -167,31 +192,19 @@ impl PresenceHub {
         self.lock().timers.len()
     }
 
-    fn update(&self, person: &PersonKey, change: impl FnOnce(&mut Vec<Appointment>)) {
-        let now = self.clock.now();
-        let mut state = self.lock();
-        let entry = state
-            .people
-            .entry(person.clone())
-            .or_insert_with(|| PersonEntry {
-                appointments: Arc::new(Vec::new()),
-                decision: None,
-                decided_at: None,
-                timer: None,
-            });
-        let mut appointments = (*entry.appointments).clone();
-        change(&mut appointments);
-        entry.appointments = Arc::new(appointments);
-        self.decide_locked(&mut state, person, now);
-    }
-
     /// Runs the engine for one person and reschedules their timer. Called with the lock held
     /// so that a timer and a calendar change for the same person cannot interleave.
-    fn decide_locked(&self, state: &mut Timeline, person: &PersonKey, now: Timestamp) {
+    fn decide_locked(
+        &self,
+        state: &mut Timeline,
+        person: &PersonKey,
+        appointments: &[Appointment],
+        now: Timestamp,
+    ) {
         let Some(entry) = state.people.get_mut(person) else {
             return;
         };
-        let decision = decide(&entry.appointments, &self.rules, &self.locale, now);
+        let decision = decide(appointments, &self.rules, &self.locale, now);
         self.counters
             .decisions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -230,33 +243,42 @@ impl PresenceHub {
         }
     }
 
-    /// Fires every due timer; returns how many fired.
-    pub fn fire_due_timers(&self) -> usize {
+    /// Fires every due timer: each person's appointments are read from the store and decided
+    /// at the current instant. Returns how many fired.
+    pub async fn fire_due_timers(&self) -> usize {
         let now = self.clock.now();
-        let mut state = self.lock();
-        let mut fired = 0;
-        while let Some((at, person)) = state.timers.first().cloned() {
-            if at > now {
-                break;
+        let due: Vec<PersonKey> = {
+            let mut state = self.lock();
+            let mut due = Vec::new();
+            while let Some((at, person)) = state.timers.first().cloned() {
+                if at > now {
+                    break;
+                }
+                state.timers.remove(&(at, person.clone()));
+                if let Some(entry) = state.people.get_mut(&person) {
+                    entry.timer = None;
+                }
+                due.push(person);
             }
-            state.timers.remove(&(at, person.clone()));
-            if let Some(entry) = state.people.get_mut(&person) {
-                entry.timer = None;
-            }
-            self.decide_locked(&mut state, &person, now);
-            fired += 1;
-        }
+            due
+        };
+        let fired = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(PARALLEL_TIMER_LOADS, |person| async move {
+                self.refresh(&person).await;
+            })
+            .await;
         self.counters
             .timer_fires
             .fetch_add(fired as u64, std::sync::atomic::Ordering::Relaxed);
         fired
     }
 
-    /// The timer task: sleeps until the earliest `next_change_at`, fires what is due, and
+/// The timer task: sleeps until the earliest `next_change_at`, fires what is due, and
     /// sleeps again; wakes early when a sooner timer is set. Ends on `shutdown`.
     pub async fn run_timers(self: Arc<Self>, shutdown: Shutdown) {
         loop {
-            self.fire_due_timers();
+            self.fire_due_timers().await;
             let earliest = self.lock().timers.first().map(|(at, _)| *at);
             let sleep = match earliest {
                 Some(at) => self.clock.sleep_until(at),

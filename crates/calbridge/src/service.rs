@@ -154,6 +154,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         config.presence.rules(),
         config.presence.locale(),
         clock.clone(),
+        store.clone(),
     );
     let listener = match options.listener {
         Some(listener) => listener,
@@ -416,37 +417,44 @@ async fn refresh_directory(
         }
     };
     let mut wanted = HashSet::new();
+    let mut upserts = Vec::with_capacity(listed.len());
     for person in &listed {
         let key = PersonKey {
             source: sync.source_id.clone(),
             address: person.address.clone(),
         };
         wanted.insert(key.clone());
-        let upsert = PersonUpsert {
-            key: key.clone(),
+        upserts.push(PersonUpsert {
+            key,
             display_name: person.display_name.clone(),
             sip_uri: person.sip_uri.clone(),
-        };
-        if let Err(error) = store.upsert_person(&upsert).await {
-            note_problem(
-                problems,
-                now,
-                format!("cannot store {}: {error}", person.address),
-            );
-            continue;
-        }
-        if is_refresh && !known.contains(&key) {
-            sync.enqueue(Work::Added(key));
+        });
+    }
+    if let Err(error) = store.upsert_people(&upserts).await {
+        note_problem(problems, now, format!("cannot store the directory of source {}: {error}", sync.source_id));
+        return;
+    }
+    if is_refresh {
+        for upsert in upserts {
+            if !known.contains(&upsert.key) {
+                sync.enqueue(Work::Added(upsert.key));
+            }
         }
     }
-    for member in resolved {
-        let key = PersonKey {
-            source: sync.source_id.clone(),
-            address: member.primary_smtp.clone(),
-        };
-        sync.record_resolution(&key, Ok((member.primary_smtp, member.id)))
-            .await;
-    }
+    let members: Vec<(PersonKey, calbridge_domain::MailboxAddress, String)> = resolved
+        .into_iter()
+        .map(|member| {
+            (
+                PersonKey {
+                    source: sync.source_id.clone(),
+                    address: member.primary_smtp.clone(),
+                },
+                member.primary_smtp,
+                member.id,
+            )
+        })
+        .collect();
+    sync.record_resolved_members(members).await;
     if complete {
         for gone in known.difference(&wanted) {
             tracing::info!(person = %gone, "no longer in the directory");
@@ -489,19 +497,30 @@ async fn persist_presence(
 }
 
 async fn save_all(store: &dyn Store, batch: HashMap<PersonKey, PresenceChange>) {
-    for (person, change) in batch {
-        let record = CurrentPresence {
-            activity: change.decision.activity.as_str().to_string(),
-            note: Some(change.decision.note.clone()),
-            until: change.decision.until,
-            why: change.decision.explain(),
-            next_change_at: change.decision.next_change_at,
-            decided_at: change.decided_at,
-            published_fingerprint: None,
-        };
-        if let Err(error) = store.save_presence(&person, &record).await {
-            // A person removed from the directory a moment ago: nothing to keep.
-            tracing::debug!(person = %person, "presence not stored: {error}");
+    let records: Vec<(PersonKey, CurrentPresence)> = batch
+        .into_iter()
+        .map(|(person, change)| {
+            let record = CurrentPresence {
+                activity: change.decision.activity.as_str().to_string(),
+                note: Some(change.decision.note.clone()),
+                until: change.decision.until,
+                why: change.decision.explain(),
+                next_change_at: change.decision.next_change_at,
+                decided_at: change.decided_at,
+                published_fingerprint: None,
+            };
+            (person, record)
+        })
+        .collect();
+    for chunk in records.chunks(500) {
+        if let Err(error) = store.save_presences(chunk).await {
+            // Usually a person removed from the directory a moment ago; save the rest singly.
+            tracing::debug!("presence batch not stored ({error}); storing one by one");
+            for (person, record) in chunk {
+                if let Err(error) = store.save_presence(person, record).await {
+                    tracing::debug!(person = %person, "presence not stored: {error}");
+                }
+            }
         }
     }
 }

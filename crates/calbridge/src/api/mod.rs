@@ -334,24 +334,23 @@ async fn users(State(state): State<Arc<ApiState>>) -> Response {
     Json(json!({ "users": users })).into_response()
 }
 
-fn find_person(state: &ApiState, raw: &str) -> Result<PersonKey, ApiError> {
+async fn find_person(state: &ApiState, raw: &str) -> Result<PersonKey, ApiError> {
     let address = MailboxAddress::parse(raw)
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
-    let mut people = state.hub.people();
-    people.sort();
+    // The store knows everyone in the directory, including people whose address could not be
+    // resolved and who therefore have no presence yet.
+    let people = state.store.list_people().await.map_err(|error| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the store: {error}"))
+    })?;
     people
         .into_iter()
+        .map(|person| person.key)
         .find(|person| person.address == address)
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no user {address} is followed"),
-            )
-        })
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no user {address} is followed")))
 }
 
 async fn presence(State(state): State<Arc<ApiState>>, Path(address): Path<String>) -> Response {
-    let person = match find_person(&state, &address) {
+    let person = match find_person(&state, &address).await {
         Ok(person) => person,
         Err(error) => return error.into_response(),
     };
@@ -390,7 +389,7 @@ async fn calendar(
     Path(address): Path<String>,
     Query(query): Query<CalendarQuery>,
 ) -> Response {
-    let person = match find_person(&state, &address) {
+    let person = match find_person(&state, &address).await {
         Ok(person) => person,
         Err(error) => return error.into_response(),
     };
@@ -407,7 +406,15 @@ async fn calendar(
         (Ok(from), Ok(to)) => (from, to),
         (Err(error), _) | (_, Err(error)) => return error.into_response(),
     };
-    let appointments = state.hub.appointments(&person).unwrap_or_default();
+    let appointments = match state.store.load_appointments(&person).await {
+        Ok(appointments) => appointments,
+        Err(error) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the calendar of {}: {error}", person.address),
+            )
+        }
+    };
     let zone = state.hub.locale().zone.zone().clone();
     let subjects_shown = state.hub.rules().subjects == SubjectVisibility::Shown;
     let mut blocks: Vec<(Timestamp, Value)> = appointments

@@ -17,7 +17,7 @@ use calbridge_sources_graph::{
     parse_notifications, DeltaCursor, DeltaLink, DeltaOutcome, GraphError, GraphSource,
     Notification, RenewOutcome, SubjectFetch, SubscriptionRequest, TokenStatus,
 };
-use calbridge_store::{PersonKey, Resolution, Store, SyncError};
+use calbridge_store::{PersonKey, Resolution, Store, SyncError, WindowReplacement};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -98,6 +98,8 @@ const PARALLEL_PEOPLE: usize = 32;
 /// People per window-read call: big enough for full `$batch` requests, small enough that
 /// progress moves and results reach the store while the rest is still being read.
 const READ_CHUNK: usize = 400;
+/// The longest wait before a failed read is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 impl GraphSync {
     #[allow(clippy::too_many_arguments)]
@@ -362,16 +364,29 @@ impl GraphSync {
             let resumable = health.window.is_some_and(|(start, _)| start >= today_start);
             if resumable {
                 let appointments = stored_appointments.remove(&person.key).unwrap_or_default();
-                self.hub.restore(&person.key, appointments);
+                self.hub.set_appointments(&person.key, &appointments);
             } else {
                 to_read.push(person.key.clone());
             }
             self.people().insert(person.key.clone(), health);
         }
         self.progress.total.store(to_read.len(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
         self.resolve(&to_resolve).await;
+        let resolved = started.elapsed();
         self.read_windows(&to_read, Some(&self.progress)).await;
+        let read = started.elapsed();
         self.subscribe_missing().await;
+        tracing::info!(
+            source = %self.source_id,
+            people = people.len(),
+            resolved = to_resolve.len(),
+            read = to_read.len(),
+            "first sync: resolution {:.2} s, window reads {:.2} s, subscriptions {:.2} s",
+            resolved.as_secs_f64(),
+            (read - resolved).as_secs_f64(),
+            (started.elapsed() - read).as_secs_f64()
+        );
         Ok(())
     }
 
@@ -400,7 +415,33 @@ impl GraphSync {
         }
     }
 
-    /// Stores a resolution result; used by the directory for group members too.
+    /// Stores the resolutions of directory group members (already resolved by Graph) in one go.
+    pub async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {
+        let resolutions: Vec<(PersonKey, Resolution)> = members
+            .iter()
+            .map(|(person, primary_smtp, id)| {
+                (
+                    person.clone(),
+                    Resolution::Resolved {
+                        primary_smtp: primary_smtp.clone(),
+                        source_user_id: Some(id.clone()),
+                    },
+                )
+            })
+            .collect();
+        if let Err(error) = self.store.mark_resolutions(&resolutions).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} resolutions: {error}", resolutions.len());
+        }
+        let mut people = self.people();
+        for (person, primary_smtp, id) in members {
+            let health = people.entry(person).or_default();
+            health.resolved_address = Some(primary_smtp.to_string());
+            health.user = Some(id);
+            health.resolution_error = None;
+        }
+    }
+
+    /// Stores a resolution result.
     pub async fn record_resolution(
         &self,
         person: &PersonKey,
@@ -462,85 +503,86 @@ impl GraphSync {
                 .graph
                 .read_windows(chunk, window_start, window_end, self.subjects)
                 .await;
-            let mut saves = Vec::with_capacity(results.len());
+            let mut windows = Vec::with_capacity(results.len());
             for (person, result) in results {
                 match result {
-                    Ok(appointments) => {
-                        self.hub.set_appointments(&person, appointments.clone());
-                        saves.push(self.save_window(
-                            person,
-                            window_start,
-                            window_end,
-                            appointments,
-                        ));
-                    }
+                    Ok(appointments) => windows.push(WindowReplacement {
+                        key: person,
+                        window_start,
+                        window_end,
+                        appointments,
+                    }),
                     Err(error) => {
                         if let Some(progress) = progress {
                             progress.failed.fetch_add(1, Ordering::Relaxed);
+                            progress.done.fetch_add(1, Ordering::Relaxed);
                         }
                         self.record_failure(&person, &error).await;
+                        self.retry_later(&person);
                     }
                 }
-                if let Some(progress) = progress {
-                    progress.done.fetch_add(1, Ordering::Relaxed);
-                }
             }
-            futures_util::future::join_all(saves).await;
+            self.save_windows(windows, progress).await;
         }
     }
 
-    async fn save_window(
-        &self,
-        person: PersonKey,
-        window_start: Timestamp,
-        window_end: Timestamp,
-        appointments: Vec<Appointment>,
-    ) {
-        let now = self.clock.now();
-        if let Err(error) = self
-            .store
-            .replace_appointments(&person, window_start, window_end, appointments)
-            .await
-        {
-            tracing::warn!(person = %person, "cannot store appointments: {error}");
+    /// Stores a chunk of full reads in one transaction, then decides presence from them. The
+    /// store goes first: a timer that fires meanwhile reads the store, never older data.
+    async fn save_windows(&self, windows: Vec<WindowReplacement>, progress: Option<&Progress>) {
+        if windows.is_empty() {
             return;
         }
-        let update = {
+        let now = self.clock.now();
+        let keys: Vec<PersonKey> = windows.iter().map(|window| window.key.clone()).collect();
+        let decided: Vec<(PersonKey, Vec<Appointment>)> = windows
+            .iter()
+            .map(|window| (window.key.clone(), window.appointments.clone()))
+            .collect();
+        let bounds: Vec<(Timestamp, Timestamp)> = windows
+            .iter()
+            .map(|window| (window.window_start, window.window_end))
+            .collect();
+        if let Err(error) = self.store.replace_appointments_many(windows).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} calendars: {error}", keys.len());
+            return;
+        }
+        for (person, appointments) in &decided {
+            self.hub.set_appointments(person, appointments);
+        }
+        if let Some(progress) = progress {
+            progress.done.fetch_add(keys.len(), Ordering::Relaxed);
+        }
+        let updates: Vec<(PersonKey, PersonHealth)> = {
             let mut people = self.people();
-            let health = people.entry(person.clone()).or_default();
-            health.window = Some((window_start, window_end));
-            health.last_full_sync_at = Some(now);
-            // A new window invalidates the delta link, which is bound to the old one.
-            health.delta_link = None;
-            health.last_error = None;
-            health.consecutive_failures = 0;
-            health.clone()
+            keys.iter()
+                .zip(bounds)
+                .map(|(person, bounds)| {
+                    let health = people.entry(person.clone()).or_default();
+                    health.window = Some(bounds);
+                    health.last_full_sync_at = Some(now);
+                    // A new window invalidates the delta link, which is bound to the old one.
+                    health.delta_link = None;
+                    health.last_error = None;
+                    health.consecutive_failures = 0;
+                    (person.clone(), health.clone())
+                })
+                .collect()
         };
-        self.persist_health(&person, &update).await;
+        self.persist_healths(&updates).await;
+    }
+
+    async fn persist_healths(&self, updates: &[(PersonKey, PersonHealth)]) {
+        let states: Vec<(PersonKey, calbridge_store::SyncState)> = updates
+            .iter()
+            .map(|(person, health)| (person.clone(), sync_state_of(health)))
+            .collect();
+        if let Err(error) = self.store.set_sync_states(&states).await {
+            tracing::warn!(source = %self.source_id, "cannot store the sync state of {} people: {error}", states.len());
+        }
     }
 
     async fn persist_health(&self, person: &PersonKey, health: &PersonHealth) {
-        let state = calbridge_store::SyncState {
-            delta_link: health
-                .delta_link
-                .as_ref()
-                .map(|link| link.as_str().to_string()),
-            subscription_id: health.subscription_id.clone(),
-            subscription_expires_at: health.subscription_expires_at,
-            client_state: None,
-            last_full_sync_at: health.last_full_sync_at,
-            last_delta_at: health.last_delta_at,
-            last_error: match (&health.last_error, health.last_error_at) {
-                (Some(message), Some(at)) => Some(SyncError {
-                    message: message.clone(),
-                    at,
-                }),
-                _ => None,
-            },
-            consecutive_failures: health.consecutive_failures,
-            appointment_window: None,
-        };
-        if let Err(error) = self.store.set_sync_state(person, &state).await {
+        if let Err(error) = self.store.set_sync_state(person, &sync_state_of(health)).await {
             tracing::warn!(person = %person, "cannot store the sync state: {error}");
         }
     }
@@ -626,23 +668,24 @@ impl GraphSync {
             }) => {
                 let stored = match cursor {
                     // A delta from the start lists the whole window: it replaces.
-                    DeltaCursor::Start => {
-                        self.hub.set_appointments(person, upserts.clone());
-                        self.store
-                            .replace_appointments(person, window.0, window.1, upserts)
-                            .await
-                    }
-                    DeltaCursor::Link(_) => {
-                        self.hub
-                            .apply_changes(person, upserts.clone(), &removed_ids);
-                        self.store
-                            .apply_appointment_changes(person, upserts, removed_ids)
-                            .await
-                    }
+                    DeltaCursor::Start => self
+                        .store
+                        .replace_appointments(person, window.0, window.1, upserts.clone())
+                        .await
+                        .map(|()| Some(upserts)),
+                    DeltaCursor::Link(_) => self
+                        .store
+                        .apply_appointment_changes(person, upserts, removed_ids)
+                        .await
+                        .map(|()| None),
                 };
-                if let Err(error) = stored {
-                    tracing::warn!(person = %person, "cannot store calendar changes: {error}");
-                    return;
+                match stored {
+                    Ok(Some(complete)) => self.hub.set_appointments(person, &complete),
+                    Ok(None) => self.hub.refresh(person).await,
+                    Err(error) => {
+                        tracing::warn!(person = %person, "cannot store calendar changes: {error}");
+                        return;
+                    }
                 }
                 let update = {
                     let mut people = self.people();
@@ -662,8 +705,29 @@ impl GraphSync {
                 tracing::info!(person = %person, "Graph forgot the delta state; reading the window anew");
                 self.read_windows(std::slice::from_ref(person), None).await;
             }
-            Err(error) => self.record_failure(person, &error).await,
+            Err(error) => {
+                self.record_failure(person, &error).await;
+                self.retry_later(person);
+            }
         }
+    }
+
+    /// A read that failed (throttled beyond the retries, Graph or Entra ID down) is tried
+    /// again by delta after a back-off that doubles with every failure in a row (1 s … 5 min),
+    /// so that a change Graph notified during an outage is not lost until the reconciliation.
+    fn retry_later(&self, person: &PersonKey) {
+        let failures = self
+            .people()
+            .get(person)
+            .map_or(1, |health| health.consecutive_failures.max(1));
+        let delay = Duration::from_secs(1u64 << (failures - 1).min(8)).min(RETRY_MAX);
+        let queue = self.queue.clone();
+        let work = Work::Delta(person.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // The receiver only goes away at shutdown; then the retry is moot.
+            let _ = queue.send(work);
+        });
     }
 
     fn subscription_expiry(&self) -> Timestamp {
@@ -713,23 +777,22 @@ impl GraphSync {
             })
             .collect();
         let results = self.graph.create_subscriptions(&requests).await;
+        let mut updates = Vec::new();
         for ((person, _), result) in targets.into_iter().zip(results) {
             match result {
                 Ok(subscription) => {
                     self.subscriptions()
                         .insert(subscription.id.clone(), person.clone());
-                    let update = {
-                        let mut people = self.people();
-                        let health = people.entry(person.clone()).or_default();
-                        health.subscription_id = Some(subscription.id);
-                        health.subscription_expires_at = Some(subscription.expires_at);
-                        health.clone()
-                    };
-                    self.persist_health(&person, &update).await;
+                    let mut people = self.people();
+                    let health = people.entry(person.clone()).or_default();
+                    health.subscription_id = Some(subscription.id);
+                    health.subscription_expires_at = Some(subscription.expires_at);
+                    updates.push((person, health.clone()));
                 }
                 Err(error) => self.record_failure(&person, &error).await,
             }
         }
+        self.persist_healths(&updates).await;
     }
 
     /// Queues renewals for subscriptions that expire within `renew_before_minutes`.
@@ -815,5 +878,29 @@ impl GraphSync {
             }
             self.read_windows(chunk, None).await;
         }
+    }
+}
+
+fn sync_state_of(health: &PersonHealth) -> calbridge_store::SyncState {
+    calbridge_store::SyncState {
+
+        delta_link: health
+            .delta_link
+            .as_ref()
+            .map(|link| link.as_str().to_string()),
+        subscription_id: health.subscription_id.clone(),
+        subscription_expires_at: health.subscription_expires_at,
+        client_state: None,
+        last_full_sync_at: health.last_full_sync_at,
+        last_delta_at: health.last_delta_at,
+        last_error: match (&health.last_error, health.last_error_at) {
+            (Some(message), Some(at)) => Some(SyncError {
+                message: message.clone(),
+                at,
+            }),
+            _ => None,
+        },
+        consecutive_failures: health.consecutive_failures,
+        appointment_window: None,
     }
 }

@@ -413,6 +413,27 @@ mod tests {
             MappedPresence::Away
         );
         assert_eq!(config.presence.rules().priority_keywords.len(), 2);
+        assert_eq!(config.sources.len(), 1);
+        assert_eq!(config.sources[0].id.0, "contoso");
+        assert_eq!(config.directory[0].refresh_seconds, 30);
+        assert_eq!(config.sync.window_hours, 48);
+        assert_eq!(config.api.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn cross_table_mistakes_are_named() {
+        let graph = "[sources.graph]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { client_secret = \"s\" }\n";
+        let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"b\"\nfile = \"x.csv\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert!(error.contains("names source `b`, but no [[sources]] has that id"), "{error}");
+        let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"a\"\n");
+        assert!(Config::parse(&text).unwrap_err().contains("exactly one of `file` or `group_id`"));
+        let error = Config::parse("[[sources]]\nid = \"a\"\n").unwrap_err();
+        assert!(error.contains("needs a kind table"), "{error}");
+        let error = Config::parse("[sync]\nwindow_hours = 0\n").unwrap_err();
+        assert!(error.contains("sync.window_hours = 0"), "{error}");
+        let error = Config::parse(&format!("[[sources]]\nid = \"a\"\n{graph}credentail = 1\n")).unwrap_err();
+        assert!(error.contains("unknown field `credentail`"), "{error}");
     }
 
     #[test]

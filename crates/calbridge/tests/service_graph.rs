@@ -513,13 +513,13 @@ async fn restart_resumes_without_a_full_re_read() {
     rig.emulator.shutdown().await;
 }
 
-/// The presence `running` decides at `at` from the appointments it holds for `address`.
-fn decided_at(
+/// The presence `running` decides at `at` from the appointments it stored for `address`.
+async fn decided_at(
     running: &calbridge::service::RunningService,
     address: &str,
     at: Timestamp,
 ) -> Option<(String, String, Option<Timestamp>)> {
-    let appointments = running.hub.appointments(&key(address))?;
+    let appointments = running.store.load_appointments(&key(address)).await.ok()?;
     let decision =
         calbridge_presence::decide(&appointments, running.hub.rules(), running.hub.locale(), at);
     Some((
@@ -743,8 +743,8 @@ async fn faults_mid_sync_end_with_the_correct_presence_for_everyone() {
             running.hub.decision(&key(person)).is_some(),
             "{person} has no presence after the faults"
         );
-        let faulted = decided_at(&running, person, at);
-        let truth = decided_at(&fresh, person, at);
+        let faulted = decided_at(&running, person, at).await;
+        let truth = decided_at(&fresh, person, at).await;
         assert!(truth.is_some(), "the fresh service decided {person}");
         if faulted != truth {
             wrong.push(format!("{person}: {faulted:?} instead of {truth:?}"));

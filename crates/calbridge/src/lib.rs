@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod directory;
 pub mod hub;
+pub mod memory;
 pub mod service;
 pub mod shutdown;
 pub mod simulate;

@@ -244,6 +244,7 @@ impl GraphSync {
             tracing::error!(source = %self.source_id, "first sync failed: {error:#}");
         }
         self.progress.finished.store(true, Ordering::Relaxed);
+        crate::memory::release_free_memory();
         let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
         let mut next_midnight = self.next_midnight();
         let poll_every = Duration::from_secs(self.settings.poll_interval_seconds.max(1));
@@ -878,6 +879,7 @@ impl GraphSync {
             }
             self.read_windows(chunk, None).await;
         }
+        crate::memory::release_free_memory();
     }
 }
 

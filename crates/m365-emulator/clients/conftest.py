@@ -22,6 +22,9 @@ WORKSPACE = pathlib.Path(__file__).resolve().parents[3]
 SECRET = "python-proof-secret"
 EXPIRED_SECRET = "python-proof-expired-secret"
 THROTTLED_USER = "tess@contoso.example"
+ADA_PASSWORD = "Ada-Pa55word"
+SERVICE_USER = "svc.calbridge@contoso.example"
+SERVICE_PASSWORD = "Svc-Pa55word"
 
 
 def emulator_binary() -> pathlib.Path:
@@ -74,14 +77,26 @@ certificates = [{{ pem_file = "app-cert.pem" }}]
 
 [[users]]
 upn = "ada@contoso.example"
+display_name = "Ada Lovelace"
+given_name = "Ada"
+surname = "Lovelace"
 time_zone = "W. Europe Standard Time"
+password = "{ADA_PASSWORD}"
 
 [[users]]
 upn = "bob@contoso.example"
+display_name = "Bob Builder"
 time_zone = "Eastern Standard Time"
 
 [[users]]
 upn = "{THROTTLED_USER}"
+
+# The on-premises service account that impersonates mailboxes (EWS proofs).
+[[exchange.accounts]]
+address = "{SERVICE_USER}"
+password = "{SERVICE_PASSWORD}"
+display_name = "calbridge service"
+impersonation = true
 
 # Weekly across Europe's spring DST change (2030-03-31), with a deleted and a moved occurrence.
 [[events]]

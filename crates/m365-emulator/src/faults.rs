@@ -37,6 +37,17 @@ pub struct FaultSettings {
     pub drop_notifications_rate: f64,
     /// Age after which a delta token answers 410 `syncStateNotFound`.
     pub delta_token_max_age_seconds: u64,
+    /// Fraction (0.0–1.0) of EWS requests answered with the `ErrorServerBusy` SOAP fault.
+    pub ews_server_busy_rate: f64,
+    /// `BackOffMilliseconds` sent with `ErrorServerBusy`.
+    pub ews_back_off_milliseconds: u64,
+    /// Streaming subscriptions per target mailbox before `ErrorExceededSubscriptionCount` (0 = no limit).
+    pub ews_subscriptions_per_mailbox: usize,
+    /// When > 0, GetStreamingEvents connections close after this many seconds instead of the
+    /// requested `ConnectionTimeout` minutes (for fast tests).
+    pub ews_connection_timeout_seconds: u64,
+    /// Seconds between `ConnectionStatus` OK keep-alive envelopes on a streaming connection.
+    pub ews_heartbeat_seconds: u64,
 }
 
 impl Default for FaultSettings {
@@ -54,6 +65,11 @@ impl Default for FaultSettings {
             token_endpoint_outage: false,
             drop_notifications_rate: 0.0,
             delta_token_max_age_seconds: 7 * 24 * 3600,
+            ews_server_busy_rate: 0.0,
+            ews_back_off_milliseconds: 5000,
+            ews_subscriptions_per_mailbox: 20,
+            ews_connection_timeout_seconds: 0,
+            ews_heartbeat_seconds: 30,
         }
     }
 }
@@ -79,7 +95,11 @@ impl FaultSettings {
         }
         let updated: FaultSettings = serde_json::from_value(current)
             .map_err(|error| FaultPatchError::Invalid(error.to_string()))?;
-        for rate in [updated.server_error_rate, updated.drop_notifications_rate] {
+        for rate in [
+            updated.server_error_rate,
+            updated.drop_notifications_rate,
+            updated.ews_server_busy_rate,
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(FaultPatchError::Invalid(
                     "rates must be between 0.0 and 1.0".to_string(),

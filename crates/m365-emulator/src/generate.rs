@@ -14,6 +14,7 @@ use crate::calendar::{
 use crate::directory::{
     AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User, WorkingHours,
 };
+use crate::ews::setup::{AccountSpec, ExchangeSetup, ExchangeSpec};
 use crate::faults::FaultSettings;
 use crate::ids::{seeded_change_key, SeededRandom};
 use crate::recurrence::{Pattern, RangeEnd, Recurrence};
@@ -103,7 +104,44 @@ const PRIVATE_SUBJECTS: [&str; 4] = [
 ];
 
 pub const GENERATED_DOMAIN: &str = "contoso.example";
-pub const GENERATED_ROLES: [&str; 3] = ["Calendars.ReadWrite", "User.Read.All", "Group.Read.All"];
+pub const GENERATED_ROLES: [&str; 4] = [
+    "Calendars.ReadWrite",
+    "User.Read.All",
+    "Group.Read.All",
+    "full_access_as_app",
+];
+/// The on-premises service account with ApplicationImpersonation rights.
+pub const GENERATED_EWS_USER: &str = "svc.calbridge@contoso.example";
+/// The on-premises monitor account with Reviewer rights on every calendar.
+pub const GENERATED_EWS_DELEGATE: &str = "monitor@contoso.example";
+
+/// EWS accounts of a generated organisation: every person (no password) plus a service account
+/// with impersonation rights and a monitor account with Reviewer rights on every calendar.
+fn generated_exchange(users: &[User], seed: u64) -> Result<ExchangeSetup, ScenarioError> {
+    // A separate random stream, so the directory and calendars stay as they were for the seed.
+    let mut random = SeededRandom::new(seed ^ 0x4557_5345_5256_4943);
+    let password = |random: &mut SeededRandom| format!("Ews!{:012x}", random.next_u64() >> 16);
+    let spec = ExchangeSpec {
+        accounts: vec![
+            AccountSpec {
+                address: GENERATED_EWS_USER.to_string(),
+                password: password(&mut random),
+                display_name: Some("calbridge service".to_string()),
+                impersonation: true,
+                reviewer_of: vec![],
+            },
+            AccountSpec {
+                address: GENERATED_EWS_DELEGATE.to_string(),
+                password: password(&mut random),
+                display_name: Some("Calendar monitor".to_string()),
+                impersonation: false,
+                reviewer_of: vec!["*".to_string()],
+            },
+        ],
+        ..ExchangeSpec::default()
+    };
+    ExchangeSetup::build(&spec, users, &[]).map_err(ScenarioError::Invalid)
+}
 
 pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, ScenarioError> {
     let mut random = SeededRandom::new(seed);
@@ -247,9 +285,11 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
         );
         mailboxes[index].events.extend(events);
     }
+    let exchange = generated_exchange(&users, seed)?;
     let directory = Directory::new(vec![tenant], vec![app], users, vec![group])
         .map_err(|error| ScenarioError::Invalid(error.to_string()))?;
     Ok(World {
+        exchange,
         directory,
         mailboxes,
         ready_app: 0,

@@ -20,6 +20,7 @@ mod admin;
 mod calendar;
 mod clock;
 mod directory;
+mod ews;
 mod faults;
 mod generate;
 mod graph;
@@ -45,6 +46,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use clock::{Clock, ClockIsSystem};
+
+/// The client side of NTLM (NEGOTIATE and an NTLMv2 AUTHENTICATE), for tests of the EWS endpoint.
+pub mod ntlm_client {
+    pub use crate::ews::ntlm::{client_authenticate, client_negotiate};
+}
 pub use faults::{CountersSnapshot, FaultSettings};
 pub use graph::subscriptions::{LifecycleError, LifecycleEvent};
 pub use scenario::{Scenario, ScenarioError};
@@ -78,6 +84,8 @@ pub struct EmulatorConfig {
     pub trusted_notification_ca_files: Vec<PathBuf>,
     /// Delays between notification delivery retries (after the first attempt).
     pub notification_retry_delays: Vec<Duration>,
+    /// A second, plain-http listener (Autodiscover's http:// steps); `None` = no http port.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl EmulatorConfig {
@@ -91,6 +99,7 @@ impl EmulatorConfig {
             token_lifetime: None,
             trusted_notification_ca_files: vec![],
             notification_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 
@@ -130,6 +139,26 @@ pub struct ReadyInfo {
     /// With `--generate-users`: the group holding every generated person.
     pub group_id: Option<String>,
     pub n_users: usize,
+    /// `https://127.0.0.1:PORT/EWS/Exchange.asmx`
+    #[serde(default)]
+    pub ews_url: String,
+    /// `https://127.0.0.1:PORT/autodiscover/autodiscover.xml`
+    #[serde(default)]
+    pub autodiscover_url: String,
+    /// `http://127.0.0.1:PORT2` (plain http, same routes), when `http_listen` is set.
+    #[serde(default)]
+    pub http_url: Option<String>,
+    /// An on-premises account with ApplicationImpersonation rights (generated organisations:
+    /// `svc.calbridge@contoso.example`; scenarios: the first account with `impersonation` and a password).
+    #[serde(default)]
+    pub ews_user: Option<String>,
+    #[serde(default)]
+    pub ews_password: Option<String>,
+    /// An account with Reviewer rights on other users' calendars (generated: `monitor@contoso.example`).
+    #[serde(default)]
+    pub ews_delegate_user: Option<String>,
+    #[serde(default)]
+    pub ews_delegate_password: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +224,18 @@ impl Emulator {
         });
         let ca_path = state_dir.join("ca.pem");
         let mut host_names = world.settings.host_names.clone();
+        // Virtual Autodiscover hosts are answered by Host header, so the certificate covers them.
+        for tenant in &world.directory.tenants {
+            for domain in &tenant.domains {
+                host_names.push(domain.clone());
+                host_names.push(format!("autodiscover.{domain}"));
+            }
+        }
+        for (host, _) in &world.exchange.hosts {
+            host_names.push(host.clone());
+        }
+        host_names.sort();
+        host_names.dedup();
         if !local.ip().is_unspecified() && !local.ip().is_loopback() {
             host_names.push(local.ip().to_string());
         }
@@ -237,6 +278,39 @@ impl Emulator {
                 .ready_group
                 .map(|index| world.directory.groups[index].id.clone()),
             n_users,
+            ews_url: format!("{base_url}/EWS/Exchange.asmx"),
+            autodiscover_url: format!("{base_url}/autodiscover/autodiscover.xml"),
+            http_url: None,
+            ews_user: world
+                .exchange
+                .ready_impersonation
+                .map(|index| world.exchange.accounts[index].address.clone()),
+            ews_password: world
+                .exchange
+                .ready_impersonation
+                .and_then(|index| world.exchange.accounts[index].password.clone()),
+            ews_delegate_user: world
+                .exchange
+                .ready_delegate
+                .map(|index| world.exchange.accounts[index].address.clone()),
+            ews_delegate_password: world
+                .exchange
+                .ready_delegate
+                .and_then(|index| world.exchange.accounts[index].password.clone()),
+        };
+        let mut ready = ready;
+        let http_listener = match config.http_listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Listen { address, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { address, source })?;
+                ready.http_url = Some(format!("http://{host}:{}", local.port()));
+                Some(listener)
+            }
+            None => None,
         };
         let token_lifetime = config.token_lifetime.unwrap_or(SignedDuration::from_secs(
             world.settings.token_lifetime_seconds,
@@ -260,6 +334,7 @@ impl Emulator {
                 subscription_max_minutes: world.settings.subscription_max_minutes,
             },
             router: OnceLock::new(),
+            ews: ews::EwsState::new(world.exchange, ready.ews_url.clone()),
         });
         let router = server::router(Arc::clone(&state));
         // Setting can only fail if already set, which cannot happen for a fresh state.
@@ -269,9 +344,17 @@ impl Emulator {
         let server_task = tokio::spawn(server::serve(
             listener,
             acceptor,
-            router,
+            router.clone(),
             shutdown_receiver.clone(),
         ));
+        let mut tasks = Vec::new();
+        if let Some(listener) = http_listener {
+            tasks.push(tokio::spawn(server::serve_plain(
+                listener,
+                router.clone(),
+                shutdown_receiver.clone(),
+            )));
+        }
         let delivery_task = tokio::spawn(notify::run_deliveries(
             deliveries,
             Arc::clone(&state),
@@ -282,7 +365,11 @@ impl Emulator {
             ready,
             state,
             shutdown: shutdown_sender,
-            tasks: vec![server_task, delivery_task],
+            tasks: {
+                tasks.push(server_task);
+                tasks.push(delivery_task);
+                tasks
+            },
         })
     }
 }
@@ -349,6 +436,11 @@ impl RunningEmulator {
         event: LifecycleEvent,
     ) -> Result<(), LifecycleError> {
         graph::subscriptions::send_lifecycle(&self.state, subscription_id, event)
+    }
+
+    /// Ids of the live EWS streaming subscriptions.
+    pub fn ews_subscription_ids(&self) -> Vec<String> {
+        self.state.ews.streaming.ids()
     }
 
     /// Stops accepting connections and waits for the server tasks to end.

@@ -16,6 +16,7 @@ use crate::directory::{
     AppCertificate, AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User,
     WorkingHours,
 };
+use crate::ews::setup::{ExchangeSetup, ExchangeSpec, UserRights};
 use crate::faults::FaultSettings;
 use crate::ids::{seeded_change_key, SeededRandom};
 use crate::jwt::thumbprints;
@@ -43,6 +44,9 @@ pub struct Scenario {
     pub groups: Vec<GroupSpec>,
     #[serde(default)]
     pub events: Vec<EventSpec>,
+    /// The on-premises Exchange side: EWS accounts, URLs and Autodiscover answers.
+    #[serde(default)]
+    pub exchange: ExchangeSpec,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +136,12 @@ pub struct UserSpec {
     pub password: Option<String>,
     pub mailbox: Option<bool>,
     pub working_hours: Option<WorkingHoursSpec>,
+    /// EWS: this account may impersonate every mailbox (ApplicationImpersonation).
+    #[serde(default)]
+    pub impersonation: bool,
+    /// EWS: accounts (addresses) holding Reviewer rights on this user's calendar folder.
+    #[serde(default)]
+    pub delegates: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +238,7 @@ pub struct World {
     pub ready_group: Option<usize>,
     pub faults: FaultSettings,
     pub settings: SettingsSpec,
+    pub exchange: ExchangeSetup,
 }
 
 impl Scenario {
@@ -491,6 +502,16 @@ impl Scenario {
             })?;
             mailboxes[owner].events.push(event);
         }
+        let rights: Vec<UserRights<'_>> = self
+            .users
+            .iter()
+            .chain(self.rooms.iter())
+            .map(|spec| UserRights {
+                impersonation: spec.impersonation,
+                delegates: &spec.delegates,
+            })
+            .collect();
+        let exchange = ExchangeSetup::build(&self.exchange, &users, &rights).map_err(invalid)?;
         let directory = Directory::new(tenants, apps, users, groups)
             .map_err(|error| invalid(error.to_string()))?;
         Ok(World {
@@ -501,6 +522,7 @@ impl Scenario {
             ready_group: None,
             faults: self.faults.clone().unwrap_or_default(),
             settings: self.settings.clone(),
+            exchange,
         })
     }
 }

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::ews::auth::ConnectionState;
+use crate::ews::autodiscover::PlainHttp;
 use crate::graph::{
     batch, calendar_view, delta, events, schedule, subscriptions, users, GraphError,
 };
@@ -87,6 +89,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(subscriptions::get)
                 .patch(subscriptions::update)
                 .delete(subscriptions::delete),
+        )
+        .route(
+            "/EWS/Exchange.asmx",
+            axum::routing::any(crate::ews::endpoint),
+        )
+        .route(
+            "/autodiscover/autodiscover.xml",
+            axum::routing::any(crate::ews::autodiscover::pox),
+        )
+        .route(
+            "/autodiscover/autodiscover.json/v1.0/{email}",
+            get(crate::ews::autodiscover::json_v2),
         )
         .merge(admin::router())
         .fallback(fallback)
@@ -161,7 +175,40 @@ pub fn normalize_path(path_and_query: &str) -> String {
     result
 }
 
+/// EWS and Autodiscover paths are case-insensitive (`/ews/exchange.asmx` is common).
+fn normalize_exchange_path(path_and_query: &str) -> Option<String> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let lower = path.trim_end_matches('/').to_ascii_lowercase();
+    let fixed = if lower == "/ews/exchange.asmx" {
+        "/EWS/Exchange.asmx".to_string()
+    } else if lower == "/autodiscover/autodiscover.xml" {
+        "/autodiscover/autodiscover.xml".to_string()
+    } else if lower.starts_with("/autodiscover/autodiscover.json/v1.0/") {
+        format!(
+            "/autodiscover/autodiscover.json/v1.0/{}",
+            &path["/autodiscover/autodiscover.json/v1.0/".len()..]
+        )
+    } else {
+        return None;
+    };
+    Some(match query {
+        Some(query) => format!("{fixed}?{query}"),
+        None => fixed,
+    })
+}
+
 fn normalize_uri(uri: &Uri) -> Uri {
+    if let Some(fixed) = uri
+        .path_and_query()
+        .and_then(|value| normalize_exchange_path(value.as_str()))
+    {
+        if let Ok(parsed) = fixed.parse() {
+            return parsed;
+        }
+    }
     let path_and_query = uri
         .path_and_query()
         .map(|value| value.as_str())
@@ -196,11 +243,14 @@ pub async fn serve(
             else {
                 return;
             };
+            let connection_state = Arc::new(ConnectionState::default());
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let router = router.clone();
+                let connection_state = Arc::clone(&connection_state);
                 async move {
                     let (mut parts, body) = request.into_parts();
                     parts.uri = normalize_uri(&parts.uri);
+                    parts.extensions.insert(connection_state);
                     router
                         .oneshot(Request::from_parts(parts, Body::new(body)))
                         .await
@@ -209,6 +259,52 @@ pub async fn serve(
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls_stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = connection_shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+}
+
+/// The plain-http listener: same routes, requests marked [`PlainHttp`].
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
+        let router = router.clone();
+        let mut connection_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let connection_state = Arc::new(ConnectionState::default());
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let router = router.clone();
+                let connection_state = Arc::clone(&connection_state);
+                async move {
+                    let (mut parts, body) = request.into_parts();
+                    parts.uri = normalize_uri(&parts.uri);
+                    parts.extensions.insert(connection_state);
+                    parts.extensions.insert(PlainHttp);
+                    router
+                        .oneshot(Request::from_parts(parts, Body::new(body)))
+                        .await
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}

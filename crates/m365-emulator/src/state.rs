@@ -37,6 +37,7 @@ pub struct AppState {
     pub delta: DeltaStore,
     pub notifier: Notifier,
     pub settings: Settings,
+    pub ews: crate::ews::EwsState,
     /// The router itself, so `$batch` can dispatch its sub-requests through the same handlers.
     pub router: OnceLock<Router>,
 }

@@ -511,6 +511,7 @@ fn lifecycle_body(state: &AppState, subscription: &Subscription, event: Lifecycl
 
 /// Enqueues change notifications for every live subscription on the mailbox.
 pub fn notify_change(state: &AppState, user_index: usize, change: &ChangeRecord) {
+    crate::ews::streaming::notify_change(state, user_index, change);
     let now = state.clock.now();
     let user = &state.directory.users[user_index];
     let subscriptions: Vec<Subscription> = lock(&state.subscriptions.by_id)

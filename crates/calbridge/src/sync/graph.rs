@@ -90,6 +90,8 @@ pub struct GraphSync {
     pub notifications_received: AtomicU64,
     pub notifications_rejected: AtomicU64,
     pub secret_expires_on: Option<jiff::civil::Date>,
+    /// The last credential error logged, so that it is logged once.
+    last_auth_error: Mutex<Option<String>>,
 }
 
 /// How many people are read, resolved or delta-synced at once; Graph limits per mailbox, the
@@ -141,6 +143,7 @@ impl GraphSync {
             notifications_received: AtomicU64::new(0),
             notifications_rejected: AtomicU64::new(0),
             secret_expires_on,
+            last_auth_error: Mutex::new(None),
         };
         (Arc::new(sync), queue_rx)
     }
@@ -598,8 +601,28 @@ impl GraphSync {
             health.consecutive_failures += 1;
             health.clone()
         };
-        tracing::warn!(source = %self.source_id, person = %person, "{error}");
+        self.log_failure(person, error);
         self.persist_health(person, &update).await;
+    }
+
+    /// A credential problem fails every mailbox with the same message: say it once (and again
+    /// only when it changes), not ten thousand times. Other errors are per mailbox.
+    fn log_failure(&self, person: &PersonKey, error: &GraphError) {
+        if let GraphError::Auth(auth) = error {
+            let message = auth.to_string();
+            let mut last = self
+                .last_auth_error
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.as_deref() == Some(message.as_str()) {
+                tracing::debug!(source = %self.source_id, person = %person, "{error}");
+            } else {
+                tracing::error!(source = %self.source_id, "{message}");
+                *last = Some(message);
+            }
+            return;
+        }
+        tracing::warn!(source = %self.source_id, person = %person, "{error}");
     }
 
     async fn do_work(&self, work: Work) {

@@ -810,7 +810,7 @@ pub fn get_user_availability(context: &Context<'_>, request: &Element) -> Result
                 .working_hours
                 .days
                 .iter()
-                .map(|day| crate::timefmt::weekday_name(*day))
+                .map(|day| super::tz::ews_weekday(*day))
                 .collect();
             let minutes =
                 |time: jiff::civil::Time| i32::from(time.hour()) * 60 + i32::from(time.minute());

@@ -6,7 +6,20 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 
 use super::xml::{escape, Element};
-use crate::timefmt::{parse_weekday, weekday_name};
+use crate::timefmt::parse_weekday;
+
+/// Day names as EWS spells them (`Sunday`).
+pub fn ews_weekday(weekday: Weekday) -> &'static str {
+    match weekday {
+        Weekday::Monday => "Monday",
+        Weekday::Tuesday => "Tuesday",
+        Weekday::Wednesday => "Wednesday",
+        Weekday::Thursday => "Thursday",
+        Weekday::Friday => "Friday",
+        Weekday::Saturday => "Saturday",
+        Weekday::Sunday => "Sunday",
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
@@ -243,7 +256,7 @@ impl SerializableZone {
                 rule.time.strftime("%H:%M:%S"),
                 rule.day_order,
                 rule.month,
-                weekday_name(rule.weekday)
+                ews_weekday(rule.weekday)
             ),
             None => format!(
                 "<t:{name}><t:Bias>0</t:Bias><t:Time>00:00:00</t:Time><t:DayOrder>{}</t:DayOrder><t:Month>{}</t:Month><t:DayOfWeek>Sunday</t:DayOfWeek></t:{name}>",
@@ -276,7 +289,7 @@ impl SerializableZone {
                         rule.time.hour(),
                         rule.time.minute(),
                         rule.month,
-                        weekday_name(rule.weekday)
+                        ews_weekday(rule.weekday)
                     )
                 };
                 format!(

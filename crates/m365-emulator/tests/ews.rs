@@ -1,0 +1,956 @@
+//! EWS and Autodiscover: every operation, auth scheme, impersonation/delegate rule, fault and
+//! Autodiscover answer, over HTTPS against an in-process emulator.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{manual_clock, start_with, Harness, APP_ID};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use m365_emulator::{EmulatorConfig, FaultSettings, Scenario};
+use serde_json::json;
+
+const SERVICE: &str = "svc@contoso.example";
+const SERVICE_PASSWORD: &str = "svc-password";
+const MONITOR: &str = "monitor@contoso.example";
+const MONITOR_PASSWORD: &str = "monitor-password";
+
+fn scenario() -> Scenario {
+    let text = format!(
+        r#"{}
+[[exchange.accounts]]
+address = "{SERVICE}"
+password = "{SERVICE_PASSWORD}"
+impersonation = true
+
+[[exchange.accounts]]
+address = "{MONITOR}"
+password = "{MONITOR_PASSWORD}"
+reviewer_of = ["ada@contoso.example"]
+
+[[exchange.redirect_addr]]
+address = "old.ada@contoso.example"
+to = "ada@contoso.example"
+
+[[exchange.autodiscover_hosts]]
+host = "contoso.example"
+answer = "redirect_url"
+url = "https://autodiscover.contoso.example/autodiscover/autodiscover.xml"
+
+[[exchange.autodiscover_hosts]]
+host = "legacy.example"
+answer = "http_redirect"
+url = "https://autodiscover.contoso.example/autodiscover/autodiscover.xml"
+"#,
+        common::scenario_toml()
+    )
+    .replace(
+        "[apps]]\nname = \"calbridge\"\nclient_id = \"22222222-2222-4222-8222-222222222222\"\nroles = [\"Calendars.ReadWrite\", \"User.Read.All\", \"Group.Read.All\"]",
+        "[apps]]\nname = \"calbridge\"\nclient_id = \"22222222-2222-4222-8222-222222222222\"\nroles = [\"Calendars.ReadWrite\", \"User.Read.All\", \"Group.Read.All\", \"full_access_as_app\"]",
+    );
+    match Scenario::from_toml_str(&text) {
+        Ok(scenario) => scenario,
+        Err(error) => panic!("EWS test scenario does not parse: {error}"),
+    }
+}
+
+async fn start() -> Harness {
+    let mut config = EmulatorConfig::scenario(scenario());
+    config.clock = manual_clock();
+    start_with(config).await
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn envelope(header: &str, body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><soap:Header><t:RequestServerVersion Version="Exchange2016"/>{header}</soap:Header><soap:Body>{body}</soap:Body></soap:Envelope>"#
+    )
+}
+
+fn impersonating(address: &str) -> String {
+    format!("<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{address}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
+}
+
+fn calendar_view(mailbox: Option<&str>, start: &str, end: &str, max: Option<u32>) -> String {
+    let mailbox = mailbox
+        .map(|address| format!("<t:Mailbox><t:EmailAddress>{address}</t:EmailAddress></t:Mailbox>"))
+        .unwrap_or_default();
+    let max = max
+        .map(|max| format!(r#" MaxEntriesReturned="{max}""#))
+        .unwrap_or_default();
+    format!(
+        r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:CalendarView{max} StartDate="{start}" EndDate="{end}"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar">{mailbox}</t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
+    )
+}
+
+async fn ews(harness: &Harness, authorization: &str, header: &str, body: &str) -> common::Reply {
+    harness
+        .client
+        .send(
+            "POST",
+            &harness.emulator.ready().ews_url,
+            &[("authorization", authorization)],
+            Some((
+                "text/xml; charset=utf-8",
+                envelope(header, body).into_bytes(),
+            )),
+        )
+        .await
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[tokio::test]
+async fn find_item_expands_recurrences_with_basic_auth_and_honours_max_entries() {
+    let harness = start().await;
+    let auth = basic("ada@contoso.example", "ada-password");
+    let reply = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(None, "2030-03-01T00:00:00Z", "2030-04-01T00:00:00Z", None),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    assert!(
+        text.contains("<h:ServerVersionInfo MajorVersion=\"15\""),
+        "{text}"
+    );
+    assert!(text.contains(r#"ResponseClass="Success""#));
+    // Mondays from 4 March: 11 March deleted, 18 March moved to 14:00 Berlin (13:00 UTC), 25 March.
+    assert_eq!(
+        count(&text, "<t:Subject>Weekly sync</t:Subject>"),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("<t:Subject>Weekly sync (moved)</t:Subject>"));
+    assert!(text.contains("<t:Start>2030-03-18T13:00:00Z</t:Start>"));
+    assert!(text.contains("<t:CalendarItemType>Exception</t:CalendarItemType>"));
+    assert!(text.contains("<t:LegacyFreeBusyStatus>OOF</t:LegacyFreeBusyStatus>"));
+    assert!(text.contains("<t:LegacyFreeBusyStatus>WorkingElsewhere</t:LegacyFreeBusyStatus>"));
+    assert!(text.contains(r#"IncludesLastItemInRange="true""#));
+
+    let limited = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(
+            None,
+            "2030-03-01T00:00:00Z",
+            "2030-04-01T00:00:00Z",
+            Some(2),
+        ),
+    )
+    .await
+    .text();
+    assert_eq!(count(&limited, "<t:CalendarItem>"), 2);
+    assert!(limited.contains(r#"IncludesLastItemInRange="false""#));
+
+    let too_big = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(None, "2030-01-01T00:00:00Z", "2032-06-01T00:00:00Z", None),
+    )
+    .await
+    .text();
+    assert!(
+        too_big.contains("<m:ResponseCode>ErrorCalendarViewRangeTooBig</m:ResponseCode>"),
+        "{too_big}"
+    );
+}
+
+#[tokio::test]
+async fn get_folder_and_get_item_round_trip_ids() {
+    let harness = start().await;
+    let auth = basic("ada@contoso.example", "ada-password");
+    let folder = ews(&harness, &auth, "", r#"<m:GetFolder><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#).await.text();
+    assert!(folder.contains("<t:CalendarFolder>"), "{folder}");
+    assert!(folder.contains("<t:FolderClass>IPF.Appointment</t:FolderClass>"));
+    let view = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(None, "2030-03-05T00:00:00Z", "2030-03-06T00:00:00Z", None),
+    )
+    .await
+    .text();
+    let start = view
+        .find("<t:ItemId Id=\"")
+        .map(|index| index + 14)
+        .unwrap_or(0);
+    let id = &view[start..start + view[start..].find('"').unwrap_or(0)];
+    let item = ews(&harness, &auth, "", &format!(r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#)).await.text();
+    assert!(item.contains("<t:Subject>Doctor</t:Subject>"), "{item}");
+    assert!(item.contains("<t:Sensitivity>Private</t:Sensitivity>"));
+    let missing = ews(&harness, &auth, "", r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="bm90LWFuLWlk"/></m:ItemIds></m:GetItem>"#).await.text();
+    assert!(missing.contains("ErrorInvalidIdMalformed"), "{missing}");
+}
+
+#[tokio::test]
+async fn resolve_names_finds_aliases_and_reports_ambiguity() {
+    let harness = start().await;
+    let auth = basic("ada@contoso.example", "ada-password");
+    let resolve = |entry: &str| {
+        format!("<m:ResolveNames ReturnFullContactData=\"true\"><m:UnresolvedEntry>{entry}</m:UnresolvedEntry></m:ResolveNames>")
+    };
+    let alias = ews(&harness, &auth, "", &resolve("SMTP:ada.l@contoso.example"))
+        .await
+        .text();
+    assert!(
+        alias.contains("<t:EmailAddress>ada@contoso.example</t:EmailAddress>"),
+        "{alias}"
+    );
+    assert!(alias.contains("<t:DisplayName>Ada Lovelace</t:DisplayName>"));
+    let none = ews(&harness, &auth, "", &resolve("zed@nowhere.example"))
+        .await
+        .text();
+    assert!(none.contains("ErrorNameResolutionNoResults"));
+    let many = ews(&harness, &auth, "", &resolve("room")).await.text();
+    assert!(
+        many.contains("<m:ResponseCode>NoError</m:ResponseCode>")
+            || many.contains("ErrorNameResolutionMultipleResults")
+    );
+    let service = ews(&harness, &auth, "", &resolve(SERVICE)).await.text();
+    assert!(service.contains(&format!("<t:EmailAddress>{SERVICE}</t:EmailAddress>")));
+}
+
+#[tokio::test]
+async fn get_user_availability_merges_free_busy_in_the_request_zone() {
+    let harness = start().await;
+    let auth = basic("ada@contoso.example", "ada-password");
+    let mailbox = |address: &str| {
+        format!("<t:MailboxData><t:Email><t:Address>{address}</t:Address></t:Email><t:AttendeeType>Required</t:AttendeeType></t:MailboxData>")
+    };
+    let request = |view: &str, mailboxes: String, end: &str| {
+        format!(
+        "<m:GetUserAvailabilityRequest><t:TimeZone><t:Bias>-60</t:Bias><t:StandardTime><t:Bias>0</t:Bias><t:Time>03:00:00</t:Time><t:DayOrder>5</t:DayOrder><t:Month>10</t:Month><t:DayOfWeek>Sunday</t:DayOfWeek></t:StandardTime><t:DaylightTime><t:Bias>-60</t:Bias><t:Time>02:00:00</t:Time><t:DayOrder>5</t:DayOrder><t:Month>3</t:Month><t:DayOfWeek>Sunday</t:DayOfWeek></t:DaylightTime></t:TimeZone><m:MailboxDataArray>{mailboxes}</m:MailboxDataArray><t:FreeBusyViewOptions><t:TimeWindow><t:StartTime>2030-03-07T08:00:00</t:StartTime><t:EndTime>{end}</t:EndTime></t:TimeWindow><t:MergedFreeBusyIntervalInMinutes>60</t:MergedFreeBusyIntervalInMinutes><t:RequestedView>{view}</t:RequestedView></t:FreeBusyViewOptions></m:GetUserAvailabilityRequest>"
+    )
+    };
+    let text = ews(
+        &harness,
+        &auth,
+        "",
+        &request(
+            "DetailedMerged",
+            mailbox("ada@contoso.example") + &mailbox("nobody@contoso.example"),
+            "2030-03-07T14:00:00",
+        ),
+    )
+    .await
+    .text();
+    // 7 March is inside the all-day OOF "Holiday" (6–8 March), which wins every slot.
+    assert!(
+        text.contains("<t:MergedFreeBusy>333333</t:MergedFreeBusy>"),
+        "{text}"
+    );
+    assert!(text.contains("<t:DayOfWeek>Sunday</t:DayOfWeek>"));
+    assert!(text.contains("<t:StartTime>2030-03-07T09:00:00</t:StartTime>"));
+    assert!(text.contains("<t:Subject>Maybe</t:Subject>"));
+    assert!(text.contains("ErrorMailRecipientNotFound"));
+    assert!(text.contains("<t:WorkingHours>"));
+    // Without rights on bob's calendar, ada sees times only.
+    let bob = ews(
+        &harness,
+        &auth,
+        "",
+        &request(
+            "Detailed",
+            mailbox("bob@contoso.example"),
+            "2030-03-07T14:00:00",
+        ),
+    )
+    .await
+    .text();
+    assert!(!bob.contains("<t:CalendarEventDetails>"), "{bob}");
+    let many: String = (0..101).map(|_| mailbox("ada@contoso.example")).collect();
+    let too_many = ews(
+        &harness,
+        &auth,
+        "",
+        &request("FreeBusy", many, "2030-03-07T14:00:00"),
+    )
+    .await;
+    assert_eq!(too_many.status, 500);
+    assert!(too_many.text().contains("ErrorMailboxDataArrayTooBig"));
+    let too_long = ews(
+        &harness,
+        &auth,
+        "",
+        &request(
+            "FreeBusy",
+            mailbox("ada@contoso.example"),
+            "2030-05-07T14:00:00",
+        ),
+    )
+    .await;
+    assert!(too_long.text().contains("ErrorTimeIntervalTooBig"));
+}
+
+#[tokio::test]
+async fn impersonation_is_allowed_only_for_granted_accounts() {
+    let harness = start().await;
+    let view = calendar_view(None, "2030-03-01T00:00:00Z", "2030-04-01T00:00:00Z", None);
+    let service = ews(
+        &harness,
+        &basic(SERVICE, SERVICE_PASSWORD),
+        &impersonating("ada@contoso.example"),
+        &view,
+    )
+    .await;
+    assert_eq!(service.status, 200);
+    assert!(service.text().contains("<t:Subject>Doctor</t:Subject>"));
+    let denied = ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        &impersonating("bob@contoso.example"),
+        &view,
+    )
+    .await;
+    assert_eq!(denied.status, 500);
+    assert!(denied.text().contains("<faultcode xmlns:a=\"http://schemas.microsoft.com/exchange/services/2006/types\">a:ErrorImpersonateUserDenied</faultcode>"), "{}", denied.text());
+    let unknown = ews(
+        &harness,
+        &basic(SERVICE, SERVICE_PASSWORD),
+        &impersonating("ghost@contoso.example"),
+        &view,
+    )
+    .await;
+    assert!(unknown.text().contains("ErrorNonExistentMailbox"));
+    assert!(unknown
+        .text()
+        .contains(r#"<t:Value Name="SmtpAddress">ghost@contoso.example</t:Value>"#));
+}
+
+#[tokio::test]
+async fn a_reviewer_reads_the_calendar_without_private_details_and_nothing_else() {
+    let harness = start().await;
+    let auth = basic(MONITOR, MONITOR_PASSWORD);
+    let ada = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(
+            Some("ada@contoso.example"),
+            "2030-03-05T00:00:00Z",
+            "2030-03-06T00:00:00Z",
+            None,
+        ),
+    )
+    .await
+    .text();
+    assert!(
+        ada.contains("<t:Subject>Private Appointment</t:Subject>"),
+        "{ada}"
+    );
+    assert!(!ada.contains("Doctor"));
+    let bob = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(
+            Some("bob@contoso.example"),
+            "2030-03-01T00:00:00Z",
+            "2030-04-01T00:00:00Z",
+            None,
+        ),
+    )
+    .await
+    .text();
+    assert!(
+        bob.contains("<m:ResponseCode>ErrorAccessDenied</m:ResponseCode>"),
+        "{bob}"
+    );
+    let nobody = ews(
+        &harness,
+        &auth,
+        "",
+        &calendar_view(
+            Some("ghost@contoso.example"),
+            "2030-03-01T00:00:00Z",
+            "2030-04-01T00:00:00Z",
+            None,
+        ),
+    )
+    .await
+    .text();
+    assert!(nobody.contains("ErrorNonExistentMailbox"));
+    let owner = ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        &calendar_view(
+            Some("bob@contoso.example"),
+            "2030-03-01T00:00:00Z",
+            "2030-04-01T00:00:00Z",
+            None,
+        ),
+    )
+    .await
+    .text();
+    assert!(owner.contains("ErrorAccessDenied"));
+}
+
+#[tokio::test]
+async fn unauthenticated_and_wrong_credentials_get_the_challenge() {
+    let harness = start().await;
+    let reply = harness
+        .client
+        .send(
+            "POST",
+            &harness.emulator.ready().ews_url,
+            &[],
+            Some(("text/xml", b"<x/>".to_vec())),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    let schemes: Vec<String> = reply
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|value| value.to_str().ok().map(str::to_string))
+        .collect();
+    assert!(schemes.iter().any(|scheme| scheme == "NTLM"), "{schemes:?}");
+    assert!(schemes
+        .iter()
+        .any(|scheme| scheme.starts_with("Basic realm=")));
+    let wrong = ews(
+        &harness,
+        &basic("ada@contoso.example", "nope"),
+        "",
+        "<m:GetFolder/>",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let no_password = ews(
+        &harness,
+        &basic("bob@contoso.example", ""),
+        "",
+        "<m:GetFolder/>",
+    )
+    .await;
+    assert_eq!(no_password.status, 401);
+}
+
+#[tokio::test]
+async fn malformed_soap_gets_a_fault_naming_the_problem() {
+    let harness = start().await;
+    let auth = basic("ada@contoso.example", "ada-password");
+    for (body, problem) in [
+        ("<not-closed>", "ends before its elements are closed"),
+        ("<a xmlns=\"urn:x\"/>", "SOAP 1.1 Envelope"),
+        ("<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body/></soap:Envelope>", "Body is empty"),
+    ] {
+        let reply = harness
+            .client
+            .send("POST", &harness.emulator.ready().ews_url, &[("authorization", auth.as_str())], Some(("text/xml", body.as_bytes().to_vec())))
+            .await;
+        assert_eq!(reply.status, 500);
+        assert!(reply.text().contains("ErrorSchemaValidation") && reply.text().contains(problem), "{}", reply.text());
+    }
+    let missing = ews(&harness, &auth, "", "<m:FindItem Traversal=\"Shallow\"><m:CalendarView StartDate=\"x\" EndDate=\"y\"/></m:FindItem>").await;
+    assert!(
+        missing.text().contains("is not a valid xs:dateTime"),
+        "{}",
+        missing.text()
+    );
+    // The version probe exchangelib sends first: a fault that carries ServerVersionInfo.
+    let probe = ews(&harness, &auth, "", r#"<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Format="EwsId" Id="DUMMY" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>"#).await;
+    assert_eq!(probe.status, 500);
+    assert!(probe.text().contains("ServerVersionInfo") && probe.text().contains("<s:Fault>"));
+}
+
+#[tokio::test]
+async fn server_busy_fault_carries_back_off_milliseconds() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        ews_server_busy_rate: 1.0,
+        ews_back_off_milliseconds: 1234,
+        ..FaultSettings::default()
+    });
+    let reply = ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        "<m:GetFolder/>",
+    )
+    .await;
+    assert_eq!(reply.status, 500);
+    let text = reply.text();
+    assert!(text.contains("a:ErrorServerBusy"), "{text}");
+    assert!(text.contains(r#"<t:Value Name="BackOffMilliseconds">1234</t:Value>"#));
+    // The same switch through the admin endpoint.
+    let off = harness
+        .client
+        .send(
+            "POST",
+            &harness.admin("/faults"),
+            &[],
+            Some((
+                "application/json",
+                json!({"ews_server_busy_rate": 0.0})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await;
+    assert_eq!(off.status, 200);
+    let reply = ews(&harness, &basic("ada@contoso.example", "ada-password"), "", r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn bearer_tokens_for_outlook_with_full_access_as_app_work_with_impersonation() {
+    let harness = start().await;
+    let reply = harness
+        .token_request(&[
+            ("client_id", APP_ID),
+            ("client_secret", "good-secret"),
+            ("grant_type", "client_credentials"),
+            ("scope", "https://outlook.office365.com/.default"),
+        ])
+        .await;
+    let token = reply.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    let view = calendar_view(None, "2030-03-05T00:00:00Z", "2030-03-06T00:00:00Z", None);
+    let text = ews(
+        &harness,
+        &bearer,
+        &impersonating("ada@contoso.example"),
+        &view,
+    )
+    .await
+    .text();
+    assert!(text.contains("<t:Subject>Doctor</t:Subject>"), "{text}");
+    let graph_token = format!("Bearer {}", harness.token().await);
+    assert_eq!(ews(&harness, &graph_token, "", &view).await.status, 401);
+}
+
+/// One TLS connection carrying several requests, as NTLM needs.
+async fn ntlm_exchange(harness: &Harness, user: &str, domain: &str, password: &str) -> (u16, u16) {
+    let ready = harness.emulator.ready();
+    let uri: hyper::Uri = ready.ews_url.parse().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(443);
+    let tls = {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(certificate) = rustls_pki_types::CertificateDer::from_pem_file(&ready.ca_cert) {
+            let _ = roots.add(certificate);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+        let Ok(config) = config else {
+            panic!("tls config")
+        };
+        Arc::new(config)
+    };
+    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        panic!("connect")
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from("127.0.0.1") else {
+        panic!("name")
+    };
+    let Ok(stream) = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+    else {
+        panic!("tls")
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        panic!("handshake")
+    };
+    tokio::spawn(connection);
+    let body = envelope(
+        "",
+        r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#,
+    );
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut send = async |authorization: Option<String>| {
+        let mut builder = hyper::Request::builder()
+            .method("POST")
+            .uri("/ews/exchange.asmx")
+            .header("host", format!("127.0.0.1:{port}"));
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        let Ok(request) = builder.body(Full::new(Bytes::from(body.clone()))) else {
+            panic!("request")
+        };
+        let Ok(response) = sender.send_request(request).await else {
+            panic!("send")
+        };
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        let _ = response.into_body().collect().await;
+        (status, challenge)
+    };
+    let (status, challenge) = send(Some(format!(
+        "NTLM {}",
+        engine.encode(m365_emulator::ntlm_client::client_negotiate())
+    )))
+    .await;
+    assert_eq!(status, 401);
+    let challenge = challenge.unwrap_or_default();
+    let token = engine
+        .decode(challenge.trim_start_matches("NTLM ").trim())
+        .unwrap_or_default();
+    let authenticate =
+        m365_emulator::ntlm_client::client_authenticate(user, domain, password, &token, [7; 8])
+            .unwrap_or_default();
+    let (status, _) = send(Some(format!("NTLM {}", engine.encode(authenticate)))).await;
+    // The connection stays authenticated, as with IIS.
+    let (follow_up, _) = send(None).await;
+    (status, follow_up)
+}
+
+#[tokio::test]
+async fn ntlm_v2_handshake_authenticates_the_connection() {
+    let harness = start().await;
+    assert_eq!(
+        ntlm_exchange(&harness, "ada", "CONTOSO", "ada-password").await,
+        (200, 200)
+    );
+    assert_eq!(
+        ntlm_exchange(&harness, "svc@contoso.example", "", SERVICE_PASSWORD).await,
+        (200, 200)
+    );
+    assert_eq!(
+        ntlm_exchange(&harness, "ada", "CONTOSO", "wrong").await,
+        (401, 401)
+    );
+}
+
+#[tokio::test]
+async fn streaming_notifications_follow_graph_changes_and_close_at_the_timeout() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        ews_connection_timeout_seconds: 2,
+        ews_subscriptions_per_mailbox: 2,
+        ..FaultSettings::default()
+    });
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType><t:EventType>ModifiedEvent</t:EventType><t:EventType>DeletedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    let reply = ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        subscribe,
+    )
+    .await
+    .text();
+    let start = reply
+        .find("<m:SubscriptionId>")
+        .map(|index| index + 18)
+        .unwrap_or(0);
+    let id = reply[start..start + reply[start..].find('<').unwrap_or(0)].to_string();
+    assert!(!id.is_empty(), "{reply}");
+    let _second = ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        subscribe,
+    )
+    .await;
+    let third = ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        subscribe,
+    )
+    .await
+    .text();
+    assert!(third.contains("ErrorExceededSubscriptionCount"), "{third}");
+
+    // Open the stream on its own connection and read it as it arrives.
+    let ready = harness.emulator.ready().clone();
+    let stream_body = envelope(&impersonating("ada@contoso.example"), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>"));
+    let client = common::HttpsClient::trusting(&ready.ca_cert);
+    let auth_for_stream = auth.clone();
+    let url = ready.ews_url.clone();
+    let reader = tokio::spawn(async move {
+        client
+            .send(
+                "POST",
+                &url,
+                &[("authorization", auth_for_stream.as_str())],
+                Some(("text/xml", stream_body.into_bytes())),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = harness.token().await;
+    let created = harness
+        .send_json("POST", &harness.graph("/users/ada@contoso.example/events"), &token, &json!({"subject": "Streamed", "start": {"dateTime": "2030-03-12T09:00:00", "timeZone": "UTC"}, "end": {"dateTime": "2030-03-12T09:30:00", "timeZone": "UTC"}}))
+        .await;
+    assert_eq!(created.status, 201);
+    let started = std::time::Instant::now();
+    let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(10), reader).await else {
+        panic!("stream did not end")
+    };
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = reply.text();
+    assert_eq!(
+        reply.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    let ok = text
+        .find("<m:ConnectionStatus>OK</m:ConnectionStatus>")
+        .unwrap_or(usize::MAX);
+    let event = text.find("<t:CreatedEvent>").unwrap_or(usize::MAX);
+    let closed = text
+        .find("<m:ConnectionStatus>Closed</m:ConnectionStatus>")
+        .unwrap_or(usize::MAX);
+    assert!(
+        ok < event && event < closed && closed != usize::MAX,
+        "{text}"
+    );
+    assert!(text.contains(&format!("<t:SubscriptionId>{id}</t:SubscriptionId>")));
+
+    // FindItem sees the Graph change too.
+    let view = ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        &calendar_view(None, "2030-03-12T00:00:00Z", "2030-03-13T00:00:00Z", None),
+    )
+    .await
+    .text();
+    assert!(view.contains("<t:Subject>Streamed</t:Subject>"));
+
+    let unsubscribe =
+        format!("<m:Unsubscribe><m:SubscriptionId>{id}</m:SubscriptionId></m:Unsubscribe>");
+    assert!(ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        &unsubscribe
+    )
+    .await
+    .text()
+    .contains("NoError"));
+    assert!(ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        &unsubscribe
+    )
+    .await
+    .text()
+    .contains("ErrorSubscriptionNotFound"));
+}
+
+async fn autodiscover(
+    harness: &Harness,
+    host: &str,
+    email: &str,
+    authorization: Option<&str>,
+) -> common::Reply {
+    let body = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>{email}</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>"#
+    );
+    let mut headers = vec![("host", host)];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
+    }
+    harness
+        .client
+        .send(
+            "POST",
+            &harness
+                .emulator
+                .ready()
+                .autodiscover_url
+                .replace("autodiscover.xml", "Autodiscover.xml"),
+            &headers,
+            Some(("text/xml", body.into_bytes())),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn autodiscover_answers_settings_redirects_and_json() {
+    let harness = start().await;
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let challenge = autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ada@contoso.example",
+        None,
+    )
+    .await;
+    assert_eq!(challenge.status, 401);
+    let settings = autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ada.l@contoso.example",
+        Some(&auth),
+    )
+    .await
+    .text();
+    assert!(settings.contains("<Action>settings</Action>"), "{settings}");
+    assert!(settings.contains("<Type>EXCH</Type>") && settings.contains("<Type>EXPR</Type>"));
+    assert!(settings.contains(&format!(
+        "<EwsUrl>{}</EwsUrl>",
+        harness.emulator.ready().ews_url
+    )));
+    assert!(
+        settings.contains("<AutoDiscoverSMTPAddress>ada@contoso.example</AutoDiscoverSMTPAddress>")
+    );
+    let redirect_url = autodiscover(&harness, "contoso.example", "ada@contoso.example", None)
+        .await
+        .text();
+    assert!(
+        redirect_url.contains("<Action>redirectUrl</Action>"),
+        "{redirect_url}"
+    );
+    let redirect_addr = autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "old.ada@contoso.example",
+        None,
+    )
+    .await
+    .text();
+    assert!(
+        redirect_addr.contains("<RedirectAddr>ada@contoso.example</RedirectAddr>"),
+        "{redirect_addr}"
+    );
+    let moved = autodiscover(&harness, "legacy.example", "ada@contoso.example", None).await;
+    assert_eq!(moved.status, 302);
+    let unknown = autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ghost@contoso.example",
+        Some(&auth),
+    )
+    .await
+    .text();
+    assert!(unknown.contains("<ErrorCode>500</ErrorCode>"));
+    let json = harness
+        .client
+        .send(
+            "GET",
+            &format!(
+                "{}/autodiscover/autodiscover.json/v1.0/ada@contoso.example?Protocol=EWS",
+                harness.emulator.ready().base_url
+            ),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        json.json(),
+        json!({"Protocol": "EWS", "Url": harness.emulator.ready().ews_url})
+    );
+    let bad = harness
+        .client
+        .send(
+            "GET",
+            &format!(
+                "{}/autodiscover/autodiscover.json/v1.0/ada@contoso.example?Protocol=Foo",
+                harness.emulator.ready().base_url
+            ),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn plain_http_autodiscover_redirects_to_https_and_generated_orgs_have_service_accounts() {
+    let mut config = EmulatorConfig::generated(20, 3);
+    config.clock = manual_clock();
+    let harness = start_with(config).await;
+    let ready = harness.emulator.ready().clone();
+    assert_eq!(
+        ready.ews_user.as_deref(),
+        Some("svc.calbridge@contoso.example")
+    );
+    assert_eq!(
+        ready.ews_delegate_user.as_deref(),
+        Some("monitor@contoso.example")
+    );
+    let http = ready.http_url.clone().unwrap_or_default();
+    let port: u16 = http
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(0);
+    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        panic!("connect http")
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        panic!("handshake")
+    };
+    tokio::spawn(connection);
+    let Ok(request) = hyper::Request::builder()
+        .method("GET")
+        .uri("/autodiscover/autodiscover.xml")
+        .header("host", "autodiscover.contoso.example")
+        .body(Full::new(Bytes::new()))
+    else {
+        panic!("request")
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        panic!("send")
+    };
+    assert_eq!(response.status().as_u16(), 302);
+    assert_eq!(
+        response
+            .headers()
+            .get("location")
+            .and_then(|value| value.to_str().ok()),
+        Some(ready.autodiscover_url.as_str())
+    );
+    // The generated service account impersonates anyone; the monitor reviews everyone.
+    let first = "ada.adams@contoso.example";
+    let view = calendar_view(None, "2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z", None);
+    let service = ews(
+        &harness,
+        &basic(
+            &ready.ews_user.clone().unwrap_or_default(),
+            &ready.ews_password.clone().unwrap_or_default(),
+        ),
+        &impersonating(first),
+        &view,
+    )
+    .await;
+    assert!(
+        service.status == 200 || service.text().contains("ErrorNonExistentMailbox"),
+        "{}",
+        service.text()
+    );
+    let monitor = ews(&harness, &basic(&ready.ews_delegate_user.clone().unwrap_or_default(), &ready.ews_delegate_password.clone().unwrap_or_default()), "", r#"<m:ResolveNames><m:UnresolvedEntry>room.1@contoso.example</m:UnresolvedEntry></m:ResolveNames>"#).await;
+    assert!(
+        monitor.text().contains("room.1@contoso.example"),
+        "{}",
+        monitor.text()
+    );
+}

@@ -205,14 +205,16 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, SipErro
     }
 }
 
+type Headers = Vec<(String, String)>;
+
 /// Splits a message head into its start line and headers, unfolding continuation lines.
-fn parse_head_lines(head: &str) -> Result<(&str, Vec<(String, String)>), SipError> {
+fn parse_head_lines(head: &str) -> Result<(&str, Headers), SipError> {
     let mut lines = head.split("\r\n");
     let start = lines
         .next()
         .filter(|l| !l.is_empty())
         .ok_or_else(|| SipError::Malformed("empty message".into()))?;
-    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut headers: Headers = Vec::new();
     for line in lines {
         if line.is_empty() {
             continue;

@@ -41,7 +41,7 @@ start() {
 		exit 1
 	}
 	kamailio -f "$state_dir/kamailio.cfg" -P "$pid_file" -Y "$state_dir" -w "$state_dir" \
-		-m 64 -M 8 -E >"$state_dir/kamailio.log" 2>&1 &
+		-m 64 -M 8 -E >>"$state_dir/kamailio.log" 2>&1 &
 	for _ in $(seq 1 100); do
 		if listening && [ -f "$pid_file" ]; then
 			echo "kamailio listening on 127.0.0.1:$port (udp+tcp), pid $(cat "$pid_file")"

@@ -1,0 +1,1 @@
+//! Exchange Web Services source (work in progress).

@@ -83,10 +83,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "{:>7} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
-        "users", "first sync s", "requests", "req/user", "notify p50 ms", "notify p99 ms", "RSS MB/1000", "throttled"
+        "users",
+        "first sync s",
+        "requests",
+        "req/user",
+        "notify p50 ms",
+        "notify p99 ms",
+        "RSS MB/1000",
+        "throttled"
     );
     for &users in &args.users {
-        let row = bench_one(users, &args).await.with_context(|| format!("benchmark with {users} users"))?;
+        let row = bench_one(users, &args)
+            .await
+            .with_context(|| format!("benchmark with {users} users"))?;
         println!(
             "{:>7} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
             users,
@@ -137,7 +146,8 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let ready: m365_emulator::ReadyInfo =
         serde_json::from_str(&ready_line).context("the emulator's ready line is not JSON")?;
 
-    let data_dir = std::env::temp_dir().join(format!("calbridge-bench-{}-{users}", std::process::id()));
+    let data_dir =
+        std::env::temp_dir().join(format!("calbridge-bench-{}-{users}", std::process::id()));
     std::fs::create_dir_all(&data_dir)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let public_url = format!("http://{}", listener.local_addr()?);
@@ -145,7 +155,14 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let rss_before = resident_memory_bytes().unwrap_or(0);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let started = Instant::now();
-    let running = service::start(config, ServiceOptions { clock: clock.clone(), listener: Some(listener) }).await?;
+    let running = service::start(
+        config,
+        ServiceOptions {
+            clock: clock.clone(),
+            listener: Some(listener),
+        },
+    )
+    .await?;
     running.first_sync_done().await;
     let first_sync_seconds = started.elapsed().as_secs_f64();
     let sync = running
@@ -171,10 +188,9 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         .people()
         .into_iter()
         .filter(|person| {
-            running
-                .hub
-                .decision(person)
-                .is_some_and(|(decision, _)| decision.activity == Activity::Available && decision.current.is_none())
+            running.hub.decision(person).is_some_and(|(decision, _)| {
+                decision.activity == Activity::Available && decision.current.is_none()
+            })
         })
         .collect();
     candidates.sort();
@@ -182,7 +198,9 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let mut changes = running.hub.subscribe();
     let mut latencies = Vec::with_capacity(candidates.len());
     for person in &candidates {
-        let Some(user) = sync.health(person).and_then(|health| health.user) else { continue };
+        let Some(user) = sync.health(person).and_then(|health| health.user) else {
+            continue;
+        };
         let now = clock.now();
         let body = serde_json::json!({
             "subject": "Benchmark call",
@@ -206,11 +224,15 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, changes.recv()).await {
-                Ok(Ok(change)) if &change.person == person && change.decision.activity == Activity::Busy => {
+                Ok(Ok(change))
+                    if &change.person == person && change.decision.activity == Activity::Busy =>
+                {
                     latencies.push(created.elapsed().as_secs_f64() * 1000.0);
                     break;
                 }
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    continue
+                }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
                     bail!("no presence change for {person} within 10 s of creating its event");
                 }
@@ -232,7 +254,9 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         requests,
         notify_p50_ms: percentile(&latencies, 0.50),
         notify_p99_ms: percentile(&latencies, 0.99),
-        rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64 / 1_048_576.0 / (users as f64 / 1000.0),
+        rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64
+            / 1_048_576.0
+            / (users as f64 / 1000.0),
         throttled,
     })
 }
@@ -241,8 +265,14 @@ fn format_graph(instant: Timestamp) -> String {
     instant.strftime("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
-async fn graph_token(client: &reqwest::Client, ready: &m365_emulator::ReadyInfo) -> anyhow::Result<String> {
-    let secret = ready.client_secret.clone().context("the emulator's app has no secret")?;
+async fn graph_token(
+    client: &reqwest::Client,
+    ready: &m365_emulator::ReadyInfo,
+) -> anyhow::Result<String> {
+    let secret = ready
+        .client_secret
+        .clone()
+        .context("the emulator's app has no secret")?;
     let response = client
         .post(&ready.token_url)
         .form(&[

@@ -39,6 +39,18 @@ pub struct Config {
     /// Where the people come from; each entry feeds one source.
     #[serde(default)]
     pub directory: Vec<DirectoryConfig>,
+    /// Where presence goes besides the API: SIP PUBLISH, webhooks.
+    #[serde(default)]
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// `[publish.sip]`: SIP PUBLISH (PIDF + RPID) to a presence server.
+    #[serde(default)]
+    pub sip: Option<calbridge_publish_sip::SipPublisherConfig>,
 }
 
 /// `[store]`
@@ -423,16 +435,24 @@ mod tests {
     #[test]
     fn cross_table_mistakes_are_named() {
         let graph = "[sources.graph]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { client_secret = \"s\" }\n";
-        let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"b\"\nfile = \"x.csv\"\n");
+        let text = format!(
+            "[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"b\"\nfile = \"x.csv\"\n"
+        );
         let error = Config::parse(&text).unwrap_err();
-        assert!(error.contains("names source `b`, but no [[sources]] has that id"), "{error}");
+        assert!(
+            error.contains("names source `b`, but no [[sources]] has that id"),
+            "{error}"
+        );
         let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"a\"\n");
-        assert!(Config::parse(&text).unwrap_err().contains("exactly one of `file` or `group_id`"));
+        assert!(Config::parse(&text)
+            .unwrap_err()
+            .contains("exactly one of `file` or `group_id`"));
         let error = Config::parse("[[sources]]\nid = \"a\"\n").unwrap_err();
         assert!(error.contains("needs a kind table"), "{error}");
         let error = Config::parse("[sync]\nwindow_hours = 0\n").unwrap_err();
         assert!(error.contains("sync.window_hours = 0"), "{error}");
-        let error = Config::parse(&format!("[[sources]]\nid = \"a\"\n{graph}credentail = 1\n")).unwrap_err();
+        let error = Config::parse(&format!("[[sources]]\nid = \"a\"\n{graph}credentail = 1\n"))
+            .unwrap_err();
         assert!(error.contains("unknown field `credentail`"), "{error}");
     }
 

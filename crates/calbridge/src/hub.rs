@@ -28,6 +28,13 @@ pub struct PresenceChange {
     pub decided_at: Timestamp,
 }
 
+/// What publishers follow: changes, and people who left the directory.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    Changed(PresenceChange),
+    Removed(PersonKey),
+}
+
 struct PersonEntry {
     decision: Option<Arc<Decision>>,
     decided_at: Option<Timestamp>,
@@ -53,6 +60,7 @@ pub struct PresenceHub {
     state: Mutex<Timeline>,
     timers_changed: Notify,
     changes: broadcast::Sender<PresenceChange>,
+    events: broadcast::Sender<HubEvent>,
     /// Changes for the store's writer task, which persists them off the hot path.
     persist: mpsc::UnboundedSender<PresenceChange>,
     counters: HubCounters,
@@ -78,6 +86,7 @@ impl PresenceHub {
         store: Arc<dyn Store>,
     ) -> (Arc<PresenceHub>, mpsc::UnboundedReceiver<PresenceChange>) {
         let (changes, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(4096);
         let (persist, persist_rx) = mpsc::unbounded_channel();
         let hub = PresenceHub {
             rules,
@@ -90,6 +99,7 @@ impl PresenceHub {
             }),
             timers_changed: Notify::new(),
             changes,
+            events,
             persist,
             counters: HubCounters::default(),
         };
@@ -99,11 +109,18 @@ impl PresenceHub {
     fn lock(&self) -> MutexGuard<'_, Timeline> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing presence for everyone, so keep going with the data.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<PresenceChange> {
         self.changes.subscribe()
+    }
+
+    /// Changes and removals, for publishers.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
     }
 
     pub fn counters(&self) -> &HubCounters {
@@ -151,7 +168,11 @@ impl PresenceHub {
             Err(error) => {
                 // Try again shortly rather than leave the person without a timer.
                 tracing::warn!(person = %person, "cannot read appointments to decide presence: {error}");
-                let retry = self.clock.now().checked_add(jiff::SignedDuration::from_secs(5)).ok();
+                let retry = self
+                    .clock
+                    .now()
+                    .checked_add(jiff::SignedDuration::from_secs(5))
+                    .ok();
                 let mut state = self.lock();
                 if let (Some(retry), Some(entry)) = (retry, state.people.get_mut(person)) {
                     let old = entry.timer.replace(retry);
@@ -171,6 +192,7 @@ impl PresenceHub {
             if let Some(at) = entry.timer {
                 state.timers.remove(&(at, person.clone()));
             }
+            let _ = self.events.send(HubEvent::Removed(person.clone()));
         }
     }
 
@@ -229,6 +251,7 @@ impl PresenceHub {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // No subscriber is not an error: the API may simply have no stream open.
             let _ = self.changes.send(change.clone());
+            let _ = self.events.send(HubEvent::Changed(change.clone()));
             let _ = self.persist.send(change);
         }
         if let Some(at) = old_timer {
@@ -274,7 +297,7 @@ impl PresenceHub {
         fired
     }
 
-/// The timer task: sleeps until the earliest `next_change_at`, fires what is due, and
+    /// The timer task: sleeps until the earliest `next_change_at`, fires what is due, and
     /// sleeps again; wakes early when a sooner timer is set. Ends on `shutdown`.
     pub async fn run_timers(self: Arc<Self>, shutdown: Shutdown) {
         loop {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod directory;
 pub mod hub;
 pub mod memory;
+pub mod publish;
 pub mod service;
 pub mod shutdown;
 pub mod simulate;

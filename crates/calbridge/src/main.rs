@@ -8,7 +8,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         // The demo and the benchmark print their own progress; keep the log to problems.
-        Command::Demo(_) | Command::Bench(_) | Command::BenchEmulator(_) | Command::Check(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) | Command::BenchEmulator(_) | Command::Check(_) => {
+            "warn"
+        }
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

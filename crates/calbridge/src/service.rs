@@ -43,6 +43,10 @@ pub struct RunningService {
     pub syncs: HashMap<SourceId, Arc<GraphSync>>,
     pub store: Arc<dyn Store>,
     pub problems: Problems,
+    pub sip: Option<(
+        Arc<calbridge_publish_sip::SipPublisher>,
+        Arc<crate::publish::SipAddressBook>,
+    )>,
     trigger: Trigger,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -211,6 +215,30 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         tokio::spawn(hub.clone().run_timers(shutdown.clone())),
     ));
 
+    let sip = match &config.publish.sip {
+        Some(sip_config) => {
+            let publisher = Arc::new(
+                calbridge_publish_sip::SipPublisher::start(sip_config.clone())
+                    .await
+                    .context("[publish.sip]")?,
+            );
+            let addresses = Arc::new(crate::publish::SipAddressBook::new(
+                sip_config.effective_uri_template(),
+            ));
+            tasks.push((
+                "sip publisher",
+                tokio::spawn(crate::publish::run_sip(
+                    publisher.clone(),
+                    addresses.clone(),
+                    hub.clone(),
+                    store.clone(),
+                    shutdown.clone(),
+                )),
+            ));
+            Some((publisher, addresses))
+        }
+        None => None,
+    };
     let state = Arc::new(ApiState {
         hub: hub.clone(),
         store: store.clone(),
@@ -220,6 +248,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         started_at: clock.now(),
         window_hours: config.sync.window_hours,
         problems: problems.clone(),
+        sip: sip.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();
@@ -291,6 +320,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         syncs,
         store,
         problems,
+        sip,
         trigger,
         tasks,
     })
@@ -431,7 +461,14 @@ async fn refresh_directory(
         });
     }
     if let Err(error) = store.upsert_people(&upserts).await {
-        note_problem(problems, now, format!("cannot store the directory of source {}: {error}", sync.source_id));
+        note_problem(
+            problems,
+            now,
+            format!(
+                "cannot store the directory of source {}: {error}",
+                sync.source_id
+            ),
+        );
         return;
     }
     if is_refresh {

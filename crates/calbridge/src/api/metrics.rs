@@ -141,5 +141,29 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "1 once the first sync of the source is done.",
         &first_sync,
     );
+    if let Some((publisher, _)) = &state.sip {
+        let sip = publisher.counters();
+        metric(
+            &mut out,
+            "calbridge_sip_publish_requests_total",
+            "counter",
+            "SIP PUBLISH transactions started.",
+            &[(String::new(), sip.requests_sent as f64)],
+        );
+        metric(
+            &mut out,
+            "calbridge_sip_publish_failures_total",
+            "counter",
+            "SIP PUBLISH transactions that failed.",
+            &[(String::new(), sip.failures as f64)],
+        );
+        metric(
+            &mut out,
+            "calbridge_sip_publish_queued",
+            "gauge",
+            "SIP URIs waiting to be published.",
+            &[(String::new(), sip.queued as f64)],
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -44,6 +44,10 @@ pub struct ApiState {
     pub started_at: Timestamp,
     pub window_hours: u32,
     pub problems: crate::service::Problems,
+    pub sip: Option<(
+        Arc<calbridge_publish_sip::SipPublisher>,
+        Arc<crate::publish::SipAddressBook>,
+    )>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -328,10 +332,28 @@ async fn users(State(state): State<Arc<ApiState>>) -> Response {
                 "resolution_error": resolution_error,
                 "presence": presence_json(&state, &person.key),
                 "sync": sync,
+                "sip": sip_json(&state, &person.key),
             })
         })
         .collect();
     Json(json!({ "users": users })).into_response()
+}
+
+fn sip_json(state: &ApiState, person: &PersonKey) -> Value {
+    let Some((publisher, addresses)) = &state.sip else {
+        return Value::Null;
+    };
+    let Some(uri) = addresses.cached(person) else {
+        return Value::Null;
+    };
+    let status = publisher.status(&uri);
+    json!({
+        "uri": uri,
+        "published": status.as_ref().is_some_and(|status| status.etag.is_some()),
+        "expires_at": status.as_ref().and_then(|status| status.expires_at).map(|at| at.to_string()),
+        "last_status": status.as_ref().and_then(|status| status.last_result.as_ref()).and_then(|result| result.status),
+        "last_error": status.as_ref().and_then(|status| status.last_error.clone()),
+    })
 }
 
 async fn find_person(state: &ApiState, raw: &str) -> Result<PersonKey, ApiError> {
@@ -340,13 +362,21 @@ async fn find_person(state: &ApiState, raw: &str) -> Result<PersonKey, ApiError>
     // The store knows everyone in the directory, including people whose address could not be
     // resolved and who therefore have no presence yet.
     let people = state.store.list_people().await.map_err(|error| {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the store: {error}"))
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the store: {error}"),
+        )
     })?;
     people
         .into_iter()
         .map(|person| person.key)
         .find(|person| person.address == address)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no user {address} is followed")))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no user {address} is followed"),
+            )
+        })
 }
 
 async fn presence(State(state): State<Arc<ApiState>>, Path(address): Path<String>) -> Response {

@@ -586,7 +586,11 @@ impl GraphSync {
     }
 
     async fn persist_health(&self, person: &PersonKey, health: &PersonHealth) {
-        if let Err(error) = self.store.set_sync_state(person, &sync_state_of(health)).await {
+        if let Err(error) = self
+            .store
+            .set_sync_state(person, &sync_state_of(health))
+            .await
+        {
             tracing::warn!(person = %person, "cannot store the sync state: {error}");
         }
     }
@@ -908,7 +912,6 @@ impl GraphSync {
 
 fn sync_state_of(health: &PersonHealth) -> calbridge_store::SyncState {
     calbridge_store::SyncState {
-
         delta_link: health
             .delta_link
             .as_ref()

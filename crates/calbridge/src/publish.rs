@@ -1,0 +1,150 @@
+//! Publishers: the presence hub's changes going out to the phone system.
+//!
+//! Each publisher follows the hub's broadcast of changes and keeps its own delivery state
+//! (the SIP publisher its entity tags and desired state per URI, the webhook publisher its
+//! outbox cursor in the store). When a publisher falls behind the broadcast it re-reads every
+//! current decision from the hub, so the last state is never lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use calbridge_presence::{Activity, Category, Decision};
+use calbridge_publish_sip::{PresenceState, ShowAsCategory, SipPublisher};
+use calbridge_store::{PersonKey, Store};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::hub::{HubEvent, PresenceHub};
+use crate::shutdown::Shutdown;
+
+fn sip_activity(activity: Activity) -> calbridge_publish_sip::Activity {
+    match activity {
+        Activity::Available => calbridge_publish_sip::Activity::Available,
+        Activity::Busy => calbridge_publish_sip::Activity::Busy,
+        Activity::Away => calbridge_publish_sip::Activity::Away,
+        Activity::Dnd => calbridge_publish_sip::Activity::Dnd,
+    }
+}
+
+fn sip_category(category: Category) -> ShowAsCategory {
+    match category {
+        Category::Busy => ShowAsCategory::Busy,
+        Category::Tentative => ShowAsCategory::Tentative,
+        Category::TentativeException => ShowAsCategory::TentativeException,
+        Category::Oof => ShowAsCategory::Oof,
+        Category::WorkingElsewhere => ShowAsCategory::WorkingElsewhere,
+        Category::NoData => ShowAsCategory::NoData,
+    }
+}
+
+pub fn sip_state(decision: &Decision) -> PresenceState {
+    PresenceState {
+        activity: sip_activity(decision.activity),
+        category: decision
+            .current
+            .as_ref()
+            .map(|current| sip_category(current.category)),
+        note: decision.note.clone(),
+        until: decision.until,
+    }
+}
+
+/// Maps people to SIP URIs: the directory's `sip_uri` column when given, else the template.
+pub struct SipAddressBook {
+    template: String,
+    known: std::sync::Mutex<HashMap<PersonKey, String>>,
+}
+
+impl SipAddressBook {
+    pub fn new(template: String) -> Self {
+        SipAddressBook {
+            template,
+            known: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn uri(&self, store: &dyn Store, person: &PersonKey) -> String {
+        if let Some(uri) = self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(person)
+        {
+            return uri.clone();
+        }
+        let from_directory = match store.get_person(person).await {
+            Ok(Some(stored)) => stored.sip_uri,
+            _ => None,
+        };
+        let uri = from_directory
+            .unwrap_or_else(|| calbridge_publish_sip::uri_for(&self.template, &person.address));
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(person.clone(), uri.clone());
+        uri
+    }
+
+    pub fn cached(&self, person: &PersonKey) -> Option<String> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(person)
+            .cloned()
+    }
+
+    fn forget(&self, person: &PersonKey) -> Option<String> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(person)
+    }
+}
+
+/// The SIP publishing task: every current decision at start, then every change; removed people
+/// are unpublished with `Expires: 0`.
+pub async fn run_sip(
+    publisher: Arc<SipPublisher>,
+    addresses: Arc<SipAddressBook>,
+    hub: Arc<PresenceHub>,
+    store: Arc<dyn Store>,
+    shutdown: Shutdown,
+) {
+    let mut events = hub.subscribe_events();
+    publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.wait() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(HubEvent::Changed(change)) => {
+                let uri = addresses.uri(store.as_ref(), &change.person).await;
+                publisher.set(uri, sip_state(&change.decision));
+            }
+            Ok(HubEvent::Removed(person)) => {
+                if let Some(uri) = addresses.forget(&person) {
+                    publisher.remove(&uri);
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn publish_everyone(
+    publisher: &SipPublisher,
+    addresses: &SipAddressBook,
+    hub: &PresenceHub,
+    store: &dyn Store,
+) {
+    for person in hub.people() {
+        if let Some((decision, _)) = hub.decision(&person) {
+            let uri = addresses.uri(store, &person).await;
+            // Setting the same state again is free: the publisher only sends changes.
+            publisher.set(uri, sip_state(&decision));
+        }
+    }
+}

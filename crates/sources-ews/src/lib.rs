@@ -1,1 +1,30 @@
-//! Exchange Web Services source (work in progress).
+//! Exchange Web Services source.
+//!
+//! **Invariant:** this is the only calbridge code that speaks SOAP, EWS or Autodiscover. It hands
+//! out `calbridge_domain` types: [`MailboxAddress`](calbridge_domain::MailboxAddress),
+//! [`Appointment`](calbridge_domain::Appointment) (all-day items as local dates).
+//!
+//! - [`EwsSource`]: Autodiscover (cached, [`EwsSource::rediscover`]), `ResolveNames`,
+//!   `FindItem` + `CalendarView`, `GetUserAvailability`, `Subscribe`/`Unsubscribe`.
+//! - [`StreamingConnection`]: one `GetStreamingEvents` connection, re-opened after every close.
+//! - NTLMv2, Basic or Bearer, on connections this crate owns (NTLM authenticates a socket).
+
+mod autodiscover;
+mod config;
+mod error;
+mod ntlm;
+mod soap;
+mod source;
+mod streaming;
+mod transport;
+mod xml;
+
+pub use autodiscover::{candidates as autodiscover_candidates, Discovered};
+pub use config::{
+    validate_ews_url, AuthMethod, BearerConfig, ConfigError, EwsSourceConfig, MailboxAccess,
+    ServerSide,
+};
+pub use error::EwsError;
+pub use source::{EwsSource, FreeBusy, SubscriptionId};
+pub use streaming::{StreamEvent, StreamingConnection};
+pub use transport::{FIRST_CREDENTIAL_BACKOFF, MAX_CREDENTIAL_BACKOFF};

@@ -1,0 +1,237 @@
+//! Autodiscover (POX v1) in the order the innovaphone Calendar App uses: https on
+//! `autodiscover.<domain>`, https on `<domain>`, then the same over http, following
+//! `redirectAddr`, `redirectUrl` and HTTP redirects, at most ten in all.
+
+use bytes::Bytes;
+use http::Method;
+use url::Url;
+
+use crate::config::ServerSide;
+use crate::error::{shorten, EwsError};
+use crate::transport::{Auth, Transport};
+use crate::xml::{self, escape};
+
+const MAX_REDIRECTS: usize = 10;
+const REQUEST_NS: &str =
+    "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006";
+const RESPONSE_NS: &str =
+    "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a";
+
+/// The EWS URLs Autodiscover found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub internal: Option<Url>,
+    pub external: Option<Url>,
+    /// The Autodiscover URL that answered with settings.
+    pub answered_by: Url,
+}
+
+impl Discovered {
+    /// The URL for `side`, falling back to the other side when only one is published.
+    pub fn ews_url(&self, side: ServerSide) -> Option<&Url> {
+        match side {
+            ServerSide::External => self.external.as_ref().or(self.internal.as_ref()),
+            ServerSide::Internal => self.internal.as_ref().or(self.external.as_ref()),
+        }
+    }
+}
+
+/// The candidate URLs for a domain, in the seed's order.
+pub fn candidates(domain: &str) -> Vec<String> {
+    vec![
+        format!("https://autodiscover.{domain}/autodiscover/autodiscover.xml"),
+        format!("https://{domain}/autodiscover/autodiscover.xml"),
+        format!("http://autodiscover.{domain}/autodiscover/autodiscover.xml"),
+        format!("http://{domain}/autodiscover/autodiscover.xml"),
+    ]
+}
+
+enum Step {
+    Settings(Discovered),
+    RedirectAddr(String),
+    RedirectUrl(String),
+}
+
+fn request_body(address: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="{REQUEST_NS}"><Request><EMailAddress>{}</EMailAddress><AcceptableResponseSchema>{RESPONSE_NS}</AcceptableResponseSchema></Request></Autodiscover>"#,
+        escape(address)
+    ))
+}
+
+fn parse_answer(url: &Url, body: &str) -> Result<Step, String> {
+    let root = xml::parse(body).map_err(|error| format!("not XML ({error})"))?;
+    if let Some(error) = root.find("Error") {
+        return Err(format!(
+            "error {}: {}",
+            error.child_text("ErrorCode").unwrap_or("?"),
+            error.child_text("Message").unwrap_or_default()
+        ));
+    }
+    let account = root
+        .find("Account")
+        .ok_or_else(|| format!("no Account in the answer: {}", shorten(body, 200)))?;
+    match account.child_text("Action").unwrap_or_default() {
+        "redirectAddr" => account
+            .child_text("RedirectAddr")
+            .map(|address| Step::RedirectAddr(address.to_string()))
+            .ok_or_else(|| "redirectAddr without RedirectAddr".to_string()),
+        "redirectUrl" => account
+            .child_text("RedirectUrl")
+            .map(|url| Step::RedirectUrl(url.to_string()))
+            .ok_or_else(|| "redirectUrl without RedirectUrl".to_string()),
+        _ => {
+            let mut internal = None;
+            let mut external = None;
+            for protocol in account.children_named("Protocol") {
+                let ews = protocol
+                    .child_text("EwsUrl")
+                    .and_then(|text| Url::parse(text).ok());
+                match protocol.child_text("Type") {
+                    Some("EXCH") => internal = internal.or(ews),
+                    Some("EXPR") => external = external.or(ews),
+                    Some("WEB") | None | Some(_) => {}
+                }
+            }
+            if internal.is_none() && external.is_none() {
+                return Err("the settings name no EwsUrl (EXCH or EXPR)".to_string());
+            }
+            Ok(Step::Settings(Discovered {
+                internal,
+                external,
+                answered_by: url.clone(),
+            }))
+        }
+    }
+}
+
+/// Runs Autodiscover for `address`, from `configured` or the address's domain.
+pub async fn discover(
+    transport: &Transport,
+    address: &str,
+    configured: Option<&str>,
+) -> Result<Discovered, EwsError> {
+    let failed = |detail: String| EwsError::Autodiscover {
+        address: address.to_string(),
+        detail,
+    };
+    let mut address = address.to_string();
+    let mut redirects = 0usize;
+    let mut queue: Vec<String> = match configured {
+        Some(url) => vec![url.to_string()],
+        None => {
+            let domain = address
+                .rsplit_once('@')
+                .map(|(_, domain)| domain.to_ascii_lowercase())
+                .ok_or_else(|| failed("the address has no domain".to_string()))?;
+            candidates(&domain)
+        }
+    };
+    let mut tried: Vec<String> = Vec::new();
+    let mut index = 0;
+    while index < queue.len() {
+        let mut target = queue[index].clone();
+        index += 1;
+        loop {
+            let url = match Url::parse(&target) {
+                Ok(url) => url,
+                Err(error) => {
+                    tried.push(format!("{target}: {error}"));
+                    break;
+                }
+            };
+            let headers = vec![(
+                "Content-Type".to_string(),
+                "text/xml; charset=utf-8".to_string(),
+            )];
+            // Plain http only ever redirects (Exchange does not hand out settings without
+            // TLS), so it is asked anonymously and never sees the credentials.
+            let auth = if url.scheme() == "https" {
+                Auth::Authenticated
+            } else {
+                Auth::Anonymous
+            };
+            let method = if url.scheme() == "https" {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            let body = if method == Method::POST {
+                request_body(&address)
+            } else {
+                Bytes::new()
+            };
+            let answer = match transport.request(method, &url, &headers, body, auth).await {
+                Ok(answer) => answer,
+                Err(error @ EwsError::Unauthorized { .. }) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(url = %url, %error, "Autodiscover candidate failed");
+                    tried.push(format!("{url}: {error}"));
+                    break;
+                }
+            };
+            if matches!(answer.status, 301 | 302 | 303 | 307 | 308) {
+                let Some(location) = answer.location() else {
+                    tried.push(format!("{url}: HTTP {} without Location", answer.status));
+                    break;
+                };
+                let next = url
+                    .join(&location)
+                    .map(|next| next.to_string())
+                    .unwrap_or(location);
+                // Credentials only go to https: an http redirect target is not followed.
+                if !next.starts_with("https://") {
+                    tried.push(format!("{url}: redirect to non-https {next} ignored"));
+                    break;
+                }
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(failed(format!("more than {MAX_REDIRECTS} redirects")));
+                }
+                target = next;
+                continue;
+            }
+            if answer.status != 200 {
+                tried.push(format!("{url}: HTTP {}", answer.status));
+                break;
+            }
+            match parse_answer(&url, &answer.text()) {
+                Ok(Step::Settings(discovered)) => return Ok(discovered),
+                Ok(Step::RedirectUrl(next)) => {
+                    redirects += 1;
+                    if redirects > MAX_REDIRECTS {
+                        return Err(failed(format!("more than {MAX_REDIRECTS} redirects")));
+                    }
+                    if !next.starts_with("https://") {
+                        tried.push(format!("{url}: redirectUrl to non-https {next} ignored"));
+                        break;
+                    }
+                    target = next;
+                }
+                Ok(Step::RedirectAddr(next_address)) => {
+                    redirects += 1;
+                    if redirects > MAX_REDIRECTS {
+                        return Err(failed(format!("more than {MAX_REDIRECTS} redirects")));
+                    }
+                    address = next_address;
+                    // A new address starts over at its own domain (unless a URL was configured).
+                    if configured.is_none() {
+                        if let Some((_, domain)) = address.rsplit_once('@') {
+                            queue = candidates(&domain.to_ascii_lowercase());
+                            index = 0;
+                            break;
+                        }
+                    }
+                }
+                Err(detail) => {
+                    tried.push(format!("{url}: {detail}"));
+                    break;
+                }
+            }
+        }
+    }
+    Err(failed(format!(
+        "no candidate answered: {}",
+        tried.join("; ")
+    )))
+}

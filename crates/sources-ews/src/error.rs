@@ -1,0 +1,83 @@
+//! What can go wrong talking to Exchange, each with what to do about it.
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// One error enum for the EWS layer. Messages name the server's answer and what to change;
+/// they never carry a password, hash or token.
+#[derive(Debug, thiserror::Error)]
+pub enum EwsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `ErrorServerBusy`: Exchange's throttling asks to wait `back_off`.
+    #[error("Exchange is busy (ErrorServerBusy) for {what}: retry after {} ms", back_off.as_millis())]
+    ServerBusy { what: String, back_off: Duration },
+    /// The server refused the credentials (HTTP 401).
+    #[error("Exchange refused the credentials of '{user}' ({detail}): check the password and the authentication method (auth = ntlm|basic|bearer); calbridge waits {} s before trying again", retry_in.as_secs())]
+    Unauthorized {
+        user: String,
+        detail: String,
+        /// How long calbridge will not try again (credential back-off).
+        retry_in: Duration,
+    },
+    /// `ErrorImpersonateUserDenied`.
+    #[error("'{user}' may not impersonate {mailbox} (ErrorImpersonateUserDenied): grant it the ApplicationImpersonation role (New-ManagementRoleAssignment -Role ApplicationImpersonation -User {user}) or use access = \"delegate\"")]
+    ImpersonationDenied { user: String, mailbox: String },
+    /// `ErrorAccessDenied`.
+    #[error("access to {mailbox} denied (ErrorAccessDenied: {message}): give '{user}' Reviewer rights on the calendar (Add-MailboxFolderPermission {mailbox}:\\Calendar -User {user} -AccessRights Reviewer) or use impersonation")]
+    AccessDenied {
+        user: String,
+        mailbox: String,
+        message: String,
+    },
+    /// `ErrorNonExistentMailbox` or an address no name resolution found.
+    #[error(
+        "no Exchange mailbox for {address} ({code}): check the user's e-mail address in the PBX"
+    )]
+    NonExistentMailbox { address: String, code: String },
+    /// `ErrorExceededSubscriptionCount`.
+    #[error("Exchange refused another streaming subscription for {mailbox} (ErrorExceededSubscriptionCount): other applications hold too many; remove stale subscriptions or raise the throttling policy's EwsMaxSubscriptions")]
+    ExceededSubscriptionCount { mailbox: String },
+    /// The connection failed or broke.
+    #[error("cannot reach {url}: {detail}")]
+    Network { url: String, detail: String },
+    /// Autodiscover found nothing usable.
+    #[error("Autodiscover for {address} failed: {detail}. Set `autodiscover_url` or `ews_url`")]
+    Autodiscover { address: String, detail: String },
+    /// An answer calbridge does not understand, or an EWS error code without its own variant.
+    #[error("unexpected answer from Exchange for {what}: {detail}")]
+    BadAnswer { what: String, detail: String },
+}
+
+impl EwsError {
+    /// True when the same request may succeed later without a change of configuration.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EwsError::ServerBusy { .. } | EwsError::Network { .. })
+    }
+
+    /// How long to wait before retrying, when the server or the back-off says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EwsError::ServerBusy { back_off, .. } => Some(*back_off),
+            EwsError::Unauthorized { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
+
+    /// True for errors about the whole source (credentials, rights of the service account),
+    /// as opposed to one mailbox.
+    pub fn is_credential_error(&self) -> bool {
+        matches!(self, EwsError::Unauthorized { .. })
+    }
+}
+
+/// Cuts a server's text for an error message.
+pub fn shorten(text: &str, max: usize) -> String {
+    let text = text.trim();
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut}…")
+}

@@ -1,0 +1,175 @@
+//! EWS SOAP envelopes out, response messages and faults in.
+
+use std::time::Duration;
+
+use crate::error::{shorten, EwsError};
+use crate::xml::{self, escape, Element};
+
+pub const NS_TYPES: &str = "http://schemas.microsoft.com/exchange/services/2006/types";
+pub const NS_MESSAGES: &str = "http://schemas.microsoft.com/exchange/services/2006/messages";
+const NS_SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+/// The version calbridge asks for: every operation it uses exists since Exchange 2013 SP1.
+const REQUEST_VERSION: &str = "Exchange2013_SP1";
+const DEFAULT_BACK_OFF: Duration = Duration::from_secs(5);
+
+/// A complete request envelope; `impersonate` adds the `ExchangeImpersonation` header.
+pub fn envelope(impersonate: Option<&str>, body: &str) -> String {
+    let impersonation = impersonate
+        .map(|address| {
+            format!(
+                "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>",
+                escape(address)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{NS_SOAP}" xmlns:t="{NS_TYPES}" xmlns:m="{NS_MESSAGES}"><soap:Header><t:RequestServerVersion Version="{REQUEST_VERSION}"/>{impersonation}</soap:Header><soap:Body>{body}</soap:Body></soap:Envelope>"#
+    )
+}
+
+/// Who a failed request was about, for the error message.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub what: &'a str,
+    pub user: &'a str,
+    pub mailbox: &'a str,
+}
+
+/// Turns an EWS response code into an error.
+pub fn code_error(
+    code: &str,
+    message: &str,
+    values: &[(String, String)],
+    subject: &Subject<'_>,
+) -> EwsError {
+    let value = |name: &str| {
+        values
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    match code {
+        "ErrorServerBusy" => EwsError::ServerBusy {
+            what: subject.what.to_string(),
+            back_off: value("BackOffMilliseconds")
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_BACK_OFF),
+        },
+        "ErrorImpersonateUserDenied" | "ErrorImpersonationDenied" => {
+            EwsError::ImpersonationDenied {
+                user: subject.user.to_string(),
+                mailbox: subject.mailbox.to_string(),
+            }
+        }
+        "ErrorAccessDenied" | "ErrorFolderNotFound" => EwsError::AccessDenied {
+            user: subject.user.to_string(),
+            mailbox: subject.mailbox.to_string(),
+            message: shorten(message, 200),
+        },
+        "ErrorNonExistentMailbox"
+        | "ErrorMailRecipientNotFound"
+        | "ErrorNameResolutionNoResults"
+        | "ErrorInvalidSmtpAddress" => EwsError::NonExistentMailbox {
+            address: value("SmtpAddress").unwrap_or_else(|| subject.mailbox.to_string()),
+            code: code.to_string(),
+        },
+        "ErrorExceededSubscriptionCount" => EwsError::ExceededSubscriptionCount {
+            mailbox: subject.mailbox.to_string(),
+        },
+        _ => EwsError::BadAnswer {
+            what: subject.what.to_string(),
+            detail: format!("{code}: {}", shorten(message, 300)),
+        },
+    }
+}
+
+fn message_values(element: &Element) -> Vec<(String, String)> {
+    element
+        .find("MessageXml")
+        .map(|xml| {
+            xml.children_named("Value")
+                .filter_map(|value| {
+                    value
+                        .attribute("Name")
+                        .map(|name| (name.to_string(), value.text.trim().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses an EWS answer into its response messages (the children of `ResponseMessages`),
+/// turning SOAP faults and non-XML answers into errors.
+pub fn response_messages(
+    status: u16,
+    body: &str,
+    subject: &Subject<'_>,
+) -> Result<Vec<Element>, EwsError> {
+    let bad = |detail: String| EwsError::BadAnswer {
+        what: subject.what.to_string(),
+        detail,
+    };
+    let root = xml::parse(body).map_err(|error| {
+        bad(format!(
+            "HTTP {status} that is not XML ({error}): {}",
+            shorten(body, 200)
+        ))
+    })?;
+    if let Some(fault) = root.find("Fault") {
+        let code = fault
+            .find("ResponseCode")
+            .map(|code| code.text.trim().to_string())
+            .or_else(|| {
+                fault.child_text("faultcode").map(|code| {
+                    code.rsplit_once(':')
+                        .map(|(_, local)| local)
+                        .unwrap_or(code)
+                        .to_string()
+                })
+            })
+            .unwrap_or_default();
+        let message = fault
+            .find("Message")
+            .map(|message| message.text.clone())
+            .or_else(|| fault.child_text("faultstring").map(str::to_string))
+            .unwrap_or_default();
+        return Err(code_error(&code, &message, &message_values(fault), subject));
+    }
+    let messages = root.find("ResponseMessages").ok_or_else(|| {
+        bad(format!(
+            "HTTP {status} without ResponseMessages: {}",
+            shorten(body, 200)
+        ))
+    })?;
+    Ok(messages.children.clone())
+}
+
+/// Checks one response message: `Ok` for Success (and Warning), the mapped error otherwise.
+pub fn check_message(message: &Element, subject: &Subject<'_>) -> Result<(), EwsError> {
+    let class = message.attribute("ResponseClass").unwrap_or("Success");
+    if class == "Error" {
+        let code = message.child_text("ResponseCode").unwrap_or_default();
+        let text = message.child_text("MessageText").unwrap_or_default();
+        return Err(code_error(code, text, &message_values(message), subject));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_busy_fault_carries_the_back_off() {
+        let body = r#"<s:Envelope xmlns:s="x"><s:Body><s:Fault><faultcode>a:ErrorServerBusy</faultcode><faultstring>busy</faultstring><detail><e:ResponseCode xmlns:e="e">ErrorServerBusy</e:ResponseCode><e:Message xmlns:e="e">busy</e:Message><t:MessageXml xmlns:t="t"><t:Value Name="BackOffMilliseconds">1234</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#;
+        let subject = Subject {
+            what: "FindItem",
+            user: "svc",
+            mailbox: "a@b.c",
+        };
+        let error = response_messages(500, body, &subject).unwrap_err();
+        assert!(error.is_retryable());
+        assert_eq!(error.retry_after(), Some(Duration::from_millis(1234)));
+    }
+}

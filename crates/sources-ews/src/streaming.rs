@@ -1,0 +1,404 @@
+//! Streaming notifications: `Subscribe`, `Unsubscribe`, and a task that holds one
+//! `GetStreamingEvents` connection for up to `max_subscriptions_per_connection` subscriptions,
+//! re-opening it when Exchange closes it (every `ConnectionTimeout`) or it drops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use calbridge_domain::MailboxAddress;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::error::EwsError;
+use crate::soap::{self, Subject};
+use crate::source::{EwsSource, SubscriptionId};
+use crate::xml::escape;
+
+/// What a streaming connection reports.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// Something changed in this mailbox's calendar: re-read it.
+    Changed(MailboxAddress),
+    /// The connection is open (first time or again); after a re-open, re-read the mailboxes,
+    /// since changes during the gap were not streamed.
+    Connected { reopened: bool },
+    /// The connection ended (Exchange's timeout, a drop); it is re-opened by itself.
+    ConnectionClosed,
+    /// Exchange no longer knows these subscriptions: subscribe again and re-read.
+    SubscriptionsLost(Vec<MailboxAddress>),
+    /// Opening or reading failed; the connection is retried after a back-off.
+    Error(EwsError),
+}
+
+/// The owner of a streaming task: dropping it ends the task and its connection.
+pub struct StreamingConnection {
+    events: mpsc::Receiver<StreamEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StreamingConnection {
+    /// The next event; `None` once the task has ended.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        self.events.recv().await
+    }
+
+    /// Ends the task and closes the connection.
+    pub fn close(self) {}
+}
+
+impl Drop for StreamingConnection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const EVENT_TYPES: [&str; 5] = [
+    "CreatedEvent",
+    "ModifiedEvent",
+    "DeletedEvent",
+    "MovedEvent",
+    "CopiedEvent",
+];
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+impl EwsSource {
+    /// Subscribes to changes of `mailbox`'s calendar (streaming).
+    pub async fn subscribe(&self, mailbox: &MailboxAddress) -> Result<SubscriptionId, EwsError> {
+        let event_types: String = EVENT_TYPES
+            .iter()
+            .map(|kind| format!("<t:EventType>{kind}</t:EventType>"))
+            .collect();
+        let folder = match self.config.access {
+            crate::config::MailboxAccess::Impersonation => {
+                "<t:DistinguishedFolderId Id=\"calendar\"/>".to_string()
+            }
+            crate::config::MailboxAccess::Delegate => format!(
+                "<t:DistinguishedFolderId Id=\"calendar\"><t:Mailbox><t:EmailAddress>{}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>",
+                escape(mailbox.as_str())
+            ),
+        };
+        let body = format!(
+            "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>{folder}</t:FolderIds><t:EventTypes>{event_types}</t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"
+        );
+        let impersonate = self.impersonation_target(mailbox);
+        let messages = self
+            .call("Subscribe", mailbox.as_str(), impersonate, &body)
+            .await?;
+        let user = self.transport.user();
+        let subject = Subject {
+            what: "Subscribe",
+            user: &user,
+            mailbox: mailbox.as_str(),
+        };
+        let message = messages.first().ok_or_else(|| EwsError::BadAnswer {
+            what: format!("Subscribe for {mailbox}"),
+            detail: "no response message".to_string(),
+        })?;
+        soap::check_message(message, &subject)?;
+        message
+            .child_text("SubscriptionId")
+            .filter(|id| !id.is_empty())
+            .map(|id| SubscriptionId(id.to_string()))
+            .ok_or_else(|| EwsError::BadAnswer {
+                what: format!("Subscribe for {mailbox}"),
+                detail: "no SubscriptionId".to_string(),
+            })
+    }
+
+    /// Ends a subscription. One Exchange no longer knows counts as ended.
+    pub async fn unsubscribe(
+        &self,
+        mailbox: &MailboxAddress,
+        subscription: &SubscriptionId,
+    ) -> Result<(), EwsError> {
+        let body = format!(
+            "<m:Unsubscribe><m:SubscriptionId>{}</m:SubscriptionId></m:Unsubscribe>",
+            escape(&subscription.0)
+        );
+        let messages = self
+            .call(
+                "Unsubscribe",
+                mailbox.as_str(),
+                self.impersonation_target(mailbox),
+                &body,
+            )
+            .await?;
+        for message in &messages {
+            if message.child_text("ResponseCode") == Some("ErrorSubscriptionNotFound") {
+                continue;
+            }
+            let user = self.transport.user();
+            soap::check_message(
+                message,
+                &Subject {
+                    what: "Unsubscribe",
+                    user: &user,
+                    mailbox: mailbox.as_str(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn impersonation_target<'a>(&self, mailbox: &'a MailboxAddress) -> Option<&'a str> {
+        match self.config.access {
+            crate::config::MailboxAccess::Impersonation => Some(mailbox.as_str()),
+            crate::config::MailboxAccess::Delegate => None,
+        }
+    }
+
+    /// Starts a task holding one `GetStreamingEvents` connection for `subscriptions`
+    /// (at most `max_subscriptions_per_connection`), with `connection_timeout` (1–30 minutes)
+    /// after which Exchange closes it and the task opens it again.
+    pub fn stream(
+        self: &Arc<Self>,
+        subscriptions: Vec<(SubscriptionId, MailboxAddress)>,
+        connection_timeout: Duration,
+    ) -> Result<StreamingConnection, EwsError> {
+        let limit = self.config.max_subscriptions_per_connection;
+        if subscriptions.is_empty() || subscriptions.len() > limit {
+            return Err(EwsError::BadAnswer {
+                what: "GetStreamingEvents".to_string(),
+                detail: format!(
+                    "{} subscriptions given; one connection serves 1 to {limit} (max_subscriptions_per_connection)",
+                    subscriptions.len()
+                ),
+            });
+        }
+        let minutes = (connection_timeout.as_secs() / 60).clamp(1, 30);
+        let (sender, events) = mpsc::channel(256);
+        let source = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            run(source, subscriptions, minutes, sender).await;
+        });
+        Ok(StreamingConnection { events, task })
+    }
+}
+
+enum Ended {
+    Closed,
+    ReceiverGone,
+    Failed(EwsError),
+}
+
+async fn run(
+    source: Arc<EwsSource>,
+    mut subscriptions: Vec<(SubscriptionId, MailboxAddress)>,
+    minutes: u64,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let mut opened_before = false;
+    let mut retry = FIRST_RETRY;
+    while !subscriptions.is_empty() {
+        let ended = hold(
+            &source,
+            &mut subscriptions,
+            minutes,
+            &events,
+            &mut opened_before,
+        )
+        .await;
+        let wait = match ended {
+            Ended::ReceiverGone => return,
+            Ended::Closed => {
+                retry = FIRST_RETRY;
+                if events.send(StreamEvent::ConnectionClosed).await.is_err() {
+                    return;
+                }
+                Duration::ZERO
+            }
+            Ended::Failed(error) => {
+                let wait = error.retry_after().unwrap_or(retry);
+                retry = (retry * 2).min(MAX_RETRY);
+                if events.send(StreamEvent::Error(error)).await.is_err() {
+                    return;
+                }
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One connection, from open to close.
+async fn hold(
+    source: &Arc<EwsSource>,
+    subscriptions: &mut Vec<(SubscriptionId, MailboxAddress)>,
+    minutes: u64,
+    events: &mpsc::Sender<StreamEvent>,
+    opened_before: &mut bool,
+) -> Ended {
+    let url = match source.ews_url().await {
+        Ok(url) => url,
+        Err(error) => return Ended::Failed(error),
+    };
+    let ids: String = subscriptions
+        .iter()
+        .map(|(id, _)| format!("<t:SubscriptionId>{}</t:SubscriptionId>", escape(&id.0)))
+        .collect();
+    let body = format!(
+        "<m:GetStreamingEvents><m:SubscriptionIds>{ids}</m:SubscriptionIds><m:ConnectionTimeout>{minutes}</m:ConnectionTimeout></m:GetStreamingEvents>"
+    );
+    // Exchange routes a streaming connection by its anchor mailbox: the first subscription's.
+    let anchor = subscriptions[0].1.clone();
+    let impersonate = source.impersonation_target(&anchor);
+    let envelope = Bytes::from(soap::envelope(impersonate, &body));
+    let headers = vec![
+        (
+            "Content-Type".to_string(),
+            "text/xml; charset=utf-8".to_string(),
+        ),
+        ("X-AnchorMailbox".to_string(), anchor.as_str().to_string()),
+        ("X-PreferServerAffinity".to_string(), "true".to_string()),
+    ];
+    let response = match source.transport.open(&url, &headers, envelope).await {
+        Ok(response) => response,
+        Err(error) => return Ended::Failed(error),
+    };
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let by_id: HashMap<String, MailboxAddress> = subscriptions
+        .iter()
+        .map(|(id, mailbox)| (id.0.clone(), mailbox.clone()))
+        .collect();
+    let user = source.transport.user();
+    let subject = Subject {
+        what: "GetStreamingEvents",
+        user: &user,
+        mailbox: anchor.as_str(),
+    };
+    let mut buffer = String::new();
+    let mut announced = false;
+    loop {
+        let frame = match body.frame().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                return Ended::Failed(EwsError::Network {
+                    url: url.to_string(),
+                    detail: format!("the streaming connection broke: {error}"),
+                })
+            }
+            None => return Ended::Closed,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = envelope_end(&buffer) {
+            let envelope: String = buffer.drain(..end).collect();
+            let messages = match soap::response_messages(status, envelope.trim(), &subject) {
+                Ok(messages) => messages,
+                Err(error) => return Ended::Failed(error),
+            };
+            for message in &messages {
+                if message.attribute("ResponseClass") == Some("Error") {
+                    let lost: Vec<MailboxAddress> = message
+                        .find("ErrorSubscriptionIds")
+                        .map(|list| {
+                            list.children
+                                .iter()
+                                .filter_map(|id| by_id.get(id.text.trim()).cloned())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if lost.is_empty() {
+                        if let Err(error) = soap::check_message(message, &subject) {
+                            return Ended::Failed(error);
+                        }
+                        continue;
+                    }
+                    subscriptions.retain(|(_, mailbox)| !lost.contains(mailbox));
+                    if events
+                        .send(StreamEvent::SubscriptionsLost(lost))
+                        .await
+                        .is_err()
+                    {
+                        return Ended::ReceiverGone;
+                    }
+                    continue;
+                }
+                if !announced {
+                    announced = true;
+                    let reopened = *opened_before;
+                    *opened_before = true;
+                    if events
+                        .send(StreamEvent::Connected { reopened })
+                        .await
+                        .is_err()
+                    {
+                        return Ended::ReceiverGone;
+                    }
+                }
+                if let Some(notifications) = message.child("Notifications") {
+                    let mut changed: Vec<MailboxAddress> = Vec::new();
+                    for notification in notifications.children_named("Notification") {
+                        let id = notification
+                            .child_text("SubscriptionId")
+                            .unwrap_or_default();
+                        let has_events = notification.children.iter().any(|child| {
+                            child.name.ends_with("Event") && child.name != "StatusEvent"
+                        });
+                        if let Some(mailbox) = by_id.get(id) {
+                            if has_events && !changed.contains(mailbox) {
+                                changed.push(mailbox.clone());
+                            }
+                        }
+                    }
+                    for mailbox in changed {
+                        if events.send(StreamEvent::Changed(mailbox)).await.is_err() {
+                            return Ended::ReceiverGone;
+                        }
+                    }
+                }
+                if message.child_text("ConnectionStatus") == Some("Closed") {
+                    return Ended::Closed;
+                }
+            }
+        }
+        if events.is_closed() {
+            return Ended::ReceiverGone;
+        }
+    }
+}
+
+/// The end (exclusive) of the first complete SOAP envelope in `buffer`.
+fn envelope_end(buffer: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = buffer[from..].find("Envelope>") {
+        let at = from + found;
+        let tag_start = buffer[..at].rfind('<')?;
+        if buffer[tag_start..].starts_with("</") {
+            return Some(at + "Envelope>".len());
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Parses a stream's text for tests of the framing.
+#[cfg(test)]
+fn split_envelopes(text: &str) -> Vec<String> {
+    let mut buffer = text.to_string();
+    let mut out = Vec::new();
+    while let Some(end) = envelope_end(&buffer) {
+        out.push(buffer.drain(..end).collect::<String>().trim().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_split_where_they_end() {
+        let one = r#"<?xml version="1.0"?><s:Envelope xmlns:s="x"><s:Body><a>1</a></s:Body></s:Envelope>"#;
+        let stream = format!("{one}{one}<?xml version=\"1.0\"?><s:Envelope");
+        let parts = split_envelopes(&stream);
+        assert_eq!(parts.len(), 2);
+        assert!(crate::xml::parse(&parts[1]).is_ok());
+    }
+}

@@ -51,6 +51,9 @@ pub struct PublishConfig {
     /// `[publish.sip]`: SIP PUBLISH (PIDF + RPID) to a presence server.
     #[serde(default)]
     pub sip: Option<calbridge_publish_sip::SipPublisherConfig>,
+    /// `[[publish.webhooks]]`: endpoints that receive every change as signed JSON.
+    #[serde(default)]
+    pub webhooks: Vec<calbridge_publish_webhook::WebhookConfig>,
 }
 
 /// `[store]`

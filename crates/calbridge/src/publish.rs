@@ -148,3 +148,54 @@ async fn publish_everyone(
         }
     }
 }
+
+/// The webhook task: every change goes into the store's outbox, from which the publisher's
+/// delivery tasks POST it to each endpoint in order, surviving restarts and outages.
+pub async fn run_webhooks(
+    publisher: Arc<calbridge_publish_webhook::WebhookPublisher>,
+    hub: Arc<PresenceHub>,
+    shutdown: Shutdown,
+) {
+    let mut events = hub.subscribe_events();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.wait() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(HubEvent::Changed(change)) => {
+                let event = calbridge_publish_webhook::PresenceEvent {
+                    person: change.person.clone(),
+                    activity: change.decision.activity.as_str().to_string(),
+                    note: change.decision.note.clone(),
+                    until: change.decision.until,
+                    decided_at: change.decided_at,
+                };
+                if let Err(error) = publisher.record(&event).await {
+                    tracing::warn!(person = %change.person, "presence change not queued for webhooks: {error}");
+                }
+            }
+            Ok(HubEvent::Removed(_)) => {}
+            Err(RecvError::Lagged(missed)) => {
+                // The outbox missed some changes: queue everyone's current state so that the
+                // receivers end with the right presence for all.
+                tracing::warn!("{missed} changes passed the webhook queue by; queuing everyone's current presence");
+                for person in hub.people() {
+                    if let Some((decision, decided_at)) = hub.decision(&person) {
+                        let event = calbridge_publish_webhook::PresenceEvent {
+                            person: person.clone(),
+                            activity: decision.activity.as_str().to_string(),
+                            note: decision.note.clone(),
+                            until: decision.until,
+                            decided_at,
+                        };
+                        if let Err(error) = publisher.record(&event).await {
+                            tracing::warn!(person = %person, "presence not queued for webhooks: {error}");
+                        }
+                    }
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -239,6 +239,28 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         }
         None => None,
     };
+    let webhooks = if config.publish.webhooks.is_empty() {
+        None
+    } else {
+        let stop = shutdown.clone();
+        let publisher = Arc::new(
+            calbridge_publish_webhook::WebhookPublisher::start(
+                config.publish.webhooks.clone(),
+                store.clone(),
+                async move { stop.wait().await },
+            )
+            .context("[[publish.webhooks]]")?,
+        );
+        tasks.push((
+            "webhook queue",
+            tokio::spawn(crate::publish::run_webhooks(
+                publisher.clone(),
+                hub.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        Some(publisher)
+    };
     let state = Arc::new(ApiState {
         hub: hub.clone(),
         store: store.clone(),
@@ -249,6 +271,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         window_hours: config.sync.window_hours,
         problems: problems.clone(),
         sip: sip.clone(),
+        webhooks: webhooks.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

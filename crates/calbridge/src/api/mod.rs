@@ -48,6 +48,7 @@ pub struct ApiState {
         Arc<calbridge_publish_sip::SipPublisher>,
         Arc<crate::publish::SipAddressBook>,
     )>,
+    pub webhooks: Option<Arc<calbridge_publish_webhook::WebhookPublisher>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -271,7 +272,31 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
         .collect();
     let counters = state.hub.counters();
     use std::sync::atomic::Ordering::Relaxed;
+    let webhooks: Vec<Value> = match &state.webhooks {
+        None => Vec::new(),
+        Some(publisher) => match publisher.status().await {
+            Ok(endpoints) => endpoints
+                .into_iter()
+                .map(|endpoint| {
+                    json!({
+                        "name": endpoint.name,
+                        "mode": endpoint.mode.as_str(),
+                        "cursor": endpoint.cursor.0,
+                        "pending": format!("{:?}", endpoint.pending),
+                        "delivered_total": endpoint.delivered_total,
+                        "last_success_at": endpoint.last_success_at.map(|at| at.to_string()),
+                        "last_error": endpoint.last_error,
+                        "last_error_at": endpoint.last_error_at.map(|at| at.to_string()),
+                        "consecutive_failures": endpoint.consecutive_failures,
+                        "next_attempt_at": endpoint.next_attempt_at.map(|at| at.to_string()),
+                    })
+                })
+                .collect(),
+            Err(error) => vec![json!({ "error": error.to_string() })],
+        },
+    };
     Json(json!({
+        "webhooks": webhooks,
         "started_at": state.started_at.to_string(),
         "people": state.hub.n_people(),
         "timers": state.hub.n_timers(),

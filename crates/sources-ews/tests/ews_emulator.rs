@@ -64,7 +64,17 @@ answer = "not_found"
 
 [[exchange.autodiscover_hosts]]
 host = "contoso.example"
-answer = "error"
+answer = "redirect_url"
+url = "https://mail.contoso.example/autodiscover/autodiscover.xml"
+
+[[exchange.autodiscover_hosts]]
+host = "mail.contoso.example"
+answer = "settings"
+
+[[exchange.autodiscover_hosts]]
+host = "legacy.example"
+answer = "http_redirect"
+url = "https://mail.contoso.example/autodiscover/autodiscover.xml"
 
 [[events]]
 mailbox = "ada@contoso.example"
@@ -146,12 +156,7 @@ fn window() -> (Timestamp, Timestamp) {
 }
 
 fn counter(emulator: &RunningEmulator, kind: &str) -> u64 {
-    emulator
-        .counters()
-        .by_kind
-        .get(kind)
-        .copied()
-        .unwrap_or(0)
+    emulator.counters().by_kind.get(kind).copied().unwrap_or(0)
 }
 
 #[tokio::test]
@@ -199,7 +204,10 @@ async fn window_read_with_ntlm_and_impersonation_matches_the_scenario() {
         }
     );
     assert_eq!(
-        appointments[0].organizer.as_ref().map(MailboxAddress::as_str),
+        appointments[0]
+            .organizer
+            .as_ref()
+            .map(MailboxAddress::as_str),
         Some("ada@contoso.example")
     );
     // Impersonation reaches every mailbox, and the NTLM logon happened once: later requests
@@ -210,7 +218,12 @@ async fn window_read_with_ntlm_and_impersonation_matches_the_scenario() {
         .unwrap();
     assert_eq!(bob.len(), 1);
     assert_eq!(counter(&emulator, "ews.FindItem"), 2);
-    assert_eq!(source.requests_sent(), 4, "NEGOTIATE, AUTHENTICATE, then one request");
+    // The AUTHENTICATE leg carries the first FindItem.
+    assert_eq!(
+        source.requests_sent(),
+        3,
+        "NEGOTIATE, AUTHENTICATE, then one request"
+    );
 }
 
 #[tokio::test]
@@ -231,7 +244,11 @@ async fn delegate_access_reads_reviewer_calendars_and_reports_others_as_denied()
         .filter(|appointment| appointment.sensitivity == Sensitivity::Private)
         .collect();
     assert_eq!(private.len(), 1);
-    assert_ne!(private[0].subject.as_deref(), Some("Doctor"), "a reviewer must not see private subjects");
+    assert_ne!(
+        private[0].subject.as_deref(),
+        Some("Doctor"),
+        "a reviewer must not see private subjects"
+    );
     let error = source
         .read_window(&address("bob@contoso.example"), start, end)
         .await
@@ -249,7 +266,10 @@ async fn impersonation_without_the_right_is_reported_as_such() {
         .read_window(&address("bob@contoso.example"), start, end)
         .await
         .unwrap_err();
-    assert!(matches!(error, EwsError::ImpersonationDenied { .. }), "{error}");
+    assert!(
+        matches!(error, EwsError::ImpersonationDenied { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("ApplicationImpersonation"));
 }
 
@@ -274,19 +294,27 @@ async fn names_resolve_through_an_alternate_address_and_the_username_fallback() 
         .resolve_names(&["ghost@contoso.example".to_string()])
         .await
         .unwrap_err();
-    assert!(matches!(error, EwsError::NonExistentMailbox { .. }), "{error}");
+    assert!(
+        matches!(error, EwsError::NonExistentMailbox { .. }),
+        "{error}"
+    );
 }
 
-#[tokio::test]
-async fn autodiscover_follows_the_seed_order_to_an_http_redirect() {
-    let emulator = start(None).await;
-    let https_port = emulator.ready().base_url.rsplit(':').next().unwrap().to_string();
-    let http_url = emulator.ready().http_url.clone().unwrap();
-    let http_port = http_url.rsplit(':').next().unwrap().to_string();
-    let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
-    config.ews_url = None;
-    let mut resolve: HashMap<String, SocketAddr> = HashMap::new();
-    for host in ["autodiscover.contoso.example", "contoso.example"] {
+fn port_of(url: &str) -> String {
+    url.rsplit(':').next().unwrap_or_default().to_string()
+}
+
+/// Maps the virtual host names to the emulator's https and http ports.
+fn virtual_hosts(emulator: &RunningEmulator) -> HashMap<String, SocketAddr> {
+    let https_port = port_of(&emulator.ready().base_url);
+    let http_port = port_of(emulator.ready().http_url.as_deref().unwrap());
+    let mut resolve = HashMap::new();
+    for host in [
+        "autodiscover.contoso.example",
+        "contoso.example",
+        "mail.contoso.example",
+        "legacy.example",
+    ] {
         resolve.insert(
             format!("{host}:443"),
             format!("127.0.0.1:{https_port}").parse().unwrap(),
@@ -296,15 +324,30 @@ async fn autodiscover_follows_the_seed_order_to_an_http_redirect() {
             format!("127.0.0.1:{http_port}").parse().unwrap(),
         );
     }
-    config.resolve = resolve;
+    resolve
+}
+
+#[tokio::test]
+async fn autodiscover_follows_the_seed_order_through_a_redirect_url() {
+    let emulator = start(None).await;
+    let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
+    config.ews_url = None;
+    config.resolve = virtual_hosts(&emulator);
     let source = source(config);
-    // https://autodiscover.… answers 404, https://contoso.example 500, then
-    // http://autodiscover.… redirects to the https service, which answers with settings.
+    // https://autodiscover.contoso.example answers 404, https://contoso.example a
+    // redirectUrl to mail.contoso.example, which answers with settings.
     let url = source.ews_url().await.unwrap();
     assert_eq!(url.as_str(), emulator.ready().ews_url);
     let discovered = source.discovered().await.unwrap();
-    assert_eq!(discovered.answered_by.as_str(), emulator.ready().autodiscover_url);
-    assert!(counter(&emulator, "autodiscover.pox") >= 3);
+    assert_eq!(
+        discovered.answered_by.as_str(),
+        "https://mail.contoso.example/autodiscover/autodiscover.xml"
+    );
+    assert_eq!(
+        counter(&emulator, "autodiscover.pox"),
+        4,
+        "404, redirectUrl, then NTLM's two legs"
+    );
     let (start, end) = window();
     let appointments = source
         .read_window(&address("bob@contoso.example"), start, end)
@@ -317,6 +360,24 @@ async fn autodiscover_follows_the_seed_order_to_an_http_redirect() {
     assert_eq!(counter(&emulator, "autodiscover.pox"), before);
     source.rediscover().await.unwrap();
     assert!(counter(&emulator, "autodiscover.pox") > before);
+}
+
+#[tokio::test]
+async fn a_configured_http_autodiscover_url_is_followed_through_its_302() {
+    let emulator = start(None).await;
+    let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
+    config.ews_url = None;
+    config.autodiscover_url =
+        Some("http://legacy.example/autodiscover/autodiscover.xml".to_string());
+    config.resolve = virtual_hosts(&emulator);
+    config.server = calbridge_sources_ews::ServerSide::Internal;
+    let source = source(config);
+    let url = source.ews_url().await.unwrap();
+    assert_eq!(url.as_str(), emulator.ready().ews_url);
+    assert_eq!(
+        source.discovered().await.unwrap().answered_by.as_str(),
+        "https://mail.contoso.example/autodiscover/autodiscover.xml"
+    );
 }
 
 #[tokio::test]
@@ -546,6 +607,10 @@ async fn a_wrong_password_is_reported_once_and_not_retried_in_a_tight_loop() {
         assert!(matches!(error, EwsError::Unauthorized { .. }));
         assert!(error.retry_after().unwrap() <= Duration::from_secs(60));
     }
-    assert_eq!(source.requests_sent(), sent, "no request during the back-off");
+    assert_eq!(
+        source.requests_sent(),
+        sent,
+        "no request during the back-off"
+    );
     assert_eq!(counter(&emulator, "ews.auth_failures"), 1);
 }

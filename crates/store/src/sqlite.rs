@@ -104,7 +104,11 @@ impl SqliteStore {
             // re-read from the source (Microsoft 365), which the next sync does anyway.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the service keeps
+            // what it needs in memory and reads the store per person, so a big cache only
+            // raises the resident size (measured by `calbridge bench`).
+            .pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)

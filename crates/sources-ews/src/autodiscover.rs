@@ -47,7 +47,7 @@ pub fn candidates(domain: &str) -> Vec<String> {
 }
 
 enum Step {
-    Settings(Discovered),
+    Settings(Box<Discovered>),
     RedirectAddr(String),
     RedirectUrl(String),
 }
@@ -96,11 +96,11 @@ fn parse_answer(url: &Url, body: &str) -> Result<Step, String> {
             if internal.is_none() && external.is_none() {
                 return Err("the settings name no EwsUrl (EXCH or EXPR)".to_string());
             }
-            Ok(Step::Settings(Discovered {
+            Ok(Step::Settings(Box::new(Discovered {
                 internal,
                 external,
                 answered_by: url.clone(),
-            }))
+            })))
         }
     }
 }
@@ -196,7 +196,7 @@ pub async fn discover(
                 break;
             }
             match parse_answer(&url, &answer.text()) {
-                Ok(Step::Settings(discovered)) => return Ok(discovered),
+                Ok(Step::Settings(discovered)) => return Ok(*discovered),
                 Ok(Step::RedirectUrl(next)) => {
                     redirects += 1;
                     if redirects > MAX_REDIRECTS {

@@ -393,8 +393,6 @@ impl EwsSource {
             start.strftime("%Y-%m-%dT%H:%M:%S"),
             end.strftime("%Y-%m-%dT%H:%M:%S"),
         );
-        let url = self.ews_url().await?;
-        let _ = url;
         let root_messages = self.call_raw("GetUserAvailability", &body).await?;
         let mut result = Vec::new();
         for (mailbox, response) in mailboxes

@@ -157,6 +157,7 @@ pub fn demo_config(
         id: source.clone(),
         secret_expires_on: None,
         graph: Some(graph),
+        ews: None,
     });
     config.directory.push(DirectoryConfig {
         source,
@@ -177,11 +178,16 @@ async fn show_progress(running: &RunningService) {
     let started = std::time::Instant::now();
     loop {
         let (mut total, mut done, mut failed, mut finished) = (0, 0, 0, true);
-        for sync in running.syncs.values() {
-            total += sync.progress.total.load(Relaxed);
-            done += sync.progress.done.load(Relaxed);
-            failed += sync.progress.failed.load(Relaxed);
-            finished &= sync.progress.finished.load(Relaxed);
+        let progresses = running
+            .syncs
+            .values()
+            .map(|sync| &sync.progress)
+            .chain(running.ews_syncs.values().map(|sync| &sync.progress));
+        for progress in progresses {
+            total += progress.total.load(Relaxed);
+            done += progress.done.load(Relaxed);
+            failed += progress.failed.load(Relaxed);
+            finished &= progress.finished.load(Relaxed);
         }
         let width = 30;
         let filled = if total == 0 {

@@ -190,6 +190,9 @@ pub struct SourceConfig {
     pub secret_expires_on: Option<jiff::civil::Date>,
     #[serde(default)]
     pub graph: Option<calbridge_sources_graph::GraphSourceConfig>,
+    /// `[sources.ews]`: on-premises Exchange over EWS.
+    #[serde(default)]
+    pub ews: Option<calbridge_sources_ews::EwsSourceConfig>,
 }
 
 /// `[[directory]]`: who to follow, for one source.
@@ -244,14 +247,35 @@ impl Config {
             if !ids.insert(source.id.clone()) {
                 return Err(format!("[[sources]] id `{}` appears twice", source.id));
             }
-            if source.graph.is_none() {
-                return Err(format!(
-                    "[[sources]] `{}` needs a kind table: add [sources.graph] (EWS and CalDAV come later)",
-                    source.id
-                ));
+            match (&source.graph, &source.ews) {
+                (Some(_), None) | (None, Some(_)) => {}
+                (None, None) => {
+                    return Err(format!(
+                        "[[sources]] `{}` needs a kind table: add [sources.graph] (Microsoft 365) or [sources.ews] (Exchange on premises)",
+                        source.id
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "[[sources]] `{}` has both [sources.graph] and [sources.ews]: use one [[sources]] entry each",
+                        source.id
+                    ))
+                }
             }
         }
+        let ews_sources: std::collections::HashSet<&calbridge_domain::SourceId> = self
+            .sources
+            .iter()
+            .filter(|source| source.ews.is_some())
+            .map(|source| &source.id)
+            .collect();
         for entry in &self.directory {
+            if entry.group_id.is_some() && ews_sources.contains(&entry.source) {
+                return Err(format!(
+                    "[[directory]] for EWS source `{}`: group_id needs a Graph source; list the people in a file",
+                    entry.source
+                ));
+            }
             if !ids.contains(&entry.source) {
                 return Err(format!(
                     "[[directory]] names source `{}`, but no [[sources]] has that id",

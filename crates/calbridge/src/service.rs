@@ -21,7 +21,9 @@ use crate::config::{Config, DirectoryConfig};
 use crate::directory::{self, DirectoryPerson};
 use crate::hub::{PresenceChange, PresenceHub};
 use crate::shutdown::{self, Shutdown, Trigger};
+use crate::sync::ews::EwsSync;
 use crate::sync::graph::{GraphSync, Work};
+use crate::sync::DirectoryTarget;
 
 pub struct ServiceOptions {
     pub clock: Arc<dyn Clock>,
@@ -41,6 +43,7 @@ pub struct RunningService {
     pub api_token_generated: bool,
     pub hub: Arc<PresenceHub>,
     pub syncs: HashMap<SourceId, Arc<GraphSync>>,
+    pub ews_syncs: HashMap<SourceId, Arc<EwsSync>>,
     pub store: Arc<dyn Store>,
     pub problems: Problems,
     pub sip: Option<(
@@ -56,11 +59,17 @@ impl RunningService {
     /// subscriptions).
     pub async fn first_sync_done(&self) {
         loop {
-            let finished = self.syncs.values().all(|sync| {
+            let ews_finished = self.ews_syncs.values().all(|sync| {
                 sync.progress
                     .finished
                     .load(std::sync::atomic::Ordering::Relaxed)
             });
+            let finished = ews_finished
+                && self.syncs.values().all(|sync| {
+                    sync.progress
+                        .finished
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                });
             if finished {
                 return;
             }
@@ -174,7 +183,24 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     };
     let mut syncs = HashMap::new();
     let mut queues = Vec::new();
+    let mut ews_syncs = HashMap::new();
+    let mut ews_queues = Vec::new();
     for source in &config.sources {
+        if let Some(ews_config) = &source.ews {
+            let ews = calbridge_sources_ews::EwsSource::new(ews_config.clone())
+                .with_context(|| format!("source `{}`", source.id))?;
+            let (sync, queue) = EwsSync::new(
+                source.id.clone(),
+                ews,
+                store.clone(),
+                hub.clone(),
+                clock.clone(),
+                config.sync.clone(),
+            );
+            ews_syncs.insert(source.id.clone(), sync.clone());
+            ews_queues.push((sync, queue));
+            continue;
+        }
         let Some(graph_config) = &source.graph else {
             continue;
         };
@@ -265,6 +291,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         hub: hub.clone(),
         store: store.clone(),
         syncs: syncs.clone(),
+        ews_syncs: ews_syncs.clone(),
         token: api_token.clone(),
         clock: clock.clone(),
         started_at: clock.now(),
@@ -289,15 +316,24 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
 
     // The directory goes first so that the sources start with everyone in the store.
     let mut directory_state = DirectoryState::default();
-    for sync in syncs.values() {
+    let targets: Vec<Arc<dyn DirectoryTarget>> = syncs
+        .values()
+        .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>)
+        .chain(
+            ews_syncs
+                .values()
+                .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>),
+        )
+        .collect();
+    for sync in targets {
         let entries: Vec<DirectoryConfig> = config
             .directory
             .iter()
-            .filter(|entry| entry.source == sync.source_id)
+            .filter(|entry| &entry.source == sync.source_id())
             .cloned()
             .collect();
         refresh_directory(
-            sync,
+            sync.as_ref(),
             store.as_ref(),
             &entries,
             &mut directory_state,
@@ -322,12 +358,15 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                     tokio::select! {
                         _ = shutdown.wait() => return,
                         _ = every.tick() => {
-                            refresh_directory(&sync, store.as_ref(), &entries, &mut directory_state, &problems, clock.as_ref(), true).await;
+                            refresh_directory(sync.as_ref(), store.as_ref(), &entries, &mut directory_state, &problems, clock.as_ref(), true).await;
                         }
                     }
                 }
             }),
         ));
+    }
+    for (sync, queue) in ews_queues {
+        tasks.push(("ews sync", tokio::spawn(sync.run(queue, shutdown.clone()))));
     }
     for (sync, queue) in queues {
         tasks.push((
@@ -341,6 +380,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         api_token_generated,
         hub,
         syncs,
+        ews_syncs,
         store,
         problems,
         sip,
@@ -374,7 +414,7 @@ fn note_problem(problems: &Problems, now: Timestamp, message: String) {
 /// sync task) in line. A file or group that cannot be read changes nothing: people are only
 /// removed when every entry of the source was read.
 async fn refresh_directory(
-    sync: &Arc<GraphSync>,
+    sync: &dyn DirectoryTarget,
     store: &dyn Store,
     entries: &[DirectoryConfig],
     state: &mut DirectoryState,
@@ -429,7 +469,7 @@ async fn refresh_directory(
                 continue;
             }
             state.group_checked_at.insert(group.clone(), now);
-            match sync.graph.group_members(group).await {
+            match sync.group_members(group).await {
                 Ok(members) => {
                     changed = true;
                     for member in members {
@@ -448,7 +488,7 @@ async fn refresh_directory(
                         now,
                         format!(
                             "directory group {group} of source {}: {error}",
-                            sync.source_id
+                            sync.source_id()
                         ),
                     );
                 }
@@ -458,7 +498,7 @@ async fn refresh_directory(
     if !changed {
         return;
     }
-    let known: HashSet<PersonKey> = match store.list_people_of_source(&sync.source_id).await {
+    let known: HashSet<PersonKey> = match store.list_people_of_source(sync.source_id()).await {
         Ok(people) => people.into_iter().map(|person| person.key).collect(),
         Err(error) => {
             note_problem(
@@ -473,7 +513,7 @@ async fn refresh_directory(
     let mut upserts = Vec::with_capacity(listed.len());
     for person in &listed {
         let key = PersonKey {
-            source: sync.source_id.clone(),
+            source: sync.source_id().clone(),
             address: person.address.clone(),
         };
         wanted.insert(key.clone());
@@ -489,7 +529,7 @@ async fn refresh_directory(
             now,
             format!(
                 "cannot store the directory of source {}: {error}",
-                sync.source_id
+                sync.source_id()
             ),
         );
         return;
@@ -506,7 +546,7 @@ async fn refresh_directory(
         .map(|member| {
             (
                 PersonKey {
-                    source: sync.source_id.clone(),
+                    source: sync.source_id().clone(),
                     address: member.primary_smtp.clone(),
                 },
                 member.primary_smtp,

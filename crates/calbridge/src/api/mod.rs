@@ -39,6 +39,7 @@ pub struct ApiState {
     pub hub: Arc<PresenceHub>,
     pub store: Arc<dyn Store>,
     pub syncs: HashMap<SourceId, Arc<GraphSync>>,
+    pub ews_syncs: HashMap<SourceId, Arc<crate::sync::ews::EwsSync>>,
     pub token: Secret,
     pub clock: Arc<dyn Clock>,
     pub started_at: Timestamp,
@@ -264,6 +265,45 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             json!({"at": at.to_string(), "person": null, "source": null, "message": message}),
         ));
     }
+    let mut ews_ids: Vec<&SourceId> = state.ews_syncs.keys().collect();
+    ews_ids.sort();
+    for id in ews_ids {
+        let sync = &state.ews_syncs[id];
+        use std::sync::atomic::Ordering::Relaxed;
+        let people = state.hub.people();
+        let mine: Vec<&PersonKey> = people
+            .iter()
+            .filter(|person| &person.source == id)
+            .collect();
+        for person in &mine {
+            if let Some(health) = sync.health(person) {
+                if let (Some(message), Some(at)) = (health.last_error, health.last_error_at) {
+                    errors.push((at, json!({"at": at.to_string(), "person": person.address.as_str(), "source": id.0, "message": message})));
+                }
+            }
+        }
+        sources.push(json!({
+            "id": id.0,
+            "kind": "ews",
+            "mode": "streaming",
+            "token": {"state": "not_requested", "valid_until": null, "error": null, "next_attempt_at": null},
+            "secret_expires_on": null,
+            "secret_warning": null,
+            "people": mine.len(),
+            "subscriptions": sync.n_subscriptions(),
+            "first_sync": {
+                "total": sync.progress.total.load(Relaxed),
+                "done": sync.progress.done.load(Relaxed),
+                "failed": sync.progress.failed.load(Relaxed),
+                "finished": sync.progress.finished.load(Relaxed),
+            },
+            "requests": sync.ews.requests_sent(),
+            "throttled": 0,
+            "retries": 0,
+            "notifications_received": 0,
+            "notifications_rejected": 0,
+        }));
+    }
     errors.sort_by_key(|error| std::cmp::Reverse(error.0));
     let errors: Vec<Value> = errors
         .into_iter()
@@ -346,6 +386,12 @@ async fn users(State(state): State<Arc<ApiState>>) -> Response {
                 .syncs
                 .get(&person.key.source)
                 .and_then(|sync| sync.health(&person.key))
+                .or_else(|| {
+                    state
+                        .ews_syncs
+                        .get(&person.key.source)
+                        .and_then(|sync| sync.health(&person.key))
+                })
                 .map(|health| serde_json::to_value(health).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null);
             json!({

@@ -1,0 +1,444 @@
+//! Keeping one on-premises Exchange organisation's calendars fresh over EWS: name resolution to
+//! the primary SMTP address, the first window read, streaming subscriptions grouped per
+//! connection (re-read of the affected mailbox on every change, of the whole group after a
+//! reconnect), the midnight re-read and per-person health, as the innovaphone seed describes.
+//!
+//! All SOAP, NTLM and Autodiscover details live in `calbridge-sources-ews`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use calbridge_domain::{MailboxAddress, SourceId};
+use calbridge_sources_ews::{EwsError, EwsSource, StreamEvent, SubscriptionId};
+use calbridge_store::{PersonKey, Resolution, Store, WindowReplacement};
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::graph::{PersonHealth, Progress, Work};
+use crate::clock::Clock;
+use crate::config::SyncConfig;
+use crate::hub::PresenceHub;
+use crate::shutdown::Shutdown;
+
+/// Exchange closes a streaming connection after at most 30 minutes; the seed re-establishes it
+/// every 30 minutes.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const PARALLEL_PEOPLE: usize = 8;
+
+pub struct EwsSync {
+    pub source_id: SourceId,
+    pub ews: Arc<EwsSource>,
+    store: Arc<dyn Store>,
+    hub: Arc<PresenceHub>,
+    clock: Arc<dyn Clock>,
+    settings: SyncConfig,
+    people: Mutex<HashMap<PersonKey, PersonHealth>>,
+    by_mailbox: Mutex<HashMap<MailboxAddress, PersonKey>>,
+    queue: mpsc::UnboundedSender<Work>,
+    pub progress: Progress,
+    /// The streaming connections; dropping one ends it.
+    streams: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl EwsSync {
+    pub fn new(
+        source_id: SourceId,
+        ews: EwsSource,
+        store: Arc<dyn Store>,
+        hub: Arc<PresenceHub>,
+        clock: Arc<dyn Clock>,
+        settings: SyncConfig,
+    ) -> (Arc<EwsSync>, mpsc::UnboundedReceiver<Work>) {
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let sync = EwsSync {
+            source_id,
+            ews: Arc::new(ews),
+            store,
+            hub,
+            clock,
+            settings,
+            people: Mutex::new(HashMap::new()),
+            by_mailbox: Mutex::new(HashMap::new()),
+            queue,
+            progress: Progress::default(),
+            streams: tokio::sync::Mutex::new(Vec::new()),
+        };
+        (Arc::new(sync), queue_rx)
+    }
+
+    fn people(&self) -> MutexGuard<'_, HashMap<PersonKey, PersonHealth>> {
+        self.people
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn mailboxes(&self) -> MutexGuard<'_, HashMap<MailboxAddress, PersonKey>> {
+        self.by_mailbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn health(&self, person: &PersonKey) -> Option<PersonHealth> {
+        self.people().get(person).cloned()
+    }
+
+    pub fn n_subscriptions(&self) -> usize {
+        self.people()
+            .values()
+            .filter(|health| health.subscription_id.is_some())
+            .count()
+    }
+
+    pub fn enqueue(&self, work: Work) {
+        // The receiver only goes away at shutdown; then the work is moot.
+        let _ = self.queue.send(work);
+    }
+
+    fn window_now(&self) -> (Timestamp, Timestamp) {
+        let now = self.clock.now();
+        let end = now
+            .checked_add(SignedDuration::from_hours(i64::from(
+                self.settings.window_hours,
+            )))
+            .unwrap_or(now);
+        (now, end)
+    }
+
+    fn mailbox_of(&self, person: &PersonKey) -> Option<MailboxAddress> {
+        self.people()
+            .get(person)
+            .and_then(|health| health.resolved_address.as_deref())
+            .and_then(|address| MailboxAddress::parse(address).ok())
+    }
+
+    pub async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>, shutdown: Shutdown) {
+        self.start().await;
+        self.progress.finished.store(true, Ordering::Relaxed);
+        crate::memory::release_free_memory();
+        self.open_streams().await;
+        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
+        let mut next_midnight = self.next_midnight();
+        loop {
+            let midnight = self.clock.sleep_until(next_midnight);
+            tokio::select! {
+                _ = shutdown.wait() => {
+                    for stream in self.streams.lock().await.drain(..) {
+                        stream.abort();
+                    }
+                    return;
+                }
+                Some(item) = work.recv() => {
+                    let Ok(permit) = limiter.clone().acquire_owned().await else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.do_work(item).await;
+                        drop(permit);
+                    });
+                }
+                _ = midnight => {
+                    next_midnight = self.next_midnight();
+                    let people: Vec<PersonKey> = self.people().keys().cloned().collect();
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.read_windows(&people, None).await;
+                        crate::memory::release_free_memory();
+                    });
+                }
+            }
+        }
+    }
+
+    fn next_midnight(&self) -> Timestamp {
+        let zone = self.hub.locale().zone.zone();
+        let today = zone.to_datetime(self.clock.now()).date();
+        match today.tomorrow() {
+            Ok(tomorrow) => calbridge_domain::start_of_day(tomorrow, zone),
+            Err(_) => Timestamp::MAX,
+        }
+    }
+
+    async fn start(&self) {
+        let people = match self.store.list_people_of_source(&self.source_id).await {
+            Ok(people) => people,
+            Err(error) => {
+                tracing::error!(source = %self.source_id, "cannot read people: {error}");
+                return;
+            }
+        };
+        let mut to_resolve = Vec::new();
+        for person in &people {
+            let mut health = PersonHealth::default();
+            match &person.resolution {
+                Resolution::Resolved { primary_smtp, .. } => {
+                    health.resolved_address = Some(primary_smtp.to_string());
+                    self.mailboxes()
+                        .insert(primary_smtp.clone(), person.key.clone());
+                }
+                Resolution::Failed { error } => {
+                    health.resolution_error = Some(error.clone());
+                    to_resolve.push(person.key.clone());
+                }
+                Resolution::Pending => to_resolve.push(person.key.clone()),
+            }
+            self.people().insert(person.key.clone(), health);
+        }
+        self.resolve(&to_resolve).await;
+        let everyone: Vec<PersonKey> = people.into_iter().map(|person| person.key).collect();
+        self.progress.total.store(everyone.len(), Ordering::Relaxed);
+        // EWS has no delta links to resume from: the first read after a start is always a full
+        // one, as the seed's Calendar App does.
+        self.read_windows(&everyone, Some(&self.progress)).await;
+    }
+
+    /// `ResolveNames` for each person: the directory's address, then alternatives.
+    async fn resolve(&self, people: &[PersonKey]) {
+        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
+        let mut tasks = Vec::new();
+        for person in people {
+            let Ok(permit) = limiter.clone().acquire_owned().await else {
+                return;
+            };
+            let ews = self.ews.clone();
+            let person = person.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = ews.resolve_names(&[person.address.to_string()]).await;
+                drop(permit);
+                (person, result)
+            }));
+        }
+        let mut resolutions = Vec::new();
+        for task in tasks {
+            let Ok((person, result)) = task.await else {
+                continue;
+            };
+            let resolution = match result {
+                Ok(primary_smtp) => {
+                    self.mailboxes()
+                        .insert(primary_smtp.clone(), person.clone());
+                    let mut people = self.people();
+                    let health = people.entry(person.clone()).or_default();
+                    health.resolved_address = Some(primary_smtp.to_string());
+                    health.resolution_error = None;
+                    Resolution::Resolved {
+                        primary_smtp,
+                        source_user_id: None,
+                    }
+                }
+                Err(error) => {
+                    let message = format!("cannot resolve {}: {error}", person.address);
+                    tracing::warn!(source = %self.source_id, "{message}");
+                    let mut people = self.people();
+                    let health = people.entry(person.clone()).or_default();
+                    health.resolution_error = Some(message.clone());
+                    Resolution::Failed { error: message }
+                }
+            };
+            resolutions.push((person, resolution));
+        }
+        if let Err(error) = self.store.mark_resolutions(&resolutions).await {
+            tracing::warn!(source = %self.source_id, "cannot store resolutions: {error}");
+        }
+    }
+
+    /// `FindItem`/`CalendarView` for each person, stored in batches and decided.
+    async fn read_windows(&self, people: &[PersonKey], progress: Option<&Progress>) {
+        let (window_start, window_end) = self.window_now();
+        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
+        let mut tasks = Vec::new();
+        for person in people {
+            let Some(mailbox) = self.mailbox_of(person) else {
+                if let Some(progress) = progress {
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let Ok(permit) = limiter.clone().acquire_owned().await else {
+                return;
+            };
+            let ews = self.ews.clone();
+            let person = person.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = ews.read_window(&mailbox, window_start, window_end).await;
+                drop(permit);
+                (person, result)
+            }));
+        }
+        let mut windows = Vec::new();
+        for task in tasks {
+            let Ok((person, result)) = task.await else {
+                continue;
+            };
+            match result {
+                Ok(appointments) => windows.push(WindowReplacement {
+                    key: person,
+                    window_start,
+                    window_end,
+                    appointments,
+                }),
+                Err(error) => {
+                    if let Some(progress) = progress {
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.record_failure(&person, &error);
+                }
+            }
+            if let Some(progress) = progress {
+                progress.done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let decided: Vec<(PersonKey, Vec<calbridge_domain::Appointment>)> = windows
+            .iter()
+            .map(|window| (window.key.clone(), window.appointments.clone()))
+            .collect();
+        if decided.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.replace_appointments_many(windows).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} calendars: {error}", decided.len());
+            return;
+        }
+        let now = self.clock.now();
+        for (person, appointments) in &decided {
+            self.hub.set_appointments(person, appointments);
+            let mut people = self.people();
+            let health = people.entry(person.clone()).or_default();
+            health.window = Some((window_start, window_end));
+            health.last_full_sync_at = Some(now);
+            health.last_error = None;
+            health.consecutive_failures = 0;
+        }
+    }
+
+    fn record_failure(&self, person: &PersonKey, error: &EwsError) {
+        let now = self.clock.now();
+        let mut people = self.people();
+        let health = people.entry(person.clone()).or_default();
+        health.last_error = Some(error.to_string());
+        health.last_error_at = Some(now);
+        health.consecutive_failures += 1;
+        // A wrong password fails every mailbox alike; the EWS source already backs off and the
+        // first failure is enough in the log.
+        if !error.is_credential_error() || health.consecutive_failures == 1 {
+            tracing::warn!(source = %self.source_id, person = %person, "{error}");
+        }
+    }
+
+    async fn do_work(&self, work: Work) {
+        match work {
+            Work::Added(person) => {
+                self.people().entry(person.clone()).or_default();
+                if self.mailbox_of(&person).is_none() {
+                    self.resolve(std::slice::from_ref(&person)).await;
+                }
+                self.read_windows(std::slice::from_ref(&person), None).await;
+                // New people join the streams at the next reconnect (at most 30 minutes);
+                // until then the reconciliation of their windows happens at midnight.
+            }
+            Work::Removed(person) => {
+                if let Some(health) = self.people().remove(&person) {
+                    if let Some(address) = health
+                        .resolved_address
+                        .and_then(|address| MailboxAddress::parse(&address).ok())
+                    {
+                        self.mailboxes().remove(&address);
+                    }
+                }
+                self.hub.remove(&person);
+            }
+            Work::Delta(person) | Work::Resubscribe(person) | Work::Renew(person) => {
+                self.read_windows(std::slice::from_ref(&person), None).await;
+            }
+        }
+    }
+
+    /// Subscribes every resolved mailbox and opens streaming connections of at most
+    /// `max_subscriptions_per_connection` subscriptions each.
+    async fn open_streams(self: &Arc<Self>) {
+        let mailboxes: Vec<(MailboxAddress, PersonKey)> = self
+            .mailboxes()
+            .iter()
+            .map(|(mailbox, person)| (mailbox.clone(), person.clone()))
+            .collect();
+        let mut subscribed: Vec<(SubscriptionId, MailboxAddress)> = Vec::new();
+        for (mailbox, person) in mailboxes {
+            match self.ews.subscribe(&mailbox).await {
+                Ok(id) => {
+                    if let Some(health) = self.people().get_mut(&person) {
+                        health.subscription_id = Some(id.0.clone());
+                    }
+                    subscribed.push((id, mailbox));
+                }
+                Err(error) => self.record_failure(&person, &error),
+            }
+        }
+        let per_connection = self.ews.config().max_subscriptions_per_connection.max(1);
+        let mut streams = self.streams.lock().await;
+        for group in subscribed.chunks(per_connection) {
+            let group = group.to_vec();
+            let me = self.clone();
+            streams.push(tokio::spawn(me.follow_stream(group)));
+        }
+    }
+
+    /// Boxed because a lost subscription starts a new connection from inside this one.
+    fn follow_stream(
+        self: Arc<Self>,
+        group: Vec<(SubscriptionId, MailboxAddress)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.follow_stream_inner(group).await })
+    }
+
+    async fn follow_stream_inner(self: Arc<Self>, group: Vec<(SubscriptionId, MailboxAddress)>) {
+        let mut connection = match self.ews.stream(group.clone(), STREAM_TIMEOUT) {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(source = %self.source_id, "cannot open a streaming connection: {error}");
+                return;
+            }
+        };
+        while let Some(event) = connection.next().await {
+            match event {
+                StreamEvent::Changed(mailbox) => {
+                    if let Some(person) = self.mailboxes().get(&mailbox).cloned() {
+                        self.enqueue(Work::Delta(person));
+                    }
+                }
+                StreamEvent::Connected { reopened: true } => {
+                    // Changes during the gap were not streamed: re-read the whole group.
+                    for (_, mailbox) in &group {
+                        if let Some(person) = self.mailboxes().get(mailbox).cloned() {
+                            self.enqueue(Work::Delta(person));
+                        }
+                    }
+                }
+                StreamEvent::SubscriptionsLost(mailboxes) => {
+                    // Exchange forgot them: subscribe again on a connection of their own and
+                    // re-read what may have changed meanwhile.
+                    let mut renewed = Vec::new();
+                    for mailbox in mailboxes {
+                        let Some(person) = self.mailboxes().get(&mailbox).cloned() else {
+                            continue;
+                        };
+                        match self.ews.subscribe(&mailbox).await {
+                            Ok(id) => renewed.push((id, mailbox)),
+                            Err(error) => self.record_failure(&person, &error),
+                        }
+                        self.enqueue(Work::Delta(person));
+                    }
+                    if !renewed.is_empty() {
+                        let me = self.clone();
+                        let task = tokio::spawn(me.follow_stream(renewed));
+                        self.streams.lock().await.push(task);
+                    }
+                }
+                StreamEvent::Connected { reopened: false } | StreamEvent::ConnectionClosed => {}
+                StreamEvent::Error(error) => {
+                    tracing::warn!(source = %self.source_id, "streaming connection: {error}");
+                }
+            }
+        }
+    }
+}

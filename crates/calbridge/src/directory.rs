@@ -13,6 +13,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryPerson {
     pub address: MailboxAddress,
+    /// Further addresses of the same person (the PBX keeps several separated by `;`), tried
+    /// in order when the first cannot be resolved.
+    pub alternates: Vec<String>,
     pub sip_uri: Option<String>,
     pub display_name: Option<String>,
 }
@@ -146,8 +149,14 @@ fn push_person(
     sip_uri: Option<String>,
     display_name: Option<String>,
 ) {
-    // The PBX keeps several addresses separated by `;`: the first is the one to follow.
-    let first = raw_address.split(';').next().unwrap_or("").trim();
+    // The PBX keeps several addresses separated by `;`: the first names the person, the
+    // others are tried when it cannot be resolved.
+    let mut addresses = raw_address
+        .split(';')
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    let first = addresses.next().unwrap_or("");
+    let alternates: Vec<String> = addresses.map(str::to_string).collect();
     match MailboxAddress::parse(first) {
         Ok(address) => {
             if listing
@@ -162,6 +171,7 @@ fn push_person(
             }
             listing.people.push(DirectoryPerson {
                 address,
+                alternates,
                 sip_uri,
                 display_name,
             });
@@ -205,6 +215,10 @@ mod tests {
             Some("Smith, Bob")
         );
         assert_eq!(listing.people[0].sip_uri.as_deref(), Some("sip:bob@pbx"));
+        assert_eq!(
+            listing.people[1].alternates,
+            vec!["a.l@example.com".to_string()]
+        );
         assert_eq!(listing.problems.len(), 2);
         assert!(
             listing.problems[0].starts_with("line 4: mailbox address `not-an-address`"),

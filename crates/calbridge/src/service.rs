@@ -475,6 +475,7 @@ async fn refresh_directory(
                     for member in members {
                         listed.push(DirectoryPerson {
                             address: member.primary_smtp.clone(),
+                            alternates: Vec::new(),
                             sip_uri: None,
                             display_name: member.display_name.clone(),
                         });
@@ -517,6 +518,9 @@ async fn refresh_directory(
             address: person.address.clone(),
         };
         wanted.insert(key.clone());
+        if !person.alternates.is_empty() {
+            sync.set_alternates(&key, person.alternates.clone());
+        }
         upserts.push(PersonUpsert {
             key,
             display_name: person.display_name.clone(),

@@ -36,6 +36,8 @@ pub struct EwsSync {
     settings: SyncConfig,
     people: Mutex<HashMap<PersonKey, PersonHealth>>,
     by_mailbox: Mutex<HashMap<MailboxAddress, PersonKey>>,
+    /// The directory's further addresses per person, tried by `ResolveNames` in order.
+    alternates: Mutex<HashMap<PersonKey, Vec<String>>>,
     queue: mpsc::UnboundedSender<Work>,
     pub progress: Progress,
     /// The streaming connections; dropping one ends it.
@@ -61,6 +63,7 @@ impl EwsSync {
             settings,
             people: Mutex::new(HashMap::new()),
             by_mailbox: Mutex::new(HashMap::new()),
+            alternates: Mutex::new(HashMap::new()),
             queue,
             progress: Progress::default(),
             streams: tokio::sync::Mutex::new(Vec::new()),
@@ -78,6 +81,41 @@ impl EwsSync {
         self.by_mailbox
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {
+        self.alternates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(person.clone(), alternates);
+    }
+
+    /// The names `ResolveNames` tries for a person, in the seed's order: the directory's
+    /// address, its further addresses, then `username@domain` with the service account's
+    /// domain.
+    fn candidates(&self, person: &PersonKey) -> Vec<String> {
+        let mut candidates = vec![person.address.to_string()];
+        if let Some(more) = self
+            .alternates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(person)
+        {
+            candidates.extend(more.iter().cloned());
+        }
+        let service_domain = self
+            .ews
+            .config()
+            .user
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.to_ascii_lowercase());
+        if let Some(domain) = service_domain {
+            let username = format!("{}@{domain}", person.address.local_part());
+            if !candidates.contains(&username) {
+                candidates.push(username);
+            }
+        }
+        candidates
     }
 
     pub fn health(&self, person: &PersonKey) -> Option<PersonHealth> {
@@ -202,8 +240,9 @@ impl EwsSync {
             };
             let ews = self.ews.clone();
             let person = person.clone();
+            let candidates = self.candidates(&person);
             tasks.push(tokio::spawn(async move {
-                let result = ews.resolve_names(&[person.address.to_string()]).await;
+                let result = ews.resolve_names(&candidates).await;
                 drop(permit);
                 (person, result)
             }));
@@ -326,7 +365,7 @@ impl EwsSync {
         }
     }
 
-    async fn do_work(&self, work: Work) {
+    async fn do_work(self: &Arc<Self>, work: Work) {
         match work {
             Work::Added(person) => {
                 self.people().entry(person.clone()).or_default();
@@ -334,8 +373,19 @@ impl EwsSync {
                     self.resolve(std::slice::from_ref(&person)).await;
                 }
                 self.read_windows(std::slice::from_ref(&person), None).await;
-                // New people join the streams at the next reconnect (at most 30 minutes);
-                // until then the reconciliation of their windows happens at midnight.
+                // A new person gets a subscription and a connection of their own at once, so
+                // their changes stream from now on.
+                if let Some(mailbox) = self.mailbox_of(&person) {
+                    match self.ews.subscribe(&mailbox).await {
+                        Ok(id) => {
+                            if let Some(health) = self.people().get_mut(&person) {
+                                health.subscription_id = Some(id.0.clone());
+                            }
+                            self.start_stream(vec![(id, mailbox)]).await;
+                        }
+                        Err(error) => self.record_failure(&person, &error),
+                    }
+                }
             }
             Work::Removed(person) => {
                 if let Some(health) = self.people().remove(&person) {
@@ -381,6 +431,11 @@ impl EwsSync {
             let me = self.clone();
             streams.push(tokio::spawn(me.follow_stream(group)));
         }
+    }
+
+    async fn start_stream(self: &Arc<Self>, group: Vec<(SubscriptionId, MailboxAddress)>) {
+        let task = tokio::spawn(self.clone().follow_stream(group));
+        self.streams.lock().await.push(task);
     }
 
     /// Boxed because a lost subscription starts a new connection from inside this one.

@@ -23,6 +23,8 @@ pub trait DirectoryTarget: Send + Sync {
     /// The members of a directory group (Entra ID group for Graph).
     async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>, String>;
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>);
+    /// Further addresses of a person from the directory, for name resolution.
+    fn set_alternates(&self, _person: &PersonKey, _alternates: Vec<String>) {}
 }
 
 #[async_trait::async_trait]
@@ -74,4 +76,8 @@ impl DirectoryTarget for ews::EwsSync {
     }
 
     async fn record_resolved_members(&self, _members: Vec<(PersonKey, MailboxAddress, String)>) {}
+
+    fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {
+        ews::EwsSync::set_alternates(self, person, alternates);
+    }
 }

@@ -3,71 +3,20 @@
 //! must store exactly what the single-item methods store, and refuse a batch that names an
 //! unknown person without writing any of it.
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use calbridge_domain::{
-    Appointment, AppointmentStatus, AppointmentTime, MailboxAddress, Secret, Sensitivity, ShowAs,
-    SourceId,
-};
+use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
     PersonUpsert, Removal, Resolution, SecretKey, SourceState, SqliteStore, Store, StoreError,
     SyncError, SyncState, WindowReplacement,
 };
-use jiff::civil::date;
 use jiff::Timestamp;
-
-fn at(text: &str) -> Timestamp {
-    text.parse().unwrap()
-}
-
-fn person(source: &str, address: &str) -> PersonKey {
-    PersonKey::new(
-        SourceId(source.to_string()),
-        MailboxAddress::parse(address).unwrap(),
-    )
-}
-
-fn timed(id: &str, start: &str, end: &str) -> Appointment {
-    Appointment {
-        id: id.to_string(),
-        time: AppointmentTime::Timed {
-            start: at(start),
-            end: at(end),
-        },
-        show_as: ShowAs::Busy,
-        sensitivity: Sensitivity::Normal,
-        subject: Some(format!("Meeting {id}")),
-        organizer: Some(MailboxAddress::parse("boss@example.com").unwrap()),
-        status: AppointmentStatus::Active,
-    }
-}
-
-fn all_day(id: &str) -> Appointment {
-    Appointment {
-        id: id.to_string(),
-        time: AppointmentTime::AllDay {
-            first_day: date(2026, 12, 24),
-            end_day: date(2026, 12, 27),
-        },
-        show_as: ShowAs::Oof,
-        sensitivity: Sensitivity::Personal,
-        subject: Some("Vacation".to_string()),
-        organizer: None,
-        status: AppointmentStatus::Active,
-    }
-}
-
-fn private_without_subject(id: &str) -> Appointment {
-    Appointment {
-        sensitivity: Sensitivity::Private,
-        subject: None,
-        show_as: ShowAs::WorkingElsewhere,
-        status: AppointmentStatus::Cancelled,
-        ..timed(id, "2026-06-01T12:00:00Z", "2026-06-01T13:00:00Z")
-    }
-}
 
 /// A `Store` that only has the single-item methods, so that the batch methods are the trait's
 /// default implementations: what a PostgreSQL store gets before it overrides them.

@@ -1,72 +1,21 @@
 //! The SQLite store against real SQLite: in memory where the file does not matter, in a
 //! temporary directory where it does (restart, encryption at rest, damaged files).
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use calbridge_domain::{
-    Appointment, AppointmentStatus, AppointmentTime, MailboxAddress, Secret, Sensitivity, ShowAs,
-    SourceId,
-};
+use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxId, PersonKey, PersonUpsert, Removal,
     Resolution, SecretKey, SourceCounters, SourceState, SqliteStore, Store, StoreError, SyncError,
     SyncState, TokenState,
 };
 use jiff::civil::date;
-use jiff::Timestamp;
-
-fn at(text: &str) -> Timestamp {
-    text.parse().unwrap()
-}
-
-fn person(source: &str, address: &str) -> PersonKey {
-    PersonKey::new(
-        SourceId(source.to_string()),
-        MailboxAddress::parse(address).unwrap(),
-    )
-}
-
-fn timed(id: &str, start: &str, end: &str) -> Appointment {
-    Appointment {
-        id: id.to_string(),
-        time: AppointmentTime::Timed {
-            start: at(start),
-            end: at(end),
-        },
-        show_as: ShowAs::Busy,
-        sensitivity: Sensitivity::Normal,
-        subject: Some(format!("Meeting {id}")),
-        organizer: Some(MailboxAddress::parse("boss@example.com").unwrap()),
-        status: AppointmentStatus::Active,
-    }
-}
-
-fn all_day(id: &str) -> Appointment {
-    Appointment {
-        id: id.to_string(),
-        time: AppointmentTime::AllDay {
-            first_day: date(2026, 12, 24),
-            end_day: date(2026, 12, 27),
-        },
-        show_as: ShowAs::Oof,
-        sensitivity: Sensitivity::Personal,
-        subject: Some("Vacation".to_string()),
-        organizer: None,
-        status: AppointmentStatus::Active,
-    }
-}
-
-fn private_without_subject(id: &str) -> Appointment {
-    Appointment {
-        sensitivity: Sensitivity::Private,
-        subject: None,
-        show_as: ShowAs::WorkingElsewhere,
-        status: AppointmentStatus::Cancelled,
-        ..timed(id, "2026-06-01T12:00:00Z", "2026-06-01T13:00:00Z")
-    }
-}
 
 async fn memory_store() -> SqliteStore {
     SqliteStore::open_in_memory(SecretKey::generate())

@@ -230,6 +230,23 @@ fn report_tasks(report: &[(&'static str, String)]) {
     }
 }
 
+/// Ctrl-C, or SIGTERM from a service manager (systemd, Docker), both stop gracefully.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn serve_until_interrupted(
     running: RunningService,
     print_changes: bool,
@@ -237,10 +254,14 @@ async fn serve_until_interrupted(
     show_progress(&running).await;
     print_summary(&running);
     let mut changes = running.hub.subscribe();
-    eprintln!("Presence changes as they happen (Ctrl-C to stop):");
+    if print_changes {
+        eprintln!("Presence changes as they happen (Ctrl-C to stop):");
+    }
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stop => break,
             change = changes.recv(), if print_changes => {
                 match change {
                     Ok(change) => {

@@ -5,14 +5,17 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use calbridge::clock::SystemClock;
 use calbridge::config::{DirectoryConfig, SourceConfig};
+use calbridge::service::RunningService;
 use calbridge_domain::SourceId;
 use common::*;
-use m365_emulator::{Emulator, EmulatorConfig};
+use m365_emulator::{Emulator, EmulatorConfig, FaultSettings, ReadyInfo, RunningEmulator};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
@@ -132,4 +135,378 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
     .await;
     running.shutdown().await;
     emulator.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the tests below: one emulator (a small generated organisation), a directory CSV,
+// and the service on `[sources.ews]` with NTLM impersonation.
+
+const EWS_SOURCE: &str = "onprem";
+
+fn ews_key(address: &str) -> calbridge_store::PersonKey {
+    calbridge_store::PersonKey {
+        source: SourceId(EWS_SOURCE.to_string()),
+        address: calbridge_domain::MailboxAddress::parse(address).expect("address"),
+    }
+}
+
+/// `(activity, note without hash tags)` of a person on the EWS source, if decided.
+fn ews_presence(running: &RunningService, address: &str) -> Option<(String, String)> {
+    running
+        .hub
+        .decision(&ews_key(address))
+        .map(|(decision, _)| {
+            (
+                decision.activity.as_str().to_string(),
+                note_text(&decision.note).to_string(),
+            )
+        })
+}
+
+struct Organisation {
+    emulator: RunningEmulator,
+    ready: ReadyInfo,
+    graph: GraphClient,
+    /// Mail addresses of the generated group's members.
+    people: Vec<String>,
+    data_dir: tempfile::TempDir,
+    directory: PathBuf,
+}
+
+impl Organisation {
+    async fn start(n_users: usize, seed: u64, faults: Option<FaultSettings>) -> Organisation {
+        init_logs();
+        let mut config = EmulatorConfig::generated(n_users, seed);
+        config.faults = faults;
+        let emulator = Emulator::start(config).await.expect("the emulator starts");
+        let ready = emulator.ready().clone();
+        let graph = GraphClient::new(&ready).await;
+        let people = graph
+            .group_members(ready.group_id.as_deref().expect("a group"))
+            .await;
+        assert!(!people.is_empty());
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let directory = data_dir.path().join("people.csv");
+        Organisation {
+            emulator,
+            ready,
+            graph,
+            people,
+            data_dir,
+            directory,
+        }
+    }
+
+    fn write_directory(&self, lines: &[String]) {
+        write_csv(&self.directory, lines);
+    }
+
+    /// Starts the service (and waits for its first sync) with the directory as written.
+    async fn service(&self, password: Option<&str>, refresh_seconds: u64) -> RunningService {
+        self.service_in(self.data_dir.path(), password, refresh_seconds)
+            .await
+    }
+
+    async fn service_in(
+        &self,
+        data_dir: &Path,
+        password: Option<&str>,
+        refresh_seconds: u64,
+    ) -> RunningService {
+        let (listener, public_url) = listen(0).await;
+        let mut config = config_for(&self.ready, data_dir, &public_url, Some(&self.directory));
+        let ews_toml = format!(
+            "user = \"{}\"\npassword = \"{}\"\nauth = \"ntlm\"\naccess = \"impersonation\"\news_url = \"{}\"\nextra_root_ca = \"{}\"\n",
+            self.ready.ews_user.as_deref().expect("an impersonation account"),
+            password.unwrap_or(self.ready.ews_password.as_deref().expect("its password")),
+            self.ready.ews_url,
+            self.ready.ca_cert.display(),
+        );
+        let ews: calbridge_sources_ews::EwsSourceConfig =
+            toml::from_str(&ews_toml).expect("EWS config");
+        let source = SourceId(EWS_SOURCE.to_string());
+        config.sources = vec![SourceConfig {
+            id: source.clone(),
+            secret_expires_on: None,
+            graph: None,
+            ews: Some(ews),
+        }];
+        config.directory = vec![DirectoryConfig {
+            source,
+            file: Some(self.directory.clone()),
+            group_id: None,
+            refresh_seconds,
+        }];
+        start_service(config, Arc::new(SystemClock), listener).await
+    }
+
+    fn counter(&self, kind: &str) -> u64 {
+        self.emulator
+            .counters()
+            .by_kind
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Gives a person a meeting from now on through Graph (EWS sees the same calendar).
+    async fn meeting(&self, person: &str, subject: &str) {
+        let now = jiff::Timestamp::now();
+        self.graph
+            .create_event(
+                person,
+                subject,
+                now - jiff::SignedDuration::from_mins(2),
+                now + jiff::SignedDuration::from_mins(40),
+                "busy",
+            )
+            .await;
+    }
+}
+
+fn write_csv(path: &Path, lines: &[String]) {
+    let mut csv = String::from("address,display_name\n");
+    for line in lines {
+        csv.push_str(line);
+        csv.push('\n');
+    }
+    std::fs::write(path, csv).expect("write the directory");
+}
+
+async fn user_entry(api: &Api, address: &str) -> Value {
+    let users = api.get_authorized("/api/v1/users").await;
+    users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|user| user["address"] == address)
+        .unwrap_or_else(|| panic!("{address} is listed in {users}"))
+        .clone()
+}
+
+/// Waits until a person has a meeting called `subject` as presence.
+async fn wait_for_meeting(running: &RunningService, person: &str, subject: &str) {
+    let prefix = format!("{subject} until");
+    wait_for(&format!("{person} to show {subject}"), PATIENCE, || {
+        ews_presence(running, person)
+            .filter(|(activity, note)| activity == "busy" && note.starts_with(&prefix))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolution_goes_through_further_addresses() {
+    let org = Organisation::start(4, 31, None).await;
+    let real = org.people[0].clone();
+    org.write_directory(&[
+        format!("wrong.address@contoso.example;{real},Moved Person"),
+        "nobody.one@contoso.example;nobody.two@contoso.example,Ghost".to_string(),
+    ]);
+    let running = org.service(None, 300).await;
+    let api = Api::new(&running);
+
+    let moved = user_entry(&api, "wrong.address@contoso.example").await;
+    assert_eq!(moved["resolution"], "resolved", "{moved}");
+    assert_eq!(moved["resolved_address"], real.as_str(), "{moved}");
+    assert!(
+        ews_presence(&running, "wrong.address@contoso.example").is_some(),
+        "the person found through a further address has presence"
+    );
+
+    let ghost = user_entry(&api, "nobody.one@contoso.example").await;
+    assert_eq!(ghost["resolution"], "failed", "{ghost}");
+    let error = ghost["resolution_error"].as_str().unwrap_or_default();
+    assert!(error.contains("nobody.one@contoso.example"), "{ghost}");
+    assert!(ews_presence(&running, "nobody.one@contoso.example").is_none());
+
+    // The real mailbox streams under the directory's (wrong) first address.
+    org.meeting(&real, "Found through an alias").await;
+    wait_for_meeting(
+        &running,
+        "wrong.address@contoso.example",
+        "Found through an alias",
+    )
+    .await;
+    running.shutdown().await;
+    org.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_reestablished_and_nothing_is_lost() {
+    let faults = FaultSettings {
+        ews_connection_timeout_seconds: 1,
+        ..FaultSettings::default()
+    };
+    let org = Organisation::start(4, 32, Some(faults)).await;
+    let people: Vec<String> = org.people.iter().take(3).cloned().collect();
+    org.write_directory(&people.iter().map(|p| format!("{p},")).collect::<Vec<_>>());
+    let running = org.service(None, 300).await;
+    for person in &people {
+        assert!(ews_presence(&running, person).is_some(), "{person}");
+    }
+    // The server closes the streaming connection after a second; calbridge opens a new one.
+    let opened = org.counter("ews.GetStreamingEvents");
+    wait_for(
+        "a second streaming connection after the server closed the first",
+        PATIENCE,
+        || (org.counter("ews.GetStreamingEvents") >= opened + 2).then_some(()),
+    )
+    .await;
+    for (index, person) in people.iter().enumerate() {
+        org.meeting(person, &format!("After the cut {index}")).await;
+    }
+    for (index, person) in people.iter().enumerate() {
+        wait_for_meeting(&running, person, &format!("After the cut {index}")).await;
+    }
+    assert_eq!(
+        org.emulator.ews_subscription_ids().len(),
+        people.len(),
+        "the subscriptions survive the reconnects"
+    );
+    running.shutdown().await;
+    org.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_server_busy_storms_are_ridden_out() {
+    let org = Organisation::start(8, 33, None).await;
+    let lines: Vec<String> = org.people.iter().map(|p| format!("{p},")).collect();
+    org.write_directory(&lines);
+
+    // A fault-free read first, in a data folder of its own: what presence should be.
+    let reference_dir = tempfile::tempdir().expect("temp dir");
+    let reference = org.service_in(reference_dir.path(), None, 300).await;
+    let expected: Vec<(String, Option<(String, String)>)> = org
+        .people
+        .iter()
+        .map(|person| (person.clone(), ews_presence(&reference, person)))
+        .collect();
+    reference.shutdown().await;
+    for (person, presence) in &expected {
+        assert!(
+            presence.is_some(),
+            "{person} has presence on a fault-free read"
+        );
+    }
+
+    org.emulator.set_faults(FaultSettings {
+        ews_server_busy_rate: 0.6,
+        ews_back_off_milliseconds: 10,
+        ..FaultSettings::default()
+    });
+    let running = org.service(None, 300).await;
+    assert!(
+        org.counter("faults.ews_server_busy") > 0,
+        "the storm happened"
+    );
+    org.emulator.set_faults(FaultSettings::default());
+    wait_for(
+        "everyone's presence as on a fault-free read",
+        PATIENCE,
+        || {
+            expected
+                .iter()
+                .all(|(person, presence)| &ews_presence(&running, person) == presence)
+                .then_some(())
+        },
+    )
+    .await;
+    let api = Api::new(&running);
+    let card = wait_for_card(&api, org.people.len()).await;
+    assert_eq!(card["kind"], "ews", "{card}");
+    running.shutdown().await;
+    org.emulator.shutdown().await;
+}
+
+/// The EWS source card once every person has a subscription.
+async fn wait_for_card(api: &Api, subscriptions: usize) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = api.get_authorized("/api/v1/status").await;
+        let card = status["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .find(|card| card["id"] == EWS_SOURCE)
+            .expect("the EWS source is shown")
+            .clone();
+        if card["subscriptions"] == subscriptions {
+            return card;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "not every person got a subscription: {card}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_reported_once_and_not_retried_in_a_tight_loop() {
+    let org = Organisation::start(6, 34, None).await;
+    let lines: Vec<String> = org.people.iter().map(|p| format!("{p},")).collect();
+    org.write_directory(&lines);
+    let wrong = "Wr0ng-Passw0rd-4711";
+    let running = org.service(Some(wrong), 300).await;
+    let api = Api::new(&running);
+    let users = api.get_authorized("/api/v1/users").await;
+    let listed = users["users"].as_array().expect("users");
+    assert_eq!(listed.len(), org.people.len(), "{users}");
+    for user in listed {
+        let error = user["resolution_error"]
+            .as_str()
+            .or(user["sync"]["last_error"].as_str())
+            .unwrap_or_default();
+        assert!(
+            error.contains("refused the credentials"),
+            "the authentication problem is named for {}: {user}",
+            user["address"]
+        );
+    }
+    let failures = org.counter("ews.auth_failures");
+    let requests = org.counter("ews.requests");
+    assert!(failures >= 1, "the wrong password reached Exchange");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures_later = org.counter("ews.auth_failures");
+    let requests_later = org.counter("ews.requests");
+    assert!(
+        failures_later <= 2,
+        "one refused logon, not one per person and retry: {failures_later}"
+    );
+    assert!(
+        requests_later <= requests + 2,
+        "no tight retry loop: {requests} EWS requests, then {requests_later} two seconds later"
+    );
+    for path in ["/api/v1/users", "/api/v1/status"] {
+        let body = api.get_authorized(path).await.to_string();
+        assert!(!body.contains(wrong), "{path} shows the password: {body}");
+    }
+    let (_, metrics) = api.get("/metrics", Some(running.api_token.expose())).await;
+    assert!(!metrics.to_string().contains(wrong));
+    running.shutdown().await;
+    org.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_added_to_the_directory_streams_changes() {
+    let org = Organisation::start(4, 35, None).await;
+    let (first, newcomer) = (org.people[0].clone(), org.people[1].clone());
+    org.write_directory(&[format!("{first},")]);
+    let running = org.service(None, 1).await;
+    assert!(ews_presence(&running, &first).is_some());
+    assert!(ews_presence(&running, &newcomer).is_none());
+
+    org.write_directory(&[format!("{first},"), format!("{newcomer},Newcomer")]);
+    wait_for("the newcomer's presence", PATIENCE, || {
+        ews_presence(&running, &newcomer)
+    })
+    .await;
+    wait_for("the newcomer's subscription", PATIENCE, || {
+        (org.emulator.ews_subscription_ids().len() >= 2).then_some(())
+    })
+    .await;
+    org.meeting(&newcomer, "First day meeting").await;
+    wait_for_meeting(&running, &newcomer, "First day meeting").await;
+    running.shutdown().await;
+    org.emulator.shutdown().await;
 }

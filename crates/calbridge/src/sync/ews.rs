@@ -26,6 +26,8 @@ use crate::shutdown::Shutdown;
 /// every 30 minutes.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const PARALLEL_PEOPLE: usize = 8;
+/// The longest wait before a failed resolution, read or subscription is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub struct EwsSync {
     pub source_id: SourceId,
@@ -42,6 +44,16 @@ pub struct EwsSync {
     pub progress: Progress,
     /// The streaming connections; dropping one ends it.
     streams: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Batches start with one request alone (the limiter starts with one permit): a wrong password
+/// is then refused once and the credential back-off stops the rest before they are sent,
+/// instead of `PARALLEL_PEOPLE` refused logons at once. When the first request is done the
+/// batch opens up to `PARALLEL_PEOPLE` at a time.
+fn open_up(limiter: &Semaphore, first: bool) {
+    if first {
+        limiter.add_permits(PARALLEL_PEOPLE - 1);
+    }
 }
 
 impl EwsSync {
@@ -232,7 +244,7 @@ impl EwsSync {
 
     /// `ResolveNames` for each person: the directory's address, then alternatives.
     async fn resolve(&self, people: &[PersonKey]) {
-        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
+        let limiter = Arc::new(Semaphore::new(1));
         let mut tasks = Vec::new();
         for person in people {
             let Ok(permit) = limiter.clone().acquire_owned().await else {
@@ -241,9 +253,12 @@ impl EwsSync {
             let ews = self.ews.clone();
             let person = person.clone();
             let candidates = self.candidates(&person);
+            let first = tasks.is_empty();
+            let opening = limiter.clone();
             tasks.push(tokio::spawn(async move {
                 let result = ews.resolve_names(&candidates).await;
                 drop(permit);
+                open_up(&opening, first);
                 (person, result)
             }));
         }
@@ -268,9 +283,19 @@ impl EwsSync {
                 Err(error) => {
                     let message = format!("cannot resolve {}: {error}", person.address);
                     tracing::warn!(source = %self.source_id, "{message}");
-                    let mut people = self.people();
-                    let health = people.entry(person.clone()).or_default();
-                    health.resolution_error = Some(message.clone());
+                    {
+                        let mut people = self.people();
+                        let health = people.entry(person.clone()).or_default();
+                        health.resolution_error = Some(message.clone());
+                        if error.is_retryable() {
+                            health.consecutive_failures += 1;
+                        }
+                    }
+                    // A busy server or a network hiccup is not the address's fault: try the
+                    // whole person (resolution, read, subscription) again later.
+                    if error.is_retryable() {
+                        self.retry_later(&person, Work::Added(person.clone()));
+                    }
                     Resolution::Failed { error: message }
                 }
             };
@@ -284,7 +309,7 @@ impl EwsSync {
     /// `FindItem`/`CalendarView` for each person, stored in batches and decided.
     async fn read_windows(&self, people: &[PersonKey], progress: Option<&Progress>) {
         let (window_start, window_end) = self.window_now();
-        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
+        let limiter = Arc::new(Semaphore::new(1));
         let mut tasks = Vec::new();
         for person in people {
             let Some(mailbox) = self.mailbox_of(person) else {
@@ -299,9 +324,12 @@ impl EwsSync {
             };
             let ews = self.ews.clone();
             let person = person.clone();
+            let first = tasks.is_empty();
+            let opening = limiter.clone();
             tasks.push(tokio::spawn(async move {
                 let result = ews.read_window(&mailbox, window_start, window_end).await;
                 drop(permit);
+                open_up(&opening, first);
                 (person, result)
             }));
         }
@@ -322,6 +350,9 @@ impl EwsSync {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
                     }
                     self.record_failure(&person, &error);
+                    if error.is_retryable() {
+                        self.retry_later(&person, Work::Delta(person.clone()));
+                    }
                 }
             }
             if let Some(progress) = progress {
@@ -365,6 +396,32 @@ impl EwsSync {
         }
     }
 
+    /// Sends `work` again after a back-off that doubles with every failure in a row
+    /// (1 s … 5 min), so that an `ErrorServerBusy` storm or an outage longer than the EWS
+    /// client's own retries does not leave a person without presence or subscription.
+    fn retry_later(&self, person: &PersonKey, work: Work) {
+        let failures = self
+            .people()
+            .get(person)
+            .map_or(1, |health| health.consecutive_failures.max(1));
+        let delay = Duration::from_secs(1u64 << (failures - 1).min(8)).min(RETRY_MAX);
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // The receiver only goes away at shutdown; then the retry is moot.
+            let _ = queue.send(work);
+        });
+    }
+
+    /// A subscription that failed: recorded, and for passing troubles the person is brought
+    /// up again later (read, subscribe, stream).
+    fn subscription_failed(&self, person: &PersonKey, error: &EwsError) {
+        self.record_failure(person, error);
+        if error.is_retryable() {
+            self.retry_later(person, Work::Added(person.clone()));
+        }
+    }
+
     async fn do_work(self: &Arc<Self>, work: Work) {
         match work {
             Work::Added(person) => {
@@ -383,7 +440,7 @@ impl EwsSync {
                             }
                             self.start_stream(vec![(id, mailbox)]).await;
                         }
-                        Err(error) => self.record_failure(&person, &error),
+                        Err(error) => self.subscription_failed(&person, &error),
                     }
                 }
             }
@@ -421,7 +478,7 @@ impl EwsSync {
                     }
                     subscribed.push((id, mailbox));
                 }
-                Err(error) => self.record_failure(&person, &error),
+                Err(error) => self.subscription_failed(&person, &error),
             }
         }
         let per_connection = self.ews.config().max_subscriptions_per_connection.max(1);
@@ -479,7 +536,7 @@ impl EwsSync {
                         };
                         match self.ews.subscribe(&mailbox).await {
                             Ok(id) => renewed.push((id, mailbox)),
-                            Err(error) => self.record_failure(&person, &error),
+                            Err(error) => self.subscription_failed(&person, &error),
                         }
                         self.enqueue(Work::Delta(person));
                     }

@@ -1,12 +1,13 @@
-//! `calbridge check`: walks the path to Microsoft 365 one step at a time, like Microsoft's
-//! connectivity analyzer, and stops at the first step that fails with the server's answer and
-//! what to change.
+//! `calbridge check`: walks the path to Microsoft 365 (Graph) or to Exchange on premises (EWS)
+//! one step at a time, like Microsoft's connectivity analyzer, and stops at the first step that
+//! fails with the server's answer and what to change.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::bail;
 use calbridge_domain::MailboxAddress;
+use calbridge_sources_ews::{AuthMethod, EwsError, EwsSource, EwsSourceConfig, StreamEvent};
 use calbridge_sources_graph::{GraphError, GraphSource, SubjectFetch};
 use jiff::{SignedDuration, Timestamp};
 
@@ -57,13 +58,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     let mut failures = 0;
     for source in &config.sources {
-        let Some(graph_config) = &source.graph else {
+        let outcome = if let Some(graph_config) = &source.graph {
+            println!("source {}:", source.id);
+            check_graph_source(&config, source, graph_config, args.user.as_deref()).await
+        } else if let Some(ews_config) = &source.ews {
+            println!("source {} (Exchange Web Services):", source.id);
+            check_ews_source(&config, source, ews_config, args.user.as_deref()).await
+        } else {
             continue;
         };
-        println!("source {}:", source.id);
-        if let Err(message) =
-            check_graph_source(&config, source, graph_config, args.user.as_deref()).await
-        {
+        if let Err(message) = outcome {
             failures += 1;
             println!("     → {message}");
         }
@@ -266,6 +270,284 @@ async fn first_directory_person(
                     return Err("grant GroupMember.Read.All or Group.Read.All with admin consent, or pass --user".to_string());
                 }
             }
+        }
+    }
+    step(false, "user", "the directory of this source is empty");
+    Err("pass --user someone@example.com".to_string())
+}
+
+/// Advice for EWS failures beyond what the error itself says.
+fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
+    match error {
+        EwsError::Config(_) => "fix the [sources.ews] settings named above".to_string(),
+        EwsError::Unauthorized { .. } => format!(
+            "check the service account '{}' and its password in [sources.ews] (auth = \"{}\"; NTLM accepts user@domain or DOMAIN\\user). Do not retry over and over: every failed logon counts towards the account lockout threshold of Active Directory",
+            config.user,
+            auth_name(config.auth)
+        ),
+        EwsError::ImpersonationDenied { .. } => format!(
+            "grant '{}' the ApplicationImpersonation role (New-ManagementRoleAssignment -Name calbridge -Role ApplicationImpersonation -User {}), or set access = \"delegate\" and give it Reviewer rights on each calendar (Add-MailboxFolderPermission <user>:\\Calendar -User {} -AccessRights Reviewer)",
+            config.user, config.user, config.user
+        ),
+        EwsError::AccessDenied { mailbox, .. } => format!(
+            "give '{}' Reviewer rights on the calendar: Add-MailboxFolderPermission {mailbox}:\\Calendar -User {} -AccessRights Reviewer (or use access = \"impersonation\" with the ApplicationImpersonation role)",
+            config.user, config.user
+        ),
+        EwsError::NonExistentMailbox { .. } => {
+            "check the address in the directory (or --user); when Exchange knows the person under another address, list the alternatives separated by `;` (name@example.com;n.ame@example.com)".to_string()
+        }
+        EwsError::Autodiscover { .. } => {
+            "set `autodiscover_url` (https://autodiscover.example.com/autodiscover/autodiscover.xml) or a direct `ews_url` (https://mail.example.com/EWS/Exchange.asmx) in [sources.ews]".to_string()
+        }
+        EwsError::Network { .. } => {
+            "check DNS, the firewall and any proxy between this machine and Exchange; for a certificate from an internal CA set `extra_root_ca`".to_string()
+        }
+        EwsError::ServerBusy { .. } => {
+            "Exchange is throttling this account: try again in a few minutes, or give the service account a throttling policy with higher limits".to_string()
+        }
+        EwsError::ExceededSubscriptionCount { .. } => {
+            "remove stale subscriptions of other applications, or raise EwsMaxSubscriptions in the service account's throttling policy".to_string()
+        }
+        EwsError::BadAnswer { .. } => {
+            "check that the URL is Exchange's EWS endpoint (…/EWS/Exchange.asmx); `protocol_log = true` logs the exchange (credentials redacted)".to_string()
+        }
+    }
+}
+
+fn auth_name(auth: AuthMethod) -> &'static str {
+    match auth {
+        AuthMethod::Ntlm => "ntlm",
+        AuthMethod::Basic => "basic",
+        AuthMethod::Bearer => "bearer",
+    }
+}
+
+/// Names the step an error belongs to: credential errors are the sign-in's, whatever
+/// operation met them.
+fn ews_step_failed(default_step: &str, error: &EwsError) {
+    let name = match error {
+        EwsError::Unauthorized { .. } => "sign-in",
+        EwsError::Autodiscover { .. } => "Autodiscover",
+        _ => default_step,
+    };
+    step(false, name, &error.to_string());
+}
+
+async fn check_ews_source(
+    config: &Config,
+    source: &crate::config::SourceConfig,
+    ews_config: &EwsSourceConfig,
+    user: Option<&str>,
+) -> Result<(), String> {
+    let ews = EwsSource::new(ews_config.clone()).map_err(|error| {
+        step(false, "set-up", &error.to_string());
+        ews_advice(&error, ews_config)
+    })?;
+    let ews = Arc::new(ews);
+
+    // Where EWS lives: the configured URL or Autodiscover's answer.
+    match ews.ews_url().await {
+        Ok(url) => match ews.discovered().await {
+            Some(found) => step(
+                true,
+                "Autodiscover",
+                &format!(
+                    "{} answered: EWS at {url} (internal {}, external {}; using the {} one)",
+                    found.answered_by,
+                    found
+                        .internal
+                        .as_ref()
+                        .map_or("none".to_string(), ToString::to_string),
+                    found
+                        .external
+                        .as_ref()
+                        .map_or("none".to_string(), ToString::to_string),
+                    match ews_config.server {
+                        calbridge_sources_ews::ServerSide::External => "external",
+                        calbridge_sources_ews::ServerSide::Internal => "internal",
+                    }
+                ),
+            ),
+            None => step(
+                true,
+                "EWS URL",
+                &format!("{url} (ews_url, no Autodiscover)"),
+            ),
+        },
+        Err(error) => {
+            ews_step_failed("Autodiscover", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    }
+
+    // Sign-in and user lookup: ResolveNames needs an authenticated account.
+    let candidates: Vec<String> = match user {
+        Some(raw) => vec![raw.to_string()],
+        None => first_ews_directory_person(config, source)?,
+    };
+    let shown = candidates.join(";");
+    let mailbox = match ews.resolve_names(&candidates).await {
+        Ok(mailbox) => {
+            step(
+                true,
+                "sign-in",
+                &format!(
+                    "Exchange accepted '{}' ({}, {})",
+                    ews_config.user,
+                    auth_name(ews_config.auth),
+                    match ews_config.access {
+                        calbridge_sources_ews::MailboxAccess::Impersonation => "impersonation",
+                        calbridge_sources_ews::MailboxAccess::Delegate => "delegate access",
+                    }
+                ),
+            );
+            step(
+                true,
+                "user lookup",
+                &format!("{shown} resolves to {mailbox} (ResolveNames)"),
+            );
+            mailbox
+        }
+        Err(error) => {
+            ews_step_failed("user lookup", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    };
+
+    let now = Timestamp::now();
+    let end = now
+        .checked_add(SignedDuration::from_hours(i64::from(
+            config.sync.window_hours,
+        )))
+        .unwrap_or(now);
+    match ews.read_window(&mailbox, now, end).await {
+        Ok(appointments) => step(
+            true,
+            "calendar read",
+            &format!(
+                "{} appointment(s) of {mailbox} in the next {} h (FindItem, CalendarView)",
+                appointments.len(),
+                config.sync.window_hours
+            ),
+        ),
+        Err(error) => {
+            ews_step_failed("calendar read", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    }
+
+    // Streaming: Subscribe, open GetStreamingEvents until Exchange confirms, Unsubscribe.
+    let subscription = match ews.subscribe(&mailbox).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            ews_step_failed("streaming subscription", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    };
+    let outcome = open_stream(&ews, &mailbox, &subscription).await;
+    let ended = ews.unsubscribe(&mailbox, &subscription).await;
+    match outcome {
+        Ok(()) => {}
+        Err(error) => {
+            ews_step_failed("streaming subscription", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    }
+    match ended {
+        Ok(()) => step(
+            true,
+            "streaming subscription",
+            &format!(
+                "Subscribe, GetStreamingEvents (connection status OK) and Unsubscribe work for {mailbox}"
+            ),
+        ),
+        Err(error) => {
+            ews_step_failed("streaming subscription", &error);
+            return Err(ews_advice(&error, ews_config));
+        }
+    }
+    Ok(())
+}
+
+/// Opens one streaming connection for `subscription` and waits until Exchange says it is open.
+async fn open_stream(
+    ews: &Arc<EwsSource>,
+    mailbox: &MailboxAddress,
+    subscription: &calbridge_sources_ews::SubscriptionId,
+) -> Result<(), EwsError> {
+    let mut connection = ews.stream(
+        vec![(subscription.clone(), mailbox.clone())],
+        std::time::Duration::from_secs(60),
+    )?;
+    let patience = std::time::Duration::from_secs(15);
+    let waited = tokio::time::timeout(patience, async {
+        loop {
+            match connection.next().await {
+                Some(StreamEvent::Connected { .. }) => return Ok(()),
+                Some(StreamEvent::Error(error)) => return Err(error),
+                Some(StreamEvent::SubscriptionsLost(_)) => {
+                    return Err(EwsError::BadAnswer {
+                        what: "GetStreamingEvents".to_string(),
+                        detail: "Exchange no longer knows the subscription it just issued"
+                            .to_string(),
+                    })
+                }
+                Some(StreamEvent::Changed(_)) | Some(StreamEvent::ConnectionClosed) => continue,
+                None => {
+                    return Err(EwsError::BadAnswer {
+                        what: "GetStreamingEvents".to_string(),
+                        detail: "the streaming connection ended before it opened".to_string(),
+                    })
+                }
+            }
+        }
+    })
+    .await;
+    connection.close();
+    match waited {
+        Ok(result) => result,
+        Err(_) => Err(EwsError::BadAnswer {
+            what: "GetStreamingEvents".to_string(),
+            detail: format!(
+                "no ConnectionStatus within {} s (a proxy that buffers chunked responses breaks streaming)",
+                patience.as_secs()
+            ),
+        }),
+    }
+}
+
+/// The first person of the source's directory file with their further addresses.
+fn first_ews_directory_person(
+    config: &Config,
+    source: &crate::config::SourceConfig,
+) -> Result<Vec<String>, String> {
+    for entry in config
+        .directory
+        .iter()
+        .filter(|entry| entry.source == source.id)
+    {
+        if let Some(path) = &entry.file {
+            match directory::read_file(path) {
+                Ok(listing) => {
+                    if let Some(person) = listing.people.into_iter().next() {
+                        let mut candidates = vec![person.address.to_string()];
+                        candidates.extend(person.alternates);
+                        return Ok(candidates);
+                    }
+                }
+                Err(error) => {
+                    step(false, "directory", &error.to_string());
+                    return Err("fix the directory file or pass --user".to_string());
+                }
+            }
+        }
+        if entry.group_id.is_some() {
+            step(
+                false,
+                "directory",
+                "an EWS source cannot read an Entra ID group",
+            );
+            return Err("list the people of an EWS source in a directory file (`file = \"people.csv\"`), or pass --user".to_string());
         }
     }
     step(false, "user", "the directory of this source is empty");

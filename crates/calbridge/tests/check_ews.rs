@@ -1,0 +1,169 @@
+//! `calbridge check` on an EWS source, run as the real binary against the emulator: a good
+//! configuration (found through Autodiscover) passes every step; a wrong password fails the
+//! sign-in step with advice and without printing the password.
+
+use std::path::Path;
+use std::time::Duration;
+
+use m365_emulator::{Emulator, EmulatorConfig, ReadyInfo};
+
+const WRONG_PASSWORD: &str = "Not-The-Right-0ne!";
+
+/// Writes calbridge.toml with one `[sources.ews]` source and a directory file.
+fn write_config(
+    dir: &Path,
+    ready: &ReadyInfo,
+    password: &str,
+    endpoint: &str,
+    people: &[String],
+) -> std::path::PathBuf {
+    let directory = dir.join("people.csv");
+    let mut csv = String::from("address,display_name\n");
+    for person in people {
+        csv.push_str(&format!("{person},\n"));
+    }
+    std::fs::write(&directory, csv).expect("write the directory");
+    let toml = format!(
+        r#"[store]
+path = "{store}"
+
+[[sources]]
+id = "onprem"
+
+[sources.ews]
+user = "{user}"
+password = "{password}"
+auth = "ntlm"
+access = "impersonation"
+{endpoint}
+extra_root_ca = "{ca}"
+
+[[directory]]
+source = "onprem"
+file = "{directory}"
+"#,
+        store = dir.join("calbridge.sqlite").display(),
+        user = ready.ews_user.as_deref().expect("an impersonation account"),
+        ca = ready.ca_cert.display(),
+        directory = directory.display(),
+    );
+    let path = dir.join("calbridge.toml");
+    std::fs::write(&path, toml).expect("write calbridge.toml");
+    path
+}
+
+async fn run_check(config: &Path) -> (bool, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
+            .arg("check")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("calbridge check finishes within 60 s")
+    .expect("calbridge check runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+async fn group_mail(ready: &ReadyInfo) -> Vec<String> {
+    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))
+        .expect("an HTTP client trusting the emulator's CA");
+    let secret = ready.client_secret.clone().expect("the app has a secret");
+    let token: serde_json::Value = client
+        .post(&ready.token_url)
+        .form(&[
+            ("client_id", ready.client_id.as_str()),
+            ("client_secret", secret.as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    let token = token["access_token"].as_str().expect("a token").to_string();
+    let group = ready.group_id.as_deref().expect("a group");
+    let members: serde_json::Value = client
+        .get(format!(
+            "{}/groups/{group}/members?$top=999&$select=mail",
+            ready.graph_url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("members request")
+        .json()
+        .await
+        .expect("members JSON");
+    members["value"]
+        .as_array()
+        .expect("a value array")
+        .iter()
+        .filter_map(|member| member["mail"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_walks_every_ews_step_and_names_a_wrong_password() {
+    let emulator = Emulator::start(EmulatorConfig::generated(6, 31))
+        .await
+        .expect("the emulator starts");
+    let ready = emulator.ready().clone();
+    let people = group_mail(&ready).await;
+    assert!(!people.is_empty(), "the generated group has people");
+    let password = ready.ews_password.clone().expect("its password");
+
+    // Passing run: Autodiscover finds EWS.
+    let good_dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = format!("autodiscover_url = \"{}\"", ready.autodiscover_url);
+    let config = write_config(good_dir.path(), &ready, &password, &endpoint, &people);
+    let (success, output) = run_check(&config).await;
+    assert!(success, "check should pass:\n{output}");
+    for name in [
+        "ok   configuration",
+        "ok   Autodiscover",
+        "ok   sign-in",
+        "ok   user lookup",
+        "ok   calendar read",
+        "ok   streaming subscription",
+        "all checks passed",
+    ] {
+        assert!(output.contains(name), "missing `{name}` in:\n{output}");
+    }
+    assert!(output.contains(&ready.ews_url), "shows the URL:\n{output}");
+    assert!(!output.contains("FAIL"), "{output}");
+    assert!(
+        !output.contains(&password),
+        "the password is printed:\n{output}"
+    );
+
+    // Wrong password: the sign-in step fails, with advice, and the password is not shown.
+    let bad_dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = format!("ews_url = \"{}\"", ready.ews_url);
+    let config = write_config(bad_dir.path(), &ready, WRONG_PASSWORD, &endpoint, &people);
+    let (success, output) = run_check(&config).await;
+    assert!(!success, "check should fail:\n{output}");
+    assert!(output.contains("ok   EWS URL"), "{output}");
+    assert!(output.contains("FAIL sign-in"), "{output}");
+    assert!(
+        output.contains("lockout"),
+        "advice about lockouts:\n{output}"
+    );
+    assert!(!output.contains("ok   calendar read"), "{output}");
+    assert!(
+        !output.contains(WRONG_PASSWORD),
+        "the password is printed:\n{output}"
+    );
+    assert!(!output.contains(&password), "{output}");
+    emulator.shutdown().await;
+}

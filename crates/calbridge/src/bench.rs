@@ -1,6 +1,7 @@
 //! `calbridge bench`: the service's figures against the emulator with Graph's throttling on and
 //! added latency: first-sync wall time and HTTP requests per user, notification-to-presence
-//! latency, and resident memory per 1,000 users.
+//! latency, and resident memory per 1,000 users — for a Graph source, an EWS source (NTLM with
+//! impersonation, streaming notifications), or both in one table.
 //!
 //! The emulator runs in a child process (this same binary, hidden subcommand
 //! `bench-emulator`) so that the memory measured is the service's alone.
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use calbridge_domain::{Secret, SourceId};
 use calbridge_presence::Activity;
 use calbridge_store::PersonKey;
 use jiff::{SignedDuration, Timestamp};
@@ -16,7 +18,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::clock::{Clock, SystemClock};
 use crate::commands::demo_config;
-use crate::service::{self, ServiceOptions};
+use crate::config::{Config, DirectoryConfig, SourceConfig};
+use crate::service::{self, RunningService, ServiceOptions};
+
+/// Which source kinds the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchSource {
+    Graph,
+    Ews,
+    Both,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -31,6 +42,12 @@ pub struct BenchArgs {
     pub notifications: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// The source kinds to measure: Microsoft Graph, Exchange Web Services, or both.
+    #[arg(long, value_enum, default_value_t = BenchSource::Both)]
+    pub source: BenchSource,
+    /// Print only the rows (used for the fresh process each row of `--source both` runs in).
+    #[arg(long, hide = true)]
+    pub rows_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,27 +94,52 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    println!(
-        "calbridge bench: emulator with Graph throttling (4 concurrent per mailbox, 10,000 per 10 min) and {} ms latency per request",
-        args.latency_ms
-    );
-    println!(
-        "{:>7} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
-        "users",
-        "first sync s",
-        "requests",
-        "req/user",
-        "notify p50 ms",
-        "notify p99 ms",
-        "RSS MB/1000",
-        "throttled"
-    );
-    for &users in &args.users {
-        let row = bench_one(users, &args)
-            .await
-            .with_context(|| format!("benchmark with {users} users"))?;
+    let graph = matches!(args.source, BenchSource::Graph | BenchSource::Both);
+    let ews = matches!(args.source, BenchSource::Ews | BenchSource::Both);
+    if !args.rows_only {
         println!(
-            "{:>7} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
+            "calbridge bench: emulator with Graph throttling (4 concurrent per mailbox, 10,000 per 10 min) and {} ms latency per request",
+            args.latency_ms
+        );
+        if ews {
+            println!(
+                "EWS: NTLM service account with ApplicationImpersonation, direct ews_url, directory file; per user ResolveNames, FindItem and Subscribe (EWS has no batching), streaming notifications; the emulator adds its latency to Graph and token requests only, not to EWS"
+            );
+        }
+        if graph && ews {
+            println!("(each row runs in a fresh process, so that one row's memory does not hide the next one's)");
+        }
+        println!(
+            "{:>7} {:>7} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
+            "source",
+            "users",
+            "first sync s",
+            "requests",
+            "req/user",
+            "notify p50 ms",
+            "notify p99 ms",
+            "RSS MB/1000",
+            "throttled"
+        );
+    }
+    for &users in &args.users {
+        if graph && ews {
+            for kind in ["graph", "ews"] {
+                bench_in_child(kind, users, &args)
+                    .await
+                    .with_context(|| format!("{kind} benchmark with {users} users"))?;
+            }
+            continue;
+        }
+        let (kind, row) = if graph {
+            ("graph", bench_one(users, &args).await)
+        } else {
+            ("ews", bench_ews(users, &args).await)
+        };
+        let row = row.with_context(|| format!("{kind} benchmark with {users} users"))?;
+        println!(
+            "{:>7} {:>7} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
+            kind,
             users,
             row.first_sync_seconds,
             row.requests,
@@ -106,6 +148,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             row.notify_p99_ms,
             row.rss_mb_per_1000,
             row.throttled
+                .map_or_else(|| "-".to_string(), |count| count.to_string())
         );
     }
     Ok(())
@@ -117,10 +160,44 @@ struct Row {
     notify_p50_ms: f64,
     notify_p99_ms: f64,
     rss_mb_per_1000: f64,
-    throttled: u64,
+    /// Throttled answers the source counted (Graph's 429s); None where it keeps no count.
+    throttled: Option<u64>,
 }
 
-async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
+/// Runs one row (`kind`, `users`) in a fresh `calbridge bench` process, whose row goes
+/// straight to our standard output.
+async fn bench_in_child(kind: &str, users: usize, args: &BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the calbridge binary")?;
+    let status = tokio::process::Command::new(exe)
+        .args([
+            "bench",
+            "--rows-only",
+            "--source",
+            kind,
+            "--users",
+            &users.to_string(),
+            "--latency-ms",
+            &args.latency_ms.to_string(),
+            "--notifications",
+            &args.notifications.to_string(),
+            "--seed",
+            &args.seed.to_string(),
+        ])
+        .kill_on_drop(true)
+        .status()
+        .await
+        .context("cannot start the benchmark child process")?;
+    if !status.success() {
+        bail!("the benchmark process ended with {status}");
+    }
+    Ok(())
+}
+
+/// Starts the emulator child for `users` people and reads its ready line.
+async fn spawn_emulator(
+    users: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<(tokio::process::Child, m365_emulator::ReadyInfo)> {
     let exe = std::env::current_exe().context("cannot find the calbridge binary")?;
     let mut child = tokio::process::Command::new(exe)
         .args([
@@ -145,7 +222,11 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         .context("the emulator ended before it was ready")?;
     let ready: m365_emulator::ReadyInfo =
         serde_json::from_str(&ready_line).context("the emulator's ready line is not JSON")?;
+    Ok((child, ready))
+}
 
+async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
+    let (child, ready) = spawn_emulator(users, args).await?;
     let data_dir =
         std::env::temp_dir().join(format!("calbridge-bench-{}-{users}", std::process::id()));
     std::fs::create_dir_all(&data_dir)?;
@@ -183,6 +264,50 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     // publishes it.
     let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, &ready).await?;
+    let mut latencies = measure_notifications(
+        &running,
+        &client,
+        &token,
+        &ready,
+        clock.as_ref(),
+        args.notifications,
+        |person| sync.health(person).and_then(|health| health.user),
+    )
+    .await?;
+    latencies.sort_by(f64::total_cmp);
+    let throttled = sync.graph.counters().throttled_answers;
+    let report = running.shutdown().await;
+    for (task, ended) in report {
+        if ended != "stopped" {
+            eprintln!("task {task}: {ended}");
+        }
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(Row {
+        first_sync_seconds,
+        requests,
+        notify_p50_ms: percentile(&latencies, 0.50),
+        notify_p99_ms: percentile(&latencies, 0.99),
+        rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64
+            / 1_048_576.0
+            / (users as f64 / 1000.0),
+        throttled: Some(throttled),
+    })
+}
+
+/// Makes up to `n` free people busy through Graph, one after the other, and returns the
+/// milliseconds from each event's creation until the hub published the person as busy.
+/// `user_of` gives the Graph user (id or address) to create the event for.
+async fn measure_notifications(
+    running: &RunningService,
+    client: &reqwest::Client,
+    token: &str,
+    ready: &m365_emulator::ReadyInfo,
+    clock: &dyn Clock,
+    n: usize,
+    user_of: impl Fn(&PersonKey) -> Option<String>,
+) -> anyhow::Result<Vec<f64>> {
     let mut candidates: Vec<PersonKey> = running
         .hub
         .people()
@@ -194,11 +319,11 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         })
         .collect();
     candidates.sort();
-    candidates.truncate(args.notifications);
+    candidates.truncate(n);
     let mut changes = running.hub.subscribe();
     let mut latencies = Vec::with_capacity(candidates.len());
     for person in &candidates {
-        let Some(user) = sync.health(person).and_then(|health| health.user) else {
+        let Some(user) = user_of(person) else {
             continue;
         };
         let now = clock.now();
@@ -211,7 +336,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         let sent = Instant::now();
         let response = client
             .post(format!("{}/users/{}/events", ready.graph_url, user))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .json(&body)
             .send()
             .await
@@ -239,8 +364,133 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
             }
         }
     }
+    Ok(latencies)
+}
+
+/// The same figures for an EWS source: NTLM with impersonation against the emulator's EWS,
+/// the people in a directory file, changes made through Graph and streamed over EWS.
+async fn bench_ews(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
+    let (child, ready) = spawn_emulator(users, args).await?;
+    let data_dir = std::env::temp_dir().join(format!(
+        "calbridge-bench-ews-{}-{users}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&data_dir)?;
+
+    // The directory: the generated people's addresses, read through Graph.
+    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
+    let token = graph_token(&client, &ready).await?;
+    let group = ready
+        .group_id
+        .clone()
+        .context("the generated organisation has no group")?;
+    let addresses = group_mail_addresses(&client, &token, &ready, &group).await?;
+    if addresses.len() < users {
+        bail!(
+            "the emulator's group lists {} of {users} people with an address",
+            addresses.len()
+        );
+    }
+    let directory = data_dir.join("people.csv");
+    let mut csv = String::from("address\n");
+    for address in &addresses {
+        csv.push_str(address);
+        csv.push('\n');
+    }
+    std::fs::write(&directory, csv)
+        .with_context(|| format!("cannot write {}", directory.display()))?;
+
+    let mut ews = calbridge_sources_ews::EwsSourceConfig::new(
+        ready
+            .ews_user
+            .clone()
+            .context("the emulator has no EWS service account")?,
+        Secret::new(
+            ready
+                .ews_password
+                .clone()
+                .context("the emulator's EWS service account has no password")?,
+        ),
+    );
+    ews.auth = calbridge_sources_ews::AuthMethod::Ntlm;
+    ews.access = calbridge_sources_ews::MailboxAccess::Impersonation;
+    ews.ews_url = Some(ready.ews_url.clone());
+    ews.extra_root_ca = Some(ready.ca_cert.clone());
+    let source = SourceId("bench-ews".to_string());
+    let mut config = Config::default();
+    config.store.path = data_dir.join("calbridge.sqlite");
+    config.sources.push(SourceConfig {
+        id: source.clone(),
+        secret_expires_on: None,
+        graph: None,
+        ews: Some(ews),
+    });
+    config.directory.push(DirectoryConfig {
+        source,
+        file: Some(directory),
+        group_id: None,
+        refresh_seconds: 300,
+    });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let rss_before = resident_memory_bytes().unwrap_or(0);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let started = Instant::now();
+    let running = service::start(
+        config,
+        ServiceOptions {
+            clock: clock.clone(),
+            listener: Some(listener),
+        },
+    )
+    .await?;
+    running.first_sync_done().await;
+    let sync = running
+        .ews_syncs
+        .values()
+        .next()
+        .context("the benchmark configuration has no EWS source")?
+        .clone();
+    // EWS subscribes after the window reads (one Subscribe per user) and then opens the
+    // streaming connections; the first sync counts until they are open, as on Graph where it
+    // includes the subscriptions.
+    let streams_needed = users.div_ceil(200) as u64;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let subscribed = sync.n_subscriptions() >= users;
+        if subscribed
+            && emulator_counter(&client, &ready, "ews.streaming_connections").await?
+                >= streams_needed
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {users} EWS subscriptions and their streams after 30 minutes",
+                sync.n_subscriptions()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(if subscribed { 20 } else { 100 })).await;
+    }
+    let first_sync_seconds = started.elapsed().as_secs_f64();
+    let requests = sync.ews.requests_sent();
+    let rss_after = resident_memory_bytes().unwrap_or(0);
+    let people = running.hub.n_people();
+    if people < users {
+        bail!("only {people} of {users} people have presence after the first sync");
+    }
+
+    let mut latencies = measure_notifications(
+        &running,
+        &client,
+        &token,
+        &ready,
+        clock.as_ref(),
+        args.notifications,
+        |person| Some(person.address.to_string()),
+    )
+    .await?;
     latencies.sort_by(f64::total_cmp);
-    let throttled = sync.graph.counters().throttled_answers;
     let report = running.shutdown().await;
     for (task, ended) in report {
         if ended != "stopped" {
@@ -257,8 +507,81 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64
             / 1_048_576.0
             / (users as f64 / 1000.0),
-        throttled,
+        throttled: None,
     })
+}
+
+/// One of the emulator's request counters (`GET /_emulator/counters`).
+async fn emulator_counter(
+    client: &reqwest::Client,
+    ready: &m365_emulator::ReadyInfo,
+    kind: &str,
+) -> anyhow::Result<u64> {
+    let response = client
+        .get(format!("{}/counters?by_mailbox=false", ready.admin_url))
+        .send()
+        .await
+        .context("reading the emulator's counters failed")?;
+    if !response.status().is_success() {
+        bail!(
+            "the emulator refused its counters: HTTP {}",
+            response.status()
+        );
+    }
+    let counters: serde_json::Value = response
+        .json()
+        .await
+        .context("the emulator's counters are not JSON")?;
+    Ok(counters["by_kind"][kind].as_u64().unwrap_or(0))
+}
+
+/// The `mail` of every member of `group`, following `@odata.nextLink`.
+async fn group_mail_addresses(
+    client: &reqwest::Client,
+    token: &str,
+    ready: &m365_emulator::ReadyInfo,
+    group: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut addresses = Vec::new();
+    let mut next = Some(format!(
+        "{}/groups/{group}/members?$top=999&$select=mail",
+        ready.graph_url
+    ));
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        pages += 1;
+        if pages > 10_000 {
+            bail!("the emulator's group listing does not end");
+        }
+        let response = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("listing the group's members failed")?;
+        if !response.status().is_success() {
+            bail!(
+                "the emulator refused the group listing: HTTP {}",
+                response.status()
+            );
+        }
+        let page: serde_json::Value = response
+            .json()
+            .await
+            .context("the group listing is not JSON")?;
+        let members = page["value"]
+            .as_array()
+            .context("the group listing has no `value` array")?;
+        addresses.extend(
+            members
+                .iter()
+                .filter_map(|member| member["mail"].as_str())
+                .filter(|mail| !mail.is_empty())
+                .map(str::to_string),
+        );
+        next = page["@odata.nextLink"].as_str().map(str::to_string);
+    }
+    Ok(addresses)
 }
 
 fn format_graph(instant: Timestamp) -> String {

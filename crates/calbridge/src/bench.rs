@@ -264,7 +264,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     // publishes it.
     let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, &ready).await?;
-    let mut latencies = measure_notifications(
+    let latencies = measure_notifications(
         &running,
         &client,
         &token,
@@ -274,26 +274,16 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         |person| sync.health(person).and_then(|health| health.user),
     )
     .await?;
-    latencies.sort_by(f64::total_cmp);
     let throttled = sync.graph.counters().throttled_answers;
-    let report = running.shutdown().await;
-    for (task, ended) in report {
-        if ended != "stopped" {
-            eprintln!("task {task}: {ended}");
-        }
-    }
-    drop(child);
-    let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(Row {
+    let measured = Measured {
+        users,
         first_sync_seconds,
         requests,
-        notify_p50_ms: percentile(&latencies, 0.50),
-        notify_p99_ms: percentile(&latencies, 0.99),
-        rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64
-            / 1_048_576.0
-            / (users as f64 / 1000.0),
-        throttled: Some(throttled),
-    })
+        rss_before,
+        rss_after,
+        latencies,
+    };
+    Ok(finish(running, child, &data_dir, measured, Some(throttled)).await)
 }
 
 /// Makes up to `n` free people busy through Graph, one after the other, and returns the
@@ -480,7 +470,7 @@ async fn bench_ews(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         bail!("only {people} of {users} people have presence after the first sync");
     }
 
-    let mut latencies = measure_notifications(
+    let latencies = measure_notifications(
         &running,
         &client,
         &token,
@@ -490,25 +480,15 @@ async fn bench_ews(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         |person| Some(person.address.to_string()),
     )
     .await?;
-    latencies.sort_by(f64::total_cmp);
-    let report = running.shutdown().await;
-    for (task, ended) in report {
-        if ended != "stopped" {
-            eprintln!("task {task}: {ended}");
-        }
-    }
-    drop(child);
-    let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(Row {
+    let measured = Measured {
+        users,
         first_sync_seconds,
         requests,
-        notify_p50_ms: percentile(&latencies, 0.50),
-        notify_p99_ms: percentile(&latencies, 0.99),
-        rss_mb_per_1000: (rss_after.saturating_sub(rss_before)) as f64
-            / 1_048_576.0
-            / (users as f64 / 1000.0),
-        throttled: None,
-    })
+        rss_before,
+        rss_after,
+        latencies,
+    };
+    Ok(finish(running, child, &data_dir, measured, None).await)
 }
 
 /// One of the emulator's request counters (`GET /_emulator/counters`).
@@ -611,4 +591,42 @@ async fn graph_token(
         .as_str()
         .map(str::to_string)
         .context("the emulator's token endpoint gave no access_token")
+}
+
+/// What one benchmark run measured before the service is stopped.
+struct Measured {
+    users: usize,
+    first_sync_seconds: f64,
+    requests: u64,
+    rss_before: u64,
+    rss_after: u64,
+    latencies: Vec<f64>,
+}
+
+/// Stops the service and the emulator child, removes the run's data and makes the row.
+async fn finish(
+    running: crate::service::RunningService,
+    child: tokio::process::Child,
+    data_dir: &std::path::Path,
+    mut measured: Measured,
+    throttled: Option<u64>,
+) -> Row {
+    measured.latencies.sort_by(f64::total_cmp);
+    for (task, ended) in running.shutdown().await {
+        if ended != "stopped" {
+            eprintln!("task {task}: {ended}");
+        }
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(data_dir);
+    Row {
+        first_sync_seconds: measured.first_sync_seconds,
+        requests: measured.requests,
+        notify_p50_ms: percentile(&measured.latencies, 0.50),
+        notify_p99_ms: percentile(&measured.latencies, 0.99),
+        rss_mb_per_1000: (measured.rss_after.saturating_sub(measured.rss_before)) as f64
+            / 1_048_576.0
+            / (measured.users as f64 / 1000.0),
+        throttled,
+    }
 }

@@ -495,11 +495,7 @@ async fn calendar(
         Err(error) => return error.into_response(),
     };
     let now = state.clock.now();
-    let window_end = now
-        .checked_add(jiff::SignedDuration::from_hours(i64::from(
-            state.window_hours,
-        )))
-        .unwrap_or(now);
+    let (_, window_end) = crate::sync::window_from(now, state.window_hours);
     let (from, to) = match (
         parse_query_instant("from", query.from.as_deref(), now),
         parse_query_instant("to", query.to.as_deref(), window_end),

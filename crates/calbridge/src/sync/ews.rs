@@ -13,7 +13,7 @@ use std::time::Duration;
 use calbridge_domain::{MailboxAddress, SourceId};
 use calbridge_sources_ews::{EwsError, EwsSource, StreamEvent, SubscriptionId};
 use calbridge_store::{PersonKey, Resolution, Store, WindowReplacement};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::graph::{PersonHealth, Progress, Work};
@@ -147,13 +147,7 @@ impl EwsSync {
     }
 
     fn window_now(&self) -> (Timestamp, Timestamp) {
-        let now = self.clock.now();
-        let end = now
-            .checked_add(SignedDuration::from_hours(i64::from(
-                self.settings.window_hours,
-            )))
-            .unwrap_or(now);
-        (now, end)
+        super::window_from(self.clock.now(), self.settings.window_hours)
     }
 
     fn mailbox_of(&self, person: &PersonKey) -> Option<MailboxAddress> {
@@ -201,12 +195,7 @@ impl EwsSync {
     }
 
     fn next_midnight(&self) -> Timestamp {
-        let zone = self.hub.locale().zone.zone();
-        let today = zone.to_datetime(self.clock.now()).date();
-        match today.tomorrow() {
-            Ok(tomorrow) => calbridge_domain::start_of_day(tomorrow, zone),
-            Err(_) => Timestamp::MAX,
-        }
+        super::next_local_midnight(self.clock.now(), self.hub.locale().zone.zone())
     }
 
     async fn start(&self) {

@@ -190,13 +190,7 @@ impl GraphSync {
     }
 
     fn window_now(&self) -> (Timestamp, Timestamp) {
-        let now = self.clock.now();
-        let end = now
-            .checked_add(SignedDuration::from_hours(i64::from(
-                self.settings.window_hours,
-            )))
-            .unwrap_or(now);
-        (now, end)
+        super::window_from(self.clock.now(), self.settings.window_hours)
     }
 
     /// A webhook POST: the validation handshake is answered by the HTTP layer; this checks
@@ -311,12 +305,7 @@ impl GraphSync {
     }
 
     fn next_midnight(&self) -> Timestamp {
-        let zone = self.hub.locale().zone.zone();
-        let today = zone.to_datetime(self.clock.now()).date();
-        match today.tomorrow() {
-            Ok(tomorrow) => calbridge_domain::start_of_day(tomorrow, zone),
-            Err(_) => Timestamp::MAX,
-        }
+        super::next_local_midnight(self.clock.now(), self.hub.locale().zone.zone())
     }
 
     async fn start(&self) -> anyhow::Result<()> {

@@ -8,6 +8,28 @@ use calbridge_store::PersonKey;
 
 use self::graph::Work;
 
+/// The synchronised window from `now`: `window_hours` ahead (the seed's 48 h).
+pub(crate) fn window_from(
+    now: jiff::Timestamp,
+    window_hours: u32,
+) -> (jiff::Timestamp, jiff::Timestamp) {
+    let end = now
+        .checked_add(jiff::SignedDuration::from_hours(i64::from(window_hours)))
+        .unwrap_or(now);
+    (now, end)
+}
+
+/// The next local midnight after `now` in `zone`, when every window is read again.
+pub(crate) fn next_local_midnight(
+    now: jiff::Timestamp,
+    zone: &jiff::tz::TimeZone,
+) -> jiff::Timestamp {
+    match zone.to_datetime(now).date().tomorrow() {
+        Ok(tomorrow) => calbridge_domain::start_of_day(tomorrow, zone),
+        Err(_) => jiff::Timestamp::MAX,
+    }
+}
+
 /// A member of a directory group, already resolved by the source.
 pub struct GroupMember {
     pub primary_smtp: MailboxAddress,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,8 @@ use serde_json::Value;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSettings {
-    /// Concurrent requests per app per mailbox before 429 `MailboxConcurrency` (Graph: 4). 0 = no limit.
+    /// Concurrent Graph requests per app per mailbox before 429 `MailboxConcurrency` (Graph: 4).
+    /// 0 = no limit. Not applied to EWS, nor are the other mailbox limits below.
     pub mailbox_concurrency_limit: u32,
     /// Requests per app per mailbox per window before 429 (Graph: 10,000 per 10 minutes). 0 = no limit.
     pub mailbox_requests_per_window: u32,
@@ -25,9 +27,10 @@ pub struct FaultSettings {
     pub throttled_mailboxes: Vec<String>,
     /// `Retry-After` seconds for requests to `throttled_mailboxes`.
     pub throttled_mailbox_retry_after_seconds: u64,
-    /// Fraction (0.0–1.0) of Graph requests answered 503 or 504 instead.
+    /// Fraction (0.0–1.0) of Graph requests answered 503 or 504 instead, and of authenticated
+    /// EWS SOAP requests answered HTTP 503 (as IIS or Exchange's front end does).
     pub server_error_rate: f64,
-    /// Added latency on every Graph and token request, in milliseconds.
+    /// Added latency on every Graph, token, EWS and Autodiscover request, in milliseconds.
     pub latency_ms: u64,
     /// Extra random latency, uniformly 0..=jitter milliseconds.
     pub latency_jitter_ms: u64,
@@ -83,6 +86,17 @@ pub enum FaultPatchError {
 }
 
 impl FaultSettings {
+    /// The latency to add to one request: `latency_ms` plus `unit` (uniform in 0..1) times
+    /// 0..=`latency_jitter_ms`.
+    pub fn added_latency(&self, unit: f64) -> Duration {
+        let jitter = if self.latency_jitter_ms > 0 {
+            ((unit * (self.latency_jitter_ms + 1) as f64) as u64).min(self.latency_jitter_ms)
+        } else {
+            0
+        };
+        Duration::from_millis(self.latency_ms.saturating_add(jitter))
+    }
+
     /// Applies a partial JSON object (only the named fields change).
     pub fn patched(&self, patch: &Value) -> Result<FaultSettings, FaultPatchError> {
         let patch_object = patch.as_object().ok_or(FaultPatchError::NotAnObject)?;
@@ -344,6 +358,27 @@ mod tests {
             throttle.admit(0, 0, next_window, &settings),
             Admission::Admitted(_)
         ));
+    }
+
+    #[test]
+    fn added_latency_is_the_base_plus_uniform_jitter_within_bounds() {
+        let settings = FaultSettings {
+            latency_ms: 200,
+            latency_jitter_ms: 50,
+            ..FaultSettings::default()
+        };
+        assert_eq!(settings.added_latency(0.0), Duration::from_millis(200));
+        assert_eq!(settings.added_latency(0.5), Duration::from_millis(225));
+        assert_eq!(
+            settings.added_latency(0.999_999),
+            Duration::from_millis(250)
+        );
+        assert_eq!(settings.added_latency(1.0), Duration::from_millis(250));
+        assert_eq!(
+            FaultSettings::default().added_latency(0.7),
+            Duration::ZERO,
+            "no latency by default"
+        );
     }
 
     #[test]

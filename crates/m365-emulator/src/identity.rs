@@ -166,7 +166,7 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     state.counters.count("identity.token");
-    crate::graph::apply_latency(&state).await;
+    state.apply_latency().await;
     match issue_token(&state, &tenant, &headers, &body) {
         Ok(body) => {
             let mut response = Json(body).into_response();

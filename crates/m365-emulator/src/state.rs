@@ -47,6 +47,16 @@ impl AppState {
         lock(&self.faults).clone()
     }
 
+    /// Waits `latency_ms` plus jitter (the `latency_*` fault settings; nothing when both are 0).
+    /// Every Graph, token, EWS and Autodiscover request waits once.
+    pub async fn apply_latency(&self) {
+        let faults = self.faults();
+        if faults.latency_ms == 0 && faults.latency_jitter_ms == 0 {
+            return;
+        }
+        tokio::time::sleep(faults.added_latency(self.ids.unit())).await;
+    }
+
     pub fn mailbox_name(&self, user_index: usize) -> String {
         self.directory
             .users

@@ -542,88 +542,195 @@ async fn bearer_tokens_for_outlook_with_full_access_as_app_work_with_impersonati
     assert_eq!(ews(&harness, &graph_token, "", &view).await.status, 401);
 }
 
-/// One TLS connection carrying several requests, as NTLM needs.
-async fn ntlm_exchange(harness: &Harness, user: &str, domain: &str, password: &str) -> (u16, u16) {
-    let ready = harness.emulator.ready();
-    let uri: hyper::Uri = ready.ews_url.parse().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(443);
-    let tls = {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        if let Ok(certificate) = rustls_pki_types::CertificateDer::from_pem_file(&ready.ca_cert) {
-            let _ = roots.add(certificate);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-        let Ok(config) = config else {
-            panic!("tls config")
+/// One connection (TLS, or plain http for the second port) carrying several requests, as
+/// NTLM needs, and handing out response bodies unread, as streaming needs.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    async fn open(harness: &Harness) -> Connection {
+        let ready = harness.emulator.ready();
+        let uri: hyper::Uri = ready.ews_url.parse().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(443);
+        let tls = {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            if let Ok(certificate) = rustls_pki_types::CertificateDer::from_pem_file(&ready.ca_cert)
+            {
+                let _ = roots.add(certificate);
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+            let Ok(config) = config else {
+                panic!("tls config")
+            };
+            Arc::new(config)
         };
-        Arc::new(config)
-    };
-    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        panic!("connect")
-    };
-    let Ok(name) = rustls_pki_types::ServerName::try_from("127.0.0.1") else {
-        panic!("name")
-    };
-    let Ok(stream) = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, stream)
-        .await
-    else {
-        panic!("tls")
-    };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        panic!("handshake")
-    };
-    tokio::spawn(connection);
-    let body = envelope(
-        "",
-        r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#,
-    );
-    let engine = base64::engine::general_purpose::STANDARD;
-    let mut send = async |authorization: Option<String>| {
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            panic!("connect")
+        };
+        let Ok(name) = rustls_pki_types::ServerName::try_from("127.0.0.1") else {
+            panic!("name")
+        };
+        let Ok(stream) = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+        else {
+            panic!("tls")
+        };
+        let Ok((sender, connection)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            panic!("handshake")
+        };
+        tokio::spawn(connection);
+        Connection {
+            sender,
+            host: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    async fn open_plain_http(harness: &Harness) -> Connection {
+        let http = harness
+            .emulator
+            .ready()
+            .http_url
+            .clone()
+            .unwrap_or_default();
+        let port: u16 = http
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap_or(0);
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            panic!("connect http")
+        };
+        let Ok((sender, connection)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            panic!("handshake")
+        };
+        tokio::spawn(connection);
+        Connection {
+            sender,
+            host: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// Sends a request and returns the answer with its body still to be read.
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: String,
+    ) -> hyper::Response<hyper::body::Incoming> {
         let mut builder = hyper::Request::builder()
-            .method("POST")
-            .uri("/ews/exchange.asmx")
-            .header("host", format!("127.0.0.1:{port}"));
+            .method(method)
+            .uri(path)
+            .header("host", self.host.as_str())
+            .header("content-type", "text/xml; charset=utf-8");
         if let Some(value) = authorization {
             builder = builder.header("authorization", value);
         }
-        let Ok(request) = builder.body(Full::new(Bytes::from(body.clone()))) else {
+        let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
             panic!("request")
         };
-        let Ok(response) = sender.send_request(request).await else {
-            panic!("send")
-        };
+        match self.sender.send_request(request).await {
+            Ok(response) => response,
+            Err(error) => panic!("send: {error}"),
+        }
+    }
+
+    /// Sends a request and reads the whole answer: (status, `WWW-Authenticate`, body).
+    async fn exchange(
+        &mut self,
+        path: &str,
+        authorization: Option<&str>,
+        body: String,
+    ) -> (u16, Option<String>, String) {
+        let response = self.send("POST", path, authorization, body).await;
         let status = response.status().as_u16();
         let challenge = response
             .headers()
             .get("www-authenticate")
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
-        let _ = response.into_body().collect().await;
-        (status, challenge)
-    };
-    let (status, challenge) = send(Some(format!(
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| String::from_utf8_lossy(&collected.to_bytes()).to_string())
+            .unwrap_or_default();
+        (status, challenge, body)
+    }
+}
+
+const GET_CALENDAR_FOLDER: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#;
+
+/// The NEGOTIATE leg; returns the status and the server's CHALLENGE message.
+async fn ntlm_negotiate(connection: &mut Connection) -> (u16, Vec<u8>) {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let negotiate = format!(
         "NTLM {}",
         engine.encode(m365_emulator::ntlm_client::client_negotiate())
-    )))
-    .await;
-    assert_eq!(status, 401);
-    let challenge = challenge.unwrap_or_default();
+    );
+    let (status, challenge, _) = connection
+        .exchange(
+            "/ews/exchange.asmx",
+            Some(&negotiate),
+            envelope("", GET_CALENDAR_FOLDER),
+        )
+        .await;
     let token = engine
-        .decode(challenge.trim_start_matches("NTLM ").trim())
+        .decode(
+            challenge
+                .unwrap_or_default()
+                .trim_start_matches("NTLM ")
+                .trim(),
+        )
         .unwrap_or_default();
+    (status, token)
+}
+
+/// The AUTHENTICATE leg answering `challenge`; returns the status.
+async fn ntlm_authenticate(
+    connection: &mut Connection,
+    challenge: &[u8],
+    (user, domain, password): (&str, &str, &str),
+) -> u16 {
+    let engine = base64::engine::general_purpose::STANDARD;
     let authenticate =
-        m365_emulator::ntlm_client::client_authenticate(user, domain, password, &token, [7; 8])
+        m365_emulator::ntlm_client::client_authenticate(user, domain, password, challenge, [7; 8])
             .unwrap_or_default();
-    let (status, _) = send(Some(format!("NTLM {}", engine.encode(authenticate)))).await;
+    connection
+        .exchange(
+            "/ews/exchange.asmx",
+            Some(&format!("NTLM {}", engine.encode(authenticate))),
+            envelope("", GET_CALENDAR_FOLDER),
+        )
+        .await
+        .0
+}
+
+/// One TLS connection carrying several requests, as NTLM needs.
+async fn ntlm_exchange(harness: &Harness, user: &str, domain: &str, password: &str) -> (u16, u16) {
+    let mut connection = Connection::open(harness).await;
+    let (status, challenge) = ntlm_negotiate(&mut connection).await;
+    assert_eq!(status, 401);
+    let status = ntlm_authenticate(&mut connection, &challenge, (user, domain, password)).await;
     // The connection stays authenticated, as with IIS.
-    let (follow_up, _) = send(None).await;
+    let (follow_up, _, _) = connection
+        .exchange(
+            "/ews/exchange.asmx",
+            None,
+            envelope("", GET_CALENDAR_FOLDER),
+        )
+        .await;
     (status, follow_up)
 }
 
@@ -953,4 +1060,332 @@ async fn plain_http_autodiscover_redirects_to_https_and_generated_orgs_have_serv
         "{}",
         monitor.text()
     );
+}
+
+// Fault parity with Graph. These tests run on tokio's paused clock: the emulator runs in the
+// test's runtime, its added latency is a tokio sleep, and the paused clock jumps straight to
+// it when nothing else can run, so the virtual time a request takes is exactly the latency
+// the emulator added, without waiting for it.
+
+/// Runs `request` and returns its outcome with the virtual time it took.
+async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = tokio::time::Instant::now();
+    let outcome = request.await;
+    (outcome, started.elapsed())
+}
+
+fn latency(latency_ms: u64, latency_jitter_ms: u64) -> FaultSettings {
+    FaultSettings {
+        latency_ms,
+        latency_jitter_ms,
+        ..FaultSettings::default()
+    }
+}
+
+/// Reads a streaming body until the text read so far contains `marker` `times` times.
+async fn read_until(
+    body: &mut hyper::body::Incoming,
+    text: &mut String,
+    marker: &str,
+    times: usize,
+) {
+    while count(text, marker) < times {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            other => panic!("the stream ended before {marker} #{times}: {other:?}; read: {text}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_is_added_to_every_ews_request_and_every_ntlm_leg() {
+    let harness = start().await;
+    harness.emulator.set_faults(latency(250, 0));
+    let expected = Duration::from_millis(250);
+    let view = calendar_view(None, "2030-03-05T00:00:00Z", "2030-03-06T00:00:00Z", None);
+
+    let (reply, took) = timed(ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        &view,
+    ))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(took, expected, "Basic FindItem");
+
+    // The 401 challenge and a SOAP fault take it too.
+    let (reply, took) = timed(harness.client.send(
+        "POST",
+        &harness.emulator.ready().ews_url,
+        &[],
+        Some(("text/xml", envelope("", &view).into_bytes())),
+    ))
+    .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(took, expected, "401 challenge");
+    let (reply, took) = timed(ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        "<m:ConvertId/>",
+    ))
+    .await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(took, expected, "SOAP fault");
+
+    // Each of the three round trips of NTLM on one connection, as on a real network.
+    let mut connection = Connection::open(&harness).await;
+    let ((status, challenge), took) = timed(ntlm_negotiate(&mut connection)).await;
+    assert_eq!(status, 401);
+    assert_eq!(took, expected, "NEGOTIATE leg");
+    let (status, took) = timed(ntlm_authenticate(
+        &mut connection,
+        &challenge,
+        ("ada", "CONTOSO", "ada-password"),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(took, expected, "AUTHENTICATE leg");
+    let ((status, _, _), took) = timed(connection.exchange(
+        "/EWS/Exchange.asmx",
+        None,
+        envelope("", GET_CALENDAR_FOLDER),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(took, expected, "request on the authenticated connection");
+
+    // Without the fault nothing is added.
+    harness.emulator.set_faults(FaultSettings::default());
+    let (reply, took) = timed(ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        &view,
+    ))
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(took, Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ews_latency_jitter_stays_between_the_base_and_base_plus_jitter() {
+    let harness = start().await;
+    harness.emulator.set_faults(latency(100, 100));
+    let auth = basic("ada@contoso.example", "ada-password");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let (reply, took) = timed(ews(&harness, &auth, "", GET_CALENDAR_FOLDER)).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            (Duration::from_millis(100)..=Duration::from_millis(200)).contains(&took),
+            "{took:?}"
+        );
+        seen.insert(took);
+    }
+    assert!(seen.len() > 1, "the jitter varies: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_streaming_events_takes_the_latency_before_the_stream_not_per_notification() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        ews_connection_timeout_seconds: 600,
+        ews_heartbeat_seconds: 300,
+        ..latency(1000, 0)
+    });
+    let second = Duration::from_secs(1);
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    let reply = ews(
+        &harness,
+        &auth,
+        &impersonating("ada@contoso.example"),
+        subscribe,
+    )
+    .await
+    .text();
+    let start = reply
+        .find("<m:SubscriptionId>")
+        .map(|index| index + 18)
+        .unwrap_or(0);
+    let id = reply[start..start + reply[start..].find('<').unwrap_or(0)].to_string();
+    assert!(!id.is_empty(), "{reply}");
+    let token = harness.token().await;
+
+    let mut connection = Connection::open(&harness).await;
+    let request = envelope(&impersonating("ada@contoso.example"), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>"));
+    let (response, took) =
+        timed(connection.send("POST", "/EWS/Exchange.asmx", Some(&auth), request)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(took, second, "the stream starts after the latency");
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let ((), took) = timed(read_until(
+        &mut body,
+        &mut text,
+        "<m:ConnectionStatus>OK</m:ConnectionStatus>",
+        1,
+    ))
+    .await;
+    assert_eq!(took, Duration::ZERO, "the first envelope comes at once");
+
+    // Each change costs Graph's latency (the POST), and reaches the open stream with no more.
+    for (round, subject) in ["First", "Second"].into_iter().enumerate() {
+        let changed = tokio::time::Instant::now();
+        let created = harness
+            .send_json("POST", &harness.graph("/users/ada@contoso.example/events"), &token, &json!({"subject": subject, "start": {"dateTime": "2030-03-12T09:00:00", "timeZone": "UTC"}, "end": {"dateTime": "2030-03-12T09:30:00", "timeZone": "UTC"}}))
+            .await;
+        assert_eq!(created.status, 201);
+        assert_eq!(changed.elapsed(), second, "Graph's own latency");
+        let ((), took) = timed(read_until(
+            &mut body,
+            &mut text,
+            "<t:CreatedEvent>",
+            round + 1,
+        ))
+        .await;
+        assert_eq!(
+            took,
+            Duration::ZERO,
+            "notification {subject} waits for nothing"
+        );
+    }
+    assert_eq!(count(&text, "<t:CreatedEvent>"), 2, "{text}");
+    // The keep-alive comes its interval after the last envelope, without latency either.
+    let last_envelope = tokio::time::Instant::now();
+    read_until(
+        &mut body,
+        &mut text,
+        "<m:ConnectionStatus>OK</m:ConnectionStatus>",
+        2,
+    )
+    .await;
+    assert_eq!(last_envelope.elapsed(), Duration::from_secs(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn autodiscover_requests_take_the_latency_whatever_their_answer() {
+    let harness = start().await;
+    harness.emulator.set_faults(latency(300, 0));
+    let expected = Duration::from_millis(300);
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let (reply, took) = timed(autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ada@contoso.example",
+        Some(&auth),
+    ))
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("<Action>settings</Action>"));
+    assert_eq!(took, expected, "settings");
+    let (reply, took) = timed(autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ada@contoso.example",
+        None,
+    ))
+    .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(took, expected, "401 challenge");
+    let (reply, took) = timed(autodiscover(
+        &harness,
+        "contoso.example",
+        "ada@contoso.example",
+        None,
+    ))
+    .await;
+    assert!(reply.text().contains("redirectUrl"), "{}", reply.text());
+    assert_eq!(took, expected, "redirectUrl");
+    let json_url = format!(
+        "{}/autodiscover/autodiscover.json/v1.0/ada@contoso.example?Protocol=EWS",
+        harness.emulator.ready().base_url
+    );
+    let (reply, took) = timed(harness.client.send("GET", &json_url, &[], None)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(took, expected, "JSON");
+    let mut plain = Connection::open_plain_http(&harness).await;
+    let (response, took) =
+        timed(plain.send("GET", "/autodiscover/autodiscover.xml", None, String::new())).await;
+    assert_eq!(response.status().as_u16(), 302);
+    assert_eq!(took, expected, "302 on the plain-http port");
+}
+
+#[tokio::test]
+async fn server_error_rate_answers_authenticated_ews_requests_503_and_spares_the_handshake() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        server_error_rate: 1.0,
+        ..FaultSettings::default()
+    });
+    let auth = basic("ada@contoso.example", "ada-password");
+    let reply = ews(&harness, &auth, "", GET_CALENDAR_FOLDER).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("text/html; charset=us-ascii")
+    );
+    assert!(reply
+        .text()
+        .contains("HTTP Error 503. The service is unavailable."));
+    assert!(!reply.text().contains("Envelope"), "no SOAP body");
+    assert_eq!(reply.header("retry-after"), None);
+    // Whoever is not authenticated still gets the challenge, not the 503.
+    let reply = harness
+        .client
+        .send(
+            "POST",
+            &harness.emulator.ready().ews_url,
+            &[],
+            Some(("text/xml", envelope("", GET_CALENDAR_FOLDER).into_bytes())),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    // NTLM: the NEGOTIATE leg gets its CHALLENGE; the authenticated request fails, but the
+    // connection is logged on and serves the next request once the fault is off.
+    let mut connection = Connection::open(&harness).await;
+    let (status, challenge) = ntlm_negotiate(&mut connection).await;
+    assert_eq!(status, 401);
+    assert!(!challenge.is_empty(), "a CHALLENGE message");
+    let status = ntlm_authenticate(
+        &mut connection,
+        &challenge,
+        ("ada", "CONTOSO", "ada-password"),
+    )
+    .await;
+    assert_eq!(status, 503);
+    // Autodiscover is not affected.
+    let discovered = autodiscover(
+        &harness,
+        "autodiscover.contoso.example",
+        "ada@contoso.example",
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(discovered.status, 200);
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("faults.server_errors"),
+        Some(&2)
+    );
+
+    harness.emulator.set_faults(FaultSettings::default());
+    let (status, _, body) = connection
+        .exchange(
+            "/EWS/Exchange.asmx",
+            None,
+            envelope("", GET_CALENDAR_FOLDER),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("NoError"), "{body}");
 }

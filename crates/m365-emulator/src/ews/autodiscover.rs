@@ -82,6 +82,8 @@ pub async fn pox(
     State(state): State<Arc<AppState>>,
     request: Request<axum::body::Body>,
 ) -> Response {
+    // The added latency, once per request whatever the answer (302, 401, redirect, settings).
+    state.apply_latency().await;
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let host = host_of(&headers);
@@ -214,6 +216,7 @@ pub async fn json_v2(
     Path(email): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    state.apply_latency().await;
     state.counters.count("autodiscover.json");
     let protocol = query
         .iter()

@@ -105,6 +105,11 @@ pub async fn endpoint(
     State(state): State<Arc<AppState>>,
     request: Request<axum::body::Body>,
 ) -> Response {
+    // The added latency, once per HTTP request and before anything is answered: every leg of
+    // an NTLM handshake pays it (each is a round trip to a real server too), and
+    // GetStreamingEvents pays it before its stream starts, not per notification. (Graph spends
+    // it holding a mailbox concurrency slot; EWS has no such slot, its throttling is `ews_*`.)
+    state.apply_latency().await;
     let (parts, body) = request.into_parts();
     let connection = parts.extensions.get::<Arc<ConnectionState>>().cloned();
     let headers = parts.headers;
@@ -129,9 +134,37 @@ pub async fn endpoint(
         AuthOutcome::Authenticated(principal) => principal,
         AuthOutcome::Respond(response) => return response,
     };
+    if let Some(response) = server_error(&state) {
+        return response;
+    }
     handle(&state, principal, &headers, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The page HTTP.sys answers a 503 with.
+const SERVICE_UNAVAILABLE_PAGE: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Service Unavailable</TITLE>\r\n<META HTTP-EQUIV=\"Content-Type\" Content=\"text/html; charset=us-ascii\"></HEAD>\r\n<BODY><h2>Service Unavailable</h2>\r\n<hr><p>HTTP Error 503. The service is unavailable.</p>\r\n</BODY></HTML>\r\n";
+
+/// The `server_error_rate` fault on EWS: HTTP 503 with the plain page IIS (HTTP.sys) sends when
+/// the application behind it cannot serve, which is also what a client sees when Exchange's
+/// front end cannot reach the mailbox server. No SOAP body and no `Retry-After`, as there.
+/// Drawn only for authenticated requests, so the 401 legs of a handshake are never replaced.
+fn server_error(state: &AppState) -> Option<Response> {
+    let rate = state.faults().server_error_rate;
+    if rate <= 0.0 || state.ids.unit() >= rate {
+        return None;
+    }
+    state.counters.count("faults.server_errors");
+    let mut response = (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        SERVICE_UNAVAILABLE_PAGE,
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/html; charset=us-ascii"),
+    );
+    Some(response)
 }
 
 fn anchor_mailbox(state: &AppState, headers: &HeaderMap) -> Option<usize> {

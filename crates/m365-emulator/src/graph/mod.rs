@@ -9,8 +9,6 @@ pub mod schedule;
 pub mod subscriptions;
 pub mod users;
 
-use std::time::Duration;
-
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -220,19 +218,6 @@ impl Caller {
     }
 }
 
-pub async fn apply_latency(state: &AppState) {
-    let faults = state.faults();
-    if faults.latency_ms == 0 && faults.latency_jitter_ms == 0 {
-        return;
-    }
-    let jitter = if faults.latency_jitter_ms > 0 {
-        (state.ids.unit() * (faults.latency_jitter_ms + 1) as f64) as u64
-    } else {
-        0
-    };
-    tokio::time::sleep(Duration::from_millis(faults.latency_ms + jitter)).await;
-}
-
 /// Counts the request, applies latency and error-rate faults, verifies the token and the role.
 pub async fn authenticate(
     state: &AppState,
@@ -244,7 +229,7 @@ pub async fn authenticate(
     // Mailbox requests take their latency while holding a concurrency slot (see
     // `enter_mailbox`), as a slow Exchange backend would; the others take it here.
     if !matches!(need, Need::CalendarRead | Need::CalendarWrite) {
-        apply_latency(state).await;
+        state.apply_latency().await;
     }
     let faults = state.faults();
     if faults.server_error_rate > 0.0 && state.ids.unit() < faults.server_error_rate {
@@ -378,7 +363,7 @@ pub async fn enter_mailbox(
     user_index: usize,
 ) -> Result<ThrottleGuard, GraphError> {
     let guard = admit_to_mailbox(state, caller, user_index)?;
-    apply_latency(state).await;
+    state.apply_latency().await;
     Ok(guard)
 }
 

@@ -25,6 +25,9 @@ THROTTLED_USER = "tess@contoso.example"
 ADA_PASSWORD = "Ada-Pa55word"
 SERVICE_USER = "svc.calbridge@contoso.example"
 SERVICE_PASSWORD = "Svc-Pa55word"
+# An app registration for EWS over OAuth (Exchange Online / hybrid): only full_access_as_app.
+EWS_APP_ID = "3c7e5a1f-0b2d-4e6f-8a9c-1d2e3f405162"
+EWS_APP_SECRET = "python-proof-ews-secret"
 
 
 def emulator_binary() -> pathlib.Path:
@@ -74,6 +77,13 @@ name = "python-proof"
 roles = ["Calendars.ReadWrite", "User.Read.All", "Group.Read.All"]
 secrets = [{{ value = "{SECRET}" }}, {{ value = "{EXPIRED_SECRET}", expires = "-1d" }}]
 certificates = [{{ pem_file = "app-cert.pem" }}]
+
+# Office 365 Exchange Online's application permission for EWS (the ready line names the app above).
+[[apps]]
+name = "ews-oauth"
+client_id = "{EWS_APP_ID}"
+roles = ["full_access_as_app"]
+secrets = [{{ value = "{EWS_APP_SECRET}" }}]
 
 [[users]]
 upn = "ada@contoso.example"

@@ -1,22 +1,41 @@
 """exchangelib against the emulator's EWS, configured as it would be for an on-premises Exchange:
-NTLM credentials, the EWS URL (or Autodiscover), impersonation for the service account."""
+NTLM credentials, the EWS URL (or Autodiscover), impersonation for the service account; and as
+for Exchange Online / hybrid: an app-only OAuth token from msal with full_access_as_app."""
 
+import base64
+import json
+
+import msal
 import pytest
 import requests
-from exchangelib import DELEGATE, IMPERSONATION, NTLM, Account, Configuration, Credentials, EWSDateTime, EWSTimeZone
-from exchangelib.errors import ErrorImpersonateUserDenied, ErrorNameResolutionNoResults
-from exchangelib.protocol import BaseProtocol
+from exchangelib import (
+    DELEGATE,
+    IMPERSONATION,
+    NTLM,
+    OAUTH2,
+    Account,
+    Configuration,
+    Credentials,
+    EWSDateTime,
+    EWSTimeZone,
+    Identity,
+    OAuth2AuthorizationCodeCredentials,
+    close_connections,
+)
+from exchangelib.errors import ErrorImpersonateUserDenied, ErrorNameResolutionNoResults, UnauthorizedError
 
-from conftest import ADA_PASSWORD, SERVICE_PASSWORD, SERVICE_USER
+from conftest import ADA_PASSWORD, EWS_APP_ID, EWS_APP_SECRET, SERVICE_PASSWORD, SERVICE_USER
 
 UTC = EWSTimeZone("UTC")
+EXCHANGE_ONLINE_SCOPE = ["https://outlook.office365.com/.default"]
+GRAPH_SCOPE = ["https://graph.microsoft.com/.default"]
 
 
 @pytest.fixture(autouse=True)
 def fresh_protocol_cache():
     # exchangelib caches a protocol per endpoint and credentials; keep tests independent.
     yield
-    BaseProtocol.close_all() if hasattr(BaseProtocol, "close_all") else None
+    close_connections()
 
 
 def configuration(emulator, username, password, auth_type=None):
@@ -77,6 +96,8 @@ def test_impersonation_without_the_right_is_denied(emulator):
 def test_exchangelib_resolves_names(emulator):
     config = configuration(emulator, SERVICE_USER, SERVICE_PASSWORD, auth_type=NTLM)
     account = Account("ada@contoso.example", config=config, autodiscover=False, access_type=IMPERSONATION)
+    # Protocol-level services need the server version, which exchangelib guesses on first use.
+    assert account.protocol.version.build.major_version == 15
     [mailbox] = account.protocol.resolve_names(["smtp:ada@contoso.example"])
     assert mailbox.email_address == "ada@contoso.example"
     assert mailbox.name == "Ada Lovelace"
@@ -135,3 +156,101 @@ def test_basic_auth_and_case_insensitive_path_work_with_requests(emulator):
     refused = requests.post(url, data=body, auth=("ada@contoso.example", "wrong"), verify=emulator["ca_cert"])
     assert refused.status_code == 401
     assert "NTLM" in refused.headers.get("WWW-Authenticate", "")
+
+
+# --- OAuth (Exchange Online / hybrid): app-only tokens with full_access_as_app -------------------
+
+
+def app_token(emulator, scopes):
+    # msal against the emulator's authority, as test_clients.py does (instance_discovery=False
+    # keeps msal from asking login.microsoftonline.com about the authority).
+    app = msal.ConfidentialClientApplication(
+        EWS_APP_ID,
+        client_credential=EWS_APP_SECRET,
+        authority=emulator["authority"],
+        verify=emulator["ca_cert"],
+        instance_discovery=False,
+    )
+    result = app.acquire_token_for_client(scopes=scopes)
+    assert "access_token" in result, result
+    return result
+
+
+def claims(access_token):
+    payload = access_token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def oauth_configuration(emulator, token, identity):
+    # exchangelib fetches tokens itself only from login.microsoftonline.com. Handing it the msal
+    # token as `access_token` with no client id or secret makes it use that token as is (no
+    # fetch, no refresh URL), so nothing leaves this machine. `identity` is the mailbox that
+    # protocol-level calls (the version probe, ResolveNames) impersonate: Exchange Online wants
+    # the ExchangeImpersonation header on every request made with an app-only token.
+    credentials = OAuth2AuthorizationCodeCredentials(
+        access_token={"access_token": token["access_token"], "token_type": token["token_type"], "expires_in": token["expires_in"]},
+        identity=Identity(primary_smtp_address=identity),
+    )
+    return Configuration(service_endpoint=emulator["ews_url"], credentials=credentials, auth_type=OAUTH2)
+
+
+def counter(emulator, name):
+    reply = requests.get(f"{emulator['admin_url']}/counters?by_mailbox=false", verify=emulator["ca_cert"])
+    assert reply.status_code == 200, reply.text
+    return reply.json()["by_kind"].get(name, 0)
+
+
+def test_exchangelib_reads_a_calendar_view_and_resolves_names_with_an_app_only_oauth_token(emulator):
+    token = app_token(emulator, EXCHANGE_ONLINE_SCOPE)
+    token_claims = claims(token["access_token"])
+    assert token_claims["aud"] == "https://outlook.office365.com"
+    assert "full_access_as_app" in token_claims["roles"]
+    failures = counter(emulator, "ews.auth_failures")
+
+    config = oauth_configuration(emulator, token, "bob@contoso.example")
+    account = Account("bob@contoso.example", config=config, autodiscover=False, access_type=IMPERSONATION)
+    assert account.protocol.auth_type == OAUTH2
+    start, end = window()
+    items = list(account.calendar.view(start=start, end=end).only("subject", "start", "end", "type"))
+    subjects = {item.subject for item in items}
+    assert {"Early call", "Billing"} <= subjects, subjects
+    early = sorted(item.start for item in items if item.subject == "Early call")
+    assert early[0] == EWSDateTime(2030, 3, 7, 12, 30, tzinfo=UTC)
+    assert len(early) == 6
+
+    [ada] = account.protocol.resolve_names(["Ada"])
+    assert ada.email_address == "ada@contoso.example"
+    assert ada.name == "Ada Lovelace"
+    [missing] = account.protocol.resolve_names(["nobody@contoso.example"])
+    assert isinstance(missing, ErrorNameResolutionNoResults)
+    assert counter(emulator, "ews.auth_failures") == failures
+
+
+def test_ews_refuses_a_graph_token_with_401_and_exchangelib_reports_unauthorized(emulator):
+    # The same app, so the token even carries full_access_as_app: only its audience is wrong.
+    token = app_token(emulator, GRAPH_SCOPE)
+    assert claims(token["access_token"])["aud"] == "https://graph.microsoft.com"
+    failures = counter(emulator, "ews.auth_failures")
+
+    config = oauth_configuration(emulator, token, "bob@contoso.example")
+    with pytest.raises(UnauthorizedError):
+        account = Account("bob@contoso.example", config=config, autodiscover=False, access_type=IMPERSONATION)
+        start, end = window()
+        list(account.calendar.view(start=start, end=end))
+    assert counter(emulator, "ews.auth_failures") > failures
+
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">'
+        '<s:Header><t:RequestServerVersion Version="Exchange2016"/></s:Header>'
+        '<s:Body><m:ResolveNames ReturnFullContactData="false"><m:UnresolvedEntry>Ada</m:UnresolvedEntry></m:ResolveNames></s:Body></s:Envelope>'
+    )
+    refused = requests.post(
+        emulator["ews_url"],
+        data=body,
+        headers={"Content-Type": "text/xml", "Authorization": f"Bearer {token['access_token']}"},
+        verify=emulator["ca_cert"],
+    )
+    assert refused.status_code == 401
+    assert "Bearer" in refused.headers.get("WWW-Authenticate", "")
+    assert refused.headers.get("x-ms-diagnostics", "").startswith("2000008;")

@@ -13,8 +13,9 @@ pub enum EwsError {
     /// `ErrorServerBusy`: Exchange's throttling asks to wait `back_off`.
     #[error("Exchange is busy (ErrorServerBusy) for {what}: retry after {} ms", back_off.as_millis())]
     ServerBusy { what: String, back_off: Duration },
-    /// The server refused the credentials (HTTP 401).
-    #[error("Exchange refused the credentials of '{user}' ({detail}): check the password and the authentication method (auth = ntlm|basic|bearer); calbridge waits {} s before trying again", retry_in.as_secs())]
+    /// Exchange (HTTP 401) or Entra ID (the token request) refused the credentials; `detail`
+    /// says which.
+    #[error("the server refused the credentials of '{user}' ({detail}): check the password or client secret and the authentication method (auth = ntlm|basic|bearer); calbridge waits {} s before trying again", retry_in.as_secs())]
     Unauthorized {
         user: String,
         detail: String,

@@ -106,42 +106,58 @@ pub fn response_messages(
     body: &str,
     subject: &Subject<'_>,
 ) -> Result<Vec<Element>, EwsError> {
-    let bad = |detail: String| EwsError::BadAnswer {
+    let root = xml::parse(body).map_err(|error| EwsError::BadAnswer {
         what: subject.what.to_string(),
-        detail,
-    };
-    let root = xml::parse(body).map_err(|error| {
-        bad(format!(
+        detail: format!(
             "HTTP {status} that is not XML ({error}): {}",
             shorten(body, 200)
-        ))
+        ),
     })?;
-    if let Some(fault) = root.find("Fault") {
-        let code = fault
-            .find("ResponseCode")
-            .map(|code| code.text.trim().to_string())
-            .or_else(|| {
-                fault.child_text("faultcode").map(|code| {
-                    code.rsplit_once(':')
-                        .map(|(_, local)| local)
-                        .unwrap_or(code)
-                        .to_string()
-                })
-            })
-            .unwrap_or_default();
-        let message = fault
-            .find("Message")
-            .map(|message| message.text.clone())
-            .or_else(|| fault.child_text("faultstring").map(str::to_string))
-            .unwrap_or_default();
-        return Err(code_error(&code, &message, &message_values(fault), subject));
+    if let Some(error) = fault_error(&root, subject) {
+        return Err(error);
     }
-    let messages = root.find("ResponseMessages").ok_or_else(|| {
-        bad(format!(
-            "HTTP {status} without ResponseMessages: {}",
-            shorten(body, 200)
-        ))
-    })?;
+    messages_in(status, &root, body, subject)
+}
+
+/// The error a SOAP fault in `root` stands for, if there is one.
+pub fn fault_error(root: &Element, subject: &Subject<'_>) -> Option<EwsError> {
+    let fault = root.find("Fault")?;
+    let code = fault
+        .find("ResponseCode")
+        .map(|code| code.text.trim().to_string())
+        .or_else(|| {
+            fault.child_text("faultcode").map(|code| {
+                code.rsplit_once(':')
+                    .map(|(_, local)| local)
+                    .unwrap_or(code)
+                    .to_string()
+            })
+        })
+        .unwrap_or_default();
+    let message = fault
+        .find("Message")
+        .map(|message| message.text.clone())
+        .or_else(|| fault.child_text("faultstring").map(str::to_string))
+        .unwrap_or_default();
+    Some(code_error(&code, &message, &message_values(fault), subject))
+}
+
+/// The response messages of a parsed answer without a fault; `body` is its text, for errors.
+pub fn messages_in(
+    status: u16,
+    root: &Element,
+    body: &str,
+    subject: &Subject<'_>,
+) -> Result<Vec<Element>, EwsError> {
+    let messages = root
+        .find("ResponseMessages")
+        .ok_or_else(|| EwsError::BadAnswer {
+            what: subject.what.to_string(),
+            detail: format!(
+                "HTTP {status} without ResponseMessages: {}",
+                shorten(body, 200)
+            ),
+        })?;
     Ok(messages.children.clone())
 }
 

@@ -1,6 +1,5 @@
 //! `EwsSource`: the operations calbridge needs, with domain types out.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,13 +8,14 @@ use calbridge_domain::{
 };
 use http::Method;
 use jiff::{Timestamp, ToSpan};
+use tokio::time::Instant;
 use url::Url;
 
 use crate::autodiscover::{self, Discovered};
 use crate::config::{validate_ews_url, AuthMethod, ConfigError, EwsSourceConfig, MailboxAccess};
-use crate::error::EwsError;
+use crate::error::{shorten, EwsError};
 use crate::soap::{self, Subject};
-use crate::transport::{self, lock, Auth, Credentials, Transport};
+use crate::transport::{self, Auth, Credentials, Transport};
 use crate::xml::{escape, Element};
 
 /// A streaming subscription id as Exchange issued it.
@@ -28,6 +28,7 @@ const MAX_ATTEMPTS: u32 = 6;
 /// stall a mailbox for hours.
 const MAX_BACK_OFF: Duration = Duration::from_secs(300);
 const FIND_ITEM_LIMIT: usize = 1000;
+const DEFAULT_NETWORK_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Free/busy of one mailbox from `GetUserAvailability`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +39,133 @@ pub struct FreeBusy {
 }
 
 /// The EWS client of one Exchange organisation.
+///
+/// The EWS URL is `ews_url` when configured, else Autodiscover's answer, cached. When the
+/// discovered URL stops answering (no connection, TLS or DNS failure, HTTP 404/410, or a
+/// 5xx that is no SOAP fault, after the usual retries), Autodiscover is asked again, at most
+/// every [`EwsSource::REDISCOVERY_INTERVAL`] and once for all requests failing together, and
+/// the request is sent once more to the URL it names; streaming connections open at the
+/// current URL the same way. Credential errors and Exchange's own faults never do this.
 pub struct EwsSource {
     pub(crate) config: EwsSourceConfig,
     pub(crate) transport: Transport,
     fixed_ews_url: Option<Url>,
-    discovered: tokio::sync::Mutex<Option<Discovered>>,
-    last_ews_url: Mutex<Option<Url>>,
+    /// Held while the first Autodiscover runs, so that concurrent callers wait for its answer.
+    discovery: tokio::sync::Mutex<DiscoveryCache>,
+    /// When Autodiscover last ran again. Held while it runs, so that requests failing at the
+    /// same time share one run.
+    rediscovery: tokio::sync::Mutex<Option<Instant>>,
+    /// The wait after a request's first network failure.
+    network_retry_delay: Duration,
+}
+
+/// Autodiscover's answer, cached.
+#[derive(Default)]
+struct DiscoveryCache {
+    found: Option<Discovered>,
+    /// Counts the answers that replaced the first, so that a request which failed on an older
+    /// URL can tell that a newer one was found meanwhile.
+    generation: u64,
+}
+
+/// Where an EWS URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UrlOrigin {
+    /// `ews_url`: Autodiscover is never asked.
+    Configured,
+    /// The cached Autodiscover answer of this generation.
+    Discovered { generation: u64 },
+}
+
+/// The EWS URL a request is sent to.
+#[derive(Debug, Clone)]
+pub(crate) struct EwsTarget {
+    pub(crate) url: Url,
+    pub(crate) origin: UrlOrigin,
+}
+
+/// Why one attempt of a request failed, and whether another attempt at the same URL may help.
+pub(crate) enum AttemptFailed {
+    /// Worth another attempt after the delay (`ErrorServerBusy`, network, HTTP 5xx).
+    Retry(EwsError, Duration),
+    /// The same request to the same URL would fail the same way.
+    Final(EwsError),
+}
+
+/// A SOAP answer without a fault.
+struct SoapAnswer {
+    status: u16,
+    text: String,
+    root: Element,
+}
+
+/// Reads one HTTP answer of the EWS URL: its SOAP envelope, or why the attempt failed.
+/// An answer that is no SOAP envelope with 404 or 410 means that EWS is not at this URL (any
+/// more); with 5xx, that something in front of Exchange (a load balancer, IIS) cannot reach
+/// it. Both are reported as network failures of the URL, which may send calbridge back to
+/// Autodiscover. SOAP faults (HTTP 500 too) are Exchange's own answers and never do.
+/// `network_delay` is the wait before the next attempt after a 5xx.
+pub(crate) fn read_answer(
+    url: &Url,
+    status: u16,
+    text: &str,
+    subject: &Subject<'_>,
+    network_delay: Duration,
+) -> Result<Element, AttemptFailed> {
+    let parsed = crate::xml::parse(text)
+        .ok()
+        .filter(|root| root.name == "Envelope");
+    if let Some(root) = parsed {
+        return match soap::fault_error(&root, subject) {
+            Some(error @ EwsError::ServerBusy { back_off, .. }) => {
+                Err(AttemptFailed::Retry(error, back_off.min(MAX_BACK_OFF)))
+            }
+            Some(error) => Err(AttemptFailed::Final(error)),
+            None => Ok(root),
+        };
+    }
+    match status {
+        404 | 410 => Err(AttemptFailed::Final(transport::network(
+            url,
+            format!("HTTP {status}: there is no EWS endpoint at this URL"),
+        ))),
+        500..=599 => Err(AttemptFailed::Retry(
+            transport::network(url, format!("HTTP {status}: {}", shorten(text, 200))),
+            network_delay,
+        )),
+        _ => Err(AttemptFailed::Final(EwsError::BadAnswer {
+            what: subject.what.to_string(),
+            detail: format!(
+                "HTTP {status} that is no SOAP envelope: {}",
+                shorten(text, 200)
+            ),
+        })),
+    }
+}
+
+/// True when `error` says that the EWS URL `url` itself could not be reached or is gone, as
+/// opposed to Exchange refusing the request, or the token endpoint failing.
+pub(crate) fn is_endpoint_failure(url: &Url, error: &EwsError) -> bool {
+    matches!(error, EwsError::Network { url: failed, .. } if *failed == transport::shown_url(url))
+}
+
+/// Adds what calbridge did about a failure of the EWS URL to its message.
+fn with_note(error: EwsError, note: &str) -> EwsError {
+    match error {
+        EwsError::Network { url, detail } => EwsError::Network {
+            url,
+            detail: format!("{detail}; {note}"),
+        },
+        other => other,
+    }
 }
 
 impl EwsSource {
+    /// Autodiscover runs again because EWS failed at most this often, however many requests
+    /// fail meanwhile: during an outage every mailbox's read fails, and each asking
+    /// Autodiscover would turn one outage into two.
+    pub const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
+
     /// Checks the configuration and builds the HTTPS client; sends nothing yet.
     pub fn new(config: EwsSourceConfig) -> Result<EwsSource, EwsError> {
         config.validate()?;
@@ -85,9 +204,17 @@ impl EwsSource {
             config,
             transport,
             fixed_ews_url,
-            discovered: tokio::sync::Mutex::new(None),
-            last_ews_url: Mutex::new(None),
+            discovery: tokio::sync::Mutex::new(DiscoveryCache::default()),
+            rediscovery: tokio::sync::Mutex::new(None),
+            network_retry_delay: DEFAULT_NETWORK_RETRY_DELAY,
         })
+    }
+
+    /// Sets the wait after a request's first network failure (200 ms unless set); each
+    /// further failure of the same request waits that much longer. Tests shorten it.
+    pub fn with_network_retry_delay(mut self, first: Duration) -> EwsSource {
+        self.network_retry_delay = first;
+        self
     }
 
     pub fn config(&self) -> &EwsSourceConfig {
@@ -99,44 +226,151 @@ impl EwsSource {
         self.transport.requests_sent()
     }
 
-    /// The EWS URL: the configured one, or Autodiscover's (cached after the first run).
+    /// The EWS URL: the configured one, or Autodiscover's (cached after the first run, and
+    /// replaced when EWS fails and Autodiscover then names another).
     pub async fn ews_url(&self) -> Result<Url, EwsError> {
+        self.target().await.map(|target| target.url)
+    }
+
+    /// What Autodiscover found last (None before the first run or with `ews_url`).
+    pub async fn discovered(&self) -> Option<Discovered> {
+        self.discovery.lock().await.found.clone()
+    }
+
+    /// Runs Autodiscover again now and uses its answer from here on. When it fails, the
+    /// answer found before stays in use. Requests do this themselves when EWS fails (at most
+    /// every [`Self::REDISCOVERY_INTERVAL`]); this is for an operator's "look again".
+    pub async fn rediscover(&self) -> Result<Url, EwsError> {
         if let Some(url) = &self.fixed_ews_url {
             return Ok(url.clone());
         }
-        let mut discovered = self.discovered.lock().await;
-        if discovered.is_none() {
-            let found = autodiscover::discover(
-                &self.transport,
-                &self.config.user,
-                self.config.autodiscover_url.as_deref(),
-            )
-            .await?;
-            tracing::info!(user = %self.config.user, answered_by = %found.answered_by, internal = ?found.internal.as_ref().map(Url::as_str), external = ?found.external.as_ref().map(Url::as_str), "Autodiscover found EWS");
-            *discovered = Some(found);
+        let mut last_run = self.rediscovery.lock().await;
+        *last_run = Some(Instant::now());
+        self.discover_again().await.map(|target| target.url)
+    }
+
+    /// The EWS URL and where it came from, running Autodiscover the first time.
+    pub(crate) async fn target(&self) -> Result<EwsTarget, EwsError> {
+        if let Some(url) = &self.fixed_ews_url {
+            return Ok(EwsTarget {
+                url: url.clone(),
+                origin: UrlOrigin::Configured,
+            });
         }
-        let url = discovered
-            .as_ref()
+        let mut cache = self.discovery.lock().await;
+        if cache.found.is_none() {
+            let found = self.autodiscover().await?;
+            tracing::info!(user = %self.config.user, answered_by = %found.answered_by, internal = ?found.internal.as_ref().map(Url::as_str), external = ?found.external.as_ref().map(Url::as_str), "Autodiscover found EWS");
+            cache.found = Some(found);
+        }
+        let url = self.url_in(cache.found.as_ref())?;
+        Ok(EwsTarget {
+            url,
+            origin: UrlOrigin::Discovered {
+                generation: cache.generation,
+            },
+        })
+    }
+
+    async fn autodiscover(&self) -> Result<Discovered, EwsError> {
+        autodiscover::discover(
+            &self.transport,
+            &self.config.user,
+            self.config.autodiscover_url.as_deref(),
+        )
+        .await
+    }
+
+    /// The EWS URL of the configured side in an Autodiscover answer.
+    fn url_in(&self, found: Option<&Discovered>) -> Result<Url, EwsError> {
+        found
             .and_then(|found| found.ews_url(self.config.server))
             .cloned()
             .ok_or_else(|| EwsError::Autodiscover {
                 address: self.config.user.clone(),
                 detail: "no EWS URL in the answer".to_string(),
-            })?;
-        *lock(&self.last_ews_url) = Some(url.clone());
-        Ok(url)
+            })
     }
 
-    /// What Autodiscover found last (None before the first run or with `ews_url`).
-    pub async fn discovered(&self) -> Option<Discovered> {
-        self.discovered.lock().await.clone()
-    }
-
-    /// Forgets the cached Autodiscover answer and runs it again (when EWS starts failing).
-    pub async fn rediscover(&self) -> Result<Url, EwsError> {
-        *self.discovered.lock().await = None;
+    /// Runs Autodiscover and caches its answer, the old one staying when this one fails.
+    /// The caller holds `rediscovery`.
+    async fn discover_again(&self) -> Result<EwsTarget, EwsError> {
+        let found = self.autodiscover().await?;
+        let url = self.url_in(Some(&found))?;
+        let mut cache = self.discovery.lock().await;
+        cache.found = Some(found);
+        cache.generation += 1;
+        let generation = cache.generation;
+        drop(cache);
+        // Idle connections lead to the old server.
         self.transport.forget_connections();
-        self.ews_url().await
+        Ok(EwsTarget {
+            url,
+            origin: UrlOrigin::Discovered { generation },
+        })
+    }
+
+    /// After `failed` could not be reached: the URL to try once more, which Autodiscover
+    /// names when asked again, or the error to give up with. Autodiscover runs again at most
+    /// every [`Self::REDISCOVERY_INTERVAL`], and requests failing meanwhile share its answer.
+    pub(crate) async fn recover(
+        &self,
+        failed: &EwsTarget,
+        error: EwsError,
+    ) -> Result<EwsTarget, EwsError> {
+        let UrlOrigin::Discovered { generation } = failed.origin else {
+            return Err(with_note(
+                error,
+                "this is the configured ews_url, so calbridge does not ask Autodiscover: check ews_url, or remove it to let Autodiscover find EWS",
+            ));
+        };
+        let mut last_run = self.rediscovery.lock().await;
+        {
+            let cache = self.discovery.lock().await;
+            if cache.generation != generation {
+                // Autodiscover ran again after this request took its URL: try that answer.
+                if let Ok(url) = self.url_in(cache.found.as_ref()) {
+                    return Ok(EwsTarget {
+                        url,
+                        origin: UrlOrigin::Discovered {
+                            generation: cache.generation,
+                        },
+                    });
+                }
+            }
+        }
+        let now = Instant::now();
+        if let Some(at) = *last_run {
+            let since = now.duration_since(at);
+            if since < Self::REDISCOVERY_INTERVAL {
+                return Err(with_note(
+                    error,
+                    &format!(
+                        "Autodiscover was asked again {} s ago and is not asked again before {} s have passed",
+                        since.as_secs(),
+                        Self::REDISCOVERY_INTERVAL.as_secs()
+                    ),
+                ));
+            }
+        }
+        *last_run = Some(now);
+        match self.discover_again().await {
+            Ok(next) if next.url == failed.url => {
+                tracing::warn!(user = %self.config.user, "EWS at {} failed ({error}); Autodiscover still names it, trying once more", failed.url);
+                Ok(next)
+            }
+            Ok(next) => {
+                tracing::warn!(user = %self.config.user, "EWS at {} failed ({error}); Autodiscover found {}", failed.url, next.url);
+                Ok(next)
+            }
+            Err(discover_error) => {
+                tracing::warn!(user = %self.config.user, "EWS at {} failed ({error}); asking Autodiscover again failed too: {discover_error}", failed.url);
+                Err(with_note(
+                    error,
+                    &format!("asking Autodiscover again failed too: {discover_error}"),
+                ))
+            }
+        }
     }
 
     fn headers(&self, anchor: Option<&str>) -> Vec<(String, String)> {
@@ -181,7 +415,6 @@ impl EwsSource {
         impersonate: Option<&str>,
         body: &str,
     ) -> Result<Vec<Element>, EwsError> {
-        let url = self.ews_url().await?;
         let envelope = Bytes::from(soap::envelope(impersonate, body));
         let anchor = if mailbox.is_empty() {
             None
@@ -195,35 +428,80 @@ impl EwsSource {
             user: &user,
             mailbox,
         };
+        let answer = self.post(&headers, &envelope, &subject).await?;
+        soap::messages_in(answer.status, &answer.root, &answer.text, &subject)
+    }
+
+    /// Posts a SOAP request to the EWS URL. When the URL cannot be reached (after the
+    /// retries) and came from Autodiscover, Autodiscover is asked again and the request
+    /// sent once more to the URL it names.
+    async fn post(
+        &self,
+        headers: &[(String, String)],
+        envelope: &Bytes,
+        subject: &Subject<'_>,
+    ) -> Result<SoapAnswer, EwsError> {
+        let target = self.target().await?;
+        let error = match self.post_to(&target.url, headers, envelope, subject).await {
+            Err(error) if is_endpoint_failure(&target.url, &error) => error,
+            other => return other,
+        };
+        let next = self.recover(&target, error).await?;
+        self.post_to(&next.url, headers, envelope, subject).await
+    }
+
+    /// Posts a SOAP request to `url`, riding out `ErrorServerBusy` and network hiccups.
+    async fn post_to(
+        &self,
+        url: &Url,
+        headers: &[(String, String)],
+        envelope: &Bytes,
+        subject: &Subject<'_>,
+    ) -> Result<SoapAnswer, EwsError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = match self
+            // After a network failure each attempt waits a little longer.
+            let network_delay = self.network_retry_delay * attempt;
+            let failed = match self
                 .transport
                 .request(
                     Method::POST,
-                    &url,
-                    &headers,
+                    url,
+                    headers,
                     envelope.clone(),
                     Auth::Authenticated,
                 )
                 .await
             {
-                Ok(answer) => soap::response_messages(answer.status, &answer.text(), &subject),
-                Err(error) => Err(error),
+                Ok(answer) => {
+                    let text = answer.text();
+                    match read_answer(url, answer.status, &text, subject, network_delay) {
+                        Ok(root) => {
+                            return Ok(SoapAnswer {
+                                status: answer.status,
+                                text,
+                                root,
+                            })
+                        }
+                        Err(failed) => failed,
+                    }
+                }
+                Err(error @ EwsError::Network { .. }) => AttemptFailed::Retry(error, network_delay),
+                Err(error) => return Err(error),
             };
-            let delay = match &outcome {
-                Err(EwsError::ServerBusy { back_off, .. }) => (*back_off).min(MAX_BACK_OFF),
-                Err(EwsError::Network { .. }) => Duration::from_millis(200 * u64::from(attempt)),
-                _ => return outcome,
+            let (error, delay) = match failed {
+                AttemptFailed::Retry(error, delay) => (error, delay),
+                AttemptFailed::Final(error) => return Err(error),
             };
             if attempt >= MAX_ATTEMPTS {
-                return outcome;
+                return Err(error);
             }
             tracing::debug!(
-                what,
-                mailbox,
+                what = subject.what,
+                mailbox = subject.mailbox,
                 delay_ms = delay.as_millis() as u64,
+                %error,
                 "EWS asked to wait or failed; retrying"
             );
             tokio::time::sleep(delay).await;
@@ -439,7 +717,6 @@ impl EwsSource {
 
     /// For operations whose answer is not a list of `ResponseMessages` (GetUserAvailability).
     async fn call_raw(&self, what: &str, body: &str) -> Result<Element, EwsError> {
-        let url = self.ews_url().await?;
         let envelope = Bytes::from(soap::envelope(None, body));
         let headers = self.headers(None);
         let user = self.transport.user();
@@ -448,43 +725,19 @@ impl EwsSource {
             user: &user,
             mailbox: "",
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let answer = self
-                .transport
-                .request(
-                    Method::POST,
-                    &url,
-                    &headers,
-                    envelope.clone(),
-                    Auth::Authenticated,
-                )
-                .await?;
-            let text = answer.text();
-            let root = crate::xml::parse(&text).map_err(|error| EwsError::BadAnswer {
+        let answer = self.post(&headers, &envelope, &subject).await?;
+        answer
+            .root
+            .find("FreeBusyResponseArray")
+            .cloned()
+            .ok_or_else(|| EwsError::BadAnswer {
                 what: what.to_string(),
-                detail: format!("HTTP {} that is not XML: {error}", answer.status),
-            })?;
-            if root.find("Fault").is_some() {
-                match soap::response_messages(answer.status, &text, &subject) {
-                    Err(EwsError::ServerBusy { back_off, .. }) if attempt < MAX_ATTEMPTS => {
-                        tokio::time::sleep(back_off.min(MAX_BACK_OFF)).await;
-                        continue;
-                    }
-                    Err(error) => return Err(error),
-                    Ok(_) => {}
-                }
-            }
-            let response =
-                root.find("FreeBusyResponseArray")
-                    .cloned()
-                    .ok_or_else(|| EwsError::BadAnswer {
-                        what: what.to_string(),
-                        detail: "no FreeBusyResponseArray".to_string(),
-                    })?;
-            return Ok(response);
-        }
+                detail: format!(
+                    "HTTP {} without FreeBusyResponseArray: {}",
+                    answer.status,
+                    shorten(&answer.text, 200)
+                ),
+            })
     }
 }
 

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use calbridge_domain::MailboxAddress;
+use http::Response;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
+use url::Url;
 
 use crate::error::EwsError;
 use crate::soap::{self, Subject};
-use crate::source::{EwsSource, SubscriptionId};
+use crate::source::{is_endpoint_failure, read_answer, AttemptFailed, EwsSource, SubscriptionId};
+use crate::transport;
 use crate::xml::escape;
 
 /// What a streaming connection reports.
@@ -231,10 +235,6 @@ async fn hold(
     events: &mpsc::Sender<StreamEvent>,
     opened_before: &mut bool,
 ) -> Ended {
-    let url = match source.ews_url().await {
-        Ok(url) => url,
-        Err(error) => return Ended::Failed(error),
-    };
     let ids: String = subscriptions
         .iter()
         .map(|(id, _)| format!("<t:SubscriptionId>{}</t:SubscriptionId>", escape(&id.0)))
@@ -254,12 +254,6 @@ async fn hold(
         ("X-AnchorMailbox".to_string(), anchor.as_str().to_string()),
         ("X-PreferServerAffinity".to_string(), "true".to_string()),
     ];
-    let response = match source.transport.open(&url, &headers, envelope).await {
-        Ok(response) => response,
-        Err(error) => return Ended::Failed(error),
-    };
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
     let by_id: HashMap<String, MailboxAddress> = subscriptions
         .iter()
         .map(|(id, mailbox)| (id.0.clone(), mailbox.clone()))
@@ -270,8 +264,16 @@ async fn hold(
         user: &user,
         mailbox: anchor.as_str(),
     };
+    let (url, response) = match open(source, &headers, &envelope, &subject).await {
+        Ok(opened) => opened,
+        Err(error) => return Ended::Failed(error),
+    };
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
     let mut buffer = String::new();
     let mut announced = false;
+    // Whether a whole envelope arrived on this connection.
+    let mut answered = false;
     loop {
         let frame = match body.frame().await {
             Some(Ok(frame)) => frame,
@@ -281,6 +283,14 @@ async fn hold(
                     detail: format!("the streaming connection broke: {error}"),
                 })
             }
+            // A connection that ends before Exchange said anything is a failure, not
+            // Exchange's timeout: opening it again at once would spin.
+            None if !answered => {
+                return Ended::Failed(transport::network(
+                    &url,
+                    "the streaming connection closed before Exchange answered",
+                ))
+            }
             None => return Ended::Closed,
         };
         let Ok(data) = frame.into_data() else {
@@ -289,6 +299,7 @@ async fn hold(
         buffer.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = envelope_end(&buffer) {
             let envelope: String = buffer.drain(..end).collect();
+            answered = true;
             let messages = match soap::response_messages(status, envelope.trim(), &subject) {
                 Ok(messages) => messages,
                 Err(error) => return Ended::Failed(error),
@@ -362,6 +373,59 @@ async fn hold(
             return Ended::ReceiverGone;
         }
     }
+}
+
+/// Opens the connection at the current EWS URL. When that URL cannot be reached and came from
+/// Autodiscover, Autodiscover is asked again (see [`EwsSource`]) and the connection opened once
+/// more at the URL it names.
+async fn open(
+    source: &EwsSource,
+    headers: &[(String, String)],
+    envelope: &Bytes,
+    subject: &Subject<'_>,
+) -> Result<(Url, Response<Incoming>), EwsError> {
+    let target = source.target().await?;
+    let error = match open_at(source, &target.url, headers, envelope, subject).await {
+        Ok(response) => return Ok((target.url, response)),
+        Err(error) if is_endpoint_failure(&target.url, &error) => error,
+        Err(error) => return Err(error),
+    };
+    let next = source.recover(&target, error).await?;
+    let response = open_at(source, &next.url, headers, envelope, subject).await?;
+    Ok((next.url, response))
+}
+
+/// Sends `GetStreamingEvents` to `url`: the answer whose body streams, or why there is none.
+async fn open_at(
+    source: &EwsSource,
+    url: &Url,
+    headers: &[(String, String)],
+    envelope: &Bytes,
+    subject: &Subject<'_>,
+) -> Result<Response<Incoming>, EwsError> {
+    let response = source
+        .transport
+        .open(url, headers, envelope.clone())
+        .await?;
+    let status = response.status().as_u16();
+    if status == 200 {
+        return Ok(response);
+    }
+    // Anything else is a whole answer (a SOAP fault, a proxy's error page), read like the
+    // answer of any other request.
+    let answer = source.transport.collect(url, response).await?;
+    let text = answer.text();
+    let root = match read_answer(url, status, &text, subject, Duration::ZERO) {
+        Ok(root) => root,
+        Err(AttemptFailed::Retry(error, _) | AttemptFailed::Final(error)) => return Err(error),
+    };
+    for message in soap::messages_in(status, &root, &text, subject)? {
+        soap::check_message(&message, subject)?;
+    }
+    Err(EwsError::BadAnswer {
+        what: subject.what.to_string(),
+        detail: format!("HTTP {status} instead of a stream"),
+    })
 }
 
 /// The end (exclusive) of the first complete SOAP envelope in `buffer`.

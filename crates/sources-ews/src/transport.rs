@@ -156,11 +156,16 @@ fn origin(url: &Url) -> String {
     )
 }
 
-fn network(url: &Url, detail: impl Into<String>) -> EwsError {
+/// A URL as errors show it: without its query, which may carry a token.
+pub(crate) fn shown_url(url: &Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
+    shown.to_string()
+}
+
+pub(crate) fn network(url: &Url, detail: impl Into<String>) -> EwsError {
     EwsError::Network {
-        url: shown.to_string(),
+        url: shown_url(url),
         detail: detail.into(),
     }
 }
@@ -351,9 +356,17 @@ impl Transport {
     }
 
     fn log_answer(&self, url: &Url, status: u16, body: &[u8]) {
-        if self.protocol_log {
-            tracing::debug!(target: "calbridge::ews::protocol", url = %url, status, body = %shorten(&String::from_utf8_lossy(body), 8000), "EWS answer");
+        if !self.protocol_log {
+            return;
         }
+        let body_text = String::from_utf8_lossy(body);
+        // The token endpoint's answer is the token itself.
+        let body_shown = if body_text.contains("access_token") {
+            "<redacted: carries a token>".to_string()
+        } else {
+            shorten(&body_text, 8000)
+        };
+        tracing::debug!(target: "calbridge::ews::protocol", url = %url, status, body = %body_shown, "EWS answer");
     }
 
     async fn send_on(
@@ -402,7 +415,12 @@ impl Transport {
             .map_err(|error| network(url, error.to_string()))
     }
 
-    async fn collect(&self, url: &Url, response: Response<Incoming>) -> Result<Answer, EwsError> {
+    /// Reads the rest of an answer.
+    pub(crate) async fn collect(
+        &self,
+        url: &Url,
+        response: Response<Incoming>,
+    ) -> Result<Answer, EwsError> {
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
             .await
@@ -550,7 +568,7 @@ impl Transport {
                             .map(|value| format!(" ({value})"))
                             .unwrap_or_default();
                         return Err(self.refused(format!(
-                            "the bearer token was rejected{diagnostics}: the app needs the full_access_as_app permission of Office 365 Exchange Online"
+                            "the bearer token was rejected{diagnostics}: the app needs the full_access_as_app permission of Office 365 Exchange Online (Entra ID → App registrations → API permissions → Add → APIs my organization uses → Office 365 Exchange Online → Application permissions → full_access_as_app, then grant admin consent)"
                         )));
                     }
                     fresh_token_tried = true;
@@ -691,9 +709,24 @@ impl Transport {
                 .get("error_description")
                 .and_then(|value| value.as_str())
                 .unwrap_or("no description");
-            let description = description.lines().next().unwrap_or_default().to_string();
+            let mut description = description.lines().next().unwrap_or_default().to_string();
+            // Entra never repeats the secret, but a proxy or another token service might.
+            if !client_secret.is_empty() {
+                description = description.replace(client_secret.expose(), "<redacted>");
+            }
+            if answer.status == 429 || answer.status >= 500 {
+                // Entra is unavailable rather than refusing: no credential back-off, the caller
+                // retries as after any network failure.
+                return Err(network(
+                    &url,
+                    format!(
+                        "the token endpoint answered HTTP {}: {description}",
+                        answer.status
+                    ),
+                ));
+            }
             return Err(self.refused(format!(
-                "the token request for app {client_id} failed with HTTP {}: {description}",
+                "Entra ID refused the token request for app {client_id} (HTTP {}: {description}); check client_id, client_secret and token_url of the bearer settings; an expired secret is replaced in Entra ID → App registrations → Certificates & secrets",
                 answer.status
             )));
         }

@@ -1,22 +1,26 @@
-//! The EWS source against the in-process emulator: NTLM and Basic, impersonation and
-//! delegate access, Autodiscover through the seed's order, name resolution, streaming,
-//! `ErrorServerBusy` storms and a wrong password.
+//! The EWS source against the in-process emulator: NTLM, Basic and Bearer tokens from the
+//! emulator's Entra endpoint, impersonation and delegate access, Autodiscover through the
+//! seed's order and again when EWS moves, name resolution, streaming, `ErrorServerBusy`
+//! storms, a wrong password and a wrong client secret.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use calbridge_domain::{
     AppointmentStatus, AppointmentTime, MailboxAddress, Secret, Sensitivity, ShowAs,
 };
 use calbridge_sources_ews::{
-    AuthMethod, EwsError, EwsSource, EwsSourceConfig, MailboxAccess, StreamEvent,
+    AuthMethod, BearerConfig, EwsError, EwsSource, EwsSourceConfig, MailboxAccess, StreamEvent,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use m365_emulator::{Clock, Emulator, EmulatorConfig, FaultSettings, RunningEmulator, Scenario};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVICE: &str = "svc@contoso.example";
 const SERVICE_PASSWORD: &str = "svc-Passw0rd";
@@ -24,6 +28,9 @@ const MONITOR: &str = "monitor@contoso.example";
 const MONITOR_PASSWORD: &str = "monitor-Passw0rd";
 const APP_ID: &str = "22222222-2222-4222-8222-222222222222";
 const APP_SECRET: &str = "app-secret";
+/// An app granted `full_access_as_app` on Office 365 Exchange Online.
+const EWS_APP_ID: &str = "33333333-3333-4333-8333-333333333333";
+const EWS_APP_SECRET: &str = "ews-app-Secret-value";
 const NOW: &str = "2026-06-01T08:00:00Z";
 
 fn scenario() -> Scenario {
@@ -38,6 +45,12 @@ name = "calbridge"
 client_id = "{APP_ID}"
 roles = ["Calendars.ReadWrite", "User.Read.All"]
 secrets = [{{ value = "{APP_SECRET}" }}]
+
+[[apps]]
+name = "calbridge-ews"
+client_id = "{EWS_APP_ID}"
+roles = ["full_access_as_app"]
+secrets = [{{ value = "{EWS_APP_SECRET}" }}]
 
 [[users]]
 upn = "ada@contoso.example"
@@ -120,6 +133,7 @@ duration = "1h"
 }
 
 async fn start(faults: Option<FaultSettings>) -> RunningEmulator {
+    install_log_capture();
     let mut config = EmulatorConfig::scenario(scenario());
     config.clock = Clock::manual(NOW.parse().unwrap());
     config.faults = faults;
@@ -560,22 +574,35 @@ async fn a_closed_stream_is_reopened_and_still_delivers() {
 
 #[tokio::test]
 async fn a_server_busy_storm_is_ridden_out() {
+    // Every request is refused until two were; then Exchange lets them through. (A random
+    // rate would let a read meet six refusals in a row now and then.)
     let faults = FaultSettings {
-        ews_server_busy_rate: 0.5,
+        ews_server_busy_rate: 1.0,
         ews_back_off_milliseconds: 20,
         ..FaultSettings::default()
     };
     let emulator = start(Some(faults)).await;
     let source = source(config_for(&emulator, SERVICE, SERVICE_PASSWORD));
     let (start, end) = window();
-    for _ in 0..8 {
-        let appointments = source
-            .read_window(&address("ada@contoso.example"), start, end)
-            .await
-            .unwrap();
-        assert_eq!(appointments.len(), 6);
+    let reader = {
+        let source = Arc::clone(&source);
+        tokio::spawn(async move {
+            source
+                .read_window(&address("ada@contoso.example"), start, end)
+                .await
+        })
+    };
+    while counter(&emulator, "faults.ews_server_busy") < 2 {
+        tokio::task::yield_now().await;
     }
-    assert!(counter(&emulator, "faults.ews_server_busy") > 0);
+    emulator.set_faults(FaultSettings::default());
+    let appointments = reader.await.unwrap().unwrap();
+    assert_eq!(appointments.len(), 6);
+    assert_eq!(
+        counter(&emulator, "ews.FindItem"),
+        1,
+        "one answer after the refusals"
+    );
     // With every request refused the error says so and names the back-off.
     emulator.set_faults(FaultSettings {
         ews_server_busy_rate: 1.0,
@@ -613,4 +640,700 @@ async fn a_wrong_password_is_reported_once_and_not_retried_in_a_tight_loop() {
         "no request during the back-off"
     );
     assert_eq!(counter(&emulator, "ews.auth_failures"), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Autodiscover again when EWS moves.
+
+/// A plain-http server standing in for a site's Autodiscover: the n-th request for
+/// `/autodiscover/autodiscover.xml` is answered with settings naming the n-th EWS URL (the
+/// last one from then on), [`STUB`] in it replaced by the stub's own `http://127.0.0.1:PORT`.
+/// `/down/…` is answered 503 with an HTML page, as by a load balancer whose Exchange is gone;
+/// `/empty/…` 200 without a body; every other path 404, as by an IIS without EWS.
+struct AutodiscoverStub {
+    url: String,
+    asked: Arc<AtomicUsize>,
+    other_requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AutodiscoverStub {
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// Requests for anything but Autodiscover.
+    fn other_requests(&self) -> usize {
+        self.other_requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AutodiscoverStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const STUB: &str = "{stub}";
+
+fn settings_answer(ews_url: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><AccountType>email</AccountType><Action>settings</Action><Protocol><Type>EXPR</Type><EwsUrl>{ews_url}</EwsUrl></Protocol></Account></Response></Autodiscover>"#
+    )
+}
+
+async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let other_requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let other_counter = Arc::clone(&other_requests);
+    let base = format!("http://127.0.0.1:{port}");
+    let ews_urls: Arc<Vec<String>> = Arc::new(
+        ews_urls
+            .iter()
+            .map(|url| url.replace(STUB, &base))
+            .collect(),
+    );
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            let other_counter = Arc::clone(&other_counter);
+            let ews_urls = Arc::clone(&ews_urls);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let (status, body) = if head.starts_with("get /autodiscover/autodiscover.xml ") {
+                    let index = counter.fetch_add(1, Ordering::SeqCst);
+                    let ews_url = &ews_urls[index.min(ews_urls.len() - 1)];
+                    ("200 OK", settings_answer(ews_url))
+                } else if head.starts_with("post /empty/") {
+                    other_counter.fetch_add(1, Ordering::SeqCst);
+                    ("200 OK", String::new())
+                } else if head.starts_with("post /down/") {
+                    other_counter.fetch_add(1, Ordering::SeqCst);
+                    (
+                        "503 Service Unavailable",
+                        "<html><body>No server is available to handle this request.</body></html>"
+                            .to_string(),
+                    )
+                } else {
+                    other_counter.fetch_add(1, Ordering::SeqCst);
+                    ("404 Not Found", "Not Found".to_string())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    AutodiscoverStub {
+        url: format!("http://127.0.0.1:{port}/autodiscover/autodiscover.xml"),
+        asked,
+        other_requests,
+        task,
+    }
+}
+
+/// An EWS URL whose server is gone: its port is bound but not listening, so connections are
+/// refused, and it stays bound, so that no other test's server takes it meanwhile.
+struct DeadEws {
+    url: String,
+    _port: tokio::net::TcpSocket,
+}
+
+fn dead_ews() -> DeadEws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    DeadEws {
+        url: format!("https://127.0.0.1:{port}/EWS/Exchange.asmx"),
+        _port: socket,
+    }
+}
+
+/// A source that retries network failures after a millisecond instead of 200 ms, so that
+/// tests of failing servers do not wait through the retries.
+fn impatient_source(config: EwsSourceConfig) -> Arc<EwsSource> {
+    match EwsSource::new(config) {
+        Ok(source) => Arc::new(source.with_network_retry_delay(Duration::from_millis(1))),
+        Err(error) => panic!("source: {error}"),
+    }
+}
+
+fn discovering_config(emulator: &RunningEmulator, stub: &AutodiscoverStub) -> EwsSourceConfig {
+    let mut config = config_for(emulator, SERVICE, SERVICE_PASSWORD);
+    config.ews_url = None;
+    config.autodiscover_url = Some(stub.url.clone());
+    config
+}
+
+thread_local! {
+    /// Where the events of this thread go while a test captures them.
+    static CAPTURED: RefCell<Option<Arc<Mutex<Vec<String>>>>> = const { RefCell::new(None) };
+}
+
+/// The process's subscriber: hands calbridge's events (targets `calbridge…`) to the capture
+/// of the thread they happen on. A test's runtime runs on its own thread, emulator included.
+struct ThreadCapture;
+
+/// Installs [`ThreadCapture`] before anything logs: a call site first reached while no
+/// subscriber is installed can stay silenced for good, which would blind a log assertion.
+fn install_log_capture() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(ThreadCapture);
+    });
+}
+
+struct FieldText<'a>(&'a mut String);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl tracing::Subscriber for ThreadCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let target = event.metadata().target();
+        if !target.starts_with("calbridge") {
+            return;
+        }
+        CAPTURED.with(|captured| {
+            if let Some(lines) = captured.borrow().as_ref() {
+                let mut line = format!("{} {target}:", event.metadata().level());
+                event.record(&mut FieldText(&mut line));
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// What calbridge logs on this test's thread until dropped.
+struct LogCapture(Arc<Mutex<Vec<String>>>);
+
+impl LogCapture {
+    fn start() -> LogCapture {
+        install_log_capture();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Arc::clone(&lines)));
+        LogCapture(lines)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURED.with(|captured| *captured.borrow_mut() = None);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_discovered_ews_url_sends_calbridge_back_to_autodiscover() {
+    let logs = LogCapture::start();
+    let emulator = start(None).await;
+    let dead_server = dead_ews();
+    let dead = dead_server.url.clone();
+    let live = emulator.ready().ews_url.clone();
+    let stub = autodiscover_stub(vec![dead.clone(), live.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let (start, end) = window();
+    let ada = address("ada@contoso.example");
+
+    // Four reads fail on the dead server together; they share one new Autodiscover answer.
+    let reads: Vec<_> = (0..4)
+        .map(|n| {
+            let source = Arc::clone(&source);
+            let mailbox = address(["ada@contoso.example", "bob@contoso.example"][n % 2]);
+            tokio::spawn(async move { source.read_window(&mailbox, start, end).await })
+        })
+        .collect();
+    let mut n_appointments = Vec::new();
+    for read in reads {
+        n_appointments.push(read.await.unwrap().unwrap().len());
+    }
+    assert_eq!(n_appointments, [6, 1, 6, 1]);
+    assert_eq!(
+        stub.asked(),
+        2,
+        "once at the start, once after {dead} failed"
+    );
+    assert_eq!(source.ews_url().await.unwrap().as_str(), live);
+    assert_eq!(
+        source
+            .discovered()
+            .await
+            .and_then(|found| found.external)
+            .map(String::from),
+        Some(live.clone())
+    );
+    let moved: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains(&format!("EWS at {dead} failed")))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(
+        moved[0].contains(&format!("Autodiscover found {live}")),
+        "{}",
+        moved[0]
+    );
+
+    // The new URL is cached: the next read goes there directly.
+    let appointments = source.read_window(&ada, start, end).await.unwrap();
+    assert_eq!(appointments.len(), 6);
+    assert_eq!(stub.asked(), 2);
+    assert_eq!(counter(&emulator, "ews.FindItem"), 5);
+}
+
+#[tokio::test]
+async fn autodiscover_is_asked_again_once_for_requests_failing_together_and_then_once_a_minute() {
+    let emulator = start(None).await;
+    let dead_server = dead_ews();
+    let dead = dead_server.url.clone();
+    // Autodiscover keeps naming the dead server.
+    let stub = autodiscover_stub(vec![dead.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let (start, end) = window();
+    let mailboxes = ["ada@contoso.example", "bob@contoso.example"];
+
+    let reads: Vec<_> = (0..4)
+        .map(|n| {
+            let source = Arc::clone(&source);
+            let mailbox = address(mailboxes[n % 2]);
+            tokio::spawn(async move { source.read_window(&mailbox, start, end).await })
+        })
+        .collect();
+    for read in reads {
+        let error = read.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&error, EwsError::Network { url, .. } if *url == dead),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        stub.asked(),
+        2,
+        "once at the start, once for all four failed reads"
+    );
+
+    // Within the minute, a failure does not ask again, and says so.
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert_eq!(stub.asked(), 2);
+    let message = error.to_string();
+    assert!(message.contains(&dead), "{message}");
+    assert!(
+        message.contains("Autodiscover was asked again"),
+        "{message}"
+    );
+
+    // A minute passes. Nothing is in flight, so the paused clock moves nothing else.
+    tokio::time::pause();
+    tokio::time::advance(EwsSource::REDISCOVERY_INTERVAL).await;
+    tokio::time::resume();
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert_eq!(
+        stub.asked(),
+        3,
+        "a minute later Autodiscover is asked again"
+    );
+    assert_eq!(counter(&emulator, "ews.requests"), 0);
+}
+
+#[tokio::test]
+async fn an_ews_url_answering_404_sends_free_busy_back_to_autodiscover() {
+    let emulator = start(None).await;
+    let live = emulator.ready().ews_url.clone();
+    // The first answer names the stub itself, which has no EWS (404).
+    let stub = autodiscover_stub(vec![format!("{STUB}/EWS/Exchange.asmx"), live.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let (start, end) = window();
+    let busy = source
+        .free_busy_batch(&[address("bob@contoso.example")], start, end)
+        .await
+        .unwrap();
+    assert_eq!(
+        busy[0].busy.as_ref().unwrap(),
+        &vec![(
+            "2026-06-01T10:00:00Z".parse().unwrap(),
+            "2026-06-01T11:00:00Z".parse().unwrap(),
+            ShowAs::Busy
+        )]
+    );
+    assert_eq!(stub.asked(), 2);
+    assert_eq!(
+        stub.other_requests(),
+        1,
+        "a 404 is not retried at the same URL"
+    );
+    assert_eq!(source.ews_url().await.unwrap().as_str(), live);
+}
+
+#[tokio::test]
+async fn a_load_balancer_answering_503_is_retried_and_then_autodiscover_is_asked_again() {
+    let emulator = start(None).await;
+    let live = emulator.ready().ews_url.clone();
+    let stub =
+        autodiscover_stub(vec![format!("{STUB}/down/EWS/Exchange.asmx"), live.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let resolved = source
+        .resolve_names(&["bob@contoso.example".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(resolved.as_str(), "bob@contoso.example");
+    assert_eq!(
+        stub.other_requests(),
+        6,
+        "a 5xx page is retried like a network failure first"
+    );
+    assert_eq!(stub.asked(), 2);
+}
+
+#[tokio::test]
+async fn exchange_being_busy_does_not_send_calbridge_back_to_autodiscover() {
+    let emulator = start(Some(FaultSettings {
+        ews_server_busy_rate: 1.0,
+        ews_back_off_milliseconds: 5,
+        ..FaultSettings::default()
+    }))
+    .await;
+    let stub = autodiscover_stub(vec![emulator.ready().ews_url.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let (start, end) = window();
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EwsError::ServerBusy { .. }), "{error}");
+    assert!(counter(&emulator, "faults.ews_server_busy") > 1);
+    assert_eq!(stub.asked(), 1, "only the first Autodiscover");
+}
+
+#[tokio::test]
+async fn a_dead_configured_ews_url_is_named_and_autodiscover_is_not_asked() {
+    let emulator = start(None).await;
+    let dead_server = dead_ews();
+    let dead = dead_server.url.clone();
+    // Autodiscover would name the live server, so asking it would hide the failure.
+    let stub = autodiscover_stub(vec![emulator.ready().ews_url.clone()]).await;
+    let mut config = discovering_config(&emulator, &stub);
+    config.ews_url = Some(dead.clone());
+    let source = impatient_source(config);
+    let (start, end) = window();
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EwsError::Network { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("cannot reach {dead}")),
+        "{message}"
+    );
+    assert!(message.contains("configured ews_url"), "{message}");
+    assert_eq!(stub.asked(), 0);
+    assert!(source.discovered().await.is_none());
+}
+
+#[tokio::test]
+async fn a_stream_opens_where_autodiscover_points_after_the_old_server_died() {
+    let emulator = start(None).await;
+    let ada = address("ada@contoso.example");
+    let subscriber = source(config_for(&emulator, SERVICE, SERVICE_PASSWORD));
+    let id = subscriber.subscribe(&ada).await.unwrap();
+    let dead_server = dead_ews();
+    let dead = dead_server.url.clone();
+    let live = emulator.ready().ews_url.clone();
+    let stub = autodiscover_stub(vec![dead, live.clone()]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let mut connection = source
+        .stream(vec![(id, ada.clone())], Duration::from_secs(30 * 60))
+        .unwrap();
+    match next_event(&mut connection).await {
+        StreamEvent::Connected { reopened: false } => {}
+        other => panic!("expected the connection to open at {live}, got {other:?}"),
+    }
+    assert_eq!(stub.asked(), 2);
+    create_event(&emulator, "ada@contoso.example", "Moved server").await;
+    match next_event(&mut connection).await {
+        StreamEvent::Changed(mailbox) => assert_eq!(mailbox, ada),
+        other => panic!("expected a change of ada, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bearer tokens (hybrid / Exchange Online) from the emulator's Entra token endpoint.
+
+/// `auth = "bearer"` with client credentials as a configuration file gives them (the scope
+/// left to its default, Exchange Online's `.default`).
+fn bearer_config(emulator: &RunningEmulator, client_id: &str, secret: &str) -> EwsSourceConfig {
+    let mut config = config_for(emulator, SERVICE, "unused");
+    config.password = None;
+    config.auth = AuthMethod::Bearer;
+    let bearer: BearerConfig = serde_json::from_value(serde_json::json!({
+        "client_credentials": {
+            "token_url": emulator.ready().token_url,
+            "client_id": client_id,
+            "client_secret": secret,
+        }
+    }))
+    .unwrap();
+    config.bearer = Some(bearer);
+    config
+}
+
+#[tokio::test]
+async fn an_app_with_full_access_as_app_resolves_reads_and_gets_free_busy_on_one_token() {
+    let logs = LogCapture::start();
+    let emulator = start(None).await;
+    let source = source(bearer_config(&emulator, EWS_APP_ID, EWS_APP_SECRET));
+    let (start, end) = window();
+
+    let resolved = source
+        .resolve_names(&["ada.lovelace@contoso.example".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(resolved.as_str(), "ada@contoso.example");
+
+    // App-only tokens reach a mailbox by impersonating it, as Exchange Online requires.
+    let mut appointments = source.read_window(&resolved, start, end).await.unwrap();
+    appointments.sort_by_key(|appointment| appointment.time.instants(&jiff::tz::TimeZone::UTC).0);
+    let subjects: Vec<&str> = appointments
+        .iter()
+        .map(|appointment| appointment.subject.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "Stand-up",
+            "Doctor",
+            "Cancelled review",
+            "Conference",
+            "Stand-up",
+            "Stand-up"
+        ]
+    );
+    assert_eq!(counter(&emulator, "ews.FindItem"), 1);
+
+    let busy = source
+        .free_busy_batch(
+            &[
+                address("bob@contoso.example"),
+                address("ada@contoso.example"),
+            ],
+            start,
+            end,
+        )
+        .await
+        .unwrap();
+    assert_eq!(busy[0].mailbox.as_str(), "bob@contoso.example");
+    assert_eq!(
+        busy[0].busy.as_ref().unwrap(),
+        &vec![(
+            "2026-06-01T10:00:00Z".parse().unwrap(),
+            "2026-06-01T11:00:00Z".parse().unwrap(),
+            ShowAs::Busy
+        )]
+    );
+    let ada_busy = busy[1].busy.as_ref().unwrap();
+    assert!(
+        ada_busy.contains(&(
+            "2026-06-01T14:00:00Z".parse().unwrap(),
+            "2026-06-01T15:00:00Z".parse().unwrap(),
+            ShowAs::Busy
+        )),
+        "{ada_busy:?}"
+    );
+
+    // One token served all three operations.
+    assert_eq!(counter(&emulator, "identity.token"), 1);
+    assert_eq!(counter(&emulator, "ews.auth_failures"), 0);
+    // The protocol log shows the exchange but never the token or the secret.
+    let lines = logs.lines().join("\n");
+    assert!(lines.contains("EWS answer"), "nothing was logged: {lines}");
+    assert!(!lines.contains("eyJ"), "a JWT in the log: {lines}");
+    assert!(!lines.contains(EWS_APP_SECRET), "the secret in the log");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_names_the_app_and_entras_answer_and_is_not_retried_at_once() {
+    let logs = LogCapture::start();
+    let emulator = start(None).await;
+    let wrong = "not-the-Secret-value";
+    let source = source(bearer_config(&emulator, EWS_APP_ID, wrong));
+    let (start, end) = window();
+    let ada = address("ada@contoso.example");
+
+    let error = source.read_window(&ada, start, end).await.unwrap_err();
+    assert!(error.is_credential_error(), "{error}");
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(60)));
+    let message = error.to_string();
+    assert!(message.contains(EWS_APP_ID), "{message}");
+    assert!(message.contains("Entra ID refused"), "{message}");
+    assert!(
+        message.contains("AADSTS7000215: Invalid client secret provided"),
+        "{message}"
+    );
+    assert!(!message.contains(wrong), "{message}");
+    assert_eq!(counter(&emulator, "identity.token"), 1);
+    assert_eq!(counter(&emulator, "identity.token_errors"), 1);
+    assert_eq!(counter(&emulator, "ews.requests"), 0);
+
+    // The credential back-off: no token request for the next reads.
+    for _ in 0..5 {
+        let error = source.read_window(&ada, start, end).await.unwrap_err();
+        assert!(error.is_credential_error(), "{error}");
+    }
+    let error = source
+        .resolve_names(&["bob@contoso.example".to_string()])
+        .await
+        .unwrap_err();
+    assert!(error.is_credential_error(), "{error}");
+    assert_eq!(counter(&emulator, "identity.token"), 1);
+    let lines = logs.lines().join("\n");
+    assert!(lines.contains("refused"), "{lines}");
+    assert!(!lines.contains(wrong), "the secret in the log: {lines}");
+}
+
+#[tokio::test]
+async fn an_app_without_full_access_as_app_is_told_it_needs_that_permission() {
+    let emulator = start(None).await;
+    // This app holds Graph roles only.
+    let source = source(bearer_config(&emulator, APP_ID, APP_SECRET));
+    let (start, end) = window();
+    let ada = address("ada@contoso.example");
+    let error = source.read_window(&ada, start, end).await.unwrap_err();
+    assert!(error.is_credential_error(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("needs the full_access_as_app permission"),
+        "{message}"
+    );
+    assert!(message.contains(APP_ID), "{message}");
+    assert!(
+        message.contains("lacks the full_access_as_app role"),
+        "{message}"
+    );
+    assert!(!message.contains(APP_SECRET), "{message}");
+    // The cached token, then one fresh token in case the first was stale; then no more.
+    assert_eq!(counter(&emulator, "identity.token"), 2);
+    assert_eq!(counter(&emulator, "ews.auth_failures"), 2);
+    let error = source.read_window(&ada, start, end).await.unwrap_err();
+    assert!(error.is_credential_error(), "{error}");
+    assert_eq!(counter(&emulator, "identity.token"), 2);
+    assert_eq!(counter(&emulator, "ews.auth_failures"), 2);
+}
+
+#[tokio::test]
+async fn an_entra_outage_is_retried_later_without_the_credential_back_off() {
+    let emulator = start(Some(FaultSettings {
+        token_endpoint_outage: true,
+        ..FaultSettings::default()
+    }))
+    .await;
+    let source = impatient_source(bearer_config(&emulator, EWS_APP_ID, EWS_APP_SECRET));
+    let (start, end) = window();
+    let ada = address("ada@contoso.example");
+    let error = source.read_window(&ada, start, end).await.unwrap_err();
+    assert!(!error.is_credential_error(), "{error}");
+    assert!(error.is_retryable(), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert!(message.contains(&emulator.ready().token_url), "{message}");
+    assert!(counter(&emulator, "identity.token") > 1, "retried");
+    // Entra is back: the next read gets a token and succeeds at once.
+    emulator.set_faults(FaultSettings::default());
+    let appointments = source.read_window(&ada, start, end).await.unwrap();
+    assert_eq!(appointments.len(), 6);
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_before_exchange_says_anything_is_a_failure_not_a_close() {
+    let emulator = start(None).await;
+    let ada = address("ada@contoso.example");
+    let subscriber = source(config_for(&emulator, SERVICE, SERVICE_PASSWORD));
+    let id = subscriber.subscribe(&ada).await.unwrap();
+    let stub = autodiscover_stub(vec![format!("{STUB}/empty/EWS/Exchange.asmx")]).await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let mut connection = source
+        .stream(vec![(id, ada)], Duration::from_secs(30 * 60))
+        .unwrap();
+    // A close would be re-opened at once, and again, as fast as the server answers; a
+    // failure waits its back-off.
+    match next_event(&mut connection).await {
+        StreamEvent::Error(error) => {
+            assert!(
+                error
+                    .to_string()
+                    .contains("closed before Exchange answered"),
+                "{error}"
+            );
+            assert!(error.is_retryable(), "{error}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(stub.other_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_iis_503_page_is_retried_and_then_reported_as_the_url_being_unavailable() {
+    let emulator = start(Some(FaultSettings {
+        server_error_rate: 1.0,
+        ..FaultSettings::default()
+    }))
+    .await;
+    let source = impatient_source(config_for(&emulator, SERVICE, SERVICE_PASSWORD));
+    let (start, end) = window();
+    let ada = address("ada@contoso.example");
+    let error = source.read_window(&ada, start, end).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "cannot reach {}: HTTP 503",
+            emulator.ready().ews_url
+        )),
+        "{message}"
+    );
+    assert_eq!(counter(&emulator, "faults.server_errors"), 6);
+    // IIS serves again.
+    emulator.set_faults(FaultSettings::default());
+    let appointments = source.read_window(&ada, start, end).await.unwrap();
+    assert_eq!(appointments.len(), 6);
 }

@@ -1,7 +1,7 @@
 //! `calbridge bench`: the service's figures against the emulator with Graph's throttling on and
 //! added latency: first-sync wall time and HTTP requests per user, notification-to-presence
 //! latency, and resident memory per 1,000 users — for a Graph source, an EWS source (NTLM with
-//! impersonation, streaming notifications), or both in one table.
+//! impersonation, streaming notifications; calendar view or free/busy reads), in one table.
 //!
 //! The emulator runs in a child process (this same binary, hidden subcommand
 //! `bench-emulator`) so that the memory measured is the service's alone.
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use calbridge_domain::{Secret, SourceId};
 use calbridge_presence::Activity;
+use calbridge_sources_ews::WindowRead;
 use calbridge_store::PersonKey;
 use jiff::{SignedDuration, Timestamp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -25,8 +26,27 @@ use crate::service::{self, RunningService, ServiceOptions};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchSource {
     Graph,
+    /// EWS reading each calendar with `FindItem`.
     Ews,
+    /// EWS reading free/busy for 100 mailboxes per `GetUserAvailability`.
+    EwsFreeBusy,
+    /// Graph and EWS (`FindItem`).
     Both,
+    /// Graph, EWS and EWS free/busy.
+    All,
+}
+
+impl BenchSource {
+    /// The rows to measure, by the names the table shows.
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            BenchSource::Graph => &["graph"],
+            BenchSource::Ews => &["ews"],
+            BenchSource::EwsFreeBusy => &["ews-fb"],
+            BenchSource::Both => &["graph", "ews"],
+            BenchSource::All => &["graph", "ews", "ews-fb"],
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +62,8 @@ pub struct BenchArgs {
     pub notifications: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// The source kinds to measure: Microsoft Graph, Exchange Web Services, or both.
+    /// The source kinds to measure: Microsoft Graph, Exchange Web Services (calendar view or
+    /// free/busy), Graph and EWS, or all three.
     #[arg(long, value_enum, default_value_t = BenchSource::Both)]
     pub source: BenchSource,
     /// Print only the rows (used for the fresh process each row of `--source both` runs in).
@@ -94,8 +115,8 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let graph = matches!(args.source, BenchSource::Graph | BenchSource::Both);
-    let ews = matches!(args.source, BenchSource::Ews | BenchSource::Both);
+    let kinds = args.source.kinds();
+    let ews = kinds.iter().any(|kind| kind.starts_with("ews"));
     if !args.rows_only {
         println!(
             "calbridge bench: emulator with Graph throttling (4 concurrent per mailbox, 10,000 per 10 min) and {} ms latency per request",
@@ -103,10 +124,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         if ews {
             println!(
-                "EWS: NTLM service account with ApplicationImpersonation, direct ews_url, directory file; per user ResolveNames, FindItem and Subscribe (EWS has no batching), streaming notifications; the emulator adds its latency to Graph and token requests only, not to EWS"
+                "EWS: NTLM service account with ApplicationImpersonation, direct ews_url, directory file; per user ResolveNames, FindItem (ews) or one GetUserAvailability per 100 users (ews-fb), and Subscribe; streaming notifications; the same latency on every EWS request"
             );
         }
-        if graph && ews {
+        if kinds.len() > 1 {
             println!("(each row runs in a fresh process, so that one row's memory does not hide the next one's)");
         }
         println!(
@@ -123,18 +144,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     for &users in &args.users {
-        if graph && ews {
-            for kind in ["graph", "ews"] {
+        if kinds.len() > 1 {
+            for kind in kinds {
                 bench_in_child(kind, users, &args)
                     .await
                     .with_context(|| format!("{kind} benchmark with {users} users"))?;
             }
             continue;
         }
-        let (kind, row) = if graph {
-            ("graph", bench_one(users, &args).await)
-        } else {
-            ("ews", bench_ews(users, &args).await)
+        let kind = kinds[0];
+        let row = match kind {
+            "graph" => bench_one(users, &args).await,
+            "ews" => bench_ews(users, &args, WindowRead::CalendarView).await,
+            _ => bench_ews(users, &args, WindowRead::FreeBusy).await,
         };
         let row = row.with_context(|| format!("{kind} benchmark with {users} users"))?;
         println!(
@@ -173,7 +195,10 @@ async fn bench_in_child(kind: &str, users: usize, args: &BenchArgs) -> anyhow::R
             "bench",
             "--rows-only",
             "--source",
-            kind,
+            match kind {
+                "ews-fb" => "ews-free-busy",
+                other => other,
+            },
             "--users",
             &users.to_string(),
             "--latency-ms",
@@ -359,7 +384,7 @@ async fn measure_notifications(
 
 /// The same figures for an EWS source: NTLM with impersonation against the emulator's EWS,
 /// the people in a directory file, changes made through Graph and streamed over EWS.
-async fn bench_ews(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
+async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::Result<Row> {
     let (child, ready) = spawn_emulator(users, args).await?;
     let data_dir = std::env::temp_dir().join(format!(
         "calbridge-bench-ews-{}-{users}",
@@ -406,6 +431,7 @@ async fn bench_ews(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     ews.access = calbridge_sources_ews::MailboxAccess::Impersonation;
     ews.ews_url = Some(ready.ews_url.clone());
     ews.extra_root_ca = Some(ready.ca_cert.clone());
+    ews.read = read;
     let source = SourceId("bench-ews".to_string());
     let mut config = Config::default();
     config.store.path = data_dir.join("calbridge.sqlite");

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use calbridge_domain::MailboxAddress;
-use calbridge_sources_ews::{AuthMethod, EwsError, EwsSource, EwsSourceConfig, StreamEvent};
+use calbridge_sources_ews::{
+    AuthMethod, EwsError, EwsSource, EwsSourceConfig, StreamEvent, WindowRead,
+};
 use calbridge_sources_graph::{GraphError, GraphSource, SubjectFetch};
 use jiff::{SignedDuration, Timestamp};
 
@@ -420,13 +422,34 @@ async fn check_ews_source(
             config.sync.window_hours,
         )))
         .unwrap_or(now);
-    match ews.read_window(&mailbox, now, end).await {
-        Ok(appointments) => step(
+    let read = match ews_config.read {
+        WindowRead::CalendarView => ews
+            .read_window(&mailbox, now, end)
+            .await
+            .map(|appointments| (appointments.len(), "FindItem, CalendarView")),
+        WindowRead::FreeBusy => ews
+            .free_busy_batch(std::slice::from_ref(&mailbox), now, end)
+            .await
+            .and_then(
+                |mut answers| match answers.pop().map(|answer| answer.busy) {
+                    Some(Ok(periods)) => Ok((periods.len(), "GetUserAvailability, FreeBusy view")),
+                    Some(Err(code)) => Err(EwsError::BadAnswer {
+                        what: format!("GetUserAvailability for {mailbox}"),
+                        detail: code,
+                    }),
+                    None => Err(EwsError::BadAnswer {
+                        what: format!("GetUserAvailability for {mailbox}"),
+                        detail: "no answer for the mailbox".to_string(),
+                    }),
+                },
+            ),
+    };
+    match read {
+        Ok((count, how)) => step(
             true,
             "calendar read",
             &format!(
-                "{} appointment(s) of {mailbox} in the next {} h (FindItem, CalendarView)",
-                appointments.len(),
+                "{count} appointment(s) of {mailbox} in the next {} h ({how})",
                 config.sync.window_hours
             ),
         ),

@@ -459,6 +459,29 @@ mod tests {
         assert_eq!(config.api.listen, "127.0.0.1:8080");
     }
 
+    /// The example's EWS source is commented out (one kind per `[[sources]]` entry); with the
+    /// comment marks removed it is a valid configuration with every EWS key.
+    #[test]
+    fn the_example_ews_source_parses_when_uncommented() {
+        let text = include_str!("../../../examples/calbridge.toml");
+        let start = text
+            .find("# [[sources]]\n# id = \"headquarters\"")
+            .expect("the EWS example");
+        let block: String = text[start..]
+            .lines()
+            .take_while(|line| line.starts_with("# ") && !line.contains("(its [[directory]]"))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect();
+        let config = Config::parse(&block).unwrap_or_else(|error| panic!("{error}\n{block}"));
+        let ews = config.sources[0].ews.as_ref().expect("an EWS source");
+        assert_eq!(ews.read, calbridge_sources_ews::WindowRead::CalendarView);
+        assert_eq!(ews.resolve.len(), 1);
+        assert!(matches!(
+            ews.bearer,
+            Some(calbridge_sources_ews::BearerConfig::ClientCredentials { .. })
+        ));
+    }
+
     #[test]
     fn cross_table_mistakes_are_named() {
         let graph = "[sources.graph]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { client_secret = \"s\" }\n";

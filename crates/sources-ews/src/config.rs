@@ -48,6 +48,25 @@ pub struct EwsSourceConfig {
     /// Host names answered by a fixed address instead of DNS (tests, split-horizon set-ups).
     #[serde(default)]
     pub resolve: HashMap<String, SocketAddr>,
+    /// How appointments are read: `calendar_view` (default) or `free_busy`.
+    #[serde(default)]
+    pub read: WindowRead,
+}
+
+/// How the appointments of a window are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowRead {
+    /// `FindItem` with a `CalendarView`, one request per mailbox: subjects, sensitivity,
+    /// organizer and all-day dates, so every presence rule applies. Needs impersonation or
+    /// Reviewer rights on the calendar folder.
+    #[default]
+    CalendarView,
+    /// `GetUserAvailability` (FreeBusy view) for up to 100 mailboxes per request: busy times
+    /// and their kind only, so presence shows the activity word instead of a subject, keyword
+    /// and organizer rules cannot apply, and all-day appointments count as timed. For large
+    /// organisations where only busy/free matters.
+    FreeBusy,
 }
 
 /// How the service account authenticates.
@@ -166,6 +185,7 @@ impl EwsSourceConfig {
             extra_root_ca: None,
             bearer: None,
             resolve: HashMap::new(),
+            read: WindowRead::CalendarView,
         }
     }
 

@@ -22,7 +22,7 @@ mod xml;
 pub use autodiscover::{candidates as autodiscover_candidates, Discovered};
 pub use config::{
     validate_ews_url, AuthMethod, BearerConfig, ConfigError, EwsSourceConfig, MailboxAccess,
-    ServerSide,
+    ServerSide, WindowRead,
 };
 pub use error::EwsError;
 pub use source::{EwsSource, FreeBusy, SubscriptionId};

@@ -237,6 +237,25 @@ impl EwsSource {
         self.discovery.lock().await.found.clone()
     }
 
+    /// For a status page, without waiting: the EWS URL in use and, when Autodiscover named
+    /// it, the Autodiscover URL that answered. `(None, None)` before the first discovery and
+    /// while Autodiscover runs.
+    pub fn current_endpoint(&self) -> (Option<Url>, Option<Url>) {
+        if let Some(url) = &self.fixed_ews_url {
+            return (Some(url.clone()), None);
+        }
+        match self.discovery.try_lock() {
+            Ok(cache) => match cache.found.as_ref() {
+                Some(found) => (
+                    self.url_in(Some(found)).ok(),
+                    Some(found.answered_by.clone()),
+                ),
+                None => (None, None),
+            },
+            Err(_) => (None, None),
+        }
+    }
+
     /// Runs Autodiscover again now and uses its answer from here on. When it fails, the
     /// answer found before stays in use. Requests do this themselves when EWS fails (at most
     /// every [`Self::REDISCOVERY_INTERVAL`]); this is for an operator's "look again".

@@ -6,12 +6,17 @@
 //! All SOAP, NTLM and Autodiscover details live in `calbridge-sources-ews`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use calbridge_domain::{MailboxAddress, SourceId};
-use calbridge_sources_ews::{EwsError, EwsSource, StreamEvent, SubscriptionId};
+use calbridge_domain::{
+    Appointment, AppointmentStatus, AppointmentTime, MailboxAddress, Sensitivity, SourceId,
+};
+use calbridge_sources_ews::{
+    EwsError, EwsSource, FreeBusy, StreamEvent, SubscriptionId, WindowRead,
+};
 use calbridge_store::{PersonKey, Resolution, Store, WindowReplacement};
 use jiff::Timestamp;
 use tokio::sync::{mpsc, Semaphore};
@@ -26,8 +31,11 @@ use crate::shutdown::Shutdown;
 /// every 30 minutes.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const PARALLEL_PEOPLE: usize = 8;
-/// The longest wait before a failed resolution, read or subscription is tried again.
+/// The longest wait before a failed resolution, read or subscription is tried again; also
+/// the wait after refused credentials (an account locked out for a while recovers by itself).
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Exchange answers `GetUserAvailability` for at most 100 mailboxes per request.
+const FREE_BUSY_BATCH: usize = 100;
 
 pub struct EwsSync {
     pub source_id: SourceId,
@@ -46,13 +54,103 @@ pub struct EwsSync {
     streams: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// Batches start with one request alone (the limiter starts with one permit): a wrong password
-/// is then refused once and the credential back-off stops the rest before they are sent,
-/// instead of `PARALLEL_PEOPLE` refused logons at once. When the first request is done the
-/// batch opens up to `PARALLEL_PEOPLE` at a time.
-fn open_up(limiter: &Semaphore, first: bool) {
-    if first {
-        limiter.add_permits(PARALLEL_PEOPLE - 1);
+/// Runs `job` for every item and returns the results in the items' order. The first request
+/// goes alone: a wrong password is then refused once and the credential back-off stops the
+/// rest before they are sent, instead of `PARALLEL_PEOPLE` refused logons at once. When the
+/// first is done the rest run up to `PARALLEL_PEOPLE` at a time.
+async fn fan_out<T, R, F, Fut>(items: Vec<T>, job: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    let limiter = Arc::new(Semaphore::new(1));
+    let mut tasks = Vec::with_capacity(items.len());
+    for item in items {
+        let Ok(permit) = limiter.clone().acquire_owned().await else {
+            break;
+        };
+        let first = tasks.is_empty();
+        let opening = limiter.clone();
+        let request = job(item);
+        tasks.push(tokio::spawn(async move {
+            let result = request.await;
+            drop(permit);
+            if first {
+                opening.add_permits(PARALLEL_PEOPLE - 1);
+            }
+            result
+        }));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(result) = task.await {
+            results.push(result);
+        }
+    }
+    results
+}
+
+/// Why one person's read failed, kept apart from [`EwsError`] because one failed
+/// `GetUserAvailability` batch fails up to 100 people and a mailbox's own error inside a
+/// batch is only Exchange's code and text.
+#[derive(Debug, Clone)]
+struct Trouble {
+    message: String,
+    retryable: bool,
+    credentials: bool,
+    retry_after: Option<Duration>,
+}
+
+impl From<&EwsError> for Trouble {
+    fn from(error: &EwsError) -> Self {
+        Trouble {
+            message: error.to_string(),
+            retryable: error.is_retryable(),
+            credentials: error.is_credential_error(),
+            retry_after: error.retry_after(),
+        }
+    }
+}
+
+/// How long to wait before trying again after `trouble`, the `failures`-th in a row; `None`
+/// when trying again cannot help (see [`EwsSync::retry_later`]).
+fn retry_delay(trouble: &Trouble, failures: u32) -> Option<Duration> {
+    if trouble.credentials {
+        return Some(RETRY_MAX);
+    }
+    if !trouble.retryable {
+        return None;
+    }
+    let doubling = Duration::from_secs(1u64 << (failures.max(1) - 1).min(9));
+    Some(
+        doubling
+            .max(trouble.retry_after.unwrap_or_default())
+            .min(RETRY_MAX),
+    )
+}
+
+/// One mailbox's free/busy answer as appointments without subjects.
+fn free_busy_appointments(answer: FreeBusy) -> Result<Vec<Appointment>, Trouble> {
+    match answer.busy {
+        Ok(periods) => Ok(periods
+            .into_iter()
+            .map(|(start, end, show_as)| Appointment {
+                id: format!("freebusy:{}:{}", start.as_second(), end.as_second()),
+                time: AppointmentTime::Timed { start, end },
+                show_as,
+                sensitivity: Sensitivity::Normal,
+                subject: None,
+                organizer: None,
+                status: AppointmentStatus::Active,
+            })
+            .collect()),
+        Err(code) => Err(Trouble {
+            retryable: code.starts_with("ErrorServerBusy"),
+            message: format!("GetUserAvailability for {} failed: {code}", answer.mailbox),
+            credentials: false,
+            retry_after: None,
+        }),
     }
 }
 
@@ -159,9 +257,11 @@ impl EwsSync {
 
     pub async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>, shutdown: Shutdown) {
         self.start().await;
+        // The first sync counts as finished once the subscriptions are made (their streaming
+        // connections are opening), as on Graph: from then on every change is seen.
+        self.open_streams().await;
         self.progress.finished.store(true, Ordering::Relaxed);
         crate::memory::release_free_memory();
-        self.open_streams().await;
         let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
         let mut next_midnight = self.next_midnight();
         loop {
@@ -183,12 +283,8 @@ impl EwsSync {
                 }
                 _ = midnight => {
                     next_midnight = self.next_midnight();
-                    let people: Vec<PersonKey> = self.people().keys().cloned().collect();
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        me.read_windows(&people, None).await;
-                        crate::memory::release_free_memory();
-                    });
+                    tokio::spawn(async move { me.midnight().await });
                 }
             }
         }
@@ -233,29 +329,20 @@ impl EwsSync {
 
     /// `ResolveNames` for each person: the directory's address, then alternatives.
     async fn resolve(&self, people: &[PersonKey]) {
-        let limiter = Arc::new(Semaphore::new(1));
-        let mut tasks = Vec::new();
-        for person in people {
-            let Ok(permit) = limiter.clone().acquire_owned().await else {
-                return;
-            };
+        let jobs: Vec<(PersonKey, Vec<String>)> = people
+            .iter()
+            .map(|person| (person.clone(), self.candidates(person)))
+            .collect();
+        let results = fan_out(jobs, |(person, candidates)| {
             let ews = self.ews.clone();
-            let person = person.clone();
-            let candidates = self.candidates(&person);
-            let first = tasks.is_empty();
-            let opening = limiter.clone();
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let result = ews.resolve_names(&candidates).await;
-                drop(permit);
-                open_up(&opening, first);
                 (person, result)
-            }));
-        }
+            }
+        })
+        .await;
         let mut resolutions = Vec::new();
-        for task in tasks {
-            let Ok((person, result)) = task.await else {
-                continue;
-            };
+        for (person, result) in results {
             let resolution = match result {
                 Ok(primary_smtp) => {
                     self.mailboxes()
@@ -271,20 +358,24 @@ impl EwsSync {
                 }
                 Err(error) => {
                     let message = format!("cannot resolve {}: {error}", person.address);
-                    tracing::warn!(source = %self.source_id, "{message}");
+                    let trouble = Trouble::from(&error);
                     {
                         let mut people = self.people();
                         let health = people.entry(person.clone()).or_default();
                         health.resolution_error = Some(message.clone());
-                        if error.is_retryable() {
+                        if trouble.retryable || trouble.credentials {
                             health.consecutive_failures += 1;
                         }
+                        // Refused credentials fail everyone alike: the first is enough in
+                        // the log.
+                        if !trouble.credentials || health.consecutive_failures == 1 {
+                            tracing::warn!(source = %self.source_id, "{message}");
+                        }
                     }
-                    // A busy server or a network hiccup is not the address's fault: try the
-                    // whole person (resolution, read, subscription) again later.
-                    if error.is_retryable() {
-                        self.retry_later(&person, Work::Added(person.clone()));
-                    }
+                    // A busy server, a network hiccup or a locked-out account is not the
+                    // address's fault: try the whole person (resolution, read, subscription)
+                    // again later.
+                    self.retry_later(&person, Work::Added(person.clone()), &trouble);
                     Resolution::Failed { error: message }
                 }
             };
@@ -295,38 +386,54 @@ impl EwsSync {
         }
     }
 
-    /// `FindItem`/`CalendarView` for each person, stored in batches and decided.
+    /// Reads each person's window (`FindItem`/`CalendarView`, or `GetUserAvailability` in
+    /// batches of 100 with `read = "free_busy"`), stores the windows in batches and decides.
     async fn read_windows(&self, people: &[PersonKey], progress: Option<&Progress>) {
         let (window_start, window_end) = self.window_now();
-        let limiter = Arc::new(Semaphore::new(1));
-        let mut tasks = Vec::new();
+        let mut readable = Vec::with_capacity(people.len());
         for person in people {
-            let Some(mailbox) = self.mailbox_of(person) else {
-                if let Some(progress) = progress {
-                    progress.done.fetch_add(1, Ordering::Relaxed);
-                    progress.failed.fetch_add(1, Ordering::Relaxed);
+            match self.mailbox_of(person) {
+                Some(mailbox) => readable.push((person.clone(), mailbox)),
+                None => {
+                    if let Some(progress) = progress {
+                        progress.done.fetch_add(1, Ordering::Relaxed);
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                continue;
-            };
-            let Ok(permit) = limiter.clone().acquire_owned().await else {
-                return;
-            };
-            let ews = self.ews.clone();
-            let person = person.clone();
-            let first = tasks.is_empty();
-            let opening = limiter.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = ews.read_window(&mailbox, window_start, window_end).await;
-                drop(permit);
-                open_up(&opening, first);
-                (person, result)
-            }));
+            }
         }
-        let mut windows = Vec::new();
-        for task in tasks {
-            let Ok((person, result)) = task.await else {
-                continue;
+        let results: Vec<(PersonKey, Result<Vec<Appointment>, Trouble>)> =
+            match self.ews.config().read {
+                WindowRead::CalendarView => {
+                    fan_out(readable, |(person, mailbox)| {
+                        let ews = self.ews.clone();
+                        async move {
+                            let result = ews
+                                .read_window(&mailbox, window_start, window_end)
+                                .await
+                                .map_err(|error| Trouble::from(&error));
+                            (person, result)
+                        }
+                    })
+                    .await
+                }
+                WindowRead::FreeBusy => {
+                    let batches: Vec<Vec<(PersonKey, MailboxAddress)>> = readable
+                        .chunks(FREE_BUSY_BATCH)
+                        .map(<[_]>::to_vec)
+                        .collect();
+                    fan_out(batches, |batch| {
+                        let ews = self.ews.clone();
+                        async move { read_free_busy(&ews, batch, window_start, window_end).await }
+                    })
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
+                }
             };
+        let mut windows = Vec::new();
+        for (person, result) in results {
             match result {
                 Ok(appointments) => windows.push(WindowReplacement {
                     key: person,
@@ -334,21 +441,19 @@ impl EwsSync {
                     window_end,
                     appointments,
                 }),
-                Err(error) => {
+                Err(trouble) => {
                     if let Some(progress) = progress {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.record_failure(&person, &error);
-                    if error.is_retryable() {
-                        self.retry_later(&person, Work::Delta(person.clone()));
-                    }
+                    self.record_failure(&person, &trouble);
+                    self.retry_later(&person, Work::Delta(person.clone()), &trouble);
                 }
             }
             if let Some(progress) = progress {
                 progress.done.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let decided: Vec<(PersonKey, Vec<calbridge_domain::Appointment>)> = windows
+        let decided: Vec<(PersonKey, Vec<Appointment>)> = windows
             .iter()
             .map(|window| (window.key.clone(), window.appointments.clone()))
             .collect();
@@ -371,29 +476,35 @@ impl EwsSync {
         }
     }
 
-    fn record_failure(&self, person: &PersonKey, error: &EwsError) {
+    fn record_failure(&self, person: &PersonKey, trouble: &Trouble) {
         let now = self.clock.now();
         let mut people = self.people();
         let health = people.entry(person.clone()).or_default();
-        health.last_error = Some(error.to_string());
+        health.last_error = Some(trouble.message.clone());
         health.last_error_at = Some(now);
         health.consecutive_failures += 1;
         // A wrong password fails every mailbox alike; the EWS source already backs off and the
         // first failure is enough in the log.
-        if !error.is_credential_error() || health.consecutive_failures == 1 {
-            tracing::warn!(source = %self.source_id, person = %person, "{error}");
+        if !trouble.credentials || health.consecutive_failures == 1 {
+            tracing::warn!(source = %self.source_id, person = %person, "{}", trouble.message);
         }
     }
 
-    /// Sends `work` again after a back-off that doubles with every failure in a row
-    /// (1 s … 5 min), so that an `ErrorServerBusy` storm or an outage longer than the EWS
-    /// client's own retries does not leave a person without presence or subscription.
-    fn retry_later(&self, person: &PersonKey, work: Work) {
+    /// Sends `work` again when the trouble may pass: after a back-off that doubles with every
+    /// failure in a row (1 s … 5 min, at least what the server asked for), so that an
+    /// `ErrorServerBusy` storm or an outage longer than the EWS client's own retries does not
+    /// leave a person without presence or subscription; after refused credentials, every
+    /// `RETRY_MAX` (the EWS source's credential back-off keeps that to one logon attempt for
+    /// all people). Other troubles (no such mailbox, no rights) wait for a change of the
+    /// directory or the midnight re-read.
+    fn retry_later(&self, person: &PersonKey, work: Work, trouble: &Trouble) {
         let failures = self
             .people()
             .get(person)
-            .map_or(1, |health| health.consecutive_failures.max(1));
-        let delay = Duration::from_secs(1u64 << (failures - 1).min(8)).min(RETRY_MAX);
+            .map_or(1, |health| health.consecutive_failures);
+        let Some(delay) = retry_delay(trouble, failures) else {
+            return;
+        };
         let queue = self.queue.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -405,10 +516,28 @@ impl EwsSync {
     /// A subscription that failed: recorded, and for passing troubles the person is brought
     /// up again later (read, subscribe, stream).
     fn subscription_failed(&self, person: &PersonKey, error: &EwsError) {
-        self.record_failure(person, error);
-        if error.is_retryable() {
-            self.retry_later(person, Work::Added(person.clone()));
+        let trouble = Trouble::from(error);
+        self.record_failure(person, &trouble);
+        self.retry_later(person, Work::Added(person.clone()), &trouble);
+    }
+
+    /// The midnight re-read: everyone's new window, and another resolution for the people
+    /// whose resolution failed (a mailbox created since, an account unlocked).
+    async fn midnight(self: &Arc<Self>) {
+        let mut resolved = Vec::new();
+        let mut unresolved = Vec::new();
+        for (person, health) in self.people().iter() {
+            if health.resolved_address.is_some() {
+                resolved.push(person.clone());
+            } else {
+                unresolved.push(person.clone());
+            }
         }
+        for person in unresolved {
+            self.enqueue(Work::Added(person));
+        }
+        self.read_windows(&resolved, None).await;
+        crate::memory::release_free_memory();
     }
 
     async fn do_work(self: &Arc<Self>, work: Work) {
@@ -458,9 +587,17 @@ impl EwsSync {
             .iter()
             .map(|(mailbox, person)| (mailbox.clone(), person.clone()))
             .collect();
+        let results = fan_out(mailboxes, |(mailbox, person)| {
+            let ews = self.ews.clone();
+            async move {
+                let result = ews.subscribe(&mailbox).await;
+                (mailbox, person, result)
+            }
+        })
+        .await;
         let mut subscribed: Vec<(SubscriptionId, MailboxAddress)> = Vec::new();
-        for (mailbox, person) in mailboxes {
-            match self.ews.subscribe(&mailbox).await {
+        for (mailbox, person, result) in results {
+            match result {
                 Ok(id) => {
                     if let Some(health) = self.people().get_mut(&person) {
                         health.subscription_id = Some(id.0.clone());
@@ -541,5 +678,122 @@ impl EwsSync {
                 }
             }
         }
+    }
+}
+
+/// One `GetUserAvailability` request for up to 100 people; a failed request fails each of
+/// them with the same trouble, a mailbox's own error only that mailbox.
+async fn read_free_busy(
+    ews: &EwsSource,
+    batch: Vec<(PersonKey, MailboxAddress)>,
+    start: Timestamp,
+    end: Timestamp,
+) -> Vec<(PersonKey, Result<Vec<Appointment>, Trouble>)> {
+    let mailboxes: Vec<MailboxAddress> = batch.iter().map(|(_, mailbox)| mailbox.clone()).collect();
+    match ews.free_busy_batch(&mailboxes, start, end).await {
+        Ok(answers) => {
+            let mut by_mailbox: HashMap<MailboxAddress, FreeBusy> = answers
+                .into_iter()
+                .map(|answer| (answer.mailbox.clone(), answer))
+                .collect();
+            batch
+                .into_iter()
+                .map(|(person, mailbox)| {
+                    let result = match by_mailbox.remove(&mailbox) {
+                        Some(answer) => free_busy_appointments(answer),
+                        None => Err(Trouble {
+                            message: format!("GetUserAvailability answered nothing for {mailbox}"),
+                            retryable: true,
+                            credentials: false,
+                            retry_after: None,
+                        }),
+                    };
+                    (person, result)
+                })
+                .collect()
+        }
+        Err(error) => {
+            let trouble = Trouble::from(&error);
+            batch
+                .into_iter()
+                .map(|(person, _)| (person, Err(trouble.clone())))
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trouble(retryable: bool, credentials: bool, retry_after: Option<u64>) -> Trouble {
+        Trouble {
+            message: "test".to_string(),
+            retryable,
+            credentials,
+            retry_after: retry_after.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn passing_troubles_back_off_doubling_up_to_five_minutes() {
+        let busy = trouble(true, false, None);
+        let delays: Vec<u64> = [0, 1, 2, 3, 9, 40]
+            .into_iter()
+            .map(|failures| retry_delay(&busy, failures).map_or(0, |delay| delay.as_secs()))
+            .collect();
+        assert_eq!(delays, vec![1, 1, 2, 4, 256, 300]);
+    }
+
+    #[test]
+    fn the_servers_back_off_is_honoured() {
+        let busy = trouble(true, false, Some(30_000));
+        assert_eq!(retry_delay(&busy, 1), Some(Duration::from_secs(30)));
+        let long = trouble(true, false, Some(3_600_000));
+        assert_eq!(retry_delay(&long, 1), Some(RETRY_MAX));
+    }
+
+    #[test]
+    fn refused_credentials_are_tried_again_every_five_minutes_and_lasting_troubles_never() {
+        assert_eq!(
+            retry_delay(&trouble(false, true, Some(1_000)), 1),
+            Some(RETRY_MAX)
+        );
+        assert_eq!(retry_delay(&trouble(false, true, None), 7), Some(RETRY_MAX));
+        assert_eq!(retry_delay(&trouble(false, false, None), 1), None);
+    }
+
+    #[test]
+    fn free_busy_periods_become_appointments_without_subjects_and_errors_name_the_mailbox() {
+        let mailbox = MailboxAddress::parse("ada@contoso.example").unwrap();
+        let start: Timestamp = "2026-06-01T09:00:00Z".parse().unwrap();
+        let end: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
+        let appointments = free_busy_appointments(FreeBusy {
+            mailbox: mailbox.clone(),
+            busy: Ok(vec![(start, end, calbridge_domain::ShowAs::Oof)]),
+        })
+        .unwrap();
+        assert_eq!(appointments.len(), 1);
+        assert_eq!(appointments[0].time, AppointmentTime::Timed { start, end });
+        assert_eq!(appointments[0].show_as, calbridge_domain::ShowAs::Oof);
+        assert_eq!(appointments[0].subject, None);
+
+        let busy = free_busy_appointments(FreeBusy {
+            mailbox: mailbox.clone(),
+            busy: Err("ErrorServerBusy: try later".to_string()),
+        })
+        .unwrap_err();
+        assert!(busy.retryable);
+        assert!(
+            busy.message.contains("ada@contoso.example"),
+            "{}",
+            busy.message
+        );
+        let missing = free_busy_appointments(FreeBusy {
+            mailbox,
+            busy: Err("ErrorMailRecipientNotFound: no such mailbox".to_string()),
+        })
+        .unwrap_err();
+        assert!(!missing.retryable);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use calbridge_domain::{Secret, SourceId};
+use calbridge_domain::SourceId;
 use calbridge_presence::Activity;
 use calbridge_sources_ews::WindowRead;
 use calbridge_store::PersonKey;
@@ -18,8 +18,8 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::clock::{Clock, SystemClock};
-use crate::commands::demo_config;
-use crate::config::{Config, DirectoryConfig, SourceConfig};
+use crate::commands::{demo_config, ews_demo_source, graph_token};
+use crate::config::Config;
 use crate::service::{self, RunningService, ServiceOptions};
 
 /// Which source kinds the benchmark measures.
@@ -392,61 +392,17 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
     ));
     std::fs::create_dir_all(&data_dir)?;
 
-    // The directory: the generated people's addresses, read through Graph.
     let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, &ready).await?;
-    let group = ready
-        .group_id
-        .clone()
-        .context("the generated organisation has no group")?;
-    let addresses = group_mail_addresses(&client, &token, &ready, &group).await?;
-    if addresses.len() < users {
-        bail!(
-            "the emulator's group lists {} of {users} people with an address",
-            addresses.len()
-        );
+    let (source, directory, people) =
+        ews_demo_source(&ready, &data_dir, SourceId("bench-ews".to_string()), read).await?;
+    if people < users {
+        bail!("the emulator's group lists {people} of {users} people with an address");
     }
-    let directory = data_dir.join("people.csv");
-    let mut csv = String::from("address\n");
-    for address in &addresses {
-        csv.push_str(address);
-        csv.push('\n');
-    }
-    std::fs::write(&directory, csv)
-        .with_context(|| format!("cannot write {}", directory.display()))?;
-
-    let mut ews = calbridge_sources_ews::EwsSourceConfig::new(
-        ready
-            .ews_user
-            .clone()
-            .context("the emulator has no EWS service account")?,
-        Secret::new(
-            ready
-                .ews_password
-                .clone()
-                .context("the emulator's EWS service account has no password")?,
-        ),
-    );
-    ews.auth = calbridge_sources_ews::AuthMethod::Ntlm;
-    ews.access = calbridge_sources_ews::MailboxAccess::Impersonation;
-    ews.ews_url = Some(ready.ews_url.clone());
-    ews.extra_root_ca = Some(ready.ca_cert.clone());
-    ews.read = read;
-    let source = SourceId("bench-ews".to_string());
     let mut config = Config::default();
     config.store.path = data_dir.join("calbridge.sqlite");
-    config.sources.push(SourceConfig {
-        id: source.clone(),
-        secret_expires_on: None,
-        graph: None,
-        ews: Some(ews),
-    });
-    config.directory.push(DirectoryConfig {
-        source,
-        file: Some(directory),
-        group_id: None,
-        refresh_seconds: 300,
-    });
+    config.sources.push(source);
+    config.directory.push(directory);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let rss_before = resident_memory_bytes().unwrap_or(0);
@@ -541,82 +497,8 @@ async fn emulator_counter(
     Ok(counters["by_kind"][kind].as_u64().unwrap_or(0))
 }
 
-/// The `mail` of every member of `group`, following `@odata.nextLink`.
-async fn group_mail_addresses(
-    client: &reqwest::Client,
-    token: &str,
-    ready: &m365_emulator::ReadyInfo,
-    group: &str,
-) -> anyhow::Result<Vec<String>> {
-    let mut addresses = Vec::new();
-    let mut next = Some(format!(
-        "{}/groups/{group}/members?$top=999&$select=mail",
-        ready.graph_url
-    ));
-    let mut pages = 0;
-    while let Some(url) = next.take() {
-        pages += 1;
-        if pages > 10_000 {
-            bail!("the emulator's group listing does not end");
-        }
-        let response = client
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .context("listing the group's members failed")?;
-        if !response.status().is_success() {
-            bail!(
-                "the emulator refused the group listing: HTTP {}",
-                response.status()
-            );
-        }
-        let page: serde_json::Value = response
-            .json()
-            .await
-            .context("the group listing is not JSON")?;
-        let members = page["value"]
-            .as_array()
-            .context("the group listing has no `value` array")?;
-        addresses.extend(
-            members
-                .iter()
-                .filter_map(|member| member["mail"].as_str())
-                .filter(|mail| !mail.is_empty())
-                .map(str::to_string),
-        );
-        next = page["@odata.nextLink"].as_str().map(str::to_string);
-    }
-    Ok(addresses)
-}
-
 fn format_graph(instant: Timestamp) -> String {
     instant.strftime("%Y-%m-%dT%H:%M:%S").to_string()
-}
-
-async fn graph_token(
-    client: &reqwest::Client,
-    ready: &m365_emulator::ReadyInfo,
-) -> anyhow::Result<String> {
-    let secret = ready
-        .client_secret
-        .clone()
-        .context("the emulator's app has no secret")?;
-    let response = client
-        .post(&ready.token_url)
-        .form(&[
-            ("client_id", ready.client_id.as_str()),
-            ("client_secret", secret.as_str()),
-            ("scope", "https://graph.microsoft.com/.default"),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await?;
-    let body: serde_json::Value = response.json().await?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .context("the emulator's token endpoint gave no access_token")
 }
 
 /// What one benchmark run measured before the service is stopped.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use calbridge_domain::{Secret, SourceId};
 use calbridge_sources_graph::{GraphCredential, GraphSourceConfig};
 use m365_emulator::{Emulator, EmulatorConfig};
@@ -38,6 +38,18 @@ pub struct DemoArgs {
     /// Stop after the first sync instead of running until Ctrl-C (for scripts).
     #[arg(long)]
     pub exit_after_sync: bool,
+    /// How calbridge reaches the emulated organisation: Microsoft Graph (Microsoft 365), EWS
+    /// (Exchange on premises: NTLM service account with impersonation, streaming
+    /// notifications), or both side by side.
+    #[arg(long, value_enum, default_value_t = DemoSource::Graph)]
+    pub source: DemoSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSource {
+    Graph,
+    Ews,
+    Both,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -93,7 +105,23 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             )
         })?;
     let address = listener.local_addr()?;
-    let config = demo_config(&ready, &data_dir, &format!("http://{address}"))?;
+    let mut config = demo_config(&ready, &data_dir, &format!("http://{address}"))?;
+    if args.source != DemoSource::Graph {
+        if args.source == DemoSource::Ews {
+            config.sources.clear();
+            config.directory.clear();
+        }
+        let (source, directory, _) = ews_demo_source(
+            &ready,
+            &data_dir,
+            SourceId("onprem".to_string()),
+            calbridge_sources_ews::WindowRead::CalendarView,
+        )
+        .await
+        .context("cannot set up the demo's EWS source")?;
+        config.sources.push(source);
+        config.directory.push(directory);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let running = service::start(
         config,
@@ -104,8 +132,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!(
-        "Emulated tenant: {} (Graph at {})",
-        ready.tenant_id, ready.graph_url
+        "Emulated tenant: {} (Graph at {}, EWS at {})",
+        ready.tenant_id, ready.graph_url, ready.ews_url
     );
     eprintln!("Database: {}", data_dir.join("calbridge.sqlite").display());
     println!(
@@ -171,6 +199,138 @@ pub fn demo_config(
         refresh_seconds: 300,
     });
     Ok(config)
+}
+
+/// An EWS source on the emulator's on-premises side, as an administrator would set it up: the
+/// NTLM service account with impersonation, the direct `ews_url`, and a directory file with
+/// the generated people's addresses (`people.csv` in `data_dir`). Returns the source, its
+/// directory entry and the number of people.
+pub async fn ews_demo_source(
+    ready: &m365_emulator::ReadyInfo,
+    data_dir: &std::path::Path,
+    id: SourceId,
+    read: calbridge_sources_ews::WindowRead,
+) -> anyhow::Result<(SourceConfig, DirectoryConfig, usize)> {
+    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
+    let token = graph_token(&client, ready).await?;
+    let group = ready
+        .group_id
+        .clone()
+        .context("the generated organisation has no group")?;
+    let addresses = group_mail_addresses(&client, &token, ready, &group).await?;
+    let directory = data_dir.join(format!("{}-people.csv", id.0));
+    let mut csv = String::from("address\n");
+    for address in &addresses {
+        csv.push_str(address);
+        csv.push('\n');
+    }
+    std::fs::write(&directory, csv)
+        .with_context(|| format!("cannot write {}", directory.display()))?;
+    let mut ews = calbridge_sources_ews::EwsSourceConfig::new(
+        ready
+            .ews_user
+            .clone()
+            .context("the emulator has no EWS service account")?,
+        Secret::new(
+            ready
+                .ews_password
+                .clone()
+                .context("the emulator's EWS service account has no password")?,
+        ),
+    );
+    ews.auth = calbridge_sources_ews::AuthMethod::Ntlm;
+    ews.access = calbridge_sources_ews::MailboxAccess::Impersonation;
+    ews.ews_url = Some(ready.ews_url.clone());
+    ews.extra_root_ca = Some(ready.ca_cert.clone());
+    ews.read = read;
+    let source = SourceConfig {
+        id: id.clone(),
+        secret_expires_on: None,
+        graph: None,
+        ews: Some(ews),
+    };
+    let entry = DirectoryConfig {
+        source: id,
+        file: Some(directory),
+        group_id: None,
+        refresh_seconds: 300,
+    };
+    Ok((source, entry, addresses.len()))
+}
+
+/// The `mail` of every member of `group`, following `@odata.nextLink`.
+pub(crate) async fn group_mail_addresses(
+    client: &reqwest::Client,
+    token: &str,
+    ready: &m365_emulator::ReadyInfo,
+    group: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut addresses = Vec::new();
+    let mut next = Some(format!(
+        "{}/groups/{group}/members?$top=999&$select=mail",
+        ready.graph_url
+    ));
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        pages += 1;
+        if pages > 10_000 {
+            bail!("the emulator's group listing does not end");
+        }
+        let response = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("listing the group's members failed")?;
+        if !response.status().is_success() {
+            bail!(
+                "the emulator refused the group listing: HTTP {}",
+                response.status()
+            );
+        }
+        let page: serde_json::Value = response
+            .json()
+            .await
+            .context("the group listing is not JSON")?;
+        let members = page["value"]
+            .as_array()
+            .context("the group listing has no `value` array")?;
+        addresses.extend(
+            members
+                .iter()
+                .filter_map(|member| member["mail"].as_str())
+                .filter(|mail| !mail.is_empty())
+                .map(str::to_string),
+        );
+        next = page["@odata.nextLink"].as_str().map(str::to_string);
+    }
+    Ok(addresses)
+}
+
+/// An app-only Graph token from the emulator for its generated app.
+pub(crate) async fn graph_token(
+    client: &reqwest::Client,
+    ready: &m365_emulator::ReadyInfo,
+) -> anyhow::Result<String> {
+    let secret = ready
+        .client_secret
+        .clone()
+        .context("the emulator's app has no secret")?;
+    let response = client
+        .post(&ready.token_url)
+        .form(&[
+            ("client_id", ready.client_id.as_str()),
+            ("client_secret", secret.as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .context("the emulator's token endpoint gave no access_token")
 }
 
 /// A progress bar on stderr while the first sync runs.

@@ -52,6 +52,9 @@ pub struct EwsSync {
     pub progress: Progress,
     /// The streaming connections; dropping one ends it.
     streams: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whole-group re-reads (after a reconnect) run one at a time, so that connections
+    /// re-opening together do not multiply the parallel requests.
+    group_reads: Semaphore,
 }
 
 /// Runs `job` for every item and returns the results in the items' order. The first request
@@ -177,6 +180,7 @@ impl EwsSync {
             queue,
             progress: Progress::default(),
             streams: tokio::sync::Mutex::new(Vec::new()),
+            group_reads: Semaphore::new(1),
         };
         (Arc::new(sync), queue_rx)
     }
@@ -645,12 +649,22 @@ impl EwsSync {
                     }
                 }
                 StreamEvent::Connected { reopened: true } => {
-                    // Changes during the gap were not streamed: re-read the whole group.
-                    for (_, mailbox) in &group {
-                        if let Some(person) = self.mailboxes().get(mailbox).cloned() {
-                            self.enqueue(Work::Delta(person));
-                        }
-                    }
+                    // Changes during the gap were not streamed: re-read the whole group, in
+                    // one go (free/busy reads take 100 mailboxes per request).
+                    let people: Vec<PersonKey> = {
+                        let mailboxes = self.mailboxes();
+                        group
+                            .iter()
+                            .filter_map(|(_, mailbox)| mailboxes.get(mailbox).cloned())
+                            .collect()
+                    };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let Ok(_turn) = me.group_reads.acquire().await else {
+                            return;
+                        };
+                        me.read_windows(&people, None).await;
+                    });
                 }
                 StreamEvent::SubscriptionsLost(mailboxes) => {
                     // Exchange forgot them: subscribe again on a connection of their own and

@@ -1,0 +1,61 @@
+//! Black-box tests of `calbridge demo` (the README's first command) through the real binary:
+//! the bundled emulator, the first sync and the presence summary, on Graph and on EWS.
+
+use std::process::Command;
+
+/// Runs `calbridge demo --exit-after-sync` and returns the people counted per activity in
+/// its "presence now:" line.
+fn demo(source: &str, users: usize) -> Vec<(String, usize)> {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_calbridge"))
+        .args(["demo", "--exit-after-sync", "--listen", "127.0.0.1:0"])
+        .args(["--source", source, "--users", &users.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .output()
+        .expect("the calbridge binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo --source {source}: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("admin page: http://127.0.0.1:"),
+        "the admin page is named: {stdout}"
+    );
+    let summary = stderr
+        .lines()
+        .find_map(|line| line.rsplit_once("presence now: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no presence summary: {stderr}"));
+    summary
+        .split(", ")
+        .map(|part| {
+            let (count, activity) = part
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("'{part}' in {summary}"));
+            (
+                activity.to_string(),
+                count.parse().unwrap_or_else(|_| panic!("'{part}'")),
+            )
+        })
+        .collect()
+}
+
+fn total(counts: &[(String, usize)]) -> usize {
+    counts.iter().map(|(_, count)| count).sum()
+}
+
+#[test]
+fn the_demo_syncs_everyone_on_graph_on_ews_and_on_both() {
+    let graph = demo("graph", 40);
+    assert_eq!(total(&graph), 40, "{graph:?}");
+    let ews = demo("ews", 40);
+    assert_eq!(ews, graph, "EWS and Graph see the same calendars");
+    let both = demo("both", 40);
+    assert_eq!(total(&both), 80, "{both:?}");
+    for (activity, count) in &graph {
+        let doubled = both
+            .iter()
+            .find(|(other, _)| other == activity)
+            .map(|(_, count)| *count);
+        assert_eq!(doubled, Some(2 * count), "{activity}: {both:?}");
+    }
+}

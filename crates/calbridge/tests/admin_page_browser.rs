@@ -35,6 +35,41 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_user() {
+    let Some(dom) = admin_page(false, "admin-page.png").await else {
+        return;
+    };
+    assert!(
+        dom.contains("token valid"),
+        "the Graph card shows its token"
+    );
+}
+
+/// The same on an EWS source: every user's presence, and the source card naming the EWS URL
+/// in use and how it was found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_in_chromium_shows_an_ews_source_and_its_users() {
+    let Some(dom) = admin_page(true, "admin-page-ews.png").await else {
+        return;
+    };
+    let card = dom
+        .split("data-source=\"onprem\"")
+        .nth(1)
+        .expect("the EWS source card");
+    assert!(
+        card.contains("data-ews-url=\"https://127.0.0.1:"),
+        "the EWS URL is shown: {card}"
+    );
+    assert!(card.contains("configured URL"), "{card}");
+    assert!(
+        card.contains("ntlm · impersonation · read calendar_view"),
+        "{card}"
+    );
+}
+
+/// Runs the service on a generated organisation (Graph, or EWS with `ews`), opens the admin
+/// page in Chromium and checks every user's row against the API; returns the DOM, or None
+/// when Chromium is not installed (and not required).
+async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|program| !Path::new(program).exists())
@@ -46,7 +81,7 @@ async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_use
              run .ci/services/chromium.sh install"
         );
         eprintln!("skipped: chromium not installed (run .ci/services/chromium.sh install)");
-        return;
+        return None;
     }
     init_logs();
     let emulator = Emulator::start(EmulatorConfig::generated(30, 11))
@@ -54,7 +89,19 @@ async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_use
         .expect("the emulator starts");
     let data_dir = tempfile::tempdir().expect("a temp dir");
     let (listener, public_url) = listen(0).await;
-    let config = config_for(emulator.ready(), data_dir.path(), &public_url, None);
+    let mut config = config_for(emulator.ready(), data_dir.path(), &public_url, None);
+    if ews {
+        let (source, directory, _) = calbridge::commands::ews_demo_source(
+            emulator.ready(),
+            data_dir.path(),
+            calbridge_domain::SourceId("onprem".to_string()),
+            calbridge_sources_ews::WindowRead::CalendarView,
+        )
+        .await
+        .expect("the EWS source");
+        config.sources = vec![source];
+        config.directory = vec![directory];
+    }
     let running = start_service(config, Arc::new(SystemClock), listener).await;
     let api = Api::new(&running);
     let page_url = format!(
@@ -64,7 +111,7 @@ async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_use
     );
     let screenshot_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target")
-        .join("admin-page.png");
+        .join(screenshot);
 
     let before = api_activities(&api).await;
     assert!(before.len() >= 20, "a generated organisation: {before:?}");
@@ -149,6 +196,9 @@ async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_use
         written.len()
     );
     eprintln!("screenshot: {}", screenshot_path.display());
+    running.shutdown().await;
+    emulator.shutdown().await;
+    Some(dom)
 }
 
 /// Opens the page in a fresh headless Chromium, waits until the table has `n_users` rows

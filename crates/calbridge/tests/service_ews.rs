@@ -133,6 +133,19 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         },
     )
     .await;
+    let status = api.get_authorized("/api/v1/status").await;
+    let card = status["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|card| card["id"] == "onprem")
+        .expect("the EWS source is shown")
+        .clone();
+    assert!(
+        card["notifications_received"].as_u64() >= Some(1),
+        "the streamed change is counted: {card}"
+    );
+    assert_eq!(card["ews"]["configured_url"], true, "{card}");
     running.shutdown().await;
     emulator.shutdown().await;
 }

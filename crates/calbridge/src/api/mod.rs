@@ -320,7 +320,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             "requests": sync.ews.requests_sent(),
             "throttled": 0,
             "retries": 0,
-            "notifications_received": 0,
+            "notifications_received": sync.changes_streamed.load(Relaxed),
             "notifications_rejected": 0,
         }));
     }

@@ -55,6 +55,8 @@ pub struct EwsSync {
     /// Whole-group re-reads (after a reconnect) run one at a time, so that connections
     /// re-opening together do not multiply the parallel requests.
     group_reads: Semaphore,
+    /// Changes the streaming connections reported.
+    pub changes_streamed: std::sync::atomic::AtomicU64,
 }
 
 /// Runs `job` for every item and returns the results in the items' order. The first request
@@ -181,6 +183,7 @@ impl EwsSync {
             progress: Progress::default(),
             streams: tokio::sync::Mutex::new(Vec::new()),
             group_reads: Semaphore::new(1),
+            changes_streamed: std::sync::atomic::AtomicU64::new(0),
         };
         (Arc::new(sync), queue_rx)
     }
@@ -644,6 +647,7 @@ impl EwsSync {
         while let Some(event) = connection.next().await {
             match event {
                 StreamEvent::Changed(mailbox) => {
+                    self.changes_streamed.fetch_add(1, Ordering::Relaxed);
                     if let Some(person) = self.mailboxes().get(&mailbox).cloned() {
                         self.enqueue(Work::Delta(person));
                     }

@@ -206,6 +206,8 @@ def test_exchangelib_reads_a_calendar_view_and_resolves_names_with_an_app_only_o
     assert token_claims["aud"] == "https://outlook.office365.com"
     assert "full_access_as_app" in token_claims["roles"]
     failures = counter(emulator, "ews.auth_failures")
+    # Every request of an app-only token needs ExchangeImpersonation, the version probe included.
+    missing_header = counter(emulator, "ews.impersonation_header_missing")
 
     config = oauth_configuration(emulator, token, "bob@contoso.example")
     account = Account("bob@contoso.example", config=config, autodiscover=False, access_type=IMPERSONATION)
@@ -224,6 +226,7 @@ def test_exchangelib_reads_a_calendar_view_and_resolves_names_with_an_app_only_o
     [missing] = account.protocol.resolve_names(["nobody@contoso.example"])
     assert isinstance(missing, ErrorNameResolutionNoResults)
     assert counter(emulator, "ews.auth_failures") == failures
+    assert counter(emulator, "ews.impersonation_header_missing") == missing_header
 
 
 def test_ews_refuses_a_graph_token_with_401_and_exchangelib_reports_unauthorized(emulator):

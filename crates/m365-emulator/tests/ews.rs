@@ -542,6 +542,88 @@ async fn bearer_tokens_for_outlook_with_full_access_as_app_work_with_impersonati
     assert_eq!(ews(&harness, &graph_token, "", &view).await.status, 401);
 }
 
+#[tokio::test]
+async fn an_app_only_token_without_exchange_impersonation_gets_the_header_fault_on_every_operation()
+{
+    let harness = start().await;
+    let reply = harness
+        .token_request(&[
+            ("client_id", APP_ID),
+            ("client_secret", "good-secret"),
+            ("grant_type", "client_credentials"),
+            ("scope", "https://outlook.office365.com/.default"),
+        ])
+        .await;
+    let token = reply.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    let resolve = "<m:ResolveNames ReturnFullContactData=\"false\"><m:UnresolvedEntry>ada@contoso.example</m:UnresolvedEntry></m:ResolveNames>";
+    let availability = "<m:GetUserAvailabilityRequest><m:MailboxDataArray><t:MailboxData><t:Email><t:Address>bob@contoso.example</t:Address></t:Email><t:AttendeeType>Required</t:AttendeeType></t:MailboxData></m:MailboxDataArray><t:FreeBusyViewOptions><t:TimeWindow><t:StartTime>2030-03-07T08:00:00Z</t:StartTime><t:EndTime>2030-03-07T18:00:00Z</t:EndTime></t:TimeWindow><t:RequestedView>FreeBusy</t:RequestedView></t:FreeBusyViewOptions></m:GetUserAvailabilityRequest>";
+    let view = calendar_view(None, "2030-03-05T00:00:00Z", "2030-03-06T00:00:00Z", None);
+    let subscribe = "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id=\"calendar\"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>";
+    // Not even X-AnchorMailbox, which names the mailbox for routing, stands in for the header.
+    for body in [resolve, availability, view.as_str(), subscribe] {
+        let refused = harness
+            .client
+            .send(
+                "POST",
+                &harness.emulator.ready().ews_url,
+                &[
+                    ("authorization", bearer.as_str()),
+                    ("x-anchormailbox", "ada@contoso.example"),
+                ],
+                Some(("text/xml; charset=utf-8", envelope("", body).into_bytes())),
+            )
+            .await;
+        let text = refused.text();
+        assert_eq!(refused.status, 500, "{text}");
+        assert!(text.contains("<faultcode xmlns:a=\"http://schemas.microsoft.com/exchange/services/2006/types\">a:ErrorInvalidExchangeImpersonationHeaderData</faultcode>"), "{text}");
+        assert!(
+            text.contains("ErrorInvalidExchangeImpersonationHeaderData</e:ResponseCode>"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ExchangeImpersonation SOAP header must be present for this type of OAuth token."
+            ),
+            "{text}"
+        );
+    }
+    let counters = harness.emulator.counters();
+    assert_eq!(
+        counters.by_kind.get("ews.impersonation_header_missing"),
+        Some(&4)
+    );
+    assert_eq!(counters.by_kind.get("ews.ResolveNames"), None);
+    assert_eq!(counters.by_kind.get("ews.FindItem"), None);
+
+    // The same requests impersonating a mailbox of the tenant are answered.
+    let header = impersonating("ada@contoso.example");
+    let resolved = ews(&harness, &bearer, &header, resolve).await;
+    assert_eq!(resolved.status, 200, "{}", resolved.text());
+    assert!(resolved
+        .text()
+        .contains("<t:EmailAddress>ada@contoso.example</t:EmailAddress>"));
+    let busy = ews(&harness, &bearer, &header, availability).await;
+    assert_eq!(busy.status, 200, "{}", busy.text());
+    assert!(
+        busy.text().contains("<m:FreeBusyResponse>"),
+        "{}",
+        busy.text()
+    );
+    // A user's own logon needs no header, as on premises.
+    let own = ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        "",
+        resolve,
+    )
+    .await;
+    assert_eq!(own.status, 200, "{}", own.text());
+}
+
 /// One connection (TLS, or plain http for the second port) carrying several requests, as
 /// NTLM needs, and handing out response bodies unread, as streaming needs.
 struct Connection {

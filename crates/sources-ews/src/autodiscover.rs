@@ -1,6 +1,7 @@
 //! Autodiscover (POX v1) in the order the innovaphone Calendar App uses: https on
 //! `autodiscover.<domain>`, https on `<domain>`, then the same over http, following
-//! `redirectAddr`, `redirectUrl` and HTTP redirects, at most ten in all.
+//! `redirectAddr`, `redirectUrl` and HTTP redirects, at most ten in all. Answers are trusted
+//! only over https (see [`discover`]).
 
 use bytes::Bytes;
 use http::Method;
@@ -105,7 +106,34 @@ fn parse_answer(url: &Url, body: &str) -> Result<Step, String> {
     }
 }
 
+/// What an answer said, for an error message about a candidate whose answer was not used.
+fn describe(step: &Result<Step, String>) -> String {
+    match step {
+        Ok(Step::Settings(found)) => match found.external.as_ref().or(found.internal.as_ref()) {
+            Some(ews) => format!("settings (EWS at {ews})"),
+            None => "settings".to_string(),
+        },
+        Ok(Step::RedirectUrl(next)) => format!("a redirectUrl to {}", shorten(next, 200)),
+        Ok(Step::RedirectAddr(next)) => format!("a redirectAddr to {}", shorten(next, 200)),
+        Err(detail) => format!("HTTP 200 ({detail})"),
+    }
+}
+
+/// `text` as an https URL, the only kind of URL Autodiscover is redirected to.
+fn https_url(text: &str) -> Option<Url> {
+    Url::parse(text.trim())
+        .ok()
+        .filter(|url| url.scheme() == "https")
+}
+
 /// Runs Autodiscover for `address`, from `configured` or the address's domain.
+///
+/// As in Microsoft's documented process, answers are trusted only over https: a plain-http
+/// candidate (`http://autodiscover.<domain>`) is asked anonymously and only its HTTP redirect
+/// to an https URL is followed; settings, `redirectUrl` or `redirectAddr` it answers are refused,
+/// since anyone on the network path could have written them to send the credentials elsewhere.
+/// Redirects (HTTP or `redirectUrl`) lead only to https. The one exception is an http
+/// `autodiscover_url` the administrator configured, whose answers are taken as they come.
 pub async fn discover(
     transport: &Transport,
     address: &str,
@@ -115,6 +143,7 @@ pub async fn discover(
         address: address.to_string(),
         detail,
     };
+    let configured_url = configured.and_then(|url| Url::parse(url.trim()).ok());
     let mut address = address.to_string();
     let mut redirects = 0usize;
     let mut queue: Vec<String> = match configured {
@@ -127,6 +156,7 @@ pub async fn discover(
             candidates(&domain)
         }
     };
+    // What each candidate answered, for the error when none gave usable settings.
     let mut tried: Vec<String> = Vec::new();
     let mut index = 0;
     while index < queue.len() {
@@ -136,34 +166,32 @@ pub async fn discover(
             let url = match Url::parse(&target) {
                 Ok(url) => url,
                 Err(error) => {
-                    tried.push(format!("{target}: {error}"));
+                    tried.push(format!("{target} is no URL ({error})"));
                     break;
                 }
             };
+            let over_https = url.scheme() == "https";
+            // The administrator's own choice of an http URL is trusted; a discovered one is not.
+            let trusted_plain_http = !over_https && configured_url.as_ref() == Some(&url);
             let headers = vec![(
                 "Content-Type".to_string(),
                 "text/xml; charset=utf-8".to_string(),
             )];
-            // Plain http only ever redirects (Exchange does not hand out settings without
-            // TLS), so it is asked anonymously and never sees the credentials.
-            let auth = if url.scheme() == "https" {
-                Auth::Authenticated
+            // Plain http is asked anonymously (a GET, as Microsoft's process says), so it never
+            // sees the credentials.
+            let (method, auth, body) = if over_https {
+                (Method::POST, Auth::Authenticated, request_body(&address))
             } else {
-                Auth::Anonymous
-            };
-            let method = if url.scheme() == "https" {
-                Method::POST
-            } else {
-                Method::GET
-            };
-            let body = if method == Method::POST {
-                request_body(&address)
-            } else {
-                Bytes::new()
+                (Method::GET, Auth::Anonymous, Bytes::new())
             };
             let answer = match transport.request(method, &url, &headers, body, auth).await {
                 Ok(answer) => answer,
                 Err(error @ EwsError::Unauthorized { .. }) => return Err(error),
+                Err(EwsError::Network { detail, .. }) => {
+                    tracing::debug!(url = %url, %detail, "Autodiscover candidate failed");
+                    tried.push(format!("{url} could not be reached ({detail})"));
+                    break;
+                }
                 Err(error) => {
                     tracing::debug!(url = %url, %error, "Autodiscover candidate failed");
                     tried.push(format!("{url}: {error}"));
@@ -172,41 +200,58 @@ pub async fn discover(
             };
             if matches!(answer.status, 301 | 302 | 303 | 307 | 308) {
                 let Some(location) = answer.location() else {
-                    tried.push(format!("{url}: HTTP {} without Location", answer.status));
+                    tried.push(format!(
+                        "{url} answered HTTP {} without Location",
+                        answer.status
+                    ));
                     break;
                 };
-                let next = url
+                let Some(next) = url
                     .join(&location)
-                    .map(|next| next.to_string())
-                    .unwrap_or(location);
-                // Credentials only go to https: an http redirect target is not followed.
-                if !next.starts_with("https://") {
-                    tried.push(format!("{url}: redirect to non-https {next} ignored"));
+                    .ok()
+                    .filter(|next| next.scheme() == "https")
+                else {
+                    tried.push(format!(
+                        "{url} answered HTTP {} redirecting to {}, which is refused: Autodiscover follows redirects only to https",
+                        answer.status,
+                        shorten(&location, 200)
+                    ));
                     break;
-                }
+                };
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
                     return Err(failed(format!("more than {MAX_REDIRECTS} redirects")));
                 }
-                target = next;
+                target = next.to_string();
                 continue;
             }
             if answer.status != 200 {
-                tried.push(format!("{url}: HTTP {}", answer.status));
+                tried.push(format!("{url} answered HTTP {}", answer.status));
                 break;
             }
-            match parse_answer(&url, &answer.text()) {
+            let step = parse_answer(&url, &answer.text());
+            if !over_https && !trusted_plain_http {
+                tried.push(format!(
+                    "{url} answered {} over plain http, which is refused: from http only a redirect to https is followed, and settings are taken over https (or from an http autodiscover_url set in the configuration)",
+                    describe(&step)
+                ));
+                break;
+            }
+            match step {
                 Ok(Step::Settings(discovered)) => return Ok(*discovered),
                 Ok(Step::RedirectUrl(next)) => {
+                    let Some(next_url) = https_url(&next) else {
+                        tried.push(format!(
+                            "{url} answered a redirectUrl to {}, which is refused: Autodiscover follows redirects only to https",
+                            shorten(&next, 200)
+                        ));
+                        break;
+                    };
                     redirects += 1;
                     if redirects > MAX_REDIRECTS {
                         return Err(failed(format!("more than {MAX_REDIRECTS} redirects")));
                     }
-                    if !next.starts_with("https://") {
-                        tried.push(format!("{url}: redirectUrl to non-https {next} ignored"));
-                        break;
-                    }
-                    target = next;
+                    target = next_url.to_string();
                 }
                 Ok(Step::RedirectAddr(next_address)) => {
                     redirects += 1;
@@ -224,14 +269,14 @@ pub async fn discover(
                     }
                 }
                 Err(detail) => {
-                    tried.push(format!("{url}: {detail}"));
+                    tried.push(format!("{url} answered {detail}"));
                     break;
                 }
             }
         }
     }
     Err(failed(format!(
-        "no candidate answered: {}",
+        "no candidate gave usable settings: {}",
         tried.join("; ")
     )))
 }

@@ -14,6 +14,11 @@ use serde::Deserialize;
 pub struct EwsSourceConfig {
     /// The service account's address (`svc@example.com`, or `DOMAIN\user` for NTLM).
     /// Autodiscover starts from its domain, so it must be a full address unless `ews_url` is set.
+    ///
+    /// With `auth = "bearer"` it must be the address of a mailbox the app may impersonate, such
+    /// as the service mailbox: Exchange Online refuses an app-only token on any request without
+    /// `ExchangeImpersonation`, so the requests about no single mailbox (`ResolveNames`,
+    /// `GetUserAvailability`) impersonate this mailbox and are routed to it (`X-AnchorMailbox`).
     pub user: String,
     /// The service account's password (NTLM and Basic).
     #[serde(default)]
@@ -127,7 +132,8 @@ fn default_max_subscriptions_per_connection() -> usize {
     200
 }
 
-/// A configuration mistake, found before any request is sent.
+/// A configuration mistake, found before any request is sent (or, for
+/// [`ConfigError::BearerUserWithoutMailbox`], named by Exchange's answer).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("ews_url '{0}' is not an EWS endpoint: it must look like https://mail.example.com/EWS/Exchange.asmx (http or https, path /EWS/Exchange.asmx)")]
@@ -142,6 +148,14 @@ pub enum ConfigError {
     MissingPassword(&'static str),
     #[error("auth = \"bearer\" needs a [bearer] section: `fixed_token` or `client_credentials`")]
     MissingBearer,
+    #[error("auth = \"bearer\" cannot be combined with access = \"delegate\": an app-only token (full_access_as_app) holds no delegate rights and reaches each mailbox by impersonating it; remove `access` or set access = \"impersonation\"")]
+    BearerWithDelegate,
+    #[error("with auth = \"bearer\", user must be the address of a mailbox the app may impersonate (such as the service mailbox, svc@example.com), not '{0}': Exchange Online accepts an app-only token only on requests that impersonate a mailbox")]
+    BearerUserNotAnAddress(String),
+    /// Found by Exchange's answer rather than before sending: the impersonated `user` is no
+    /// mailbox.
+    #[error("Exchange has no mailbox for user '{0}' (ErrorNonExistentMailbox when impersonating it): with auth = \"bearer\", requests about no single mailbox (ResolveNames, GetUserAvailability) impersonate `user`, so it must be a mailbox the app may impersonate, such as the service mailbox")]
+    BearerUserWithoutMailbox(String),
     #[error("user '{0}' has no domain: Autodiscover needs a full address (user@example.com), or set `ews_url` or `autodiscover_url`")]
     UserWithoutDomain(String),
     #[error(
@@ -214,6 +228,12 @@ impl EwsSourceConfig {
                 if self.bearer.is_none() {
                     return Err(ConfigError::MissingBearer);
                 }
+                if self.access == MailboxAccess::Delegate {
+                    return Err(ConfigError::BearerWithDelegate);
+                }
+                if self.user_mailbox().is_none() {
+                    return Err(ConfigError::BearerUserNotAnAddress(self.user.clone()));
+                }
             }
         }
         if self.ews_url.is_none() && self.autodiscover_url.is_none() && self.user_domain().is_none()
@@ -226,6 +246,20 @@ impl EwsSourceConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `user` as a mailbox address (`local@domain`, trimmed), when it is one; not for
+    /// `DOMAIN\user` logon names.
+    pub(crate) fn user_mailbox(&self) -> Option<&str> {
+        let user = self.user.trim();
+        let (local, domain) = user.split_once('@')?;
+        let plain = |part: &str| {
+            !part.is_empty()
+                && !part
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '@' | '\\' | '<' | '>'))
+        };
+        (plain(local) && plain(domain)).then_some(user)
     }
 
     /// The domain of `user@domain`, lower-cased.
@@ -269,6 +303,40 @@ mod tests {
 
     fn toml_like(json: &str) -> Result<EwsSourceConfig, String> {
         serde_json::from_str(json).map_err(|error| error.to_string())
+    }
+
+    fn bearer(user: &str, access: &str) -> EwsSourceConfig {
+        toml_like(&format!(
+            r#"{{"user":"{user}","auth":"bearer","access":"{access}","ews_url":"https://mail.example.com/EWS/Exchange.asmx","bearer":{{"fixed_token":"t"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn bearer_with_delegate_access_is_refused_naming_both_keys() {
+        let error = bearer("svc@example.com", "delegate")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth = \"bearer\""), "{error}");
+        assert!(error.contains("access = \"delegate\""), "{error}");
+        assert!(bearer("svc@example.com", "impersonation")
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn bearer_needs_a_mailbox_address_as_user_even_with_ews_url() {
+        for user in ["CONTOSO\\\\svc", "svc", "svc@", "@example.com"] {
+            let error = bearer(user, "impersonation")
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("mailbox the app may impersonate"),
+                "{user}: {error}"
+            );
+        }
     }
 
     #[test]

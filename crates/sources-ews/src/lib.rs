@@ -4,8 +4,10 @@
 //! out `calbridge_domain` types: [`MailboxAddress`](calbridge_domain::MailboxAddress),
 //! [`Appointment`](calbridge_domain::Appointment) (all-day items as local dates).
 //!
-//! - [`EwsSource`]: Autodiscover (cached, [`EwsSource::rediscover`]), `ResolveNames`,
-//!   `FindItem` + `CalendarView`, `GetUserAvailability`, `Subscribe`/`Unsubscribe`.
+//! - [`EwsSource`]: Autodiscover (answers trusted over https only; cached, failures too;
+//!   [`EwsSource::rediscover`]), `ResolveNames`, `FindItem` + `CalendarView`,
+//!   `GetUserAvailability`, `Subscribe`/`Unsubscribe`; with a bearer token every request
+//!   impersonates a mailbox, as Exchange Online requires.
 //! - [`StreamingConnection`]: one `GetStreamingEvents` connection, re-opened after every close.
 //! - NTLMv2, Basic or Bearer, on connections this crate owns (NTLM authenticates a socket).
 

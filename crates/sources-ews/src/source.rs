@@ -1,5 +1,6 @@
 //! `EwsSource`: the operations calbridge needs, with domain types out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +41,10 @@ pub struct FreeBusy {
 
 /// The EWS client of one Exchange organisation.
 ///
-/// The EWS URL is `ews_url` when configured, else Autodiscover's answer, cached. When the
+/// The EWS URL is `ews_url` when configured, else Autodiscover's answer, cached. Until a first
+/// discovery succeeds, a failed one is cached too: callers meanwhile get its error at once, and
+/// Autodiscover is asked again after [`EwsSource::FIRST_DISCOVERY_RETRY`], doubling after each
+/// further failure up to [`EwsSource::REDISCOVERY_INTERVAL`]. When the
 /// discovered URL stops answering (no connection, TLS or DNS failure, HTTP 404/410, or a
 /// 5xx that is no SOAP fault, after the usual retries), Autodiscover is asked again, at most
 /// every [`EwsSource::REDISCOVERY_INTERVAL`] and once for all requests failing together, and
@@ -57,6 +61,8 @@ pub struct EwsSource {
     rediscovery: tokio::sync::Mutex<Option<Instant>>,
     /// The wait after a request's first network failure.
     network_retry_delay: Duration,
+    /// Whether the warning about settings taken over plain http was logged.
+    warned_plain_http: AtomicBool,
 }
 
 /// Autodiscover's answer, cached.
@@ -66,6 +72,38 @@ struct DiscoveryCache {
     /// Counts the answers that replaced the first, so that a request which failed on an older
     /// URL can tell that a newer one was found meanwhile.
     generation: u64,
+    /// The last failed discovery while none has succeeded yet.
+    failed: Option<FailedDiscovery>,
+}
+
+/// A failed first discovery, answered to every caller until `retry_at`.
+struct FailedDiscovery {
+    address: String,
+    detail: String,
+    failed_at: Instant,
+    retry_at: Instant,
+    /// How long this failure is kept; the next one is kept twice as long.
+    kept_for: Duration,
+}
+
+impl FailedDiscovery {
+    /// The cached failure as the error of a caller at `now`.
+    fn error(&self, now: Instant) -> EwsError {
+        EwsError::Autodiscover {
+            address: self.address.clone(),
+            detail: format!(
+                "{} (Autodiscover failed {} s ago and is asked again in {} s)",
+                self.detail,
+                now.duration_since(self.failed_at).as_secs(),
+                whole_seconds(self.retry_at.duration_since(now)),
+            ),
+        }
+    }
+}
+
+/// A wait in seconds as a message shows it, rounded up so that "in 0 s" never appears early.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// Where an EWS URL came from.
@@ -90,6 +128,18 @@ pub(crate) enum AttemptFailed {
     Retry(EwsError, Duration),
     /// The same request to the same URL would fail the same way.
     Final(EwsError),
+}
+
+/// Whose request an EWS operation is, which decides its `ExchangeImpersonation` header and
+/// its `X-AnchorMailbox`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Acting<'a> {
+    /// About one mailbox (`FindItem`, `Subscribe`, `Unsubscribe`, `GetStreamingEvents` of a
+    /// group through its anchor mailbox): impersonates it with `access = "impersonation"`.
+    Mailbox(&'a MailboxAddress),
+    /// About no single mailbox (`ResolveNames`, `GetUserAvailability` of many): the service
+    /// account's own request; with a bearer token it impersonates `user`.
+    Service,
 }
 
 /// A SOAP answer without a fault.
@@ -166,6 +216,12 @@ impl EwsSource {
     /// Autodiscover would turn one outage into two.
     pub const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
+    /// How long a failed first Autodiscover is answered from the cache before it is asked
+    /// again; each further failure doubles it, up to [`Self::REDISCOVERY_INTERVAL`]. Without
+    /// it, every mailbox starting during an Autodiscover outage would run the whole discovery
+    /// in turn: a thousand mailboxes, a thousand runs through every candidate.
+    pub const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(10);
+
     /// Checks the configuration and builds the HTTPS client; sends nothing yet.
     pub fn new(config: EwsSourceConfig) -> Result<EwsSource, EwsError> {
         config.validate()?;
@@ -207,6 +263,7 @@ impl EwsSource {
             discovery: tokio::sync::Mutex::new(DiscoveryCache::default()),
             rediscovery: tokio::sync::Mutex::new(None),
             network_retry_delay: DEFAULT_NETWORK_RETRY_DELAY,
+            warned_plain_http: AtomicBool::new(false),
         })
     }
 
@@ -278,9 +335,38 @@ impl EwsSource {
         }
         let mut cache = self.discovery.lock().await;
         if cache.found.is_none() {
-            let found = self.autodiscover().await?;
-            tracing::info!(user = %self.config.user, answered_by = %found.answered_by, internal = ?found.internal.as_ref().map(Url::as_str), external = ?found.external.as_ref().map(Url::as_str), "Autodiscover found EWS");
+            if let Some(failed) = &cache.failed {
+                let now = Instant::now();
+                if now < failed.retry_at {
+                    return Err(failed.error(now));
+                }
+            }
+            let found = match self.autodiscover().await {
+                Ok(found) => found,
+                Err(EwsError::Autodiscover { address, detail }) => {
+                    let kept_for = match &cache.failed {
+                        Some(before) => (before.kept_for * 2).min(Self::REDISCOVERY_INTERVAL),
+                        None => Self::FIRST_DISCOVERY_RETRY,
+                    };
+                    let now = Instant::now();
+                    let failed = FailedDiscovery {
+                        address,
+                        detail,
+                        failed_at: now,
+                        retry_at: now + kept_for,
+                        kept_for,
+                    };
+                    let error = failed.error(now);
+                    tracing::warn!(user = %self.config.user, "{error}");
+                    cache.failed = Some(failed);
+                    return Err(error);
+                }
+                // Refused credentials have their own back-off in the transport.
+                Err(error) => return Err(error),
+            };
+            self.found(&found);
             cache.found = Some(found);
+            cache.failed = None;
         }
         let url = self.url_in(cache.found.as_ref())?;
         Ok(EwsTarget {
@@ -300,6 +386,17 @@ impl EwsSource {
         .await
     }
 
+    /// Logs what Autodiscover found, and once per source that its settings came over plain
+    /// http (which only a configured `autodiscover_url` can give).
+    fn found(&self, found: &Discovered) {
+        tracing::info!(user = %self.config.user, answered_by = %found.answered_by, internal = ?found.internal.as_ref().map(Url::as_str), external = ?found.external.as_ref().map(Url::as_str), "Autodiscover found EWS");
+        if found.answered_by.scheme() != "https"
+            && !self.warned_plain_http.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(user = %self.config.user, answered_by = %found.answered_by, "Autodiscover settings were taken over plain http from the configured autodiscover_url: anyone on the network path could change them and send calbridge's requests and credentials elsewhere; use an https autodiscover_url or set ews_url");
+        }
+    }
+
     /// The EWS URL of the configured side in an Autodiscover answer.
     fn url_in(&self, found: Option<&Discovered>) -> Result<Url, EwsError> {
         found
@@ -316,8 +413,10 @@ impl EwsSource {
     async fn discover_again(&self) -> Result<EwsTarget, EwsError> {
         let found = self.autodiscover().await?;
         let url = self.url_in(Some(&found))?;
+        self.found(&found);
         let mut cache = self.discovery.lock().await;
         cache.found = Some(found);
+        cache.failed = None;
         cache.generation += 1;
         let generation = cache.generation;
         drop(cache);
@@ -392,23 +491,62 @@ impl EwsSource {
         }
     }
 
-    fn headers(&self, anchor: Option<&str>) -> Vec<(String, String)> {
+    /// The mailbox a service request impersonates and is routed to: `user` with a bearer token,
+    /// none otherwise. Exchange Online refuses an app-only token on every request without
+    /// `ExchangeImpersonation` (`ErrorInvalidExchangeImpersonationHeaderData`), so even requests
+    /// about no single mailbox must act in one; NTLM and Basic act as the service account itself.
+    fn service_mailbox(&self) -> Option<&str> {
+        match self.config.auth {
+            AuthMethod::Bearer => self.config.user_mailbox(),
+            AuthMethod::Ntlm | AuthMethod::Basic => None,
+        }
+    }
+
+    /// The `ExchangeImpersonation` target of a request. Mailbox requests impersonate their
+    /// mailbox with `access = "impersonation"` (the only access a bearer token may have) and
+    /// name it in the folder id with `access = "delegate"`.
+    pub(crate) fn impersonation<'a>(&'a self, acting: Acting<'a>) -> Option<&'a str> {
+        match acting {
+            Acting::Mailbox(mailbox) => match self.config.access {
+                MailboxAccess::Impersonation => Some(mailbox.as_str()),
+                MailboxAccess::Delegate => None,
+            },
+            Acting::Service => self.service_mailbox(),
+        }
+    }
+
+    /// The mailbox Exchange routes a request to (`X-AnchorMailbox`), the impersonated one
+    /// where there is one, as Microsoft asks of impersonating clients.
+    fn anchor<'a>(&'a self, acting: Acting<'a>) -> Option<&'a str> {
+        match acting {
+            Acting::Mailbox(mailbox) => Some(mailbox.as_str()),
+            Acting::Service => self.service_mailbox(),
+        }
+    }
+
+    pub(crate) fn headers(&self, acting: Acting<'_>) -> Vec<(String, String)> {
         let mut headers = vec![(
             "Content-Type".to_string(),
             "text/xml; charset=utf-8".to_string(),
         )];
-        if let Some(anchor) = anchor {
+        if let Some(anchor) = self.anchor(acting) {
             headers.push(("X-AnchorMailbox".to_string(), anchor.to_string()));
             headers.push(("X-PreferServerAffinity".to_string(), "true".to_string()));
         }
         headers
     }
 
-    /// The impersonation header target, or None with delegate access.
-    fn impersonate<'a>(&self, mailbox: &'a MailboxAddress) -> Option<&'a str> {
-        match self.config.access {
-            MailboxAccess::Impersonation => Some(mailbox.as_str()),
-            MailboxAccess::Delegate => None,
+    /// What a failed service request means when it impersonated `user` and Exchange found no
+    /// such mailbox: `user` is no mailbox, rather than the person asked about.
+    fn service_error(&self, acting: Acting<'_>, error: EwsError) -> EwsError {
+        let (Acting::Service, Some(user)) = (acting, self.service_mailbox()) else {
+            return error;
+        };
+        match error {
+            EwsError::NonExistentMailbox { address, .. } if address.eq_ignore_ascii_case(user) => {
+                EwsError::Config(ConfigError::BearerUserWithoutMailbox(user.to_string()))
+            }
+            other => other,
         }
     }
 
@@ -430,25 +568,37 @@ impl EwsSource {
     pub(crate) async fn call(
         &self,
         what: &str,
-        mailbox: &str,
-        impersonate: Option<&str>,
+        acting: Acting<'_>,
         body: &str,
     ) -> Result<Vec<Element>, EwsError> {
-        let envelope = Bytes::from(soap::envelope(impersonate, body));
-        let anchor = if mailbox.is_empty() {
-            None
-        } else {
-            Some(mailbox)
-        };
-        let headers = self.headers(anchor);
+        let answer = self.send_soap(what, acting, body).await?;
         let user = self.transport.user();
         let subject = Subject {
             what,
             user: &user,
-            mailbox,
+            mailbox: acting_mailbox(acting),
         };
-        let answer = self.post(&headers, &envelope, &subject).await?;
         soap::messages_in(answer.status, &answer.root, &answer.text, &subject)
+    }
+
+    /// Posts one operation in its envelope, with the impersonation and routing `acting` asks for.
+    async fn send_soap(
+        &self,
+        what: &str,
+        acting: Acting<'_>,
+        body: &str,
+    ) -> Result<SoapAnswer, EwsError> {
+        let envelope = Bytes::from(soap::envelope(self.impersonation(acting), body));
+        let headers = self.headers(acting);
+        let user = self.transport.user();
+        let subject = Subject {
+            what,
+            user: &user,
+            mailbox: acting_mailbox(acting),
+        };
+        self.post(&headers, &envelope, &subject)
+            .await
+            .map_err(|error| self.service_error(acting, error))
     }
 
     /// Posts a SOAP request to the EWS URL. When the URL cannot be reached (after the
@@ -542,7 +692,7 @@ impl EwsSource {
                 "<m:ResolveNames ReturnFullContactData=\"false\" SearchScope=\"ActiveDirectory\"><m:UnresolvedEntry>{}</m:UnresolvedEntry></m:ResolveNames>",
                 escape(&format!("smtp:{}", entry.trim_start_matches("smtp:").trim_start_matches("SMTP:")))
             );
-            let messages = match self.call("ResolveNames", "", None, &body).await {
+            let messages = match self.call("ResolveNames", Acting::Service, &body).await {
                 Ok(messages) => messages,
                 Err(error @ (EwsError::NonExistentMailbox { .. } | EwsError::BadAnswer { .. })) => {
                     last_error = Some(error);
@@ -616,12 +766,7 @@ impl EwsSource {
             self.calendar_folder(mailbox),
         );
         let messages = self
-            .call(
-                "FindItem",
-                mailbox.as_str(),
-                self.impersonate(mailbox),
-                &body,
-            )
+            .call("FindItem", Acting::Mailbox(mailbox), &body)
             .await?;
         let user = self.transport.user();
         let subject = Subject {
@@ -736,15 +881,7 @@ impl EwsSource {
 
     /// For operations whose answer is not a list of `ResponseMessages` (GetUserAvailability).
     async fn call_raw(&self, what: &str, body: &str) -> Result<Element, EwsError> {
-        let envelope = Bytes::from(soap::envelope(None, body));
-        let headers = self.headers(None);
-        let user = self.transport.user();
-        let subject = Subject {
-            what,
-            user: &user,
-            mailbox: "",
-        };
-        let answer = self.post(&headers, &envelope, &subject).await?;
+        let answer = self.send_soap(what, Acting::Service, body).await?;
         answer
             .root
             .find("FreeBusyResponseArray")
@@ -757,6 +894,14 @@ impl EwsSource {
                     shorten(&answer.text, 200)
                 ),
             })
+    }
+}
+
+/// The mailbox a request is about, for error messages ("" for service requests).
+fn acting_mailbox(acting: Acting<'_>) -> &str {
+    match acting {
+        Acting::Mailbox(mailbox) => mailbox.as_str(),
+        Acting::Service => "",
     }
 }
 

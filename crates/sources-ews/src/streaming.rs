@@ -16,7 +16,9 @@ use url::Url;
 
 use crate::error::EwsError;
 use crate::soap::{self, Subject};
-use crate::source::{is_endpoint_failure, read_answer, AttemptFailed, EwsSource, SubscriptionId};
+use crate::source::{
+    is_endpoint_failure, read_answer, Acting, AttemptFailed, EwsSource, SubscriptionId,
+};
 use crate::transport;
 use crate::xml::escape;
 
@@ -87,9 +89,8 @@ impl EwsSource {
         let body = format!(
             "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>{folder}</t:FolderIds><t:EventTypes>{event_types}</t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"
         );
-        let impersonate = self.impersonation_target(mailbox);
         let messages = self
-            .call("Subscribe", mailbox.as_str(), impersonate, &body)
+            .call("Subscribe", Acting::Mailbox(mailbox), &body)
             .await?;
         let user = self.transport.user();
         let subject = Subject {
@@ -123,12 +124,7 @@ impl EwsSource {
             escape(&subscription.0)
         );
         let messages = self
-            .call(
-                "Unsubscribe",
-                mailbox.as_str(),
-                self.impersonation_target(mailbox),
-                &body,
-            )
+            .call("Unsubscribe", Acting::Mailbox(mailbox), &body)
             .await?;
         for message in &messages {
             if message.child_text("ResponseCode") == Some("ErrorSubscriptionNotFound") {
@@ -145,13 +141,6 @@ impl EwsSource {
             )?;
         }
         Ok(())
-    }
-
-    fn impersonation_target<'a>(&self, mailbox: &'a MailboxAddress) -> Option<&'a str> {
-        match self.config.access {
-            crate::config::MailboxAccess::Impersonation => Some(mailbox.as_str()),
-            crate::config::MailboxAccess::Delegate => None,
-        }
     }
 
     /// Starts a task holding one `GetStreamingEvents` connection for `subscriptions`
@@ -242,18 +231,15 @@ async fn hold(
     let body = format!(
         "<m:GetStreamingEvents><m:SubscriptionIds>{ids}</m:SubscriptionIds><m:ConnectionTimeout>{minutes}</m:ConnectionTimeout></m:GetStreamingEvents>"
     );
-    // Exchange routes a streaming connection by its anchor mailbox: the first subscription's.
+    // Exchange routes a streaming connection by its anchor mailbox, the first subscription's,
+    // and with impersonation (always with a bearer token) the connection impersonates that
+    // mailbox too, as Microsoft's guidance for grouped subscriptions says.
     let anchor = subscriptions[0].1.clone();
-    let impersonate = source.impersonation_target(&anchor);
-    let envelope = Bytes::from(soap::envelope(impersonate, &body));
-    let headers = vec![
-        (
-            "Content-Type".to_string(),
-            "text/xml; charset=utf-8".to_string(),
-        ),
-        ("X-AnchorMailbox".to_string(), anchor.as_str().to_string()),
-        ("X-PreferServerAffinity".to_string(), "true".to_string()),
-    ];
+    let envelope = Bytes::from(soap::envelope(
+        source.impersonation(Acting::Mailbox(&anchor)),
+        &body,
+    ));
+    let headers = source.headers(Acting::Mailbox(&anchor));
     let by_id: HashMap<String, MailboxAddress> = subscriptions
         .iter()
         .map(|(id, mailbox)| (id.0.clone(), mailbox.clone()))

@@ -1,7 +1,8 @@
 //! The EWS source against the in-process emulator: NTLM, Basic and Bearer tokens from the
-//! emulator's Entra endpoint, impersonation and delegate access, Autodiscover through the
-//! seed's order and again when EWS moves, name resolution, streaming, `ErrorServerBusy`
-//! storms, a wrong password and a wrong client secret.
+//! emulator's Entra endpoint (every request impersonating a mailbox, as Exchange Online and the
+//! emulator require), impersonation and delegate access, Autodiscover through the seed's order
+//! (answers trusted over https only, failures cached) and again when EWS moves, name
+//! resolution, streaming, `ErrorServerBusy` storms, a wrong password and a wrong client secret.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ const APP_SECRET: &str = "app-secret";
 const EWS_APP_ID: &str = "33333333-3333-4333-8333-333333333333";
 const EWS_APP_SECRET: &str = "ews-app-Secret-value";
 const NOW: &str = "2026-06-01T08:00:00Z";
+/// The mailbox an app-only token impersonates for requests about no single mailbox.
+const SERVICE_MAILBOX: &str = "calbridge@contoso.example";
 
 fn scenario() -> Scenario {
     let text = format!(
@@ -61,6 +64,10 @@ aliases = ["ada.lovelace@contoso.example"]
 upn = "bob@contoso.example"
 display_name = "Bob Builder"
 
+[[users]]
+upn = "{SERVICE_MAILBOX}"
+display_name = "calbridge service mailbox"
+
 [[exchange.accounts]]
 address = "{SERVICE}"
 password = "{SERVICE_PASSWORD}"
@@ -88,6 +95,20 @@ answer = "settings"
 host = "legacy.example"
 answer = "http_redirect"
 url = "https://mail.contoso.example/autodiscover/autodiscover.xml"
+
+[[exchange.autodiscover_hosts]]
+host = "downgrade.example"
+answer = "http_redirect"
+url = "http://legacy.example/autodiscover/autodiscover.xml"
+
+[[exchange.autodiscover_hosts]]
+host = "downgrade-url.example"
+answer = "redirect_url"
+url = "http://mail.contoso.example/autodiscover/autodiscover.xml"
+
+[[exchange.redirect_addr]]
+address = "{MONITOR}"
+to = "ada@contoso.example"
 
 [[events]]
 mailbox = "ada@contoso.example"
@@ -328,6 +349,8 @@ fn virtual_hosts(emulator: &RunningEmulator) -> HashMap<String, SocketAddr> {
         "contoso.example",
         "mail.contoso.example",
         "legacy.example",
+        "downgrade.example",
+        "downgrade-url.example",
     ] {
         resolve.insert(
             format!("{host}:443"),
@@ -400,6 +423,252 @@ async fn configured_ews_url_must_be_an_exchange_asmx_endpoint() {
     config.ews_url = Some("https://mail.contoso.example/owa/".to_string());
     let error = EwsSource::new(config).map(|_| ()).unwrap_err();
     assert!(error.to_string().contains("/EWS/Exchange.asmx"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Autodiscover trusts answers over https only.
+
+/// `resolve` entries sending both https candidates of contoso.example to a port that refuses
+/// connections and both http candidates to `http_server`.
+fn only_http_candidates_answer(
+    dead: &DeadEws,
+    http_server: SocketAddr,
+) -> HashMap<String, SocketAddr> {
+    let dead_address: SocketAddr = dead
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches("/EWS/Exchange.asmx")
+        .parse()
+        .unwrap();
+    let mut resolve = HashMap::new();
+    for host in ["autodiscover.contoso.example", "contoso.example"] {
+        resolve.insert(format!("{host}:443"), dead_address);
+        resolve.insert(format!("{host}:80"), http_server);
+    }
+    resolve
+}
+
+fn stub_address(stub: &AutodiscoverStub) -> SocketAddr {
+    stub.url
+        .trim_start_matches("http://")
+        .trim_end_matches("/autodiscover/autodiscover.xml")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn settings_over_plain_http_from_a_discovered_candidate_are_refused_naming_each_candidate() {
+    let emulator = start(None).await;
+    let dead = dead_ews();
+    // Plain http answers settings that name a working EWS: a forger on the path could do this.
+    let stub = autodiscover_stub(vec![emulator.ready().ews_url.clone()]).await;
+    let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
+    config.ews_url = None;
+    config.resolve = only_http_candidates_answer(&dead, stub_address(&stub));
+    let source = impatient_source(config);
+    let (start, end) = window();
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EwsError::Autodiscover { .. }), "{error}");
+    let message = error.to_string();
+    for candidate in [
+        "https://autodiscover.contoso.example/autodiscover/autodiscover.xml could not be reached",
+        "https://contoso.example/autodiscover/autodiscover.xml could not be reached",
+    ] {
+        assert!(message.contains(candidate), "{message}");
+    }
+    let refused = format!(
+        "answered settings (EWS at {}) over plain http, which is refused",
+        emulator.ready().ews_url
+    );
+    for candidate in [
+        "http://autodiscover.contoso.example/autodiscover/autodiscover.xml",
+        "http://contoso.example/autodiscover/autodiscover.xml",
+    ] {
+        assert!(
+            message.contains(&format!("{candidate} {refused}")),
+            "{message}"
+        );
+    }
+    assert_eq!(stub.asked(), 2, "both http candidates were asked");
+    assert_eq!(
+        counter(&emulator, "ews.requests"),
+        0,
+        "nothing went to the EWS URL they named"
+    );
+    assert!(source.discovered().await.is_none());
+}
+
+#[tokio::test]
+async fn a_discovered_http_candidate_redirecting_to_https_is_followed() {
+    let emulator = start(None).await;
+    let dead = dead_ews();
+    let stub = autodiscover_stub_answering(vec![StubAnswer::Redirect(
+        "https://mail.contoso.example/autodiscover/autodiscover.xml".to_string(),
+    )])
+    .await;
+    let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
+    config.ews_url = None;
+    config.resolve = only_http_candidates_answer(&dead, stub_address(&stub));
+    let https_port = port_of(&emulator.ready().base_url);
+    config.resolve.insert(
+        "mail.contoso.example:443".to_string(),
+        format!("127.0.0.1:{https_port}").parse().unwrap(),
+    );
+    let source = source(config);
+    let url = source.ews_url().await.unwrap();
+    assert_eq!(url.as_str(), emulator.ready().ews_url);
+    assert_eq!(
+        source.discovered().await.unwrap().answered_by.as_str(),
+        "https://mail.contoso.example/autodiscover/autodiscover.xml"
+    );
+    assert_eq!(stub.asked(), 1);
+}
+
+#[tokio::test]
+async fn an_https_answer_redirecting_to_http_is_refused_by_302_and_by_redirect_url() {
+    let emulator = start(None).await;
+    for (host, answered) in [
+        (
+            "downgrade.example",
+            "answered HTTP 302 redirecting to http://legacy.example/autodiscover/autodiscover.xml, which is refused",
+        ),
+        (
+            "downgrade-url.example",
+            "answered a redirectUrl to http://mail.contoso.example/autodiscover/autodiscover.xml, which is refused",
+        ),
+    ] {
+        let before = counter(&emulator, "autodiscover.pox");
+        let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
+        config.ews_url = None;
+        let configured = format!("https://{host}/autodiscover/autodiscover.xml");
+        config.autodiscover_url = Some(configured.clone());
+        config.resolve = virtual_hosts(&emulator);
+        let source = source(config);
+        let error = source.ews_url().await.unwrap_err();
+        assert!(matches!(error, EwsError::Autodiscover { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("{configured} {answered}")),
+            "{message}"
+        );
+        assert!(message.contains("only to https"), "{message}");
+        assert_eq!(
+            counter(&emulator, "autodiscover.pox"),
+            before + 1,
+            "the http URL was not asked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_addr_from_an_https_answer_is_followed() {
+    let emulator = start(None).await;
+    let mut config = config_for(&emulator, MONITOR, MONITOR_PASSWORD);
+    config.ews_url = None;
+    config.resolve = virtual_hosts(&emulator);
+    let source = source(config);
+    // mail.contoso.example answers the monitor's address with a redirectAddr to ada's, and
+    // discovery starts over for ada: 404, redirectUrl, then settings (NTLM's two legs).
+    let url = source.ews_url().await.unwrap();
+    assert_eq!(url.as_str(), emulator.ready().ews_url);
+    assert_eq!(counter(&emulator, "autodiscover.pox"), 7);
+}
+
+#[tokio::test]
+async fn a_configured_http_autodiscover_url_may_give_settings_with_one_warning() {
+    let logs = LogCapture::start();
+    let emulator = start(None).await;
+    let live = emulator.ready().ews_url.clone();
+    let stub = autodiscover_stub(vec![live.clone()]).await;
+    let source = source(discovering_config(&emulator, &stub));
+    assert_eq!(source.ews_url().await.unwrap().as_str(), live);
+    assert_eq!(source.rediscover().await.unwrap().as_str(), live);
+    assert_eq!(stub.asked(), 2);
+    let warnings: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|line| line.starts_with("WARN") && line.contains("plain http"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains(&stub.url), "{}", warnings[0]);
+}
+
+// ---------------------------------------------------------------------------------------
+// A failed first Autodiscover is cached.
+
+#[tokio::test]
+async fn a_failed_first_autodiscover_is_answered_from_the_cache_backing_off_doubling() {
+    let emulator = start(None).await;
+    let live = emulator.ready().ews_url.clone();
+    let stub = autodiscover_stub_answering(vec![
+        StubAnswer::Down,
+        StubAnswer::Down,
+        StubAnswer::Settings(live.clone()),
+    ])
+    .await;
+    let source = impatient_source(discovering_config(&emulator, &stub));
+    let (start, end) = window();
+
+    // Fifty mailboxes start during the outage: one discovery, fifty failures.
+    let reads: Vec<_> = (0..50)
+        .map(|n| {
+            let source = Arc::clone(&source);
+            let mailbox = address(["ada@contoso.example", "bob@contoso.example"][n % 2]);
+            tokio::spawn(async move { source.read_window(&mailbox, start, end).await })
+        })
+        .collect();
+    for read in reads {
+        let error = read.await.unwrap().unwrap_err();
+        assert!(matches!(error, EwsError::Autodiscover { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("answered HTTP 503"), "{message}");
+        assert!(
+            message.contains("Autodiscover failed") && message.contains("is asked again in"),
+            "{message}"
+        );
+    }
+    assert_eq!(stub.asked(), 1);
+
+    // Once the first back-off has passed, one caller asks again; it fails, and the next
+    // back-off is twice as long. Nothing is in flight, so the paused clock moves nothing else.
+    tokio::time::pause();
+    tokio::time::advance(EwsSource::FIRST_DISCOVERY_RETRY).await;
+    tokio::time::resume();
+    let error = source.ews_url().await.unwrap_err();
+    assert_eq!(stub.asked(), 2);
+    let message = error.to_string();
+    assert!(
+        message.contains("Autodiscover failed 0 s ago and is asked again in 20 s"),
+        "{message}"
+    );
+
+    tokio::time::pause();
+    tokio::time::advance(EwsSource::FIRST_DISCOVERY_RETRY).await;
+    tokio::time::resume();
+    let error = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("Autodiscover failed 10 s ago"),
+        "{error}"
+    );
+    assert_eq!(stub.asked(), 2, "still within the doubled back-off");
+
+    tokio::time::pause();
+    tokio::time::advance(EwsSource::FIRST_DISCOVERY_RETRY).await;
+    tokio::time::resume();
+    let appointments = source
+        .read_window(&address("ada@contoso.example"), start, end)
+        .await
+        .unwrap();
+    assert_eq!(appointments.len(), 6);
+    assert_eq!(stub.asked(), 3);
+    assert_eq!(source.ews_url().await.unwrap().as_str(), live);
+    assert_eq!(counter(&emulator, "ews.FindItem"), 1);
 }
 
 /// Creates an event through Graph, as a user's Outlook would.
@@ -646,8 +915,8 @@ async fn a_wrong_password_is_reported_once_and_not_retried_in_a_tight_loop() {
 // Autodiscover again when EWS moves.
 
 /// A plain-http server standing in for a site's Autodiscover: the n-th request for
-/// `/autodiscover/autodiscover.xml` is answered with settings naming the n-th EWS URL (the
-/// last one from then on), [`STUB`] in it replaced by the stub's own `http://127.0.0.1:PORT`.
+/// `/autodiscover/autodiscover.xml` gets the n-th [`StubAnswer`] (the last one from then on),
+/// [`STUB`] in its URL replaced by the stub's own `http://127.0.0.1:PORT`.
 /// `/down/…` is answered 503 with an HTML page, as by a load balancer whose Exchange is gone;
 /// `/empty/…` 200 without a body; every other path 404, as by an IIS without EWS.
 struct AutodiscoverStub {
@@ -682,7 +951,22 @@ fn settings_answer(ews_url: &str) -> String {
     )
 }
 
+/// What the stub answers an Autodiscover request.
+#[derive(Clone)]
+enum StubAnswer {
+    /// Settings naming this EWS URL.
+    Settings(String),
+    /// HTTP 302 to this URL.
+    Redirect(String),
+    /// HTTP 503, as while Autodiscover is down.
+    Down,
+}
+
 async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
+    autodiscover_stub_answering(ews_urls.into_iter().map(StubAnswer::Settings).collect()).await
+}
+
+async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> AutodiscoverStub {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let asked = Arc::new(AtomicUsize::new(0));
@@ -690,10 +974,14 @@ async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
     let counter = Arc::clone(&asked);
     let other_counter = Arc::clone(&other_requests);
     let base = format!("http://127.0.0.1:{port}");
-    let ews_urls: Arc<Vec<String>> = Arc::new(
-        ews_urls
-            .iter()
-            .map(|url| url.replace(STUB, &base))
+    let answers: Arc<Vec<StubAnswer>> = Arc::new(
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                StubAnswer::Settings(url) => StubAnswer::Settings(url.replace(STUB, &base)),
+                StubAnswer::Redirect(url) => StubAnswer::Redirect(url.replace(STUB, &base)),
+                StubAnswer::Down => StubAnswer::Down,
+            })
             .collect(),
     );
     let task = tokio::spawn(async move {
@@ -703,7 +991,7 @@ async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
             };
             let counter = Arc::clone(&counter);
             let other_counter = Arc::clone(&other_counter);
-            let ews_urls = Arc::clone(&ews_urls);
+            let answers = Arc::clone(&answers);
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 4096];
@@ -714,10 +1002,20 @@ async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
                     }
                 }
                 let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let mut location = String::new();
                 let (status, body) = if head.starts_with("get /autodiscover/autodiscover.xml ") {
                     let index = counter.fetch_add(1, Ordering::SeqCst);
-                    let ews_url = &ews_urls[index.min(ews_urls.len() - 1)];
-                    ("200 OK", settings_answer(ews_url))
+                    match &answers[index.min(answers.len() - 1)] {
+                        StubAnswer::Settings(ews_url) => ("200 OK", settings_answer(ews_url)),
+                        StubAnswer::Redirect(url) => {
+                            location = format!("Location: {url}\r\n");
+                            ("302 Found", String::new())
+                        }
+                        StubAnswer::Down => (
+                            "503 Service Unavailable",
+                            "<html><body>Service Unavailable</body></html>".to_string(),
+                        ),
+                    }
                 } else if head.starts_with("post /empty/") {
                     other_counter.fetch_add(1, Ordering::SeqCst);
                     ("200 OK", String::new())
@@ -733,7 +1031,7 @@ async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
                     ("404 Not Found", "Not Found".to_string())
                 };
                 let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\n{location}Content-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
@@ -1101,9 +1399,9 @@ async fn a_stream_opens_where_autodiscover_points_after_the_old_server_died() {
 // Bearer tokens (hybrid / Exchange Online) from the emulator's Entra token endpoint.
 
 /// `auth = "bearer"` with client credentials as a configuration file gives them (the scope
-/// left to its default, Exchange Online's `.default`).
+/// left to its default, Exchange Online's `.default`), and the service mailbox as `user`.
 fn bearer_config(emulator: &RunningEmulator, client_id: &str, secret: &str) -> EwsSourceConfig {
-    let mut config = config_for(emulator, SERVICE, "unused");
+    let mut config = config_for(emulator, SERVICE_MAILBOX, "unused");
     config.password = None;
     config.auth = AuthMethod::Bearer;
     let bearer: BearerConfig = serde_json::from_value(serde_json::json!({
@@ -1181,14 +1479,126 @@ async fn an_app_with_full_access_as_app_resolves_reads_and_gets_free_busy_on_one
         "{ada_busy:?}"
     );
 
-    // One token served all three operations.
+    // One token served all three operations, and each impersonated a mailbox: the emulator
+    // refuses an app-only token without ExchangeImpersonation, as Exchange Online does.
     assert_eq!(counter(&emulator, "identity.token"), 1);
     assert_eq!(counter(&emulator, "ews.auth_failures"), 0);
+    assert_eq!(counter(&emulator, "ews.impersonation_header_missing"), 0);
+    assert_eq!(counter(&emulator, "ews.ResolveNames"), 1);
+    assert_eq!(counter(&emulator, "ews.GetUserAvailabilityRequest"), 1);
     // The protocol log shows the exchange but never the token or the secret.
     let lines = logs.lines().join("\n");
     assert!(lines.contains("EWS answer"), "nothing was logged: {lines}");
     assert!(!lines.contains("eyJ"), "a JWT in the log: {lines}");
     assert!(!lines.contains(EWS_APP_SECRET), "the secret in the log");
+    // ResolveNames and GetUserAvailability act in the service mailbox and are routed there.
+    let requests: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("EWS request"))
+        .collect();
+    for operation in ["<m:ResolveNames", "<m:GetUserAvailabilityRequest"] {
+        let request = requests
+            .iter()
+            .find(|line| line.contains(operation))
+            .unwrap_or_else(|| panic!("no {operation} request logged: {requests:?}"));
+        assert!(
+            request.contains(&format!(
+                "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{SERVICE_MAILBOX}</t:PrimarySmtpAddress>"
+            )),
+            "{request}"
+        );
+        assert!(
+            request.contains(&format!("X-AnchorMailbox: {SERVICE_MAILBOX}")),
+            "{request}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_app_only_token_streams_changes_impersonating_each_mailbox_and_the_groups_anchor() {
+    let logs = LogCapture::start();
+    let emulator = start(None).await;
+    let source = source(bearer_config(&emulator, EWS_APP_ID, EWS_APP_SECRET));
+    let ada = address("ada@contoso.example");
+    let bob = address("bob@contoso.example");
+    let ada_id = source.subscribe(&ada).await.unwrap();
+    let bob_id = source.subscribe(&bob).await.unwrap();
+    assert_eq!(emulator.ews_subscription_ids().len(), 2);
+    let mut connection = source
+        .stream(
+            vec![(ada_id.clone(), ada.clone()), (bob_id, bob.clone())],
+            Duration::from_secs(30 * 60),
+        )
+        .unwrap();
+    match next_event(&mut connection).await {
+        StreamEvent::Connected { reopened: false } => {}
+        other => panic!("expected the stream to open, got {other:?}"),
+    }
+    create_event(&emulator, "bob@contoso.example", "Walk-in").await;
+    match next_event(&mut connection).await {
+        StreamEvent::Changed(mailbox) => assert_eq!(mailbox, bob),
+        other => panic!("expected a change of bob, got {other:?}"),
+    }
+    drop(connection);
+    source.unsubscribe(&ada, &ada_id).await.unwrap();
+    assert_eq!(emulator.ews_subscription_ids().len(), 1);
+    assert_eq!(counter(&emulator, "ews.impersonation_header_missing"), 0);
+    assert_eq!(counter(&emulator, "ews.streaming_connections"), 1);
+    // The group's connection acts in its first subscription's mailbox.
+    let stream_request = logs
+        .lines()
+        .into_iter()
+        .find(|line| line.contains("EWS request") && line.contains("<m:GetStreamingEvents>"))
+        .expect("the GetStreamingEvents request is logged");
+    assert!(
+        stream_request.contains("<t:PrimarySmtpAddress>ada@contoso.example</t:PrimarySmtpAddress>"),
+        "{stream_request}"
+    );
+    assert!(
+        stream_request.contains("X-AnchorMailbox: ada@contoso.example"),
+        "{stream_request}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_only_token_with_a_user_that_has_no_mailbox_names_the_user_setting() {
+    let emulator = start(None).await;
+    // svc@contoso.example is an on-premises account without a mailbox.
+    let mut config = bearer_config(&emulator, EWS_APP_ID, EWS_APP_SECRET);
+    config.user = SERVICE.to_string();
+    let source = source(config);
+    let (start, end) = window();
+    let error = source
+        .resolve_names(&["ada@contoso.example".to_string()])
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, EwsError::Config(_)), "{message}");
+    assert!(message.contains(&format!("user '{SERVICE}'")), "{message}");
+    assert!(message.contains("may impersonate"), "{message}");
+    let error = source
+        .free_busy_batch(&[address("bob@contoso.example")], start, end)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EwsError::Config(_)), "{error}");
+    // A mailbox's own read impersonates that mailbox, so it does not depend on `user`.
+    let appointments = source
+        .read_window(&address("bob@contoso.example"), start, end)
+        .await
+        .unwrap();
+    assert_eq!(appointments.len(), 1);
+}
+
+#[tokio::test]
+async fn bearer_with_delegate_access_is_refused_before_anything_is_sent() {
+    let emulator = start(None).await;
+    let mut config = bearer_config(&emulator, EWS_APP_ID, EWS_APP_SECRET);
+    config.access = MailboxAccess::Delegate;
+    let error = EwsSource::new(config).map(|_| ()).unwrap_err().to_string();
+    assert!(error.contains("auth = \"bearer\""), "{error}");
+    assert!(error.contains("access = \"delegate\""), "{error}");
+    assert_eq!(counter(&emulator, "identity.token"), 0);
 }
 
 #[tokio::test]

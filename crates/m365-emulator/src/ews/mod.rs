@@ -61,7 +61,8 @@ pub struct Context<'a> {
     /// The account whose rights apply (the impersonated one, or the caller); `None` for an app.
     pub acting: Option<usize>,
     pub app_tenant: Option<usize>,
-    /// `X-AnchorMailbox`, used as the default mailbox of an app-only caller.
+    /// `X-AnchorMailbox`: the default mailbox of a caller acting as no account (an app-only
+    /// token never gets this far without `ExchangeImpersonation`, so in practice none).
     pub anchor: Option<usize>,
     /// `TimeZoneContext` of the request (UTC when absent).
     pub zone: NamedZone,
@@ -269,6 +270,16 @@ fn context<'a>(
     };
     let Some(impersonation) = header.and_then(|header| header.child("ExchangeImpersonation"))
     else {
+        if app_tenant.is_some() {
+            // Exchange Online answers every request of an app-only token that does not say
+            // whose mailbox it acts in with this fault, whatever the operation (ResolveNames and
+            // GetUserAvailability included) and whatever X-AnchorMailbox says.
+            state.counters.count("ews.impersonation_header_missing");
+            return Err(Fault::new(
+                "ErrorInvalidExchangeImpersonationHeaderData",
+                "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+            ));
+        }
         return Ok(context);
     };
     let sid = impersonation

@@ -57,6 +57,8 @@ pub struct EwsSync {
     group_reads: Semaphore,
     /// Changes the streaming connections reported.
     pub changes_streamed: std::sync::atomic::AtomicU64,
+    /// When a source-wide trouble was last logged.
+    source_wide_logged_at: Mutex<Option<Timestamp>>,
 }
 
 /// Runs `job` for every item and returns the results in the items' order. The first request
@@ -104,15 +106,23 @@ struct Trouble {
     message: String,
     retryable: bool,
     credentials: bool,
+    /// The source as a whole is in trouble (credentials, Autodiscover), not this mailbox:
+    /// logged once for everyone, not once per person.
+    source_wide: bool,
     retry_after: Option<Duration>,
 }
 
 impl From<&EwsError> for Trouble {
     fn from(error: &EwsError) -> Self {
+        // Autodiscover failing is the organisation's outage or set-up, not the mailbox's; the
+        // EWS source caches the failure, so trying again later costs nothing until it is
+        // asked again.
+        let autodiscover = matches!(error, EwsError::Autodiscover { .. });
         Trouble {
             message: error.to_string(),
-            retryable: error.is_retryable(),
+            retryable: error.is_retryable() || autodiscover,
             credentials: error.is_credential_error(),
+            source_wide: error.is_credential_error() || autodiscover,
             retry_after: error.retry_after(),
         }
     }
@@ -154,6 +164,7 @@ fn free_busy_appointments(answer: FreeBusy) -> Result<Vec<Appointment>, Trouble>
             retryable: code.starts_with("ErrorServerBusy"),
             message: format!("GetUserAvailability for {} failed: {code}", answer.mailbox),
             credentials: false,
+            source_wide: false,
             retry_after: None,
         }),
     }
@@ -184,6 +195,7 @@ impl EwsSync {
             streams: tokio::sync::Mutex::new(Vec::new()),
             group_reads: Semaphore::new(1),
             changes_streamed: std::sync::atomic::AtomicU64::new(0),
+            source_wide_logged_at: Mutex::new(None),
         };
         (Arc::new(sync), queue_rx)
     }
@@ -373,12 +385,8 @@ impl EwsSync {
                         if trouble.retryable || trouble.credentials {
                             health.consecutive_failures += 1;
                         }
-                        // Refused credentials fail everyone alike: the first is enough in
-                        // the log.
-                        if !trouble.credentials || health.consecutive_failures == 1 {
-                            tracing::warn!(source = %self.source_id, "{message}");
-                        }
                     }
+                    self.log_trouble(None, &trouble, &message);
                     // A busy server, a network hiccup or a locked-out account is not the
                     // address's fault: try the whole person (resolution, read, subscription)
                     // again later.
@@ -490,10 +498,31 @@ impl EwsSync {
         health.last_error = Some(trouble.message.clone());
         health.last_error_at = Some(now);
         health.consecutive_failures += 1;
-        // A wrong password fails every mailbox alike; the EWS source already backs off and the
-        // first failure is enough in the log.
-        if !trouble.credentials || health.consecutive_failures == 1 {
-            tracing::warn!(source = %self.source_id, person = %person, "{}", trouble.message);
+        drop(people);
+        self.log_trouble(Some(person), trouble, &trouble.message);
+    }
+
+    /// Logs a person's trouble; a source-wide one (a wrong password, Autodiscover failing)
+    /// fails every person alike, so it is logged once per `RETRY_MAX` for the whole source,
+    /// not once per person. Each person's health still shows it.
+    fn log_trouble(&self, person: Option<&PersonKey>, trouble: &Trouble, message: &str) {
+        if trouble.source_wide {
+            let now = self.clock.now();
+            let mut logged = self
+                .source_wide_logged_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let recently = logged.is_some_and(|at| {
+                now.duration_since(at) < jiff::SignedDuration::from_secs(RETRY_MAX.as_secs() as i64)
+            });
+            if recently {
+                return;
+            }
+            *logged = Some(now);
+        }
+        match person {
+            Some(person) => tracing::warn!(source = %self.source_id, person = %person, "{message}"),
+            None => tracing::warn!(source = %self.source_id, "{message}"),
         }
     }
 
@@ -723,6 +752,7 @@ async fn read_free_busy(
                             message: format!("GetUserAvailability answered nothing for {mailbox}"),
                             retryable: true,
                             credentials: false,
+                            source_wide: false,
                             retry_after: None,
                         }),
                     };
@@ -749,6 +779,7 @@ mod tests {
             message: "test".to_string(),
             retryable,
             credentials,
+            source_wide: credentials,
             retry_after: retry_after.map(Duration::from_millis),
         }
     }
@@ -779,6 +810,22 @@ mod tests {
         );
         assert_eq!(retry_delay(&trouble(false, true, None), 7), Some(RETRY_MAX));
         assert_eq!(retry_delay(&trouble(false, false, None), 1), None);
+    }
+
+    #[test]
+    fn autodiscover_failures_are_source_wide_and_tried_again_and_a_missing_mailbox_is_not() {
+        let autodiscover = Trouble::from(&EwsError::Autodiscover {
+            address: "svc@contoso.example".to_string(),
+            detail: "every candidate failed".to_string(),
+        });
+        assert!(autodiscover.retryable && autodiscover.source_wide);
+        assert_eq!(retry_delay(&autodiscover, 3), Some(Duration::from_secs(4)));
+        let missing = Trouble::from(&EwsError::NonExistentMailbox {
+            address: "ghost@contoso.example".to_string(),
+            code: "ErrorNonExistentMailbox".to_string(),
+        });
+        assert!(!missing.retryable && !missing.source_wide);
+        assert_eq!(retry_delay(&missing, 1), None);
     }
 
     #[test]

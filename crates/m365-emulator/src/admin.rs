@@ -28,6 +28,7 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route("/_emulator/delta/expire", post(expire_delta))
         .route("/_emulator/subscriptions", get(list_subscriptions))
+        .route("/_emulator/ews/connections", get(ews_connections))
         .route("/_emulator/subscriptions/{id}/lifecycle", post(lifecycle))
         .route("/_emulator/clock", get(clock))
         .route("/_emulator/clock/advance", post(advance_clock))
@@ -117,6 +118,11 @@ async fn list_subscriptions(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     Json(json!({"value": items})).into_response()
+}
+
+/// Open GetStreamingEvents connections per charged account.
+async fn ews_connections(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({"connections": state.ews.streaming.connections()})).into_response()
 }
 
 #[derive(serde::Deserialize)]

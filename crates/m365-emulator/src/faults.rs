@@ -46,6 +46,11 @@ pub struct FaultSettings {
     pub ews_back_off_milliseconds: u64,
     /// Streaming subscriptions per target mailbox before `ErrorExceededSubscriptionCount` (0 = no limit).
     pub ews_subscriptions_per_mailbox: usize,
+    /// Open GetStreamingEvents connections per charged account before
+    /// `ErrorExceededConnectionCount` (Exchange's `HangingConnectionLimit`: 10 in Exchange
+    /// Online; on premises set in EWS's web.config). A connection is charged to the mailbox it
+    /// impersonates, else to the account that logged on. 0 = no limit.
+    pub ews_hanging_connection_limit: usize,
     /// When > 0, GetStreamingEvents connections close after this many seconds instead of the
     /// requested `ConnectionTimeout` minutes (for fast tests).
     pub ews_connection_timeout_seconds: u64,
@@ -71,6 +76,7 @@ impl Default for FaultSettings {
             ews_server_busy_rate: 0.0,
             ews_back_off_milliseconds: 5000,
             ews_subscriptions_per_mailbox: 20,
+            ews_hanging_connection_limit: 10,
             ews_connection_timeout_seconds: 0,
             ews_heartbeat_seconds: 30,
         }
@@ -387,6 +393,15 @@ mod tests {
         let patched = settings.patched(&serde_json::json!({"latency_ms": 20}));
         assert!(
             matches!(&patched, Ok(updated) if updated.latency_ms == 20 && updated.mailbox_concurrency_limit == 4)
+        );
+        let patched = settings.patched(&serde_json::json!({"ews_hanging_connection_limit": 0}));
+        assert!(
+            matches!(&patched, Ok(updated) if updated.ews_hanging_connection_limit == 0 && updated.ews_subscriptions_per_mailbox == 20),
+            "{patched:?}"
+        );
+        assert_eq!(
+            settings.ews_hanging_connection_limit, 10,
+            "Exchange Online's default"
         );
         assert!(settings
             .patched(&serde_json::json!({"server_error_rate": 2.0}))

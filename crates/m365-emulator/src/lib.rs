@@ -443,6 +443,28 @@ impl RunningEmulator {
         self.state.ews.streaming.ids()
     }
 
+    /// Open `GetStreamingEvents` connections per charged account, as `ews_hanging_connection_limit`
+    /// counts them: `svc@contoso.example` for an account's own connections,
+    /// `ada@contoso.example (impersonated)` for those impersonating that mailbox. Accounts
+    /// without an open connection are left out.
+    pub fn ews_streaming_connections(&self) -> std::collections::BTreeMap<String, usize> {
+        self.state.ews.streaming.connections()
+    }
+
+    /// Waits until the open `GetStreamingEvents` connections (as
+    /// [`ews_streaming_connections`](Self::ews_streaming_connections) gives them) satisfy
+    /// `condition`, woken by every connection admitted or ended rather than by polling.
+    pub async fn wait_for_ews_streaming_connections(
+        &self,
+        condition: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
+    ) {
+        self.state
+            .ews
+            .streaming
+            .wait_for_connections(condition)
+            .await;
+    }
+
     /// Stops accepting connections and waits for the server tasks to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);

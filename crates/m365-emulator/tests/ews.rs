@@ -1,5 +1,6 @@
-//! EWS and Autodiscover: every operation, auth scheme, impersonation/delegate rule, fault and
-//! Autodiscover answer, over HTTPS against an in-process emulator.
+//! EWS and Autodiscover: every operation, auth scheme, impersonation/delegate rule, fault
+//! (the hanging-connection limit on streaming included) and Autodiscover answer, over HTTPS
+//! against an in-process emulator.
 
 mod common;
 
@@ -711,6 +712,18 @@ impl Connection {
         authorization: Option<&str>,
         body: String,
     ) -> hyper::Response<hyper::body::Incoming> {
+        self.send_with(method, path, authorization, &[], body).await
+    }
+
+    /// [`Connection::send`] with more headers.
+    async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> hyper::Response<hyper::body::Incoming> {
         let mut builder = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -718,6 +731,9 @@ impl Connection {
             .header("content-type", "text/xml; charset=utf-8");
         if let Some(value) = authorization {
             builder = builder.header("authorization", value);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
             panic!("request")
@@ -1470,4 +1486,417 @@ async fn server_error_rate_answers_authenticated_ews_requests_503_and_spares_the
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("NoError"), "{body}");
+}
+
+// Exchange's limit on hanging (streaming) connections: `ews_hanging_connection_limit` open
+// GetStreamingEvents connections per charged account, the impersonated mailbox or else the
+// account that logged on.
+
+const REFUSED_TEXT: &str = "You have exceeded the available concurrent connections for your account. Try again once your other requests have completed.";
+
+/// Subscribes to ada's calendar as `auth` with `header` (impersonation or nothing) and
+/// `folder` (the calendar, naming a mailbox for delegates); returns the subscription id.
+async fn subscribe_calendar(harness: &Harness, auth: &str, header: &str, folder: &str) -> String {
+    let subscribe = format!(
+        r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>{folder}</t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#
+    );
+    let reply = ews(harness, auth, header, &subscribe).await.text();
+    let Some(start) = reply.find("<m:SubscriptionId>").map(|index| index + 18) else {
+        panic!("no subscription: {reply}")
+    };
+    let end = start + reply[start..].find('<').unwrap_or(0);
+    reply[start..end].to_string()
+}
+
+fn get_streaming_events(header: &str, id: &str) -> String {
+    envelope(
+        header,
+        &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>"),
+    )
+}
+
+/// A GetStreamingEvents connection that was admitted: its TCP connection and the stream.
+struct OpenStream {
+    _connection: Connection,
+    body: hyper::body::Incoming,
+    text: String,
+}
+
+/// What opening a stream gave: admitted (its first `ConnectionStatus` OK read), or the whole
+/// answer of a refusal.
+enum Opened {
+    Stream(OpenStream),
+    Refused(u16, String),
+}
+
+async fn open_stream(
+    harness: &Harness,
+    auth: &str,
+    headers: &[(&str, &str)],
+    request: String,
+) -> Opened {
+    let mut connection = Connection::open(harness).await;
+    let response = connection
+        .send_with("POST", "/EWS/Exchange.asmx", Some(auth), headers, request)
+        .await;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = String::new();
+    // An admitted stream starts with OK; a refusal is one whole envelope and the end.
+    loop {
+        if text.contains("<m:ConnectionStatus>OK</m:ConnectionStatus>") {
+            return Opened::Stream(OpenStream {
+                _connection: connection,
+                body,
+                text,
+            });
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            _ => return Opened::Refused(status, text),
+        }
+    }
+}
+
+fn admitted(opened: Opened, what: &str) -> OpenStream {
+    match opened {
+        Opened::Stream(stream) => stream,
+        Opened::Refused(status, text) => panic!("{what} was refused: HTTP {status} {text}"),
+    }
+}
+
+/// Checks that `opened` is Exchange's refusal: HTTP 200 and one `GetStreamingEventsResponse`
+/// whose message has `ResponseClass="Error"` and `ErrorExceededConnectionCount`.
+fn assert_refused(opened: Opened, what: &str) {
+    match opened {
+        Opened::Stream(stream) => panic!("{what} was admitted: {}", stream.text),
+        Opened::Refused(status, text) => {
+            assert_eq!(status, 200, "{what}: {text}");
+            assert!(
+                text.contains(r#"<m:GetStreamingEventsResponseMessage ResponseClass="Error">"#),
+                "{what}: {text}"
+            );
+            assert!(
+                text.contains("<m:ResponseCode>ErrorExceededConnectionCount</m:ResponseCode>"),
+                "{what}: {text}"
+            );
+            assert!(text.contains(REFUSED_TEXT), "{what}: {text}");
+            assert!(!text.contains("ConnectionStatus"), "{what}: {text}");
+            assert!(!text.contains("<s:Fault>"), "{what}: {text}");
+        }
+    }
+}
+
+async fn wait_for_connections(
+    harness: &Harness,
+    condition: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
+) {
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        harness
+            .emulator
+            .wait_for_ews_streaming_connections(condition),
+    )
+    .await;
+    assert!(
+        waited.is_ok(),
+        "the open connections never got there: {:?}",
+        harness.emulator.ews_streaming_connections()
+    );
+}
+
+#[tokio::test]
+async fn a_delegate_accounts_eleventh_stream_is_refused_until_one_of_its_ten_closes() {
+    let harness = start().await;
+    assert_eq!(harness.emulator.faults().ews_hanging_connection_limit, 10);
+    // The monitor account reads ada's calendar as a delegate (Reviewer), without
+    // impersonation: every connection is charged to the monitor, whichever mailbox
+    // X-AnchorMailbox names.
+    let auth = basic(MONITOR, MONITOR_PASSWORD);
+    let folder = r#"<t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>ada@contoso.example</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"#;
+    let mut ids = Vec::new();
+    for _ in 0..11 {
+        ids.push(subscribe_calendar(&harness, &auth, "", folder).await);
+    }
+    let anchors = ["ada@contoso.example", "bob@contoso.example"];
+    let mut streams = Vec::new();
+    for (index, id) in ids.iter().take(10).enumerate() {
+        let anchor = anchors[index % 2];
+        let opened = open_stream(
+            &harness,
+            &auth,
+            &[
+                ("X-AnchorMailbox", anchor),
+                ("X-PreferServerAffinity", "true"),
+            ],
+            get_streaming_events("", id),
+        )
+        .await;
+        streams.push(admitted(opened, &format!("connection {}", index + 1)));
+    }
+    assert_eq!(
+        harness.emulator.ews_streaming_connections(),
+        [(MONITOR.to_string(), 10)].into_iter().collect()
+    );
+
+    // The eleventh, here for the first connection's subscription, is refused and takes
+    // nothing over: the first connection still serves its subscription.
+    let refused = open_stream(
+        &harness,
+        &auth,
+        &[("X-AnchorMailbox", "bob@contoso.example")],
+        get_streaming_events("", &ids[0]),
+    )
+    .await;
+    assert_refused(refused, "the eleventh connection");
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.connections_refused"),
+        Some(&1)
+    );
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.streaming_connections"),
+        Some(&10)
+    );
+    let token = harness.token().await;
+    let created = harness
+        .send_json("POST", &harness.graph("/users/ada@contoso.example/events"), &token, &json!({"subject": "While full", "start": {"dateTime": "2030-03-12T09:00:00", "timeZone": "UTC"}, "end": {"dateTime": "2030-03-12T09:30:00", "timeZone": "UTC"}}))
+        .await;
+    assert_eq!(created.status, 201);
+    let first = &mut streams[0];
+    read_until(&mut first.body, &mut first.text, "<t:CreatedEvent>", 1).await;
+    assert!(
+        !first.text.contains("ErrorSubscriptionNotFound"),
+        "{}",
+        first.text
+    );
+
+    // The client of the last connection goes away: its slot is given back, and a new
+    // connection of the same account is admitted.
+    drop(streams.pop());
+    wait_for_connections(&harness, |open| open.get(MONITOR) == Some(&9)).await;
+    let opened = open_stream(
+        &harness,
+        &auth,
+        &[("X-AnchorMailbox", "ada@contoso.example")],
+        get_streaming_events("", &ids[10]),
+    )
+    .await;
+    streams.push(admitted(opened, "the connection after one closed"));
+    assert_eq!(
+        harness.emulator.ews_streaming_connections().get(MONITOR),
+        Some(&10)
+    );
+
+    // Another account's budget is its own: ada logging on herself still gets a stream.
+    let ada_auth = basic("ada@contoso.example", "ada-password");
+    let own = subscribe_calendar(
+        &harness,
+        &ada_auth,
+        "",
+        r#"<t:DistinguishedFolderId Id="calendar"/>"#,
+    )
+    .await;
+    let opened = open_stream(&harness, &ada_auth, &[], get_streaming_events("", &own)).await;
+    let _ada_stream = admitted(opened, "ada's own connection");
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.connections_refused"),
+        Some(&1)
+    );
+}
+
+#[tokio::test]
+async fn impersonated_connections_are_charged_to_each_anchor_mailbox_not_the_service_account() {
+    let harness = start().await;
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let calendar = r#"<t:DistinguishedFolderId Id="calendar"/>"#;
+    let as_ada = impersonating("ada@contoso.example");
+    let as_bob = impersonating("bob@contoso.example");
+    let mut ada_ids = Vec::new();
+    for _ in 0..11 {
+        ada_ids.push(subscribe_calendar(&harness, &auth, &as_ada, calendar).await);
+    }
+    let bob_id = subscribe_calendar(&harness, &auth, &as_bob, calendar).await;
+
+    // Ten impersonating ada and one impersonating bob: eleven connections of one service
+    // account, none refused.
+    let mut streams = Vec::new();
+    for (index, id) in ada_ids.iter().take(10).enumerate() {
+        let opened = open_stream(
+            &harness,
+            &auth,
+            &[("X-AnchorMailbox", "ada@contoso.example")],
+            get_streaming_events(&as_ada, id),
+        )
+        .await;
+        streams.push(admitted(opened, &format!("ada's connection {}", index + 1)));
+    }
+    let opened = open_stream(
+        &harness,
+        &auth,
+        &[("X-AnchorMailbox", "bob@contoso.example")],
+        get_streaming_events(&as_bob, &bob_id),
+    )
+    .await;
+    streams.push(admitted(opened, "bob's connection (the eleventh)"));
+    assert_eq!(streams.len(), 11);
+    assert_eq!(
+        harness.emulator.ews_streaming_connections(),
+        [
+            ("ada@contoso.example (impersonated)".to_string(), 10),
+            ("bob@contoso.example (impersonated)".to_string(), 1),
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.connections_refused"),
+        None
+    );
+
+    // ada's copy of the budget is spent: an eleventh connection impersonating her is refused.
+    let refused = open_stream(
+        &harness,
+        &auth,
+        &[("X-AnchorMailbox", "ada@contoso.example")],
+        get_streaming_events(&as_ada, &ada_ids[10]),
+    )
+    .await;
+    assert_refused(refused, "ada's eleventh connection");
+    assert_eq!(
+        harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.connections_refused"),
+        Some(&1)
+    );
+
+    // The limit is a fault setting: raised through the admin endpoint, it admits more.
+    let patched = harness
+        .client
+        .send(
+            "PATCH",
+            &format!("{}/_emulator/faults", harness.emulator.ready().base_url),
+            &[],
+            Some((
+                "application/json",
+                br#"{"ews_hanging_connection_limit": 11}"#.to_vec(),
+            )),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(harness.emulator.faults().ews_hanging_connection_limit, 11);
+    let opened = open_stream(
+        &harness,
+        &auth,
+        &[("X-AnchorMailbox", "ada@contoso.example")],
+        get_streaming_events(&as_ada, &ada_ids[10]),
+    )
+    .await;
+    let _eleventh = admitted(opened, "ada's eleventh connection under the raised limit");
+    let listed = harness
+        .client
+        .send(
+            "GET",
+            &format!(
+                "{}/_emulator/ews/connections",
+                harness.emulator.ready().base_url
+            ),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&listed.text()).unwrap_or_default();
+    assert_eq!(
+        listed,
+        json!({"connections": {"ada@contoso.example (impersonated)": 11, "bob@contoso.example (impersonated)": 1}})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_gives_its_slot_back_before_it_says_closed_at_the_timeout() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        ews_hanging_connection_limit: 1,
+        ews_connection_timeout_seconds: 60,
+        ews_heartbeat_seconds: 300,
+        ..FaultSettings::default()
+    });
+    let auth = basic("ada@contoso.example", "ada-password");
+    let calendar = r#"<t:DistinguishedFolderId Id="calendar"/>"#;
+    let first_id = subscribe_calendar(&harness, &auth, "", calendar).await;
+    let second_id = subscribe_calendar(&harness, &auth, "", calendar).await;
+    let opened = open_stream(&harness, &auth, &[], get_streaming_events("", &first_id)).await;
+    let mut first = admitted(opened, "the first connection");
+    let refused = open_stream(&harness, &auth, &[], get_streaming_events("", &second_id)).await;
+    assert_refused(refused, "the second connection while the first is open");
+
+    // At the timeout the first connection ends; by the time its client reads Closed the
+    // slot is free, so a client re-opening at once is admitted.
+    let started = tokio::time::Instant::now();
+    read_until(
+        &mut first.body,
+        &mut first.text,
+        "<m:ConnectionStatus>Closed</m:ConnectionStatus>",
+        1,
+    )
+    .await;
+    assert_eq!(started.elapsed(), Duration::from_secs(60));
+    assert_eq!(
+        harness.emulator.ews_streaming_connections(),
+        std::collections::BTreeMap::new()
+    );
+    let opened = open_stream(&harness, &auth, &[], get_streaming_events("", &second_id)).await;
+    let _second = admitted(opened, "the connection after the timeout");
+    assert_eq!(
+        harness.emulator.ews_streaming_connections(),
+        [("ada@contoso.example".to_string(), 1)]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_connection_limit_of_zero_means_no_limit() {
+    let harness = start().await;
+    harness.emulator.set_faults(FaultSettings {
+        ews_hanging_connection_limit: 0,
+        ..FaultSettings::default()
+    });
+    let auth = basic("ada@contoso.example", "ada-password");
+    let calendar = r#"<t:DistinguishedFolderId Id="calendar"/>"#;
+    let mut streams = Vec::new();
+    for index in 0..12 {
+        let id = subscribe_calendar(&harness, &auth, "", calendar).await;
+        let opened = open_stream(&harness, &auth, &[], get_streaming_events("", &id)).await;
+        streams.push(admitted(opened, &format!("connection {}", index + 1)));
+    }
+    assert_eq!(
+        harness
+            .emulator
+            .ews_streaming_connections()
+            .get("ada@contoso.example"),
+        Some(&12)
+    );
 }

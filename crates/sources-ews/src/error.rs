@@ -40,6 +40,12 @@ pub enum EwsError {
     /// `ErrorExceededSubscriptionCount`.
     #[error("Exchange refused another streaming subscription for {mailbox} (ErrorExceededSubscriptionCount): other applications hold too many; remove stale subscriptions or raise the throttling policy's EwsMaxSubscriptions")]
     ExceededSubscriptionCount { mailbox: String },
+    /// `ErrorExceededConnectionCount` on `GetStreamingEvents`: the account the connection is
+    /// charged to (`user`: the impersonated anchor mailbox, else the service account) holds as
+    /// many open streaming connections as Exchange's `HangingConnectionLimit` allows. `detail`
+    /// is Exchange's message. Passing: it succeeds once one of those connections ends.
+    #[error("Exchange allows only so many concurrent streaming connections for '{user}' (ErrorExceededConnectionCount: {detail}): raise HangingConnectionLimit in the EWS web.config on premises (Exchange Online allows 10 per mailbox) or use impersonation (access = \"impersonation\") so connections are charged to each group's anchor mailbox; calbridge reads these mailboxes by polling meanwhile")]
+    ExceededConnectionCount { user: String, detail: String },
     /// The connection failed or broke.
     #[error("cannot reach {url}: {detail}")]
     Network { url: String, detail: String },
@@ -54,7 +60,18 @@ pub enum EwsError {
 impl EwsError {
     /// True when the same request may succeed later without a change of configuration.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EwsError::ServerBusy { .. } | EwsError::Network { .. })
+        matches!(
+            self,
+            EwsError::ServerBusy { .. }
+                | EwsError::Network { .. }
+                | EwsError::ExceededConnectionCount { .. }
+        )
+    }
+
+    /// True when Exchange refused a streaming connection because the account it is charged to
+    /// already holds as many as `HangingConnectionLimit` allows (`ErrorExceededConnectionCount`).
+    pub fn is_connection_limit(&self) -> bool {
+        matches!(self, EwsError::ExceededConnectionCount { .. })
     }
 
     /// How long to wait before retrying, when the server or the back-off says.

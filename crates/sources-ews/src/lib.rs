@@ -8,7 +8,10 @@
 //!   [`EwsSource::rediscover`]), `ResolveNames`, `FindItem` + `CalendarView`,
 //!   `GetUserAvailability`, `Subscribe`/`Unsubscribe`; with a bearer token every request
 //!   impersonates a mailbox, as Exchange Online requires.
-//! - [`StreamingConnection`]: one `GetStreamingEvents` connection, re-opened after every close.
+//! - [`StreamingConnection`]: one `GetStreamingEvents` connection, re-opened after every close;
+//!   one refused for Exchange's hanging-connection limit ([`EwsError::ExceededConnectionCount`],
+//!   [`EwsError::is_connection_limit`]) is reported and retried with the back-off (doubling to
+//!   a minute) until a slot frees.
 //! - NTLMv2, Basic or Bearer, on connections this crate owns (NTLM authenticates a socket).
 
 mod autodiscover;

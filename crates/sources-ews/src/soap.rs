@@ -11,6 +11,8 @@ const NS_SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 /// The version calbridge asks for: every operation it uses exists since Exchange 2013 SP1.
 const REQUEST_VERSION: &str = "Exchange2013_SP1";
 const DEFAULT_BACK_OFF: Duration = Duration::from_secs(5);
+/// The operation name a [`Subject`] carries for the streaming connection.
+pub const GET_STREAMING_EVENTS: &str = "GetStreamingEvents";
 
 /// A complete request envelope; `impersonate` adds the `ExchangeImpersonation` header.
 pub fn envelope(impersonate: Option<&str>, body: &str) -> String {
@@ -77,6 +79,16 @@ pub fn code_error(
         "ErrorExceededSubscriptionCount" => EwsError::ExceededSubscriptionCount {
             mailbox: subject.mailbox.to_string(),
         },
+        // On GetStreamingEvents the code means the hanging-connection limit. On other
+        // operations Exchange uses it for EWSMaxConcurrency (too many requests at once), which
+        // the streaming variant's advice does not fit; those stay unexpected answers.
+        "ErrorExceededConnectionCount" if subject.what == GET_STREAMING_EVENTS => {
+            EwsError::ExceededConnectionCount {
+                // The caller knows whom the connection is charged to; this is who logged on.
+                user: subject.user.to_string(),
+                detail: shorten(message, 200),
+            }
+        }
         _ => EwsError::BadAnswer {
             what: subject.what.to_string(),
             detail: format!("{code}: {}", shorten(message, 300)),
@@ -187,5 +199,62 @@ mod tests {
         let error = response_messages(500, body, &subject).unwrap_err();
         assert!(error.is_retryable());
         assert_eq!(error.retry_after(), Some(Duration::from_millis(1234)));
+    }
+
+    const EXCEEDED_CONNECTION_COUNT: &str = r#"<m:GetStreamingEventsResponseMessage ResponseClass="Error" xmlns:m="m"><m:MessageText>You have exceeded the available concurrent connections for your account. Try again once your other requests have completed.</m:MessageText><m:ResponseCode>ErrorExceededConnectionCount</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:GetStreamingEventsResponseMessage>"#;
+
+    #[test]
+    fn exceeded_connection_count_on_a_stream_is_the_connection_limit() {
+        let message = crate::xml::parse(EXCEEDED_CONNECTION_COUNT).unwrap();
+        let subject = Subject {
+            what: GET_STREAMING_EVENTS,
+            user: "CONTOSO\\svc",
+            mailbox: "ada@contoso.example",
+        };
+        let error = check_message(&message, &subject).unwrap_err();
+        assert!(error.is_connection_limit(), "{error}");
+        assert!(error.is_retryable());
+        assert_eq!(
+            error.retry_after(),
+            None,
+            "the stream's own back-off applies"
+        );
+        match &error {
+            EwsError::ExceededConnectionCount { user, detail } => {
+                assert_eq!(user, "CONTOSO\\svc");
+                assert!(detail.starts_with("You have exceeded"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = error.to_string();
+        assert!(
+            text.starts_with("Exchange allows only so many concurrent streaming connections for 'CONTOSO\\svc' (ErrorExceededConnectionCount"),
+            "{text}"
+        );
+        assert!(text.contains("raise HangingConnectionLimit"), "{text}");
+        assert!(text.contains("access = \"impersonation\""), "{text}");
+        assert!(text.contains("by polling meanwhile"), "{text}");
+        // As a SOAP fault, the other shape an error may come in, it means the same.
+        let fault = r#"<s:Envelope xmlns:s="x"><s:Body><s:Fault><faultcode>a:ErrorExceededConnectionCount</faultcode><faultstring>You have exceeded the available concurrent connections for your account.</faultstring><detail><e:ResponseCode xmlns:e="e">ErrorExceededConnectionCount</e:ResponseCode></detail></s:Fault></s:Body></s:Envelope>"#;
+        let error = response_messages(500, fault, &subject).unwrap_err();
+        assert!(error.is_connection_limit(), "{error}");
+    }
+
+    #[test]
+    fn exceeded_connection_count_on_other_operations_is_not_the_streaming_limit() {
+        let message =
+            crate::xml::parse(&EXCEEDED_CONNECTION_COUNT.replace("GetStreamingEvents", "FindItem"))
+                .unwrap();
+        let subject = Subject {
+            what: "FindItem",
+            user: "svc",
+            mailbox: "ada@contoso.example",
+        };
+        let error = check_message(&message, &subject).unwrap_err();
+        assert!(!error.is_connection_limit(), "{error}");
+        assert!(
+            error.to_string().contains("ErrorExceededConnectionCount"),
+            "{error}"
+        );
     }
 }

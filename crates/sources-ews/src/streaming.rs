@@ -68,7 +68,39 @@ const EVENT_TYPES: [&str; 5] = [
     "CopiedEvent",
 ];
 const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// The longest wait between attempts to open a connection. A connection refused for
+/// Exchange's hanging-connection limit waits for another one to end, which may take up to its
+/// `ConnectionTimeout` (30 minutes): asking once a minute finds the free slot soon enough
+/// without a burst of refused requests (and warnings) per group.
 const MAX_RETRY: Duration = Duration::from_secs(60);
+const _: () = assert!(
+    MAX_RETRY.as_secs() <= 300,
+    "the stream's back-off is at most 5 minutes"
+);
+
+/// The wait before the next attempt to open a connection: doubling from [`FIRST_RETRY`] after
+/// each failure, at most [`MAX_RETRY`], from the start again once a connection served.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: FIRST_RETRY }
+    }
+
+    /// The wait after a failure (unless the error names its own), and doubles the next.
+    fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_RETRY);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
+}
 
 impl EwsSource {
     /// Subscribes to changes of `mailbox`'s calendar (streaming).
@@ -154,7 +186,7 @@ impl EwsSource {
         let limit = self.config.max_subscriptions_per_connection;
         if subscriptions.is_empty() || subscriptions.len() > limit {
             return Err(EwsError::BadAnswer {
-                what: "GetStreamingEvents".to_string(),
+                what: soap::GET_STREAMING_EVENTS.to_string(),
                 detail: format!(
                     "{} subscriptions given; one connection serves 1 to {limit} (max_subscriptions_per_connection)",
                     subscriptions.len()
@@ -184,7 +216,7 @@ async fn run(
     events: mpsc::Sender<StreamEvent>,
 ) {
     let mut opened_before = false;
-    let mut retry = FIRST_RETRY;
+    let mut backoff = Backoff::new();
     while !subscriptions.is_empty() {
         let ended = hold(
             &source,
@@ -197,15 +229,17 @@ async fn run(
         let wait = match ended {
             Ended::ReceiverGone => return,
             Ended::Closed => {
-                retry = FIRST_RETRY;
+                backoff.reset();
                 if events.send(StreamEvent::ConnectionClosed).await.is_err() {
                     return;
                 }
                 Duration::ZERO
             }
+            // A refusal for the hanging-connection limit is retried like any failure: the
+            // connection comes up once another one of the same account ends.
             Ended::Failed(error) => {
-                let wait = error.retry_after().unwrap_or(retry);
-                retry = (retry * 2).min(MAX_RETRY);
+                let backoff_wait = backoff.failed();
+                let wait = error.retry_after().unwrap_or(backoff_wait);
                 if events.send(StreamEvent::Error(error)).await.is_err() {
                     return;
                 }
@@ -216,10 +250,45 @@ async fn run(
     }
 }
 
-/// One connection, from open to close.
+/// One connection, from open to close. A refusal for the hanging-connection limit names the
+/// account Exchange charged the connection to: the anchor mailbox it impersonates, or else the
+/// service account (delegate access), whatever `X-AnchorMailbox` says.
 async fn hold(
     source: &Arc<EwsSource>,
     subscriptions: &mut Vec<(SubscriptionId, MailboxAddress)>,
+    minutes: u64,
+    events: &mpsc::Sender<StreamEvent>,
+    opened_before: &mut bool,
+) -> Ended {
+    let anchor = subscriptions[0].1.clone();
+    let charged = source
+        .impersonation(Acting::Mailbox(&anchor))
+        .map(str::to_string)
+        .unwrap_or_else(|| source.transport.user());
+    match hold_connection(
+        source,
+        subscriptions,
+        &anchor,
+        minutes,
+        events,
+        opened_before,
+    )
+    .await
+    {
+        Ended::Failed(EwsError::ExceededConnectionCount { detail, .. }) => {
+            Ended::Failed(EwsError::ExceededConnectionCount {
+                user: charged,
+                detail,
+            })
+        }
+        other => other,
+    }
+}
+
+async fn hold_connection(
+    source: &Arc<EwsSource>,
+    subscriptions: &mut Vec<(SubscriptionId, MailboxAddress)>,
+    anchor: &MailboxAddress,
     minutes: u64,
     events: &mpsc::Sender<StreamEvent>,
     opened_before: &mut bool,
@@ -233,20 +302,20 @@ async fn hold(
     );
     // Exchange routes a streaming connection by its anchor mailbox, the first subscription's,
     // and with impersonation (always with a bearer token) the connection impersonates that
-    // mailbox too, as Microsoft's guidance for grouped subscriptions says.
-    let anchor = subscriptions[0].1.clone();
+    // mailbox too, as Microsoft's guidance for grouped subscriptions says; Exchange then
+    // charges the connection to that mailbox's hanging-connection budget.
     let envelope = Bytes::from(soap::envelope(
-        source.impersonation(Acting::Mailbox(&anchor)),
+        source.impersonation(Acting::Mailbox(anchor)),
         &body,
     ));
-    let headers = source.headers(Acting::Mailbox(&anchor));
+    let headers = source.headers(Acting::Mailbox(anchor));
     let by_id: HashMap<String, MailboxAddress> = subscriptions
         .iter()
         .map(|(id, mailbox)| (id.0.clone(), mailbox.clone()))
         .collect();
     let user = source.transport.user();
     let subject = Subject {
-        what: "GetStreamingEvents",
+        what: soap::GET_STREAMING_EVENTS,
         user: &user,
         mailbox: anchor.as_str(),
     };
@@ -442,6 +511,21 @@ fn split_envelopes(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_back_off_doubles_up_to_a_minute_and_starts_again_after_a_served_connection() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.failed()).collect();
+        let expected: Vec<Duration> = [
+            500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000,
+        ]
+        .into_iter()
+        .map(Duration::from_millis)
+        .collect();
+        assert_eq!(waits, expected);
+        backoff.reset();
+        assert_eq!(backoff.failed(), FIRST_RETRY);
+    }
 
     #[test]
     fn envelopes_are_split_where_they_end() {

@@ -2,7 +2,8 @@
 //! emulator's Entra endpoint (every request impersonating a mailbox, as Exchange Online and the
 //! emulator require), impersonation and delegate access, Autodiscover through the seed's order
 //! (answers trusted over https only, failures cached) and again when EWS moves, name
-//! resolution, streaming, `ErrorServerBusy` storms, a wrong password and a wrong client secret.
+//! resolution, streaming (and Exchange's limit on streaming connections per charged account),
+//! `ErrorServerBusy` storms, a wrong password and a wrong client secret.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -1746,4 +1747,156 @@ async fn an_iis_503_page_is_retried_and_then_reported_as_the_url_being_unavailab
     emulator.set_faults(FaultSettings::default());
     let appointments = source.read_window(&ada, start, end).await.unwrap();
     assert_eq!(appointments.len(), 6);
+}
+
+/// The next event that is not a keep-alive of the connection's life cycle (an open connection
+/// may close at Exchange's timeout and open again while the test waits).
+async fn next_error_or_change(
+    connection: &mut calbridge_sources_ews::StreamingConnection,
+) -> StreamEvent {
+    loop {
+        match next_event(connection).await {
+            StreamEvent::ConnectionClosed | StreamEvent::Connected { reopened: true } => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_refused_for_the_connection_limit_retries_backing_off_and_comes_up_when_a_slot_frees(
+) {
+    // Delegate access: every connection is the monitor account's, so with Exchange allowing
+    // it one hanging connection the second group's is refused.
+    let emulator = start(Some(FaultSettings {
+        ews_hanging_connection_limit: 1,
+        ..FaultSettings::default()
+    }))
+    .await;
+    let mut config = config_for(&emulator, MONITOR, MONITOR_PASSWORD);
+    config.access = MailboxAccess::Delegate;
+    let source = source(config);
+    let ada = address("ada@contoso.example");
+    let first_id = source.subscribe(&ada).await.unwrap();
+    let second_id = source.subscribe(&ada).await.unwrap();
+    let mut first = source
+        .stream(vec![(first_id, ada.clone())], Duration::from_secs(30 * 60))
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut first).await,
+        StreamEvent::Connected { reopened: false }
+    ));
+
+    let opened_at = tokio::time::Instant::now();
+    let mut second = source
+        .stream(vec![(second_id, ada.clone())], Duration::from_secs(30 * 60))
+        .unwrap();
+    let mut refusals = Vec::new();
+    for _ in 0..3 {
+        match next_error_or_change(&mut second).await {
+            StreamEvent::Error(error) => {
+                assert!(error.is_connection_limit(), "{error}");
+                assert!(error.is_retryable(), "{error}");
+                let message = error.to_string();
+                assert!(
+                    message.starts_with(&format!(
+                        "Exchange allows only so many concurrent streaming connections for '{MONITOR}' (ErrorExceededConnectionCount"
+                    )),
+                    "{message}"
+                );
+                refusals.push(opened_at.elapsed());
+            }
+            other => panic!("expected the connection limit, got {other:?}"),
+        }
+    }
+    // Each refusal waits its doubling back-off before the next attempt: no tight loop.
+    assert_eq!(
+        refusals,
+        [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_millis(1500)
+        ]
+    );
+    assert_eq!(counter(&emulator, "ews.connections_refused"), 3);
+
+    // The first group's connection ends (its owner drops it): the next attempt, 2 s after the
+    // third refusal, is admitted and the second group's changes arrive on it.
+    drop(first);
+    emulator
+        .wait_for_ews_streaming_connections(|open| open.is_empty())
+        .await;
+    match next_error_or_change(&mut second).await {
+        StreamEvent::Connected { reopened: false } => {}
+        other => panic!("expected the connection to come up, got {other:?}"),
+    }
+    assert_eq!(opened_at.elapsed(), Duration::from_millis(3500));
+    assert_eq!(
+        emulator.ews_streaming_connections(),
+        [(MONITOR.to_string(), 1)].into_iter().collect()
+    );
+    create_event(&emulator, "ada@contoso.example", "After the slot freed").await;
+    match next_error_or_change(&mut second).await {
+        StreamEvent::Changed(mailbox) => assert_eq!(mailbox, ada),
+        other => panic!("expected a change of ada, got {other:?}"),
+    }
+    // Every refusal was reported once, and nothing was refused after the slot freed.
+    assert_eq!(counter(&emulator, "ews.connections_refused"), 3);
+}
+
+#[tokio::test]
+async fn with_impersonation_each_groups_anchor_mailbox_has_its_own_connection_budget() {
+    let emulator = start(Some(FaultSettings {
+        ews_hanging_connection_limit: 1,
+        ..FaultSettings::default()
+    }))
+    .await;
+    let source = source(config_for(&emulator, SERVICE, SERVICE_PASSWORD));
+    let ada = address("ada@contoso.example");
+    let bob = address("bob@contoso.example");
+    let ada_id = source.subscribe(&ada).await.unwrap();
+    let bob_id = source.subscribe(&bob).await.unwrap();
+    let ada_again_id = source.subscribe(&ada).await.unwrap();
+    // Two groups anchored at different mailboxes: one connection each, though Exchange
+    // allows the service account's budgets a single one.
+    let mut ada_group = source
+        .stream(vec![(ada_id, ada.clone())], Duration::from_secs(30 * 60))
+        .unwrap();
+    let mut bob_group = source
+        .stream(vec![(bob_id, bob.clone())], Duration::from_secs(30 * 60))
+        .unwrap();
+    for group in [&mut ada_group, &mut bob_group] {
+        match next_event(group).await {
+            StreamEvent::Connected { reopened: false } => {}
+            other => panic!("expected the group's connection to open, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        emulator.ews_streaming_connections(),
+        [
+            ("ada@contoso.example (impersonated)".to_string(), 1),
+            ("bob@contoso.example (impersonated)".to_string(), 1),
+        ]
+        .into_iter()
+        .collect()
+    );
+    // A third group anchored at ada again is charged to ada, and the refusal says so.
+    let mut third = source
+        .stream(
+            vec![(ada_again_id, ada.clone())],
+            Duration::from_secs(30 * 60),
+        )
+        .unwrap();
+    match next_event(&mut third).await {
+        StreamEvent::Error(error) => {
+            assert!(error.is_connection_limit(), "{error}");
+            assert!(
+                error.to_string().contains(
+                    "concurrent streaming connections for 'ada@contoso.example' (ErrorExceededConnectionCount"
+                ),
+                "{error}"
+            );
+        }
+        other => panic!("expected the connection limit, got {other:?}"),
+    }
+    assert_eq!(counter(&emulator, "ews.connections_refused"), 1);
 }

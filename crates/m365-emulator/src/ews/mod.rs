@@ -64,6 +64,8 @@ pub struct Context<'a> {
     /// `X-AnchorMailbox`: the default mailbox of a caller acting as no account (an app-only
     /// token never gets this far without `ExchangeImpersonation`, so in practice none).
     pub anchor: Option<usize>,
+    /// The mailbox (user index) `ExchangeImpersonation` named, when the request impersonates.
+    pub impersonated: Option<usize>,
     /// `TimeZoneContext` of the request (UTC when absent).
     pub zone: NamedZone,
 }
@@ -266,6 +268,7 @@ fn context<'a>(
         acting: caller_account,
         app_tenant,
         anchor,
+        impersonated: None,
         zone,
     };
     let Some(impersonation) = header.and_then(|header| header.child("ExchangeImpersonation"))
@@ -331,6 +334,7 @@ fn context<'a>(
         })?;
     context.acting = Some(account);
     context.app_tenant = None;
+    context.impersonated = Some(user_index);
     Ok(context)
 }
 

@@ -1,7 +1,7 @@
 //! Streaming notifications: Subscribe (StreamingSubscriptionRequest), GetStreamingEvents as a
 //! long-lived chunked response of SOAP envelopes, Unsubscribe; fed by every calendar change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -36,6 +36,10 @@ pub struct StreamingStore {
     subscriptions: Mutex<HashMap<String, Subscription>>,
     changed: watch::Sender<u64>,
     next_connection: Mutex<u64>,
+    /// Open GetStreamingEvents connections per charged account (see [`charged_account`]).
+    connections: Mutex<BTreeMap<String, usize>>,
+    /// Bumped whenever a connection is admitted or ends, for those who wait on the count.
+    connections_changed: watch::Sender<u64>,
 }
 
 impl Default for StreamingStore {
@@ -44,6 +48,8 @@ impl Default for StreamingStore {
             subscriptions: Mutex::default(),
             changed: watch::channel(0).0,
             next_connection: Mutex::new(0),
+            connections: Mutex::default(),
+            connections_changed: watch::channel(0).0,
         }
     }
 }
@@ -57,6 +63,93 @@ impl StreamingStore {
     /// Live subscription ids (for the admin endpoint and tests).
     pub fn ids(&self) -> Vec<String> {
         lock(&self.subscriptions).keys().cloned().collect()
+    }
+
+    /// Open GetStreamingEvents connections per charged account (accounts without any are left
+    /// out): `svc@contoso.example` for an account's own connections,
+    /// `ada@contoso.example (impersonated)` for those impersonating that mailbox.
+    pub fn connections(&self) -> BTreeMap<String, usize> {
+        lock(&self.connections).clone()
+    }
+
+    /// Waits until the open connections satisfy `condition`; woken by every admission and end.
+    pub async fn wait_for_connections(&self, condition: impl Fn(&BTreeMap<String, usize>) -> bool) {
+        let mut changed = self.connections_changed.subscribe();
+        loop {
+            // Marks the current version seen before looking, so a change after the look wakes us.
+            changed.borrow_and_update();
+            if condition(&self.connections()) {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One open connection's place in its account's budget, given back when dropped: when the
+/// connection task ends for any reason (the client went away, the timeout, all of its
+/// subscriptions taken over), or when the request fails after admission.
+struct ConnectionSlot {
+    state: Arc<AppState>,
+    charged: String,
+}
+
+impl ConnectionSlot {
+    /// A slot for `charged`, or `None` when it already holds `limit` connections (0 = no limit).
+    fn take(state: &Arc<AppState>, charged: String, limit: usize) -> Option<ConnectionSlot> {
+        let streaming = &state.ews.streaming;
+        {
+            let mut connections = lock(&streaming.connections);
+            let open = connections.entry(charged.clone()).or_default();
+            if limit > 0 && *open >= limit {
+                return None;
+            }
+            *open += 1;
+        }
+        streaming
+            .connections_changed
+            .send_modify(|version| *version = version.wrapping_add(1));
+        Some(ConnectionSlot {
+            state: Arc::clone(state),
+            charged,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let streaming = &self.state.ews.streaming;
+        {
+            let mut connections = lock(&streaming.connections);
+            if let Some(open) = connections.get_mut(&self.charged) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    connections.remove(&self.charged);
+                }
+            }
+        }
+        streaming
+            .connections_changed
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
+}
+
+/// Whose hanging-connection budget a GetStreamingEvents request spends. Exchange charges it to
+/// the mailbox the request impersonates (a copy of that mailbox's budget: the mailbox's own
+/// logons keep theirs), else to the account that logged on, whatever `X-AnchorMailbox` says:
+/// with delegate access every connection is the service account's.
+fn charged_account(context: &Context<'_>) -> String {
+    if let Some(user_index) = context.impersonated {
+        return format!(
+            "{} (impersonated)",
+            context.state.directory.users[user_index].mail
+        );
+    }
+    match context.principal {
+        Principal::Account(index) => context.state.ews.setup.accounts[index].address.clone(),
+        Principal::App { tenant_index } => format!("app of tenant {tenant_index}"),
     }
 }
 
@@ -330,6 +423,25 @@ pub fn get_streaming_events(
             ),
         )));
     }
+    let faults = state.faults();
+    // The connection is counted before its subscriptions are looked at (Microsoft does not
+    // document the order), so a refused connection takes none of them over from the
+    // connection serving them now: that one keeps streaming.
+    let Some(slot) = ConnectionSlot::take(
+        state,
+        charged_account(context),
+        faults.ews_hanging_connection_limit,
+    ) else {
+        state.counters.count("ews.connections_refused");
+        return Ok(soap::ok(&operation(
+            "GetStreamingEvents",
+            &error_message(
+                "GetStreamingEvents",
+                "ErrorExceededConnectionCount",
+                "You have exceeded the available concurrent connections for your account. Try again once your other requests have completed.",
+            ),
+        )));
+    };
     let owner = owner_key(&context.principal);
     let connection = {
         let mut next = lock(&state.ews.streaming.next_connection);
@@ -366,7 +478,6 @@ pub fn get_streaming_events(
     }
     // Wake the connection that served these subscriptions before, so it closes.
     state.ews.streaming.bump();
-    let faults = state.faults();
     let timeout = if faults.ews_connection_timeout_seconds > 0 {
         Duration::from_secs(faults.ews_connection_timeout_seconds)
     } else {
@@ -428,12 +539,16 @@ pub fn get_streaming_events(
                     return;
                 }
                 if ids.is_empty() {
+                    // The slot is free before the client reads Closed, so a client that
+                    // re-opens at once is not refused by its own ending connection.
+                    drop(slot);
                     let _ = sender.send(status_message("Closed")).await;
                     return;
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
+                    drop(slot);
                     let _ = sender.send(status_message("Closed")).await;
                     return;
                 }

@@ -310,6 +310,9 @@ fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
         EwsError::ExceededSubscriptionCount { .. } => {
             "remove stale subscriptions of other applications, or raise EwsMaxSubscriptions in the service account's throttling policy".to_string()
         }
+        EwsError::ExceededConnectionCount { .. } => {
+            "use access = \"impersonation\" so that each group's streaming connection is charged to its anchor mailbox, or raise HangingConnectionLimit in the EWS web.config; meanwhile the service polls the mailboxes it cannot stream".to_string()
+        }
         EwsError::BadAnswer { .. } => {
             "check that the URL is Exchange's EWS endpoint (…/EWS/Exchange.asmx); `protocol_log = true` logs the exchange (credentials redacted)".to_string()
         }

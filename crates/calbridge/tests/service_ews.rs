@@ -751,3 +751,101 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
     running.shutdown().await;
     emulator.shutdown().await;
 }
+
+/// The EWS source card of a running service.
+async fn ews_card(api: &Api) -> Value {
+    let status = api.get_authorized("/api/v1/status").await;
+    status["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|card| card["id"] == EWS_SOURCE)
+        .expect("the EWS source is shown")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
+    // A monitor account with delegate access: every streaming connection is charged to it,
+    // and this Exchange allows it one.
+    let faults = FaultSettings {
+        ews_hanging_connection_limit: 1,
+        ..FaultSettings::default()
+    };
+    let org = Organisation::start(4, 37, Some(faults)).await;
+    let people: Vec<String> = org.people.iter().take(4).cloned().collect();
+    org.write_directory(&people.iter().map(|p| format!("{p},")).collect::<Vec<_>>());
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(
+        &org.ready,
+        org.data_dir.path(),
+        &public_url,
+        Some(&org.directory),
+    );
+    config.sync.poll_interval_seconds = 1;
+    let ews_toml = format!(
+        "user = \"{}\"\npassword = \"{}\"\naccess = \"delegate\"\news_url = \"{}\"\nextra_root_ca = \"{}\"\nmax_subscriptions_per_connection = 2\n",
+        org.ready.ews_delegate_user.as_deref().expect("a monitor account"),
+        org.ready.ews_delegate_password.as_deref().expect("its password"),
+        org.ready.ews_url,
+        org.ready.ca_cert.display(),
+    );
+    let source = SourceId(EWS_SOURCE.to_string());
+    config.sources = vec![SourceConfig {
+        id: source.clone(),
+        secret_expires_on: None,
+        graph: None,
+        ews: Some(toml::from_str(&ews_toml).expect("EWS config")),
+    }];
+    config.directory = vec![DirectoryConfig {
+        source,
+        file: Some(org.directory.clone()),
+        group_id: None,
+        refresh_seconds: 300,
+    }];
+    let running = start_service(config, Arc::new(SystemClock), listener).await;
+    let api = Api::new(&running);
+    let polled = || {
+        running.ews_syncs[&SourceId(EWS_SOURCE.to_string())]
+            .polled_mailboxes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_for("two mailboxes polled", PATIENCE, || {
+        (polled() == 2).then_some(())
+    })
+    .await;
+    let card = ews_card(&api).await;
+    assert_eq!(card["mode"], "streaming + polling", "{card}");
+    assert_eq!(card["ews"]["polled_mailboxes"], 2, "{card}");
+    assert!(org.counter("ews.connections_refused") >= 1);
+
+    // Streamed or polled, every change reaches presence.
+    for (index, person) in people.iter().enumerate() {
+        org.meeting(person, &format!("Limited {index}")).await;
+    }
+    for (index, person) in people.iter().enumerate() {
+        wait_for_meeting(&running, person, &format!("Limited {index}")).await;
+    }
+
+    // Exchange allows more: the refused connection opens and polling stops.
+    org.emulator.set_faults(FaultSettings {
+        ews_hanging_connection_limit: 0,
+        ..FaultSettings::default()
+    });
+    wait_for("streaming for everyone", PATIENCE * 4, || {
+        (polled() == 0).then_some(())
+    })
+    .await;
+    let card = ews_card(&api).await;
+    assert_eq!(card["mode"], "streaming", "{card}");
+    assert_eq!(
+        org.emulator
+            .ews_streaming_connections()
+            .values()
+            .sum::<usize>(),
+        2,
+        "both connections are open"
+    );
+    running.shutdown().await;
+    org.emulator.shutdown().await;
+}

@@ -284,11 +284,14 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
         }
         let config = sync.ews.config();
         let (url, answered_by) = sync.ews.current_endpoint();
+        let polled = sync.polled_mailboxes.load(Relaxed);
         sources.push(json!({
             "id": id.0,
             "kind": "ews",
-            "mode": "streaming",
+            "mode": if polled > 0 { "streaming + polling" } else { "streaming" },
             "ews": {
+                "polled_mailboxes": polled,
+                "poll_interval_seconds": sync.poll_interval().as_secs(),
                 "url": url.map(String::from),
                 "autodiscover": answered_by.map(String::from),
                 "configured_url": config.ews_url.is_some(),

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +59,22 @@ pub struct EwsSync {
     pub changes_streamed: std::sync::atomic::AtomicU64,
     /// When a source-wide trouble was last logged.
     source_wide_logged_at: Mutex<Option<Timestamp>>,
+    /// Mailboxes read by polling because Exchange refused their streaming connection.
+    pub polled_mailboxes: Arc<AtomicUsize>,
+}
+
+/// Polls a group whose streaming connection Exchange refused; dropping it stops the polling.
+struct Poller {
+    task: tokio::task::JoinHandle<()>,
+    counter: Arc<AtomicUsize>,
+    mailboxes: usize,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.counter.fetch_sub(self.mailboxes, Ordering::Relaxed);
+    }
 }
 
 /// Runs `job` for every item and returns the results in the items' order. The first request
@@ -196,6 +212,7 @@ impl EwsSync {
             group_reads: Semaphore::new(1),
             changes_streamed: std::sync::atomic::AtomicU64::new(0),
             source_wide_logged_at: Mutex::new(None),
+            polled_mailboxes: Arc::new(AtomicUsize::new(0)),
         };
         (Arc::new(sync), queue_rx)
     }
@@ -652,6 +669,20 @@ impl EwsSync {
         }
     }
 
+    /// Re-reads a streaming group's mailboxes (after a reconnect, or polling); one group at
+    /// a time, so that groups re-opening together do not multiply the parallel requests.
+    async fn read_group(&self, people: &[PersonKey]) {
+        let Ok(_turn) = self.group_reads.acquire().await else {
+            return;
+        };
+        self.read_windows(people, None).await;
+    }
+
+    /// How often a group without a streaming connection is read: `sync.poll_interval_seconds`.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.settings.poll_interval_seconds.max(1))
+    }
+
     async fn start_stream(self: &Arc<Self>, group: Vec<(SubscriptionId, MailboxAddress)>) {
         let task = tokio::spawn(self.clone().follow_stream(group));
         self.streams.lock().await.push(task);
@@ -673,6 +704,16 @@ impl EwsSync {
                 return;
             }
         };
+        let people: Vec<PersonKey> = {
+            let mailboxes = self.mailboxes();
+            group
+                .iter()
+                .filter_map(|(_, mailbox)| mailboxes.get(mailbox).cloned())
+                .collect()
+        };
+        // While Exchange refuses this connection (too many hanging connections), the group is
+        // polled; the connection keeps trying with its back-off and takes over once it opens.
+        let mut poller: Option<Poller> = None;
         while let Some(event) = connection.next().await {
             match event {
                 StreamEvent::Changed(mailbox) => {
@@ -681,23 +722,44 @@ impl EwsSync {
                         self.enqueue(Work::Delta(person));
                     }
                 }
-                StreamEvent::Connected { reopened: true } => {
+                StreamEvent::Connected { reopened } => {
+                    let was_polled = poller.take().is_some();
+                    if was_polled {
+                        tracing::info!(source = %self.source_id, "Exchange accepted the streaming connection for {} mailboxes: streaming instead of polling", people.len());
+                    }
                     // Changes during the gap were not streamed: re-read the whole group, in
                     // one go (free/busy reads take 100 mailboxes per request).
-                    let people: Vec<PersonKey> = {
-                        let mailboxes = self.mailboxes();
-                        group
-                            .iter()
-                            .filter_map(|(_, mailbox)| mailboxes.get(mailbox).cloned())
-                            .collect()
-                    };
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let Ok(_turn) = me.group_reads.acquire().await else {
-                            return;
-                        };
-                        me.read_windows(&people, None).await;
-                    });
+                    if reopened || was_polled {
+                        let me = self.clone();
+                        let people = people.clone();
+                        tokio::spawn(async move { me.read_group(&people).await });
+                    }
+                }
+                StreamEvent::Error(error) if error.is_connection_limit() => {
+                    if poller.is_none() {
+                        let every = self.poll_interval();
+                        tracing::warn!(source = %self.source_id, "{error}: {} mailboxes are read every {} s until Exchange accepts the connection", people.len(), every.as_secs());
+                        self.polled_mailboxes
+                            .fetch_add(people.len(), Ordering::Relaxed);
+                        let me = self.clone();
+                        let polled = people.clone();
+                        poller = Some(Poller {
+                            task: tokio::spawn(async move {
+                                let mut ticks = tokio::time::interval(every);
+                                ticks.set_missed_tick_behavior(
+                                    tokio::time::MissedTickBehavior::Delay,
+                                );
+                                // The first tick is now: the group was just read.
+                                ticks.tick().await;
+                                loop {
+                                    ticks.tick().await;
+                                    me.read_group(&polled).await;
+                                }
+                            }),
+                            counter: self.polled_mailboxes.clone(),
+                            mailboxes: people.len(),
+                        });
+                    }
                 }
                 StreamEvent::SubscriptionsLost(mailboxes) => {
                     // Exchange forgot them: subscribe again on a connection of their own and
@@ -719,7 +781,7 @@ impl EwsSync {
                         self.streams.lock().await.push(task);
                     }
                 }
-                StreamEvent::Connected { reopened: false } | StreamEvent::ConnectionClosed => {}
+                StreamEvent::ConnectionClosed => {}
                 StreamEvent::Error(error) => {
                     tracing::warn!(source = %self.source_id, "streaming connection: {error}");
                 }

@@ -164,10 +164,13 @@ fn retry_delay(trouble: &Trouble, failures: u32) -> Option<Duration> {
 /// One mailbox's free/busy answer as appointments without subjects.
 fn free_busy_appointments(answer: FreeBusy) -> Result<Vec<Appointment>, Trouble> {
     match answer.busy {
+        // Two meetings at the same time are two periods with the same times: the position
+        // keeps their ids apart.
         Ok(periods) => Ok(periods
             .into_iter()
-            .map(|(start, end, show_as)| Appointment {
-                id: format!("freebusy:{}:{}", start.as_second(), end.as_second()),
+            .enumerate()
+            .map(|(index, (start, end, show_as))| Appointment {
+                id: format!("freebusy:{index}:{}:{}", start.as_second(), end.as_second()),
                 time: AppointmentTime::Timed { start, end },
                 show_as,
                 sensitivity: Sensitivity::Normal,
@@ -484,6 +487,17 @@ impl EwsSync {
             if let Some(progress) = progress {
                 progress.done.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        let (windows, refused) = super::without_repeated_ids(windows);
+        for (person, id) in refused {
+            let trouble = Trouble {
+                message: format!("Exchange listed appointment {id} twice in one read; the previous window is kept"),
+                retryable: false,
+                credentials: false,
+                source_wide: false,
+                retry_after: None,
+            };
+            self.record_failure(&person, &trouble);
         }
         let decided: Vec<(PersonKey, Vec<Appointment>)> = windows
             .iter()
@@ -897,10 +911,17 @@ mod tests {
         let end: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
         let appointments = free_busy_appointments(FreeBusy {
             mailbox: mailbox.clone(),
-            busy: Ok(vec![(start, end, calbridge_domain::ShowAs::Oof)]),
+            busy: Ok(vec![
+                (start, end, calbridge_domain::ShowAs::Oof),
+                (start, end, calbridge_domain::ShowAs::Busy),
+            ]),
         })
         .unwrap();
-        assert_eq!(appointments.len(), 1);
+        assert_eq!(appointments.len(), 2);
+        assert_ne!(
+            appointments[0].id, appointments[1].id,
+            "two meetings at the same time keep apart"
+        );
         assert_eq!(appointments[0].time, AppointmentTime::Timed { start, end });
         assert_eq!(appointments[0].show_as, calbridge_domain::ShowAs::Oof);
         assert_eq!(appointments[0].subject, None);

@@ -522,6 +522,10 @@ impl GraphSync {
     /// Stores a chunk of full reads in one transaction, then decides presence from them. The
     /// store goes first: a timer that fires meanwhile reads the store, never older data.
     async fn save_windows(&self, windows: Vec<WindowReplacement>, progress: Option<&Progress>) {
+        let (windows, refused) = super::without_repeated_ids(windows);
+        for (person, id) in refused {
+            tracing::warn!(source = %self.source_id, person = %person, "Graph listed event {id} twice in one read; the previous window is kept");
+        }
         if windows.is_empty() {
             return;
         }

@@ -103,3 +103,75 @@ impl DirectoryTarget for ews::EwsSync {
         ews::EwsSync::set_alternates(self, person, alternates);
     }
 }
+
+/// Splits off the windows whose appointments name one id twice (a source's mistake): the
+/// store refuses such a window, and in a batch it would take everyone else's with it. The
+/// others are returned for storing; each refused person comes with the repeated id.
+pub(crate) fn without_repeated_ids(
+    windows: Vec<calbridge_store::WindowReplacement>,
+) -> (
+    Vec<calbridge_store::WindowReplacement>,
+    Vec<(calbridge_store::PersonKey, String)>,
+) {
+    let mut kept = Vec::with_capacity(windows.len());
+    let mut refused = Vec::new();
+    for window in windows {
+        let mut seen = std::collections::HashSet::with_capacity(window.appointments.len());
+        let repeated = window
+            .appointments
+            .iter()
+            .find(|appointment| !seen.insert(appointment.id.as_str()))
+            .map(|appointment| appointment.id.clone());
+        match repeated {
+            Some(id) => refused.push((window.key, id)),
+            None => kept.push(window),
+        }
+    }
+    (kept, refused)
+}
+
+#[cfg(test)]
+mod repeated_id_tests {
+    use super::*;
+    use calbridge_domain::{Appointment, AppointmentStatus, AppointmentTime, Sensitivity, ShowAs};
+    use calbridge_store::WindowReplacement;
+
+    fn window(address: &str, ids: &[&str]) -> WindowReplacement {
+        let start: jiff::Timestamp = "2026-06-01T09:00:00Z".parse().unwrap();
+        let end: jiff::Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
+        WindowReplacement {
+            key: PersonKey {
+                source: SourceId("s".to_string()),
+                address: MailboxAddress::parse(address).unwrap(),
+            },
+            window_start: start,
+            window_end: end,
+            appointments: ids
+                .iter()
+                .map(|id| Appointment {
+                    id: id.to_string(),
+                    time: AppointmentTime::Timed { start, end },
+                    show_as: ShowAs::Busy,
+                    sensitivity: Sensitivity::Normal,
+                    subject: None,
+                    organizer: None,
+                    status: AppointmentStatus::Active,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_window_naming_an_id_twice_is_refused_and_the_others_kept() {
+        let (kept, refused) = without_repeated_ids(vec![
+            window("a@x.example", &["1", "2"]),
+            window("b@x.example", &["1", "2", "1"]),
+            window("c@x.example", &[]),
+        ]);
+        let kept: Vec<&str> = kept.iter().map(|w| w.key.address.as_str()).collect();
+        assert_eq!(kept, vec!["a@x.example", "c@x.example"]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0.address.as_str(), "b@x.example");
+        assert_eq!(refused[0].1, "1");
+    }
+}

@@ -370,8 +370,18 @@ async fn measure_notifications(
                     latencies.push(created.elapsed().as_secs_f64() * 1000.0);
                     break;
                 }
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    continue
+                Ok(Ok(_)) => continue,
+                // Changes were dropped (other people's timers fired meanwhile): ours may be
+                // among them, so look at the person's presence itself.
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    if running
+                        .hub
+                        .decision(person)
+                        .is_some_and(|(decision, _)| decision.activity == Activity::Busy)
+                    {
+                        latencies.push(created.elapsed().as_secs_f64() * 1000.0);
+                        break;
+                    }
                 }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
                     bail!("no presence change for {person} within 10 s of creating its event");

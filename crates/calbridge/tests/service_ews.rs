@@ -90,14 +90,7 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         .as_str()
         .unwrap_or("")
         .contains("nobody.here@contoso.example"));
-    let status = api.get_authorized("/api/v1/status").await;
-    let card = status["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|card| card["id"] == "onprem")
-        .expect("the EWS source is shown")
-        .clone();
+    let card = ews_card(&api).await;
     assert_eq!(card["kind"], "ews");
     assert_eq!(card["subscriptions"], people.len());
 
@@ -133,14 +126,7 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         },
     )
     .await;
-    let status = api.get_authorized("/api/v1/status").await;
-    let card = status["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|card| card["id"] == "onprem")
-        .expect("the EWS source is shown")
-        .clone();
+    let card = ews_card(&api).await;
     assert!(
         card["notifications_received"].as_u64() >= Some(1),
         "the streamed change is counted: {card}"
@@ -447,14 +433,7 @@ async fn error_server_busy_storms_are_ridden_out() {
 async fn wait_for_card(api: &Api, subscriptions: usize) -> Value {
     let started = Instant::now();
     loop {
-        let status = api.get_authorized("/api/v1/status").await;
-        let card = status["sources"]
-            .as_array()
-            .expect("sources")
-            .iter()
-            .find(|card| card["id"] == EWS_SOURCE)
-            .expect("the EWS source is shown")
-            .clone();
+        let card = ews_card(api).await;
         if card["subscriptions"] == subscriptions {
             return card;
         }
@@ -735,14 +714,7 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
         pox >= 4,
         "404, redirectUrl, 302, then settings: {pox} Autodiscover requests"
     );
-    let status = api.get_authorized("/api/v1/status").await;
-    let card = status["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|card| card["id"] == EWS_SOURCE)
-        .expect("the EWS source is shown")
-        .clone();
+    let card = ews_card(&api).await;
     assert_eq!(card["ews"]["url"], ready.ews_url.as_str(), "{card}");
     assert_eq!(
         card["ews"]["autodiscover"], "https://mail.contoso.example/autodiscover/autodiscover.xml",

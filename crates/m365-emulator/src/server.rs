@@ -226,20 +226,12 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+        let Some(stream) = accept(&listener, &mut shutdown).await else {
+            break;
         };
-        let Ok((stream, _peer)) = accepted else {
-            continue;
-        };
-        // Without this, a small write that follows another (a streaming envelope after the
-        // headers, a notification after a keep-alive) waits for the client's delayed ACK:
-        // about 40 ms of latency nobody asked for.
-        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let mut connection_shutdown = shutdown.clone();
+        let connection_shutdown = shutdown.clone();
         tokio::spawn(async move {
             // A client that opens a socket and never finishes the handshake must not hold a task forever.
             let Ok(Ok(tls_stream)) =
@@ -247,30 +239,7 @@ pub async fn serve(
             else {
                 return;
             };
-            let connection_state = Arc::new(ConnectionState::default());
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let router = router.clone();
-                let connection_state = Arc::clone(&connection_state);
-                async move {
-                    let (mut parts, body) = request.into_parts();
-                    parts.uri = normalize_uri(&parts.uri);
-                    parts.extensions.insert(connection_state);
-                    router
-                        .oneshot(Request::from_parts(parts, Body::new(body)))
-                        .await
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls_stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = connection_shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-            }
+            serve_connection(tls_stream, router, false, connection_shutdown).await;
         });
     }
 }
@@ -282,9 +251,27 @@ pub async fn serve_plain(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        let Some(stream) = accept(&listener, &mut shutdown).await else {
+            break;
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            true,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// The next connection, or None once `shutdown` turns true.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => return None,
         };
         let Ok((stream, _peer)) = accepted else {
             continue;
@@ -293,35 +280,46 @@ pub async fn serve_plain(
         // headers, a notification after a keep-alive) waits for the client's delayed ACK:
         // about 40 ms of latency nobody asked for.
         let _ = stream.set_nodelay(true);
+        return Some(stream);
+    }
+}
+
+/// Serves one connection's requests (HTTP/1.1 keep-alive) until it ends or `shutdown` turns
+/// true; with `plain`, requests are marked [`PlainHttp`].
+async fn serve_connection<Io>(
+    io: Io,
+    router: Router,
+    plain: bool,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection_state = Arc::new(ConnectionState::default());
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
-        let mut connection_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let connection_state = Arc::new(ConnectionState::default());
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let router = router.clone();
-                let connection_state = Arc::clone(&connection_state);
-                async move {
-                    let (mut parts, body) = request.into_parts();
-                    parts.uri = normalize_uri(&parts.uri);
-                    parts.extensions.insert(connection_state);
-                    parts.extensions.insert(PlainHttp);
-                    router
-                        .oneshot(Request::from_parts(parts, Body::new(body)))
-                        .await
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = connection_shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
+        let connection_state = Arc::clone(&connection_state);
+        async move {
+            let (mut parts, body) = request.into_parts();
+            parts.uri = normalize_uri(&parts.uri);
+            parts.extensions.insert(connection_state);
+            if plain {
+                parts.extensions.insert(PlainHttp);
             }
-        });
+            router
+                .oneshot(Request::from_parts(parts, Body::new(body)))
+                .await
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
     }
 }
 

@@ -867,12 +867,7 @@ async fn streaming_notifications_follow_graph_changes_and_close_at_the_timeout()
     )
     .await
     .text();
-    let start = reply
-        .find("<m:SubscriptionId>")
-        .map(|index| index + 18)
-        .unwrap_or(0);
-    let id = reply[start..start + reply[start..].find('<').unwrap_or(0)].to_string();
-    assert!(!id.is_empty(), "{reply}");
+    let id = subscription_id(&reply);
     let _second = ews(
         &harness,
         &auth,
@@ -1308,12 +1303,7 @@ async fn get_streaming_events_takes_the_latency_before_the_stream_not_per_notifi
     )
     .await
     .text();
-    let start = reply
-        .find("<m:SubscriptionId>")
-        .map(|index| index + 18)
-        .unwrap_or(0);
-    let id = reply[start..start + reply[start..].find('<').unwrap_or(0)].to_string();
-    assert!(!id.is_empty(), "{reply}");
+    let id = subscription_id(&reply);
     let token = harness.token().await;
 
     let mut connection = Connection::open(&harness).await;
@@ -1501,11 +1491,18 @@ async fn subscribe_calendar(harness: &Harness, auth: &str, header: &str, folder:
         r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>{folder}</t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#
     );
     let reply = ews(harness, auth, header, &subscribe).await.text();
+    subscription_id(&reply)
+}
+
+/// The `SubscriptionId` of a Subscribe answer; the test fails when there is none.
+fn subscription_id(reply: &str) -> String {
     let Some(start) = reply.find("<m:SubscriptionId>").map(|index| index + 18) else {
         panic!("no subscription: {reply}")
     };
     let end = start + reply[start..].find('<').unwrap_or(0);
-    reply[start..end].to_string()
+    let id = reply[start..end].to_string();
+    assert!(!id.is_empty(), "{reply}");
+    id
 }
 
 fn get_streaming_events(header: &str, id: &str) -> String {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use calbridge_domain::MailboxAddress;
-use calbridge_sources_ews::{
-    AuthMethod, EwsError, EwsSource, EwsSourceConfig, StreamEvent, WindowRead,
-};
+use calbridge_sources_ews::{EwsError, EwsSource, EwsSourceConfig, StreamEvent, WindowRead};
 use calbridge_sources_graph::{GraphError, GraphSource, SubjectFetch};
 use jiff::{SignedDuration, Timestamp};
 
@@ -285,7 +283,7 @@ fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
         EwsError::Unauthorized { .. } => format!(
             "check the service account '{}' and its password in [sources.ews] (auth = \"{}\"; NTLM accepts user@domain or DOMAIN\\user). Do not retry over and over: every failed logon counts towards the account lockout threshold of Active Directory",
             config.user,
-            auth_name(config.auth)
+            config.auth.as_str()
         ),
         EwsError::ImpersonationDenied { .. } => format!(
             "grant '{}' the ApplicationImpersonation role (New-ManagementRoleAssignment -Name calbridge -Role ApplicationImpersonation -User {}), or set access = \"delegate\" and give it Reviewer rights on each calendar (Add-MailboxFolderPermission <user>:\\Calendar -User {} -AccessRights Reviewer)",
@@ -316,14 +314,6 @@ fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
         EwsError::BadAnswer { .. } => {
             "check that the URL is Exchange's EWS endpoint (…/EWS/Exchange.asmx); `protocol_log = true` logs the exchange (credentials redacted)".to_string()
         }
-    }
-}
-
-fn auth_name(auth: AuthMethod) -> &'static str {
-    match auth {
-        AuthMethod::Ntlm => "ntlm",
-        AuthMethod::Basic => "basic",
-        AuthMethod::Bearer => "bearer",
     }
 }
 
@@ -399,7 +389,7 @@ async fn check_ews_source(
                 &format!(
                     "Exchange accepted '{}' ({}, {})",
                     ews_config.user,
-                    auth_name(ews_config.auth),
+                    ews_config.auth.as_str(),
                     match ews_config.access {
                         calbridge_sources_ews::MailboxAccess::Impersonation => "impersonation",
                         calbridge_sources_ews::MailboxAccess::Delegate => "delegate access",

@@ -97,6 +97,37 @@ pub enum MailboxAccess {
     Delegate,
 }
 
+impl AuthMethod {
+    /// The setting's spelling in `calbridge.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Ntlm => "ntlm",
+            AuthMethod::Basic => "basic",
+            AuthMethod::Bearer => "bearer",
+        }
+    }
+}
+
+impl MailboxAccess {
+    /// The setting's spelling in `calbridge.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailboxAccess::Impersonation => "impersonation",
+            MailboxAccess::Delegate => "delegate",
+        }
+    }
+}
+
+impl WindowRead {
+    /// The setting's spelling in `calbridge.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowRead::CalendarView => "calendar_view",
+            WindowRead::FreeBusy => "free_busy",
+        }
+    }
+}
+
 /// Which of Autodiscover's EWS URLs to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -336,6 +367,29 @@ mod tests {
                 error.contains("mailbox the app may impersonate"),
                 "{user}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn setting_names_read_back_as_written() {
+        for (text, auth) in [
+            ("ntlm", AuthMethod::Ntlm),
+            ("basic", AuthMethod::Basic),
+            ("bearer", AuthMethod::Bearer),
+        ] {
+            assert_eq!(auth.as_str(), text);
+            let parsed: AuthMethod = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(parsed, auth);
+        }
+        for access in [MailboxAccess::Impersonation, MailboxAccess::Delegate] {
+            let parsed: MailboxAccess =
+                serde_json::from_str(&format!("\"{}\"", access.as_str())).unwrap();
+            assert_eq!(parsed, access);
+        }
+        for read in [WindowRead::CalendarView, WindowRead::FreeBusy] {
+            let parsed: WindowRead =
+                serde_json::from_str(&format!("\"{}\"", read.as_str())).unwrap();
+            assert_eq!(parsed, read);
         }
     }
 

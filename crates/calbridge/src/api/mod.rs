@@ -295,19 +295,9 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
                 "url": url.map(String::from),
                 "autodiscover": answered_by.map(String::from),
                 "configured_url": config.ews_url.is_some(),
-                "auth": match config.auth {
-                    calbridge_sources_ews::AuthMethod::Ntlm => "ntlm",
-                    calbridge_sources_ews::AuthMethod::Basic => "basic",
-                    calbridge_sources_ews::AuthMethod::Bearer => "bearer",
-                },
-                "access": match config.access {
-                    calbridge_sources_ews::MailboxAccess::Impersonation => "impersonation",
-                    calbridge_sources_ews::MailboxAccess::Delegate => "delegate",
-                },
-                "read": match config.read {
-                    calbridge_sources_ews::WindowRead::CalendarView => "calendar_view",
-                    calbridge_sources_ews::WindowRead::FreeBusy => "free_busy",
-                },
+                "auth": config.auth.as_str(),
+                "access": config.access.as_str(),
+                "read": config.read.as_str(),
             },
             "token": {"state": "not_requested", "valid_until": null, "error": null, "next_attempt_at": null},
             "secret_expires_on": null,

@@ -131,9 +131,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("(each row runs in a fresh process, so that one row's memory does not hide the next one's)");
         }
         println!(
-            "{:>7} {:>7} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
+            "{:>7} {:>7} {:>11} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
             "source",
             "users",
+            "emulator s",
             "first sync s",
             "requests",
             "req/user",
@@ -160,9 +161,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let row = row.with_context(|| format!("{kind} benchmark with {users} users"))?;
         println!(
-            "{:>7} {:>7} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
+            "{:>7} {:>7} {:>11.2} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
             kind,
             users,
+            row.emulator_start_seconds,
             row.first_sync_seconds,
             row.requests,
             row.requests as f64 / users as f64,
@@ -177,6 +179,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 struct Row {
+    /// From starting the emulator child until its ready line: generating the organisation.
+    emulator_start_seconds: f64,
     first_sync_seconds: f64,
     requests: u64,
     notify_p50_ms: f64,
@@ -218,11 +222,13 @@ async fn bench_in_child(kind: &str, users: usize, args: &BenchArgs) -> anyhow::R
     Ok(())
 }
 
-/// Starts the emulator child for `users` people and reads its ready line.
+/// Starts the emulator child for `users` people and reads its ready line; also returns the
+/// seconds from its start until it was ready (generating the organisation included).
 async fn spawn_emulator(
     users: usize,
     args: &BenchArgs,
-) -> anyhow::Result<(tokio::process::Child, m365_emulator::ReadyInfo)> {
+) -> anyhow::Result<(tokio::process::Child, m365_emulator::ReadyInfo, f64)> {
+    let started = Instant::now();
     let exe = std::env::current_exe().context("cannot find the calbridge binary")?;
     let mut child = tokio::process::Command::new(exe)
         .args([
@@ -247,11 +253,11 @@ async fn spawn_emulator(
         .context("the emulator ended before it was ready")?;
     let ready: m365_emulator::ReadyInfo =
         serde_json::from_str(&ready_line).context("the emulator's ready line is not JSON")?;
-    Ok((child, ready))
+    Ok((child, ready, started.elapsed().as_secs_f64()))
 }
 
 async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
-    let (child, ready) = spawn_emulator(users, args).await?;
+    let (child, ready, emulator_start_seconds) = spawn_emulator(users, args).await?;
     let data_dir =
         std::env::temp_dir().join(format!("calbridge-bench-{}-{users}", std::process::id()));
     std::fs::create_dir_all(&data_dir)?;
@@ -302,6 +308,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let throttled = sync.graph.counters().throttled_answers;
     let measured = Measured {
         users,
+        emulator_start_seconds,
         first_sync_seconds,
         requests,
         rss_before,
@@ -395,7 +402,7 @@ async fn measure_notifications(
 /// The same figures for an EWS source: NTLM with impersonation against the emulator's EWS,
 /// the people in a directory file, changes made through Graph and streamed over EWS.
 async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::Result<Row> {
-    let (child, ready) = spawn_emulator(users, args).await?;
+    let (child, ready, emulator_start_seconds) = spawn_emulator(users, args).await?;
     let data_dir = std::env::temp_dir().join(format!(
         "calbridge-bench-ews-{}-{users}",
         std::process::id()
@@ -474,6 +481,7 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
     .await?;
     let measured = Measured {
         users,
+        emulator_start_seconds,
         first_sync_seconds,
         requests,
         rss_before,
@@ -514,6 +522,7 @@ fn format_graph(instant: Timestamp) -> String {
 /// What one benchmark run measured before the service is stopped.
 struct Measured {
     users: usize,
+    emulator_start_seconds: f64,
     first_sync_seconds: f64,
     requests: u64,
     rss_before: u64,
@@ -538,6 +547,7 @@ async fn finish(
     drop(child);
     let _ = std::fs::remove_dir_all(data_dir);
     Row {
+        emulator_start_seconds: measured.emulator_start_seconds,
         first_sync_seconds: measured.first_sync_seconds,
         requests: measured.requests,
         notify_p50_ms: percentile(&measured.latencies, 0.50),

@@ -35,6 +35,34 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock shifted to read a chosen instant now and run on at real speed from there:
+/// `calbridge demo --at`, and tests that need a particular moment of the week while the rest of
+/// the service (timers, retries, streams) runs as it does in production.
+#[derive(Debug, Clone, Copy)]
+pub struct ShiftedClock {
+    offset: SignedDuration,
+}
+
+impl ShiftedClock {
+    pub fn starting_at(start: Timestamp) -> Self {
+        ShiftedClock {
+            offset: start.duration_since(Timestamp::now()),
+        }
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+            .checked_add(self.offset)
+            .unwrap_or_else(|_| Timestamp::now())
+    }
+
+    fn sleep_until(&self, at: Timestamp) -> Sleep {
+        SystemClock.sleep_until(at.checked_sub(self.offset).unwrap_or(at))
+    }
+}
+
 /// A clock that only moves when told to; sleepers wake when it passes their instant.
 #[derive(Clone)]
 pub struct ManualClock {
@@ -100,5 +128,25 @@ pub struct GraphClockAdapter(pub Arc<dyn Clock>);
 impl calbridge_sources_graph::clock::Clock for GraphClockAdapter {
     fn now(&self) -> Timestamp {
         self.0.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_shifted_clock_starts_at_its_instant_and_wakes_its_sleepers_in_real_time() {
+        let start: Timestamp = "2026-12-07T08:05:00Z".parse().expect("an instant");
+        let clock = ShiftedClock::starting_at(start);
+        let read = clock.now();
+        assert!(read >= start, "{read} is before {start}");
+        assert!(
+            read.duration_since(start) < SignedDuration::from_secs(60),
+            "{read} is far from {start}"
+        );
+        let wake_at = clock.now() + SignedDuration::from_millis(30);
+        clock.sleep_until(wake_at).await;
+        assert!(clock.now() >= wake_at, "woke before {wake_at}");
     }
 }

@@ -11,7 +11,7 @@ use calbridge_domain::{Secret, SourceId};
 use calbridge_sources_graph::{GraphCredential, GraphSourceConfig};
 use m365_emulator::{Emulator, EmulatorConfig};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ShiftedClock, SystemClock};
 use crate::config::{Config, DirectoryConfig, SourceConfig};
 use crate::service::{self, RunningService, ServiceOptions};
 
@@ -43,6 +43,11 @@ pub struct DemoArgs {
     /// notifications), or both side by side.
     #[arg(long, value_enum, default_value_t = DemoSource::Graph)]
     pub source: DemoSource,
+    /// Run the demo as if it were this instant (RFC 3339, e.g. 2026-12-07T09:42:00Z): the
+    /// organisation's calendars are laid out around it and the clock runs on from it, so that
+    /// the same seed and instant show the same presence on any day.
+    #[arg(long, value_name = "INSTANT")]
+    pub at: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,6 +97,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let mut emulator_config = EmulatorConfig::generated(args.users, args.seed);
     emulator_config.state_dir = Some(data_dir.join("emulator"));
+    let clock: Arc<dyn Clock> = match args.at {
+        Some(at) => {
+            eprintln!("The demo's clock starts at {at} and runs on from there.");
+            emulator_config.clock = m365_emulator::Clock::starting_at(at);
+            Arc::new(ShiftedClock::starting_at(at))
+        }
+        None => Arc::new(SystemClock),
+    };
     let emulator = Emulator::start(emulator_config)
         .await
         .context("the bundled Microsoft 365 emulator did not start")?;
@@ -122,7 +135,6 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         config.sources.push(source);
         config.directory.push(directory);
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let running = service::start(
         config,
         ServiceOptions {

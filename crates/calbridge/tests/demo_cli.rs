@@ -3,13 +3,20 @@
 
 use std::process::Command;
 
-/// Runs `calbridge demo --exit-after-sync` and returns the people counted per activity in
-/// its "presence now:" line.
+/// The instant every demo run here starts at, a working morning: each run lays out the same
+/// calendars around it and counts presence at it, so runs on different sources can be compared
+/// exactly, whatever the hour the test runs at (no meeting starts or ends within two minutes
+/// of it in the generated organisation, whose meetings begin on whole minutes).
+const AT: &str = "2026-12-07T09:42:00Z";
+
+/// Runs `calbridge demo --exit-after-sync --at AT` and returns the people counted per
+/// activity in its "presence now:" line.
 fn demo(source: &str, users: usize) -> Vec<(String, usize)> {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let output = Command::new(env!("CARGO_BIN_EXE_calbridge"))
         .args(["demo", "--exit-after-sync", "--listen", "127.0.0.1:0"])
         .args(["--source", source, "--users", &users.to_string()])
+        .args(["--at", AT])
         .arg("--data-dir")
         .arg(data_dir.path())
         .output()
@@ -47,6 +54,10 @@ fn total(counts: &[(String, usize)]) -> usize {
 fn the_demo_syncs_everyone_on_graph_on_ews_and_on_both() {
     let graph = demo("graph", 40);
     assert_eq!(total(&graph), 40, "{graph:?}");
+    assert!(
+        graph.iter().any(|(activity, _)| activity != "available"),
+        "a working morning has meetings: {graph:?}"
+    );
     let ews = demo("ews", 40);
     assert_eq!(ews, graph, "EWS and Graph see the same calendars");
     let both = demo("both", 40);

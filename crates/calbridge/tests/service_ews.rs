@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calbridge::clock::SystemClock;
+use calbridge::clock::{Clock, ManualClock, SystemClock};
 use calbridge::config::{DirectoryConfig, SourceConfig};
 use calbridge::service::RunningService;
 use calbridge_domain::SourceId;
@@ -30,6 +30,17 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         .await;
     assert!(members.len() >= 5, "{members:?}");
     let people: Vec<String> = members.into_iter().take(5).collect();
+    // The person who gets a meeting below is free from an hour ago to three hours on, by
+    // construction, whatever the hour.
+    let free = people[0].clone();
+    let test_start = jiff::Timestamp::now();
+    graph
+        .clear_span(
+            &free,
+            test_start - jiff::SignedDuration::from_hours(1),
+            test_start + jiff::SignedDuration::from_hours(3),
+        )
+        .await;
 
     let data_dir = tempfile::tempdir().expect("temp dir");
     let directory = data_dir.path().join("people.csv");
@@ -94,17 +105,14 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
     assert_eq!(card["kind"], "ews");
     assert_eq!(card["subscriptions"], people.len());
 
-    // A free person gets a meeting through Graph; EWS streams the change; presence follows.
-    let free = people
-        .iter()
-        .find(|person| {
-            running
-                .hub
-                .decision(&key(person))
-                .is_some_and(|(decision, _)| decision.current.is_none())
-        })
-        .expect("someone is free now")
-        .clone();
+    // The free person gets a meeting through Graph; EWS streams the change; presence follows.
+    assert!(
+        running
+            .hub
+            .decision(&key(&free))
+            .is_some_and(|(decision, _)| decision.current.is_none()),
+        "{free} is free"
+    );
     let now = jiff::Timestamp::now();
     graph
         .create_event(
@@ -170,6 +178,8 @@ struct Organisation {
     people: Vec<String>,
     data_dir: tempfile::TempDir,
     directory: PathBuf,
+    /// The services' clock: the system clock unless a test pins it.
+    clock: Arc<dyn Clock>,
 }
 
 impl Organisation {
@@ -193,6 +203,7 @@ impl Organisation {
             people,
             data_dir,
             directory,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -248,7 +259,7 @@ impl Organisation {
             group_id: None,
             refresh_seconds,
         }];
-        start_service(config, Arc::new(SystemClock), listener).await
+        start_service(config, self.clock.clone(), listener).await
     }
 
     fn counter(&self, kind: &str) -> u64 {
@@ -260,9 +271,17 @@ impl Organisation {
             .unwrap_or(0)
     }
 
-    /// Gives a person a meeting from now on through Graph (EWS sees the same calendar).
+    /// Gives a person a meeting from now on through Graph (EWS sees the same calendar), in a
+    /// span the test first makes free, so that the meeting is what the person shows.
     async fn meeting(&self, person: &str, subject: &str) {
-        let now = jiff::Timestamp::now();
+        let now = self.clock.now();
+        self.graph
+            .clear_span(
+                person,
+                now - jiff::SignedDuration::from_hours(1),
+                now + jiff::SignedDuration::from_hours(3),
+            )
+            .await;
         self.graph
             .create_event(
                 person,
@@ -513,10 +532,24 @@ async fn a_person_added_to_the_directory_streams_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_busy_reads_a_hundred_mailboxes_per_request_and_hides_subjects() {
-    let org = Organisation::start(150, 36, None).await;
+    let mut org = Organisation::start(150, 36, None).await;
     assert_eq!(org.people.len(), 150);
     let lines: Vec<String> = org.people.iter().map(|p| format!("{p},")).collect();
     org.write_directory(&lines);
+    // Both services decide at one instant, so that their answers can be compared even when a
+    // meeting starts between the two first syncs.
+    org.clock = Arc::new(ManualClock::new(whole_second(jiff::Timestamp::now())));
+    // By construction, one person is busy and another free now, whatever the hour.
+    let (busy_person, free) = (org.people[0].clone(), org.people[1].clone());
+    org.meeting(&busy_person, "Board meeting").await;
+    let now = org.clock.now();
+    org.graph
+        .clear_span(
+            &free,
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(3),
+        )
+        .await;
 
     // What the calendar view decides, for comparison.
     let reference_dir = tempfile::tempdir().expect("temp dir");
@@ -555,20 +588,21 @@ async fn free_busy_reads_a_hundred_mailboxes_per_request_and_hides_subjects() {
         }
     }
     assert!(busy > 0, "some of 150 people are busy now");
+    assert_eq!(
+        ews_presence(&running, &busy_person).map(|(activity, _)| activity),
+        Some("busy".to_string()),
+        "{busy_person} has a meeting now"
+    );
 
     // A change still streams in; the subject is never fetched, so it cannot show.
     wait_for_card(&Api::new(&running), org.people.len()).await;
-    let free = org
-        .people
-        .iter()
-        .find(|person| {
-            running
-                .hub
-                .decision(&ews_key(person))
-                .is_some_and(|(decision, _)| decision.current.is_none())
-        })
-        .expect("someone is free now")
-        .clone();
+    assert!(
+        running
+            .hub
+            .decision(&ews_key(&free))
+            .is_some_and(|(decision, _)| decision.current.is_none()),
+        "{free} is free now"
+    );
     org.meeting(&free, "Secret merger talks").await;
     let (_, note) = wait_for("the streamed free/busy change", PATIENCE, || {
         ews_presence(&running, &free).filter(|(activity, _)| activity == "busy")

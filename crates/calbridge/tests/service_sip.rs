@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use calbridge::clock::SystemClock;
+use calbridge::clock::{Clock, ManualClock};
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig};
 
@@ -113,7 +113,24 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
     let mut sip = calbridge_publish_sip::SipPublisherConfig::new(sip_server, "pbx.test");
     sip.max_requests_per_second = 1000;
     config.publish.sip = Some(sip);
-    let running = start_service(config, Arc::new(SystemClock), listener).await;
+    // The service's clock stands still, so that no meeting starts or ends between the
+    // decisions read below and the PUBLISHes compared with them.
+    let clock = ManualClock::new(whole_second(jiff::Timestamp::now()));
+    // The person who gets a meeting below is free from an hour ago to three hours on.
+    let graph = GraphClient::new(&ready).await;
+    let members = graph
+        .group_members(ready.group_id.as_deref().expect("a group"))
+        .await;
+    let user = members.first().expect("a generated person").clone();
+    let now = clock.now();
+    graph
+        .clear_span(
+            &user,
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(3),
+        )
+        .await;
+    let running = start_service(config, Arc::new(clock.clone()), listener).await;
 
     // Every person with a decision reaches the presence server with their note.
     let people = running.hub.people();
@@ -166,22 +183,15 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
     // A meeting created now makes a free person busy: a modify with SIP-If-Match and RPID.
     let free = people
         .iter()
-        .find(|person| {
-            running.hub.decision(person).is_some_and(|(decision, _)| {
-                decision.activity.as_str() == "available" && decision.current.is_none()
-            })
-        })
-        .expect("someone is free")
+        .find(|person| person.address.as_str() == user)
+        .expect("the free person is followed")
         .clone();
-    let user = running
-        .syncs
-        .values()
-        .next()
-        .and_then(|sync| sync.health(&free))
-        .and_then(|health| health.user)
-        .expect("the free person is resolved");
-    let graph = GraphClient::new(&ready).await;
-    let now = jiff::Timestamp::now();
+    assert!(
+        running.hub.decision(&free).is_some_and(|(decision, _)| {
+            decision.activity.as_str() == "available" && decision.current.is_none()
+        }),
+        "{user} is free"
+    );
     graph
         .create_event(
             &user,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use calbridge::clock::SystemClock;
+use calbridge::clock::ManualClock;
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig};
 
@@ -87,7 +87,10 @@ async fn every_decision_reaches_the_webhook_signed_and_in_order_after_refusals()
     ))
     .expect("webhook config");
     config.publish.webhooks = vec![webhook];
-    let running = start_service(config, Arc::new(SystemClock), listener).await;
+    // The service's clock stands still, so that no meeting starts or ends between the
+    // decisions read below and the deliveries compared with them.
+    let clock = ManualClock::new(whole_second(jiff::Timestamp::now()));
+    let running = start_service(config, Arc::new(clock), listener).await;
 
     let people = running.hub.people();
     let expected: HashMap<String, String> = people

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
 
-/// A clock that is either the system clock or a manual one that only moves when told to.
+/// A clock that is the system clock, the system clock shifted to start at a chosen instant, or a
+/// manual one that only moves when told to.
 #[derive(Clone, Debug)]
 pub struct Clock {
     source: ClockSource,
@@ -16,6 +17,8 @@ pub struct Clock {
 #[derive(Clone, Debug)]
 enum ClockSource {
     System,
+    /// The system clock plus a fixed offset: it runs at real speed from a chosen instant.
+    Shifted(SignedDuration),
     Manual(Arc<Mutex<Timestamp>>),
 }
 
@@ -24,6 +27,15 @@ impl Clock {
     pub fn system() -> Clock {
         Clock {
             source: ClockSource::System,
+        }
+    }
+
+    /// The system clock shifted so that it reads `start` now and runs on at real speed, for a
+    /// demo or a test that needs a particular moment of the week (the generated organisation is
+    /// laid out around it).
+    pub fn starting_at(start: Timestamp) -> Clock {
+        Clock {
+            source: ClockSource::Shifted(start.duration_since(Timestamp::now())),
         }
     }
 
@@ -38,16 +50,19 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         match &self.source {
             ClockSource::System => Timestamp::now(),
+            ClockSource::Shifted(offset) => Timestamp::now()
+                .checked_add(*offset)
+                .unwrap_or_else(|_| Timestamp::now()),
             ClockSource::Manual(current) => *lock(current),
         }
     }
 
     /// Moves a manual clock forward (or backward for a negative duration).
     ///
-    /// Returns `Err(ClockIsSystem)` for the system clock, which cannot be moved.
+    /// Returns `Err(ClockIsSystem)` for the system clock (shifted or not), which cannot be moved.
     pub fn advance(&self, by: SignedDuration) -> Result<Timestamp, ClockIsSystem> {
         match &self.source {
-            ClockSource::System => Err(ClockIsSystem),
+            ClockSource::System | ClockSource::Shifted(_) => Err(ClockIsSystem),
             ClockSource::Manual(current) => {
                 let mut guard = lock(current);
                 *guard = guard.saturating_add(by).map_err(|_| ClockIsSystem)?;
@@ -75,4 +90,20 @@ fn lock(current: &Mutex<Timestamp>) -> std::sync::MutexGuard<'_, Timestamp> {
     current
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_starting_at_an_instant_reads_it_and_cannot_be_moved() {
+        let start: Timestamp = "2026-12-07T08:05:00Z".parse().unwrap_or_default();
+        let clock = Clock::starting_at(start);
+        let read = clock.now();
+        assert!(read >= start, "{read} is before {start}");
+        assert!(read.duration_since(start) < SignedDuration::from_secs(60));
+        assert!(!clock.is_manual());
+        assert!(clock.advance(SignedDuration::from_secs(1)).is_err());
+    }
 }

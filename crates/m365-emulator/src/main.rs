@@ -34,6 +34,11 @@ struct Arguments {
     /// Freeze the clock at start; move it with POST /_emulator/clock/advance.
     #[arg(long)]
     manual_clock: bool,
+    /// Start the clock at this instant (RFC 3339, e.g. 2026-12-07T09:42:00Z) instead of now;
+    /// a generated organisation is laid out around it. Runs on from there unless
+    /// --manual-clock freezes it.
+    #[arg(long, value_name = "INSTANT")]
+    at: Option<jiff::Timestamp>,
     /// Extra CA certificate (PEM) to trust for https notification URLs; repeatable.
     #[arg(long)]
     trust_ca: Vec<PathBuf>,
@@ -60,9 +65,11 @@ async fn main() -> ExitCode {
     config.listen = arguments.listen;
     config.state_dir = arguments.state_dir;
     config.trusted_notification_ca_files = arguments.trust_ca;
-    if arguments.manual_clock {
-        config.clock = Clock::manual(jiff::Timestamp::now());
-    }
+    config.clock = match (arguments.manual_clock, arguments.at) {
+        (true, at) => Clock::manual(at.unwrap_or_else(jiff::Timestamp::now)),
+        (false, Some(at)) => Clock::starting_at(at),
+        (false, None) => Clock::system(),
+    };
     let emulator = match Emulator::start(config).await {
         Ok(emulator) => emulator,
         Err(error) => {

@@ -1050,15 +1050,10 @@ async fn the_example_scenario_loads_and_serves_its_calendars() {
 }
 
 #[tokio::test]
-async fn ten_thousand_generated_users_start_quickly_and_are_in_the_all_people_group() {
-    let started = std::time::Instant::now();
+async fn ten_thousand_generated_users_start_and_are_in_the_all_people_group() {
+    // How long generating them takes is a figure of `calbridge bench` (its "emulator s"
+    // column), not an assertion here.
     let harness = start_with(EmulatorConfig::generated(10_000, 5)).await;
-    let elapsed = started.elapsed();
-    // Measured at about 0.7 s in a debug build; ten seconds leaves room for a slow CI machine.
-    assert!(
-        elapsed < std::time::Duration::from_secs(10),
-        "start took {elapsed:?}"
-    );
     let ready = harness.emulator.ready().clone();
     let token = harness
         .token_for(

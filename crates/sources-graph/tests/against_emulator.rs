@@ -715,5 +715,6 @@ async fn first_read_of_a_generated_organisation_needs_few_requests_per_user() {
     assert_eq!(failed, 0);
     assert!(appointments > 0);
     assert!(per_user <= 0.2, "{per_user} requests per user");
-    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    // How long it took is printed above, not asserted: on a shared machine a figure belongs in
+    // `calbridge bench`, which measures the first sync side by side with the other sources.
 }

@@ -291,6 +291,41 @@ impl GraphClient {
         assert_eq!(answer.status, 204, "delete event {id}: {}", answer.body);
     }
 
+    /// Makes `[from, to)` free in a user's calendar: deletes what Graph's calendar view shows
+    /// there (single events, and occurrences of a series one by one, as Outlook does), so that
+    /// a meeting the test books is the only thing the person has in that span. The generated
+    /// organisation lays its meetings at working hours around the real now, so a test that
+    /// books "now" must create its free slot, or it passes at night and fails at 09:42.
+    pub async fn clear_span(&self, user: &str, from: Timestamp, to: Timestamp) {
+        let view = format!(
+            "/users/{user}/calendarView?startDateTime={}Z&endDateTime={}Z&$select=id&$top=100",
+            graph_time(from),
+            graph_time(to)
+        );
+        // Deleting shifts the pages, so read the first page again until it is empty.
+        for _ in 0..20 {
+            let answer = self.send_patiently(reqwest::Method::GET, &view, None).await;
+            assert_eq!(
+                answer.status, 200,
+                "calendar view of {user}: {}",
+                answer.body
+            );
+            let ids: Vec<String> = answer.body["value"]
+                .as_array()
+                .expect("a value array")
+                .iter()
+                .filter_map(|event| event["id"].as_str().map(str::to_string))
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            for id in ids {
+                self.delete_event(user, &id).await;
+            }
+        }
+        panic!("the calendar of {user} still has events between {from} and {to}");
+    }
+
     /// `(subject, start, end)` of a user's events (single events only), read back from Graph.
     pub async fn events(&self, user: &str) -> Vec<(String, Timestamp, Timestamp)> {
         let answer = self

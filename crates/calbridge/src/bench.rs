@@ -283,7 +283,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         .next()
         .context("the benchmark configuration has no source")?
         .clone();
-    let counters = sync.graph.counters();
+    let counters = sync.source.graph.counters();
     let requests = counters.requests_sent + counters.token_requests;
     let rss_after = resident_memory_bytes().unwrap_or(0);
     let people = running.hub.n_people();
@@ -305,7 +305,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         |person| sync.health(person).and_then(|health| health.user),
     )
     .await?;
-    let throttled = sync.graph.counters().throttled_answers;
+    let throttled = sync.source.graph.counters().throttled_answers;
     let measured = Measured {
         users,
         emulator_start_seconds,
@@ -462,7 +462,7 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
         tokio::time::sleep(Duration::from_millis(if subscribed { 20 } else { 100 })).await;
     }
     let first_sync_seconds = started.elapsed().as_secs_f64();
-    let requests = sync.ews.requests_sent();
+    let requests = sync.source.ews.requests_sent();
     let rss_after = resident_memory_bytes().unwrap_or(0);
     let people = running.hub.n_people();
     if people < users {

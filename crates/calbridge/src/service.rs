@@ -22,8 +22,9 @@ use crate::directory::{self, DirectoryPerson};
 use crate::hub::{PresenceChange, PresenceHub};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::sync::ews::EwsSync;
-use crate::sync::graph::{GraphSync, Work};
+use crate::sync::graph::GraphSync;
 use crate::sync::DirectoryTarget;
+use crate::sync::Work;
 
 pub struct ServiceOptions {
     pub clock: Arc<dyn Clock>,

@@ -279,6 +279,7 @@ async fn event_created_through_graph_changes_presence_via_notification() {
         .expect("one source")
         .clone();
     let received_before = sync
+        .source
         .notifications_received
         .load(std::sync::atomic::Ordering::Relaxed);
     let sent_before = counter(&rig.emulator, "notifications.sent");
@@ -301,7 +302,8 @@ async fn event_created_through_graph_changes_presence_via_notification() {
     // It came by notification and a delta read of Erin's calendar only.
     assert!(counter(&rig.emulator, "notifications.sent") > sent_before);
     assert!(
-        sync.notifications_received
+        sync.source
+            .notifications_received
             .load(std::sync::atomic::Ordering::Relaxed)
             > received_before
     );

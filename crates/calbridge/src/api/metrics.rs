@@ -71,13 +71,13 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "{{source=\"{}\"}}",
             id.0.replace('\\', "\\\\").replace('"', "\\\"")
         );
-        let graph = sync.graph.counters();
+        let graph = sync.source.graph.counters();
         requests.push((label.clone(), graph.requests_sent as f64));
         throttled.push((label.clone(), graph.throttled_answers as f64));
         retries.push((label.clone(), graph.retries as f64));
         notifications.push((
             label.clone(),
-            sync.notifications_received.load(Relaxed) as f64,
+            sync.source.notifications_received.load(Relaxed) as f64,
         ));
         token_ok.push((
             label.clone(),

@@ -217,7 +217,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
     ids.sort();
     for id in ids {
         let sync = &state.syncs[id];
-        let counters = sync.graph.counters();
+        let counters = sync.source.graph.counters();
         let people = state.hub.people();
         let mine: Vec<&PersonKey> = people
             .iter()
@@ -237,8 +237,8 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             "kind": "graph",
             "mode": if sync.uses_notifications() { "notifications" } else { "polling" },
             "token": token_json(sync.token_status()),
-            "secret_expires_on": sync.secret_expires_on.map(|date| date.to_string()),
-            "secret_warning": secret_warning(sync.secret_expires_on, now, id),
+            "secret_expires_on": sync.source.secret_expires_on.map(|date| date.to_string()),
+            "secret_warning": secret_warning(sync.source.secret_expires_on, now, id),
             "people": mine.len(),
             "subscriptions": sync.n_subscriptions(),
             "first_sync": {
@@ -250,8 +250,8 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             "requests": counters.requests_sent,
             "throttled": counters.throttled_answers,
             "retries": counters.retries,
-            "notifications_received": sync.notifications_received.load(Relaxed),
-            "notifications_rejected": sync.notifications_rejected.load(Relaxed),
+            "notifications_received": sync.source.notifications_received.load(Relaxed),
+            "notifications_rejected": sync.source.notifications_rejected.load(Relaxed),
         }));
     }
     for (at, message) in state
@@ -282,9 +282,9 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
                 }
             }
         }
-        let config = sync.ews.config();
-        let (url, answered_by) = sync.ews.current_endpoint();
-        let polled = sync.polled_mailboxes.load(Relaxed);
+        let config = sync.source.ews.config();
+        let (url, answered_by) = sync.source.ews.current_endpoint();
+        let polled = sync.source.polled_mailboxes.load(Relaxed);
         sources.push(json!({
             "id": id.0,
             "kind": "ews",
@@ -310,10 +310,10 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
                 "failed": sync.progress.failed.load(Relaxed),
                 "finished": sync.progress.finished.load(Relaxed),
             },
-            "requests": sync.ews.requests_sent(),
+            "requests": sync.source.ews.requests_sent(),
             "throttled": 0,
             "retries": 0,
-            "notifications_received": sync.changes_streamed.load(Relaxed),
+            "notifications_received": sync.source.changes_streamed.load(Relaxed),
             "notifications_rejected": 0,
         }));
     }

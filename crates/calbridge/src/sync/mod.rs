@@ -1,12 +1,14 @@
-//! Keeping calendars fresh, one task per source.
+//! Keeping calendars fresh: one engine (`engine.rs`) per source decides who is read, when and
+//! with which back-off; `graph.rs` and `ews.rs` are the sources it reads through.
 
+pub mod engine;
 pub mod ews;
 pub mod graph;
 
 use calbridge_domain::{MailboxAddress, SourceId};
 use calbridge_store::PersonKey;
 
-use self::graph::Work;
+pub use self::engine::Work;
 
 /// The synchronised window from `now`: `window_hours` ahead (the seed's 48 h).
 pub(crate) fn window_from(
@@ -47,61 +49,6 @@ pub trait DirectoryTarget: Send + Sync {
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>);
     /// Further addresses of a person from the directory, for name resolution.
     fn set_alternates(&self, _person: &PersonKey, _alternates: Vec<String>) {}
-}
-
-#[async_trait::async_trait]
-impl DirectoryTarget for graph::GraphSync {
-    fn source_id(&self) -> &SourceId {
-        &self.source_id
-    }
-
-    fn enqueue(&self, work: Work) {
-        graph::GraphSync::enqueue(self, work);
-    }
-
-    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>, String> {
-        self.graph
-            .group_members(group)
-            .await
-            .map(|members| {
-                members
-                    .into_iter()
-                    .map(|member| GroupMember {
-                        primary_smtp: member.primary_smtp,
-                        id: member.id,
-                        display_name: member.display_name,
-                    })
-                    .collect()
-            })
-            .map_err(|error| error.to_string())
-    }
-
-    async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {
-        graph::GraphSync::record_resolved_members(self, members).await;
-    }
-}
-
-#[async_trait::async_trait]
-impl DirectoryTarget for ews::EwsSync {
-    fn source_id(&self) -> &SourceId {
-        &self.source_id
-    }
-
-    fn enqueue(&self, work: Work) {
-        ews::EwsSync::enqueue(self, work);
-    }
-
-    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>, String> {
-        Err(format!(
-            "group {group}: directory groups are read through Microsoft Graph; list the people of an EWS source in a directory file"
-        ))
-    }
-
-    async fn record_resolved_members(&self, _members: Vec<(PersonKey, MailboxAddress, String)>) {}
-
-    fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {
-        ews::EwsSync::set_alternates(self, person, alternates);
-    }
 }
 
 /// Splits off the windows whose appointments name one id twice (a source's mistake): the

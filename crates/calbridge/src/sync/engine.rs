@@ -1,0 +1,1035 @@
+//! The sync engine: the one place that decides who is read, when, and with which back-off.
+//!
+//! Every source keeps people's calendars fresh the same way: restore what the store knew,
+//! resolve the directory's addresses to mailboxes, read everyone's window, watch for changes
+//! (webhooks, a stream, polling), read again what changed, try failures again after a back-off,
+//! re-read everyone at local midnight and keep per-person health for the admin page. The engine
+//! does all of that once. A source ([`CalendarSource`]) only says how to resolve a person, how
+//! to read windows (one or a batch), how to read one person's changes, and how to watch people;
+//! what it sees comes back to the engine as work ("re-read this person").
+//!
+//! One failing mailbox never blocks the others: every person's work is independent, errors are
+//! recorded per person and retried per person.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use calbridge_domain::{Appointment, MailboxAddress, SourceId};
+use calbridge_store::{PersonKey, Resolution, Store, SyncError, WindowReplacement};
+use jiff::Timestamp;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::clock::Clock;
+use crate::config::SyncConfig;
+use crate::hub::PresenceHub;
+use crate::shutdown::Shutdown;
+
+/// Work for the engine, queued by webhooks, streams, the directory, timers and retries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// A person appeared in the directory (or changed): resolve, read and watch them.
+    Added(PersonKey),
+    Removed(PersonKey),
+    /// Read what changed in this person's calendar.
+    Changed(PersonKey),
+    /// Watch this person anew (their subscription vanished or never existed).
+    Rewatch(PersonKey),
+    /// Extend this person's subscription.
+    Renew(PersonKey),
+}
+
+/// What the admin page shows of one person's sync.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PersonHealth {
+    /// What the source reads the person by: Graph's user id, Exchange's primary SMTP address.
+    #[serde(skip)]
+    pub user: Option<String>,
+    pub resolved_address: Option<String>,
+    pub resolution_error: Option<String>,
+    pub last_full_sync_at: Option<Timestamp>,
+    pub last_delta_at: Option<Timestamp>,
+    pub subscription_expires_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    #[serde(skip)]
+    pub subscription_id: Option<String>,
+    /// Where the source's change reads go on from (Graph's delta link), bound to `window`.
+    #[serde(skip)]
+    pub change_cursor: Option<String>,
+    #[serde(skip)]
+    pub window: Option<(Timestamp, Timestamp)>,
+}
+
+/// Where the first sync stands, for the progress bar and the admin page.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicUsize,
+    pub done: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub finished: AtomicBool,
+}
+
+/// Why a person's resolution, read or watch failed, in the terms the engine decides by.
+#[derive(Debug, Clone)]
+pub struct Trouble {
+    pub message: String,
+    /// Trying again later may succeed without anyone changing anything.
+    pub retryable: bool,
+    /// The source's credentials were refused: tried again every [`RETRY_MAX`].
+    pub credentials: bool,
+    /// The source as a whole is in trouble (credentials, discovery, the token endpoint), not
+    /// this mailbox: logged once for everyone, not once per person.
+    pub source_wide: bool,
+    /// How long the server asked to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl Trouble {
+    /// A trouble of this one mailbox that trying again cannot mend.
+    pub fn lasting(message: String) -> Trouble {
+        Trouble {
+            message,
+            retryable: false,
+            credentials: false,
+            source_wide: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// A person a source found: the primary SMTP address and what the source reads them by.
+pub struct Resolved {
+    pub primary_smtp: MailboxAddress,
+    /// Graph's object id; None where the source reads by address (Exchange).
+    pub source_user_id: Option<String>,
+}
+
+impl Resolved {
+    fn user(&self) -> String {
+        self.source_user_id
+            .clone()
+            .unwrap_or_else(|| self.primary_smtp.to_string())
+    }
+}
+
+/// What a change read found.
+pub enum ChangeRead {
+    /// The whole window, replacing what is stored.
+    Window(Vec<Appointment>),
+    /// Changes since the cursor, and where the next read goes on from.
+    Changes {
+        upserts: Vec<Appointment>,
+        removed_ids: Vec<String>,
+        cursor: String,
+    },
+    /// The source forgot where it was: the window is read anew.
+    ReadWindowAgain,
+}
+
+/// What a kind of source (Graph, EWS) does its own way. Everything else is the engine's.
+#[async_trait::async_trait]
+pub trait CalendarSource: Send + Sync + Sized + 'static {
+    /// How many people's work runs at once.
+    fn parallel_people(&self) -> usize;
+    /// People per window-read call (results are stored per call).
+    fn read_chunk(&self) -> usize;
+    /// Whether a window read today can be resumed after a restart (a change cursor keeps it
+    /// fresh); otherwise the first sync reads everyone.
+    fn resumes_after_restart(&self) -> bool;
+    /// Whether every person's changes are read every `sync.poll_interval_seconds`, because no
+    /// change notification can reach us.
+    fn polls_for_changes(&self) -> bool {
+        false
+    }
+    /// Whether the reconciliation sweep reads one person's changes per step.
+    fn reconciles(&self) -> bool {
+        true
+    }
+    /// A person restored from the store at start.
+    fn restored(&self, _person: &PersonKey, _health: &PersonHealth) {}
+    /// Further addresses of a person from the directory, for resolution.
+    fn set_alternates(&self, _person: &PersonKey, _alternates: Vec<String>) {}
+    /// The members of a directory group.
+    async fn group_members(&self, group: &str) -> Result<Vec<super::GroupMember>, String>;
+
+    /// Resolves directory addresses to mailboxes; one result per person.
+    async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)>;
+    /// Reads the windows of `(person, user)` pairs; one result per person.
+    async fn read_windows(
+        &self,
+        people: Vec<(PersonKey, String)>,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Vec<(PersonKey, Result<Vec<Appointment>, Trouble>)>;
+    /// Reads what changed for one person since `cursor` (None: from the window's start).
+    async fn read_changes(
+        &self,
+        person: &PersonKey,
+        user: &str,
+        window: (Timestamp, Timestamp),
+        cursor: Option<&str>,
+    ) -> Result<ChangeRead, Trouble>;
+    /// Starts watching people (subscriptions, streams) who are not watched yet.
+    async fn watch(self: Arc<Self>, engine: &Arc<Engine<Self>>, people: Vec<PersonKey>);
+    /// Watches a person anew whose watch the source lost (a removed subscription).
+    async fn rewatch(self: Arc<Self>, engine: &Arc<Engine<Self>>, person: PersonKey) {
+        self.watch(engine, vec![person]).await;
+    }
+    /// Stops watching a person who left the directory.
+    async fn forget(&self, person: &PersonKey, health: &PersonHealth);
+    /// Renews a person's subscription.
+    async fn renew(self: Arc<Self>, _engine: &Arc<Engine<Self>>, _person: PersonKey) {}
+    /// Every minute: renewals and other upkeep.
+    fn housekeeping(&self, _engine: &Engine<Self>) {}
+    /// The service stops.
+    async fn shutdown(&self) {}
+}
+
+/// The longest wait before a failed resolution, read or subscription is tried again; also
+/// the wait after refused credentials (an account locked out for a while recovers by itself).
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long to wait before trying again after `trouble`, the `failures`-th in a row; `None`
+/// when trying again cannot help (no such mailbox, no rights): such a person waits for a
+/// change of the directory or the midnight re-read.
+pub fn retry_delay(trouble: &Trouble, failures: u32) -> Option<Duration> {
+    if trouble.credentials {
+        return Some(RETRY_MAX);
+    }
+    if !trouble.retryable {
+        return None;
+    }
+    let doubling = Duration::from_secs(1u64 << (failures.max(1) - 1).min(9));
+    Some(
+        doubling
+            .max(trouble.retry_after.unwrap_or_default())
+            .min(RETRY_MAX),
+    )
+}
+
+/// One source's people and the loop that keeps their calendars fresh.
+pub struct Engine<S: CalendarSource> {
+    pub source_id: SourceId,
+    pub source: Arc<S>,
+    store: Arc<dyn Store>,
+    hub: Arc<PresenceHub>,
+    clock: Arc<dyn Clock>,
+    pub(crate) settings: SyncConfig,
+    people: Mutex<HashMap<PersonKey, PersonHealth>>,
+    /// Who a source's user (Graph id, Exchange address) is.
+    by_user: Mutex<HashMap<String, PersonKey>>,
+    queue: mpsc::UnboundedSender<Work>,
+    /// Work waiting in the queue, so that the same work is not queued twice.
+    pending: Mutex<HashSet<Work>>,
+    pub progress: Progress,
+    /// The last source-wide trouble logged and when.
+    source_wide_logged: Mutex<Option<(String, Timestamp)>>,
+    /// Reads are numbered as they start. One person can be read by several reads at once (a
+    /// streamed change, a group re-read after a reconnect, polling, the midnight re-read), and
+    /// they may finish in any order: a person's calendar is stored only from a read that
+    /// started after the one stored last, so that a slow earlier read never overwrites what a
+    /// later one found. The lock is held from that check until the hub has the result.
+    read_numbers: AtomicU64,
+    stored_reads: tokio::sync::Mutex<HashMap<PersonKey, u64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked while holding plain data.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<S: CalendarSource> Engine<S> {
+    /// The engine for one source, and the receiver its `run` task serves.
+    pub fn with_source(
+        source_id: SourceId,
+        source: S,
+        store: Arc<dyn Store>,
+        hub: Arc<PresenceHub>,
+        clock: Arc<dyn Clock>,
+        settings: SyncConfig,
+    ) -> (Arc<Engine<S>>, mpsc::UnboundedReceiver<Work>) {
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let engine = Engine {
+            source_id,
+            source: Arc::new(source),
+            store,
+            hub,
+            clock,
+            settings,
+            people: Mutex::new(HashMap::new()),
+            by_user: Mutex::new(HashMap::new()),
+            queue,
+            pending: Mutex::new(HashSet::new()),
+            progress: Progress::default(),
+            source_wide_logged: Mutex::new(None),
+            read_numbers: AtomicU64::new(1),
+            stored_reads: tokio::sync::Mutex::new(HashMap::new()),
+        };
+        (Arc::new(engine), queue_rx)
+    }
+
+    pub(crate) fn people(&self) -> MutexGuard<'_, HashMap<PersonKey, PersonHealth>> {
+        lock(&self.people)
+    }
+
+    pub fn health(&self, person: &PersonKey) -> Option<PersonHealth> {
+        self.people().get(person).cloned()
+    }
+
+    /// Changes a person's health (if followed) and returns the result.
+    pub(crate) fn update_health(
+        &self,
+        person: &PersonKey,
+        change: impl FnOnce(&mut PersonHealth),
+    ) -> Option<PersonHealth> {
+        let mut people = self.people();
+        let health = people.get_mut(person)?;
+        change(health);
+        Some(health.clone())
+    }
+
+    pub fn n_subscriptions(&self) -> usize {
+        self.people()
+            .values()
+            .filter(|health| health.subscription_id.is_some())
+            .count()
+    }
+
+    /// The person a source's user (Graph id, Exchange address) belongs to.
+    pub(crate) fn person_of_user(&self, user: &str) -> Option<PersonKey> {
+        lock(&self.by_user).get(user).cloned()
+    }
+
+    pub(crate) fn user_of(&self, person: &PersonKey) -> Option<String> {
+        self.people()
+            .get(person)
+            .and_then(|health| health.user.clone())
+    }
+
+    /// Queues work unless the same work is already waiting.
+    pub fn enqueue(&self, work: Work) {
+        let fresh = lock(&self.pending).insert(work.clone());
+        if fresh {
+            // The receiver only goes away at shutdown; then the work is moot.
+            let _ = self.queue.send(work);
+        }
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn window_now(&self) -> (Timestamp, Timestamp) {
+        super::window_from(self.clock.now(), self.settings.window_hours)
+    }
+
+    fn next_midnight(&self) -> Timestamp {
+        super::next_local_midnight(self.clock.now(), self.hub.locale().zone.zone())
+    }
+
+    /// The task: restore, resolve, read, watch, then serve work and timers until shutdown.
+    pub async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>, shutdown: Shutdown) {
+        self.start().await;
+        self.progress.finished.store(true, Ordering::Relaxed);
+        crate::memory::release_free_memory();
+        let limiter = Arc::new(Semaphore::new(self.source.parallel_people()));
+        let mut next_midnight = self.next_midnight();
+        let poll_every = Duration::from_secs(self.settings.poll_interval_seconds.max(1));
+        let mut poll = tokio::time::interval(poll_every);
+        poll.tick().await;
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+        housekeeping.tick().await;
+        let reconcile_step = self.reconcile_step();
+        let mut reconcile =
+            tokio::time::interval(reconcile_step.unwrap_or(Duration::from_secs(3600)));
+        reconcile.tick().await;
+        let mut reconcile_cursor = 0usize;
+        let polls = self.source.polls_for_changes();
+        loop {
+            let midnight = self.clock.sleep_until(next_midnight);
+            tokio::select! {
+                _ = shutdown.wait() => {
+                    self.source.shutdown().await;
+                    return;
+                }
+                Some(item) = work.recv() => {
+                    lock(&self.pending).remove(&item);
+                    let Ok(permit) = limiter.clone().acquire_owned().await else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.do_work(item).await;
+                        drop(permit);
+                    });
+                }
+                _ = midnight => {
+                    next_midnight = self.next_midnight();
+                    let me = self.clone();
+                    tokio::spawn(async move { me.midnight().await });
+                }
+                _ = poll.tick(), if polls => {
+                    let people: Vec<PersonKey> = self.people().keys().cloned().collect();
+                    for person in people {
+                        self.enqueue(Work::Changed(person));
+                    }
+                }
+                _ = reconcile.tick(), if reconcile_step.is_some() => {
+                    let people: Vec<PersonKey> = {
+                        let mut keys: Vec<PersonKey> = self.people().keys().cloned().collect();
+                        keys.sort();
+                        keys
+                    };
+                    if !people.is_empty() {
+                        reconcile_cursor %= people.len();
+                        self.enqueue(Work::Changed(people[reconcile_cursor].clone()));
+                        reconcile_cursor += 1;
+                    }
+                }
+                _ = housekeeping.tick() => self.source.housekeeping(&self),
+            }
+        }
+    }
+
+    /// One person per step, so that every person is checked once per reconcile interval.
+    fn reconcile_step(&self) -> Option<Duration> {
+        if self.settings.reconcile_interval_minutes == 0 || !self.source.reconciles() {
+            return None;
+        }
+        let n_people = self.people().len().max(1) as u64;
+        let period_ms = self.settings.reconcile_interval_minutes * 60_000;
+        Some(Duration::from_millis((period_ms / n_people).max(100)))
+    }
+
+    /// The first sync: what the store knew, resolution of whoever is not resolved, a window
+    /// read of whoever cannot be resumed, then watching everyone.
+    async fn start(self: &Arc<Self>) {
+        let people = match self.store.list_people_of_source(&self.source_id).await {
+            Ok(people) => people,
+            Err(error) => {
+                tracing::error!(source = %self.source_id, "first sync failed: cannot read people: {error}");
+                return;
+            }
+        };
+        let mut stored_appointments = if self.source.resumes_after_restart() {
+            match self.store.load_all_appointments().await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    tracing::warn!(source = %self.source_id, "cannot read stored calendars, reading everyone anew: {error}");
+                    HashMap::new()
+                }
+            }
+        } else {
+            HashMap::new()
+        };
+        let today_start = {
+            let zone = self.hub.locale().zone.zone();
+            calbridge_domain::start_of_day(zone.to_datetime(self.clock.now()).date(), zone)
+        };
+        let mut to_read = Vec::new();
+        let mut to_resolve = Vec::new();
+        for person in &people {
+            let state = match self.store.get_sync_state(&person.key).await {
+                Ok(state) => state,
+                Err(error) => {
+                    tracing::warn!(person = %person.key, "cannot read the sync state: {error}");
+                    calbridge_store::SyncState::default()
+                }
+            };
+            let mut health = PersonHealth {
+                last_full_sync_at: state.last_full_sync_at,
+                last_delta_at: state.last_delta_at,
+                subscription_expires_at: state.subscription_expires_at,
+                subscription_id: state.subscription_id.clone(),
+                change_cursor: state.delta_link.clone(),
+                last_error: state.last_error.as_ref().map(|e| e.message.clone()),
+                last_error_at: state.last_error.as_ref().map(|e| e.at),
+                consecutive_failures: state.consecutive_failures,
+                window: state.appointment_window.map(|w| (w.start, w.end)),
+                ..PersonHealth::default()
+            };
+            match &person.resolution {
+                Resolution::Resolved {
+                    primary_smtp,
+                    source_user_id,
+                } => {
+                    let resolved = Resolved {
+                        primary_smtp: primary_smtp.clone(),
+                        source_user_id: source_user_id.clone(),
+                    };
+                    health.resolved_address = Some(primary_smtp.to_string());
+                    health.user = Some(resolved.user());
+                    lock(&self.by_user).insert(resolved.user(), person.key.clone());
+                }
+                Resolution::Failed { error } => {
+                    health.resolution_error = Some(error.clone());
+                    to_resolve.push(person.key.clone());
+                }
+                Resolution::Pending => to_resolve.push(person.key.clone()),
+            }
+            self.source.restored(&person.key, &health);
+            // A window read today is still good: resume from it (and its change cursor)
+            // instead of re-reading everything after a restart.
+            let resumable = self.source.resumes_after_restart()
+                && health.window.is_some_and(|(start, _)| start >= today_start);
+            if resumable {
+                let appointments = stored_appointments.remove(&person.key).unwrap_or_default();
+                self.hub.set_appointments(&person.key, &appointments);
+            } else {
+                to_read.push(person.key.clone());
+            }
+            self.people().insert(person.key.clone(), health);
+        }
+        drop(stored_appointments);
+        self.progress.total.store(to_read.len(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        self.resolve(&to_resolve).await;
+        let resolved = started.elapsed();
+        self.read_windows(&to_read, Some(&self.progress)).await;
+        let read = started.elapsed();
+        let everyone: Vec<PersonKey> = people.into_iter().map(|person| person.key).collect();
+        let n_people = everyone.len();
+        self.source.clone().watch(self, everyone).await;
+        tracing::info!(
+            source = %self.source_id,
+            people = n_people,
+            resolved = to_resolve.len(),
+            read = to_read.len(),
+            "first sync: resolution {:.2} s, window reads {:.2} s, watching {:.2} s",
+            resolved.as_secs_f64(),
+            (read - resolved).as_secs_f64(),
+            (started.elapsed() - read).as_secs_f64()
+        );
+    }
+
+    /// Resolves people through the source and records the outcome in the store and health.
+    pub(crate) async fn resolve(&self, people: &[PersonKey]) {
+        if people.is_empty() {
+            return;
+        }
+        let results = self.source.resolve(people.to_vec()).await;
+        let mut resolutions = Vec::with_capacity(results.len());
+        for (person, result) in results {
+            let resolution = match result {
+                Ok(resolved) => {
+                    let user = resolved.user();
+                    lock(&self.by_user).insert(user.clone(), person.clone());
+                    let mut people = self.people();
+                    let health = people.entry(person.clone()).or_default();
+                    health.resolved_address = Some(resolved.primary_smtp.to_string());
+                    health.user = Some(user);
+                    health.resolution_error = None;
+                    Resolution::Resolved {
+                        primary_smtp: resolved.primary_smtp,
+                        source_user_id: resolved.source_user_id,
+                    }
+                }
+                Err(trouble) => {
+                    let message = format!("cannot resolve {}: {}", person.address, trouble.message);
+                    {
+                        let mut people = self.people();
+                        let health = people.entry(person.clone()).or_default();
+                        health.resolution_error = Some(message.clone());
+                        health.user = None;
+                        if trouble.retryable || trouble.credentials {
+                            health.consecutive_failures += 1;
+                        }
+                    }
+                    self.log_trouble(None, &trouble, &message);
+                    // A busy server, a network hiccup or a locked-out account is not the
+                    // address's fault: try the whole person (resolution, read, watch) again.
+                    self.retry_later(&person, Work::Added(person.clone()), &trouble);
+                    Resolution::Failed { error: message }
+                }
+            };
+            resolutions.push((person, resolution));
+        }
+        if let Err(error) = self.store.mark_resolutions(&resolutions).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} resolutions: {error}", resolutions.len());
+        }
+    }
+
+    /// Stores the resolutions of directory group members (already resolved by the source).
+    pub async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {
+        let resolutions: Vec<(PersonKey, Resolution)> = members
+            .iter()
+            .map(|(person, primary_smtp, id)| {
+                (
+                    person.clone(),
+                    Resolution::Resolved {
+                        primary_smtp: primary_smtp.clone(),
+                        source_user_id: Some(id.clone()),
+                    },
+                )
+            })
+            .collect();
+        if let Err(error) = self.store.mark_resolutions(&resolutions).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} resolutions: {error}", resolutions.len());
+        }
+        let mut by_user = lock(&self.by_user);
+        let mut people = self.people();
+        for (person, primary_smtp, id) in members {
+            by_user.insert(id.clone(), person.clone());
+            let health = people.entry(person).or_default();
+            health.resolved_address = Some(primary_smtp.to_string());
+            health.user = Some(id);
+            health.resolution_error = None;
+        }
+    }
+
+    /// Full reads of the given people's windows, in the source's chunks, into the store and
+    /// the hub; failures are recorded per person and tried again after a back-off.
+    pub(crate) async fn read_windows(&self, people: &[PersonKey], progress: Option<&Progress>) {
+        let (window_start, window_end) = self.window_now();
+        let readable: Vec<(PersonKey, String)> = people
+            .iter()
+            .filter_map(|person| self.user_of(person).map(|user| (person.clone(), user)))
+            .collect();
+        if let Some(progress) = progress {
+            // People who could not be resolved are not read; count them as done with an error.
+            let unreadable = people.len() - readable.len();
+            progress.done.fetch_add(unreadable, Ordering::Relaxed);
+            progress.failed.fetch_add(unreadable, Ordering::Relaxed);
+        }
+        for chunk in readable.chunks(self.source.read_chunk().max(1)) {
+            let read_number = self.read_numbers.fetch_add(1, Ordering::Relaxed);
+            let results = self
+                .source
+                .read_windows(chunk.to_vec(), window_start, window_end)
+                .await;
+            let mut windows = Vec::with_capacity(results.len());
+            for (person, result) in results {
+                match result {
+                    Ok(appointments) => windows.push(WindowReplacement {
+                        key: person,
+                        window_start,
+                        window_end,
+                        appointments,
+                    }),
+                    Err(trouble) => {
+                        if let Some(progress) = progress {
+                            progress.failed.fetch_add(1, Ordering::Relaxed);
+                            progress.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.record_failure(&person, &trouble).await;
+                        self.retry_later(&person, Work::Changed(person.clone()), &trouble);
+                    }
+                }
+            }
+            self.save_windows(windows, progress, read_number).await;
+        }
+    }
+
+    /// Stores full reads in one transaction, then decides presence from them. The store goes
+    /// first: a timer that fires meanwhile reads the store, never older data.
+    async fn save_windows(
+        &self,
+        windows: Vec<WindowReplacement>,
+        progress: Option<&Progress>,
+        read_number: u64,
+    ) {
+        let (windows, refused) = super::without_repeated_ids(windows);
+        for (person, id) in refused {
+            if let Some(progress) = progress {
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let trouble = Trouble::lasting(format!(
+                "the source listed appointment {id} twice in one read; the previous window is kept"
+            ));
+            self.record_failure(&person, &trouble).await;
+        }
+        let mut stored_reads = self.stored_reads.lock().await;
+        let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) =
+            windows.into_iter().partition(|window| {
+                stored_reads
+                    .get(&window.key)
+                    .is_none_or(|stored| *stored < read_number)
+            });
+        if !stale.is_empty() {
+            tracing::debug!(source = %self.source_id, "{} windows read before a newer read of the same people were dropped", stale.len());
+            if let Some(progress) = progress {
+                progress.done.fetch_add(stale.len(), Ordering::Relaxed);
+            }
+        }
+        if windows.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let keys: Vec<PersonKey> = windows.iter().map(|window| window.key.clone()).collect();
+        let decided: Vec<(PersonKey, Vec<Appointment>)> = windows
+            .iter()
+            .map(|window| (window.key.clone(), window.appointments.clone()))
+            .collect();
+        let bounds: Vec<(Timestamp, Timestamp)> = windows
+            .iter()
+            .map(|window| (window.window_start, window.window_end))
+            .collect();
+        if let Err(error) = self.store.replace_appointments_many(windows).await {
+            tracing::warn!(source = %self.source_id, "cannot store {} calendars: {error}", keys.len());
+            return;
+        }
+        for (person, appointments) in &decided {
+            stored_reads.insert(person.clone(), read_number);
+            self.hub.set_appointments(person, appointments);
+        }
+        drop(stored_reads);
+        if let Some(progress) = progress {
+            progress.done.fetch_add(keys.len(), Ordering::Relaxed);
+        }
+        let updates: Vec<(PersonKey, PersonHealth)> = {
+            let mut people = self.people();
+            keys.iter()
+                .zip(bounds)
+                .map(|(person, bounds)| {
+                    let health = people.entry(person.clone()).or_default();
+                    health.window = Some(bounds);
+                    health.last_full_sync_at = Some(now);
+                    // A new window invalidates the change cursor, which is bound to the old one.
+                    health.change_cursor = None;
+                    health.last_error = None;
+                    health.consecutive_failures = 0;
+                    (person.clone(), health.clone())
+                })
+                .collect()
+        };
+        self.persist_healths(&updates).await;
+    }
+
+    /// Reads what changed for one person and applies it.
+    async fn read_changes(&self, person: &PersonKey) {
+        let Some(user) = self.user_of(person) else {
+            return;
+        };
+        let (window, cursor) = {
+            let people = self.people();
+            let Some(health) = people.get(person) else {
+                return;
+            };
+            (
+                health.window.unwrap_or_else(|| self.window_now()),
+                health.change_cursor.clone(),
+            )
+        };
+        let read_number = self.read_numbers.fetch_add(1, Ordering::Relaxed);
+        let outcome = self
+            .source
+            .read_changes(person, &user, window, cursor.as_deref())
+            .await;
+        let now = self.clock.now();
+        let (stored, next_cursor) = match outcome {
+            Ok(ChangeRead::Window(appointments)) => {
+                self.save_windows(
+                    vec![WindowReplacement {
+                        key: person.clone(),
+                        window_start: window.0,
+                        window_end: window.1,
+                        appointments,
+                    }],
+                    None,
+                    read_number,
+                )
+                .await;
+                return;
+            }
+            Ok(ChangeRead::ReadWindowAgain) => {
+                tracing::info!(person = %person, "the source forgot where its changes stood; reading the window anew");
+                self.read_windows(std::slice::from_ref(person), None).await;
+                return;
+            }
+            Ok(ChangeRead::Changes {
+                upserts,
+                removed_ids,
+                cursor: next,
+            }) => {
+                let mut stored_reads = self.stored_reads.lock().await;
+                if stored_reads
+                    .get(person)
+                    .is_some_and(|stored| *stored > read_number)
+                {
+                    // A newer read was stored meanwhile; these changes are older than it.
+                    return;
+                }
+                stored_reads.insert(person.clone(), read_number);
+                let stored = match cursor {
+                    // Changes from the window's start list the whole window: they replace.
+                    None => self
+                        .store
+                        .replace_appointments(person, window.0, window.1, upserts.clone())
+                        .await
+                        .map(|()| Some(upserts)),
+                    Some(_) => self
+                        .store
+                        .apply_appointment_changes(person, upserts, removed_ids)
+                        .await
+                        .map(|()| None),
+                };
+                let stored = match stored {
+                    Ok(Some(complete)) => {
+                        self.hub.set_appointments(person, &complete);
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        self.hub.refresh(person).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                };
+                drop(stored_reads);
+                (stored, next)
+            }
+            Err(trouble) => {
+                self.record_failure(person, &trouble).await;
+                self.retry_later(person, Work::Changed(person.clone()), &trouble);
+                return;
+            }
+        };
+        if let Err(error) = stored {
+            tracing::warn!(person = %person, "cannot store calendar changes: {error}");
+            return;
+        }
+        let update = self.update_health(person, |health| {
+            health.change_cursor = Some(next_cursor);
+            health.last_delta_at = Some(now);
+            health.window = Some(window);
+            health.last_error = None;
+            health.consecutive_failures = 0;
+        });
+        if let Some(update) = update {
+            self.persist_health(person, &update).await;
+        }
+    }
+
+    pub(crate) async fn persist_healths(&self, updates: &[(PersonKey, PersonHealth)]) {
+        if updates.is_empty() {
+            return;
+        }
+        let states: Vec<(PersonKey, calbridge_store::SyncState)> = updates
+            .iter()
+            .map(|(person, health)| (person.clone(), sync_state_of(health)))
+            .collect();
+        if let Err(error) = self.store.set_sync_states(&states).await {
+            tracing::warn!(source = %self.source_id, "cannot store the sync state of {} people: {error}", states.len());
+        }
+    }
+
+    pub(crate) async fn persist_health(&self, person: &PersonKey, health: &PersonHealth) {
+        if let Err(error) = self
+            .store
+            .set_sync_state(person, &sync_state_of(health))
+            .await
+        {
+            tracing::warn!(person = %person, "cannot store the sync state: {error}");
+        }
+    }
+
+    /// Records a person's failure in their health (and the store) and logs it.
+    pub(crate) async fn record_failure(&self, person: &PersonKey, trouble: &Trouble) {
+        let now = self.clock.now();
+        let update = self.update_health(person, |health| {
+            health.last_error = Some(trouble.message.clone());
+            health.last_error_at = Some(now);
+            health.consecutive_failures += 1;
+        });
+        self.log_trouble(Some(person), trouble, &trouble.message);
+        if let Some(update) = update {
+            self.persist_health(person, &update).await;
+        }
+    }
+
+    /// Logs a person's trouble. A source-wide one (a wrong password, discovery failing, the
+    /// token endpoint down) fails every person alike, so it is logged once per `RETRY_MAX`
+    /// for the whole source (and when its message changes), not once per person; each
+    /// person's health still shows it.
+    fn log_trouble(&self, person: Option<&PersonKey>, trouble: &Trouble, message: &str) {
+        if trouble.source_wide {
+            let now = self.clock.now();
+            let mut logged = lock(&self.source_wide_logged);
+            let recently = logged.as_ref().is_some_and(|(last, at)| {
+                last == &trouble.message
+                    && now.duration_since(*at)
+                        < jiff::SignedDuration::from_secs(RETRY_MAX.as_secs() as i64)
+            });
+            if recently {
+                tracing::debug!(source = %self.source_id, "{message}");
+                return;
+            }
+            *logged = Some((trouble.message.clone(), now));
+            tracing::error!(source = %self.source_id, "{message}");
+            return;
+        }
+        match person {
+            Some(person) => tracing::warn!(source = %self.source_id, person = %person, "{message}"),
+            None => tracing::warn!(source = %self.source_id, "{message}"),
+        }
+    }
+
+    /// Queues `work` again when the trouble may pass: after a back-off that doubles with every
+    /// failure in a row (1 s … 5 min, at least what the server asked for); after refused
+    /// credentials every `RETRY_MAX`. Lasting troubles (no such mailbox, no rights) wait for a
+    /// change of the directory or the midnight re-read.
+    pub(crate) fn retry_later(&self, person: &PersonKey, work: Work, trouble: &Trouble) {
+        let failures = self
+            .people()
+            .get(person)
+            .map_or(1, |health| health.consecutive_failures);
+        let Some(delay) = retry_delay(trouble, failures) else {
+            return;
+        };
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // The receiver only goes away at shutdown; then the retry is moot.
+            let _ = queue.send(work);
+        });
+    }
+
+    /// At local midnight every window moves on: re-read everyone (spread over
+    /// `midnight_spread_minutes` in the source's chunks, so that the server is not hit at
+    /// once), and resolve again whoever could not be resolved (a mailbox created since, an
+    /// account unlocked).
+    async fn midnight(&self) {
+        let mut resolved = Vec::new();
+        let mut unresolved = Vec::new();
+        for (person, health) in self.people().iter() {
+            if health.user.is_some() {
+                resolved.push(person.clone());
+            } else {
+                unresolved.push(person.clone());
+            }
+        }
+        resolved.sort();
+        for person in unresolved {
+            self.enqueue(Work::Added(person));
+        }
+        let chunk = self.source.read_chunk().max(1);
+        let spread = Duration::from_secs(self.settings.midnight_spread_minutes * 60);
+        let n_chunks = resolved.len().div_ceil(chunk).max(1);
+        let pause = spread / n_chunks as u32;
+        tracing::info!(source = %self.source_id, people = resolved.len(), "midnight re-read");
+        for (index, people) in resolved.chunks(chunk).enumerate() {
+            if index > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            self.read_windows(people, None).await;
+        }
+        crate::memory::release_free_memory();
+    }
+
+    async fn do_work(self: &Arc<Self>, work: Work) {
+        match work {
+            Work::Added(person) => {
+                self.people().entry(person.clone()).or_default();
+                if self.user_of(&person).is_none() {
+                    self.resolve(std::slice::from_ref(&person)).await;
+                }
+                self.read_windows(std::slice::from_ref(&person), None).await;
+                self.source.clone().watch(self, vec![person]).await;
+            }
+            Work::Removed(person) => {
+                let health = self.people().remove(&person);
+                self.stored_reads.lock().await.remove(&person);
+                if let Some(health) = health {
+                    if let Some(user) = &health.user {
+                        lock(&self.by_user).remove(user);
+                    }
+                    self.source.forget(&person, &health).await;
+                }
+                self.hub.remove(&person);
+            }
+            Work::Changed(person) => self.read_changes(&person).await,
+            Work::Rewatch(person) => self.source.clone().rewatch(self, person).await,
+            Work::Renew(person) => self.source.clone().renew(self, person).await,
+        }
+    }
+}
+
+/// What the directory needs from any source's engine.
+#[async_trait::async_trait]
+impl<S: CalendarSource> super::DirectoryTarget for Engine<S> {
+    fn source_id(&self) -> &SourceId {
+        &self.source_id
+    }
+
+    fn enqueue(&self, work: Work) {
+        Engine::enqueue(self, work);
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<super::GroupMember>, String> {
+        self.source.group_members(group).await
+    }
+
+    async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {
+        Engine::record_resolved_members(self, members).await;
+    }
+
+    fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {
+        self.source.set_alternates(person, alternates);
+    }
+}
+
+fn sync_state_of(health: &PersonHealth) -> calbridge_store::SyncState {
+    calbridge_store::SyncState {
+        delta_link: health.change_cursor.clone(),
+        subscription_id: health.subscription_id.clone(),
+        subscription_expires_at: health.subscription_expires_at,
+        client_state: None,
+        last_full_sync_at: health.last_full_sync_at,
+        last_delta_at: health.last_delta_at,
+        last_error: match (&health.last_error, health.last_error_at) {
+            (Some(message), Some(at)) => Some(SyncError {
+                message: message.clone(),
+                at,
+            }),
+            _ => None,
+        },
+        consecutive_failures: health.consecutive_failures,
+        appointment_window: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trouble(retryable: bool, credentials: bool, retry_after: Option<u64>) -> Trouble {
+        Trouble {
+            message: "test".to_string(),
+            retryable,
+            credentials,
+            source_wide: credentials,
+            retry_after: retry_after.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn passing_troubles_back_off_doubling_up_to_five_minutes() {
+        let busy = trouble(true, false, None);
+        let delays: Vec<u64> = [0, 1, 2, 3, 9, 40]
+            .into_iter()
+            .map(|failures| retry_delay(&busy, failures).map_or(0, |delay| delay.as_secs()))
+            .collect();
+        assert_eq!(delays, vec![1, 1, 2, 4, 256, 300]);
+    }
+
+    #[test]
+    fn the_servers_back_off_is_honoured() {
+        let busy = trouble(true, false, Some(30_000));
+        assert_eq!(retry_delay(&busy, 1), Some(Duration::from_secs(30)));
+        let long = trouble(true, false, Some(3_600_000));
+        assert_eq!(retry_delay(&long, 1), Some(RETRY_MAX));
+    }
+
+    #[test]
+    fn refused_credentials_are_tried_again_every_five_minutes_and_lasting_troubles_never() {
+        assert_eq!(
+            retry_delay(&trouble(false, true, Some(1_000)), 1),
+            Some(RETRY_MAX)
+        );
+        assert_eq!(retry_delay(&trouble(false, true, None), 7), Some(RETRY_MAX));
+        assert_eq!(retry_delay(&trouble(false, false, None), 1), None);
+    }
+}

@@ -2,18 +2,20 @@
 //! (the hanging-connection limit on streaming included) and Autodiscover answer, over HTTPS
 //! against an in-process emulator.
 
-mod common;
+mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use common::{manual_clock, start_with, Harness, APP_ID};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use m365_emulator::{EmulatorConfig, FaultSettings, Scenario};
 use serde_json::json;
+use support::ews::{
+    autodiscover, basic, calendar_view, count, envelope, ews, get_streaming_events, impersonating,
+    subscribe_calendar, subscription_id, GET_CALENDAR_FOLDER,
+};
+use support::latency::{latency, timed};
+use support::raw_connection::{ntlm_authenticate, ntlm_exchange, ntlm_negotiate, Connection};
+use support::streaming::{admitted, assert_refused, open_stream, read_until, wait_for_connections};
+use support::{manual_clock, start_with, Harness, APP_ID};
 
 const SERVICE: &str = "svc@contoso.example";
 const SERVICE_PASSWORD: &str = "svc-password";
@@ -47,7 +49,7 @@ host = "legacy.example"
 answer = "http_redirect"
 url = "https://autodiscover.contoso.example/autodiscover/autodiscover.xml"
 "#,
-        common::scenario_toml()
+        support::scenario_toml()
     )
     .replace(
         "[apps]]\nname = \"calbridge\"\nclient_id = \"22222222-2222-4222-8222-222222222222\"\nroles = [\"Calendars.ReadWrite\", \"User.Read.All\", \"Group.Read.All\"]",
@@ -63,54 +65,6 @@ async fn start() -> Harness {
     let mut config = EmulatorConfig::scenario(scenario());
     config.clock = manual_clock();
     start_with(config).await
-}
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
-fn envelope(header: &str, body: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><soap:Header><t:RequestServerVersion Version="Exchange2016"/>{header}</soap:Header><soap:Body>{body}</soap:Body></soap:Envelope>"#
-    )
-}
-
-fn impersonating(address: &str) -> String {
-    format!("<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{address}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
-}
-
-fn calendar_view(mailbox: Option<&str>, start: &str, end: &str, max: Option<u32>) -> String {
-    let mailbox = mailbox
-        .map(|address| format!("<t:Mailbox><t:EmailAddress>{address}</t:EmailAddress></t:Mailbox>"))
-        .unwrap_or_default();
-    let max = max
-        .map(|max| format!(r#" MaxEntriesReturned="{max}""#))
-        .unwrap_or_default();
-    format!(
-        r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:CalendarView{max} StartDate="{start}" EndDate="{end}"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar">{mailbox}</t:DistinguishedFolderId></m:ParentFolderIds></m:FindItem>"#
-    )
-}
-
-async fn ews(harness: &Harness, authorization: &str, header: &str, body: &str) -> common::Reply {
-    harness
-        .client
-        .send(
-            "POST",
-            &harness.emulator.ready().ews_url,
-            &[("authorization", authorization)],
-            Some((
-                "text/xml; charset=utf-8",
-                envelope(header, body).into_bytes(),
-            )),
-        )
-        .await
-}
-
-fn count(text: &str, needle: &str) -> usize {
-    text.matches(needle).count()
 }
 
 #[tokio::test]
@@ -625,213 +579,6 @@ async fn an_app_only_token_without_exchange_impersonation_gets_the_header_fault_
     assert_eq!(own.status, 200, "{}", own.text());
 }
 
-/// One connection (TLS, or plain http for the second port) carrying several requests, as
-/// NTLM needs, and handing out response bodies unread, as streaming needs.
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Connection {
-    async fn open(harness: &Harness) -> Connection {
-        let ready = harness.emulator.ready();
-        let uri: hyper::Uri = ready.ews_url.parse().unwrap_or_default();
-        let port = uri.port_u16().unwrap_or(443);
-        let tls = {
-            use rustls_pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            if let Ok(certificate) = rustls_pki_types::CertificateDer::from_pem_file(&ready.ca_cert)
-            {
-                let _ = roots.add(certificate);
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-            let Ok(config) = config else {
-                panic!("tls config")
-            };
-            Arc::new(config)
-        };
-        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            panic!("connect")
-        };
-        let Ok(name) = rustls_pki_types::ServerName::try_from("127.0.0.1") else {
-            panic!("name")
-        };
-        let Ok(stream) = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, stream)
-            .await
-        else {
-            panic!("tls")
-        };
-        let Ok((sender, connection)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            panic!("handshake")
-        };
-        tokio::spawn(connection);
-        Connection {
-            sender,
-            host: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    async fn open_plain_http(harness: &Harness) -> Connection {
-        let http = harness
-            .emulator
-            .ready()
-            .http_url
-            .clone()
-            .unwrap_or_default();
-        let port: u16 = http
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .unwrap_or(0);
-        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            panic!("connect http")
-        };
-        let Ok((sender, connection)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            panic!("handshake")
-        };
-        tokio::spawn(connection);
-        Connection {
-            sender,
-            host: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    /// Sends a request and returns the answer with its body still to be read.
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        authorization: Option<&str>,
-        body: String,
-    ) -> hyper::Response<hyper::body::Incoming> {
-        self.send_with(method, path, authorization, &[], body).await
-    }
-
-    /// [`Connection::send`] with more headers.
-    async fn send_with(
-        &mut self,
-        method: &str,
-        path: &str,
-        authorization: Option<&str>,
-        headers: &[(&str, &str)],
-        body: String,
-    ) -> hyper::Response<hyper::body::Incoming> {
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.host.as_str())
-            .header("content-type", "text/xml; charset=utf-8");
-        if let Some(value) = authorization {
-            builder = builder.header("authorization", value);
-        }
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
-            panic!("request")
-        };
-        match self.sender.send_request(request).await {
-            Ok(response) => response,
-            Err(error) => panic!("send: {error}"),
-        }
-    }
-
-    /// Sends a request and reads the whole answer: (status, `WWW-Authenticate`, body).
-    async fn exchange(
-        &mut self,
-        path: &str,
-        authorization: Option<&str>,
-        body: String,
-    ) -> (u16, Option<String>, String) {
-        let response = self.send("POST", path, authorization, body).await;
-        let status = response.status().as_u16();
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|collected| String::from_utf8_lossy(&collected.to_bytes()).to_string())
-            .unwrap_or_default();
-        (status, challenge, body)
-    }
-}
-
-const GET_CALENDAR_FOLDER: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>"#;
-
-/// The NEGOTIATE leg; returns the status and the server's CHALLENGE message.
-async fn ntlm_negotiate(connection: &mut Connection) -> (u16, Vec<u8>) {
-    let engine = base64::engine::general_purpose::STANDARD;
-    let negotiate = format!(
-        "NTLM {}",
-        engine.encode(m365_emulator::ntlm_client::client_negotiate())
-    );
-    let (status, challenge, _) = connection
-        .exchange(
-            "/ews/exchange.asmx",
-            Some(&negotiate),
-            envelope("", GET_CALENDAR_FOLDER),
-        )
-        .await;
-    let token = engine
-        .decode(
-            challenge
-                .unwrap_or_default()
-                .trim_start_matches("NTLM ")
-                .trim(),
-        )
-        .unwrap_or_default();
-    (status, token)
-}
-
-/// The AUTHENTICATE leg answering `challenge`; returns the status.
-async fn ntlm_authenticate(
-    connection: &mut Connection,
-    challenge: &[u8],
-    (user, domain, password): (&str, &str, &str),
-) -> u16 {
-    let engine = base64::engine::general_purpose::STANDARD;
-    let authenticate =
-        m365_emulator::ntlm_client::client_authenticate(user, domain, password, challenge, [7; 8])
-            .unwrap_or_default();
-    connection
-        .exchange(
-            "/ews/exchange.asmx",
-            Some(&format!("NTLM {}", engine.encode(authenticate))),
-            envelope("", GET_CALENDAR_FOLDER),
-        )
-        .await
-        .0
-}
-
-/// One TLS connection carrying several requests, as NTLM needs.
-async fn ntlm_exchange(harness: &Harness, user: &str, domain: &str, password: &str) -> (u16, u16) {
-    let mut connection = Connection::open(harness).await;
-    let (status, challenge) = ntlm_negotiate(&mut connection).await;
-    assert_eq!(status, 401);
-    let status = ntlm_authenticate(&mut connection, &challenge, (user, domain, password)).await;
-    // The connection stays authenticated, as with IIS.
-    let (follow_up, _, _) = connection
-        .exchange(
-            "/ews/exchange.asmx",
-            None,
-            envelope("", GET_CALENDAR_FOLDER),
-        )
-        .await;
-    (status, follow_up)
-}
-
 #[tokio::test]
 async fn ntlm_v2_handshake_authenticates_the_connection() {
     let harness = start().await;
@@ -888,7 +635,7 @@ async fn streaming_notifications_follow_graph_changes_and_close_at_the_timeout()
     // Open the stream on its own connection and read it as it arrives.
     let ready = harness.emulator.ready().clone();
     let stream_body = envelope(&impersonating("ada@contoso.example"), &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>"));
-    let client = common::HttpsClient::trusting(&ready.ca_cert);
+    let client = support::HttpsClient::trusting(&ready.ca_cert);
     let auth_for_stream = auth.clone();
     let url = ready.ews_url.clone();
     let reader = tokio::spawn(async move {
@@ -967,34 +714,6 @@ async fn streaming_notifications_follow_graph_changes_and_close_at_the_timeout()
     .await
     .text()
     .contains("ErrorSubscriptionNotFound"));
-}
-
-async fn autodiscover(
-    harness: &Harness,
-    host: &str,
-    email: &str,
-    authorization: Option<&str>,
-) -> common::Reply {
-    let body = format!(
-        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>{email}</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>"#
-    );
-    let mut headers = vec![("host", host)];
-    if let Some(value) = authorization {
-        headers.push(("authorization", value));
-    }
-    harness
-        .client
-        .send(
-            "POST",
-            &harness
-                .emulator
-                .ready()
-                .autodiscover_url
-                .replace("autodiscover.xml", "Autodiscover.xml"),
-            &headers,
-            Some(("text/xml", body.into_bytes())),
-        )
-        .await
 }
 
 #[tokio::test]
@@ -1101,32 +820,16 @@ async fn plain_http_autodiscover_redirects_to_https_and_generated_orgs_have_serv
         ready.ews_delegate_user.as_deref(),
         Some("monitor@contoso.example")
     );
-    let http = ready.http_url.clone().unwrap_or_default();
-    let port: u16 = http
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .unwrap_or(0);
-    let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        panic!("connect http")
-    };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        panic!("handshake")
-    };
-    tokio::spawn(connection);
-    let Ok(request) = hyper::Request::builder()
-        .method("GET")
-        .uri("/autodiscover/autodiscover.xml")
-        .header("host", "autodiscover.contoso.example")
-        .body(Full::new(Bytes::new()))
-    else {
-        panic!("request")
-    };
-    let Ok(response) = sender.send_request(request).await else {
-        panic!("send")
-    };
+    let mut plain = Connection::open_plain_http(&harness).await;
+    let response = plain
+        .send_with(
+            "GET",
+            "/autodiscover/autodiscover.xml",
+            None,
+            &[("host", "autodiscover.contoso.example")],
+            String::new(),
+        )
+        .await;
     assert_eq!(response.status().as_u16(), 302);
     assert_eq!(
         response
@@ -1165,40 +868,6 @@ async fn plain_http_autodiscover_redirects_to_https_and_generated_orgs_have_serv
 // test's runtime, its added latency is a tokio sleep, and the paused clock jumps straight to
 // it when nothing else can run, so the virtual time a request takes is exactly the latency
 // the emulator added, without waiting for it.
-
-/// Runs `request` and returns its outcome with the virtual time it took.
-async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration) {
-    let started = tokio::time::Instant::now();
-    let outcome = request.await;
-    (outcome, started.elapsed())
-}
-
-fn latency(latency_ms: u64, latency_jitter_ms: u64) -> FaultSettings {
-    FaultSettings {
-        latency_ms,
-        latency_jitter_ms,
-        ..FaultSettings::default()
-    }
-}
-
-/// Reads a streaming body until the text read so far contains `marker` `times` times.
-async fn read_until(
-    body: &mut hyper::body::Incoming,
-    text: &mut String,
-    marker: &str,
-    times: usize,
-) {
-    while count(text, marker) < times {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    text.push_str(&String::from_utf8_lossy(data));
-                }
-            }
-            other => panic!("the stream ended before {marker} #{times}: {other:?}; read: {text}"),
-        }
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn latency_is_added_to_every_ews_request_and_every_ntlm_leg() {
@@ -1487,130 +1156,6 @@ async fn server_error_rate_answers_authenticated_ews_requests_503_and_spares_the
 // Exchange's limit on hanging (streaming) connections: `ews_hanging_connection_limit` open
 // GetStreamingEvents connections per charged account, the impersonated mailbox or else the
 // account that logged on.
-
-const REFUSED_TEXT: &str = "You have exceeded the available concurrent connections for your account. Try again once your other requests have completed.";
-
-/// Subscribes to ada's calendar as `auth` with `header` (impersonation or nothing) and
-/// `folder` (the calendar, naming a mailbox for delegates); returns the subscription id.
-async fn subscribe_calendar(harness: &Harness, auth: &str, header: &str, folder: &str) -> String {
-    let subscribe = format!(
-        r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>{folder}</t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#
-    );
-    let reply = ews(harness, auth, header, &subscribe).await.text();
-    subscription_id(&reply)
-}
-
-/// The `SubscriptionId` of a Subscribe answer; the test fails when there is none.
-fn subscription_id(reply: &str) -> String {
-    let Some(start) = reply.find("<m:SubscriptionId>").map(|index| index + 18) else {
-        panic!("no subscription: {reply}")
-    };
-    let end = start + reply[start..].find('<').unwrap_or(0);
-    let id = reply[start..end].to_string();
-    assert!(!id.is_empty(), "{reply}");
-    id
-}
-
-fn get_streaming_events(header: &str, id: &str) -> String {
-    envelope(
-        header,
-        &format!("<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>30</m:ConnectionTimeout></m:GetStreamingEvents>"),
-    )
-}
-
-/// A GetStreamingEvents connection that was admitted: its TCP connection and the stream.
-struct OpenStream {
-    _connection: Connection,
-    body: hyper::body::Incoming,
-    text: String,
-}
-
-/// What opening a stream gave: admitted (its first `ConnectionStatus` OK read), or the whole
-/// answer of a refusal.
-enum Opened {
-    Stream(OpenStream),
-    Refused(u16, String),
-}
-
-async fn open_stream(
-    harness: &Harness,
-    auth: &str,
-    headers: &[(&str, &str)],
-    request: String,
-) -> Opened {
-    let mut connection = Connection::open(harness).await;
-    let response = connection
-        .send_with("POST", "/EWS/Exchange.asmx", Some(auth), headers, request)
-        .await;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    let mut text = String::new();
-    // An admitted stream starts with OK; a refusal is one whole envelope and the end.
-    loop {
-        if text.contains("<m:ConnectionStatus>OK</m:ConnectionStatus>") {
-            return Opened::Stream(OpenStream {
-                _connection: connection,
-                body,
-                text,
-            });
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    text.push_str(&String::from_utf8_lossy(data));
-                }
-            }
-            _ => return Opened::Refused(status, text),
-        }
-    }
-}
-
-fn admitted(opened: Opened, what: &str) -> OpenStream {
-    match opened {
-        Opened::Stream(stream) => stream,
-        Opened::Refused(status, text) => panic!("{what} was refused: HTTP {status} {text}"),
-    }
-}
-
-/// Checks that `opened` is Exchange's refusal: HTTP 200 and one `GetStreamingEventsResponse`
-/// whose message has `ResponseClass="Error"` and `ErrorExceededConnectionCount`.
-fn assert_refused(opened: Opened, what: &str) {
-    match opened {
-        Opened::Stream(stream) => panic!("{what} was admitted: {}", stream.text),
-        Opened::Refused(status, text) => {
-            assert_eq!(status, 200, "{what}: {text}");
-            assert!(
-                text.contains(r#"<m:GetStreamingEventsResponseMessage ResponseClass="Error">"#),
-                "{what}: {text}"
-            );
-            assert!(
-                text.contains("<m:ResponseCode>ErrorExceededConnectionCount</m:ResponseCode>"),
-                "{what}: {text}"
-            );
-            assert!(text.contains(REFUSED_TEXT), "{what}: {text}");
-            assert!(!text.contains("ConnectionStatus"), "{what}: {text}");
-            assert!(!text.contains("<s:Fault>"), "{what}: {text}");
-        }
-    }
-}
-
-async fn wait_for_connections(
-    harness: &Harness,
-    condition: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
-) {
-    let waited = tokio::time::timeout(
-        Duration::from_secs(10),
-        harness
-            .emulator
-            .wait_for_ews_streaming_connections(condition),
-    )
-    .await;
-    assert!(
-        waited.is_ok(),
-        "the open connections never got there: {:?}",
-        harness.emulator.ews_streaming_connections()
-    );
-}
 
 #[tokio::test]
 async fn a_delegate_accounts_eleventh_stream_is_refused_until_one_of_its_ten_closes() {

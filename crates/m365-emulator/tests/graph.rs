@@ -1,14 +1,14 @@
 //! Microsoft Graph endpoints: users, groups, calendarView, events, delta, getSchedule,
 //! $batch, subscriptions, access policies, throttling and the admin endpoint.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 
-use common::*;
 use jiff::SignedDuration;
 use m365_emulator::{EmulatorConfig, LifecycleEvent};
 use serde_json::{json, Value};
+use support::*;
 
 const MARCH: &str = "startDateTime=2030-03-04T00:00:00Z&endDateTime=2030-04-15T00:00:00Z";
 

@@ -1,13 +1,13 @@
 //! Entra ID endpoints: discovery, client credentials by secret and by certificate, the
 //! password grant, and Entra's error answers.
 
-mod common;
+mod support;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::*;
 use jiff::SignedDuration;
 use serde_json::{json, Value};
+use support::*;
 
 fn claims_of(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap_or_default();

@@ -5,11 +5,11 @@
 //! resolution, streaming (and Exchange's limit on streaming connections per charged account),
 //! `ErrorServerBusy` storms, a wrong password and a wrong client secret.
 
-use std::cell::RefCell;
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use calbridge_domain::{
@@ -18,11 +18,18 @@ use calbridge_domain::{
 use calbridge_sources_ews::{
     AuthMethod, BearerConfig, EwsError, EwsSource, EwsSourceConfig, MailboxAccess, StreamEvent,
 };
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use m365_emulator::{Clock, Emulator, EmulatorConfig, FaultSettings, RunningEmulator, Scenario};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::emulator::{counter, port_of, resolve_to_emulator};
+use support::ews_source::{
+    address, config_for, impatient_source, next_error_or_change, next_event, source,
+};
+use support::raw_https::https;
+use support::stub_server::{
+    autodiscover_stub, autodiscover_stub_answering, dead_ews, AutodiscoverStub, DeadEws,
+    StubAnswer, STUB,
+};
+use support::tracing_capture::{install_log_capture, LogCapture};
 
 const SERVICE: &str = "svc@contoso.example";
 const SERVICE_PASSWORD: &str = "svc-Passw0rd";
@@ -165,34 +172,11 @@ async fn start(faults: Option<FaultSettings>) -> RunningEmulator {
     }
 }
 
-fn config_for(emulator: &RunningEmulator, user: &str, password: &str) -> EwsSourceConfig {
-    let mut config = EwsSourceConfig::new(user, Secret::new(password));
-    config.ews_url = Some(emulator.ready().ews_url.clone());
-    config.extra_root_ca = Some(emulator.ready().ca_cert.clone());
-    config.protocol_log = true;
-    config
-}
-
-fn source(config: EwsSourceConfig) -> Arc<EwsSource> {
-    match EwsSource::new(config) {
-        Ok(source) => Arc::new(source),
-        Err(error) => panic!("source: {error}"),
-    }
-}
-
-fn address(text: &str) -> MailboxAddress {
-    MailboxAddress::parse(text).unwrap()
-}
-
 fn window() -> (Timestamp, Timestamp) {
     (
         "2026-06-01T00:00:00Z".parse().unwrap(),
         "2026-06-04T00:00:00Z".parse().unwrap(),
     )
-}
-
-fn counter(emulator: &RunningEmulator, kind: &str) -> u64 {
-    emulator.counters().by_kind.get(kind).copied().unwrap_or(0)
 }
 
 #[tokio::test]
@@ -336,33 +320,19 @@ async fn names_resolve_through_an_alternate_address_and_the_username_fallback() 
     );
 }
 
-fn port_of(url: &str) -> String {
-    url.rsplit(':').next().unwrap_or_default().to_string()
-}
-
-/// Maps the virtual host names to the emulator's https and http ports.
+/// Maps the scenario's virtual host names to the emulator's https and http ports.
 fn virtual_hosts(emulator: &RunningEmulator) -> HashMap<String, SocketAddr> {
-    let https_port = port_of(&emulator.ready().base_url);
-    let http_port = port_of(emulator.ready().http_url.as_deref().unwrap());
-    let mut resolve = HashMap::new();
-    for host in [
-        "autodiscover.contoso.example",
-        "contoso.example",
-        "mail.contoso.example",
-        "legacy.example",
-        "downgrade.example",
-        "downgrade-url.example",
-    ] {
-        resolve.insert(
-            format!("{host}:443"),
-            format!("127.0.0.1:{https_port}").parse().unwrap(),
-        );
-        resolve.insert(
-            format!("{host}:80"),
-            format!("127.0.0.1:{http_port}").parse().unwrap(),
-        );
-    }
-    resolve
+    resolve_to_emulator(
+        emulator,
+        &[
+            "autodiscover.contoso.example",
+            "contoso.example",
+            "mail.contoso.example",
+            "legacy.example",
+            "downgrade.example",
+            "downgrade-url.example",
+        ],
+    )
 }
 
 #[tokio::test]
@@ -435,26 +405,13 @@ fn only_http_candidates_answer(
     dead: &DeadEws,
     http_server: SocketAddr,
 ) -> HashMap<String, SocketAddr> {
-    let dead_address: SocketAddr = dead
-        .url
-        .trim_start_matches("https://")
-        .trim_end_matches("/EWS/Exchange.asmx")
-        .parse()
-        .unwrap();
+    let dead_address = dead.address();
     let mut resolve = HashMap::new();
     for host in ["autodiscover.contoso.example", "contoso.example"] {
         resolve.insert(format!("{host}:443"), dead_address);
         resolve.insert(format!("{host}:80"), http_server);
     }
     resolve
-}
-
-fn stub_address(stub: &AutodiscoverStub) -> SocketAddr {
-    stub.url
-        .trim_start_matches("http://")
-        .trim_end_matches("/autodiscover/autodiscover.xml")
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -465,7 +422,7 @@ async fn settings_over_plain_http_from_a_discovered_candidate_are_refused_naming
     let stub = autodiscover_stub(vec![emulator.ready().ews_url.clone()]).await;
     let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
     config.ews_url = None;
-    config.resolve = only_http_candidates_answer(&dead, stub_address(&stub));
+    config.resolve = only_http_candidates_answer(&dead, stub.address());
     let source = impatient_source(config);
     let (start, end) = window();
     let error = source
@@ -512,7 +469,7 @@ async fn a_discovered_http_candidate_redirecting_to_https_is_followed() {
     .await;
     let mut config = config_for(&emulator, SERVICE, SERVICE_PASSWORD);
     config.ews_url = None;
-    config.resolve = only_http_candidates_answer(&dead, stub_address(&stub));
+    config.resolve = only_http_candidates_answer(&dead, stub.address());
     let https_port = port_of(&emulator.ready().base_url);
     config.resolve.insert(
         "mail.contoso.example:443".to_string(),
@@ -707,68 +664,6 @@ async fn create_event(emulator: &RunningEmulator, mailbox: &str, subject: &str) 
     assert_eq!(status, 201, "{body}");
 }
 
-async fn https(
-    ready: &m365_emulator::ReadyInfo,
-    method: &str,
-    url: &str,
-    content_type: &str,
-    token: Option<&str>,
-    body: String,
-) -> (u16, String) {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_file(&ready.ca_cert).unwrap())
-        .unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let uri: http::Uri = url.parse().unwrap();
-    let host = uri.host().unwrap().to_string();
-    let port = uri.port_u16().unwrap();
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(
-            rustls_pki_types::ServerName::try_from(host.clone()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(uri.path())
-        .header("host", format!("{host}:{port}"))
-        .header("content-type", content_type);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = sender
-        .send_request(request.body(Full::new(bytes::Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn next_event(connection: &mut calbridge_sources_ews::StreamingConnection) -> StreamEvent {
-    match tokio::time::timeout(Duration::from_secs(10), connection.next()).await {
-        Ok(Some(event)) => event,
-        Ok(None) => panic!("the streaming task ended"),
-        Err(_) => panic!("no streaming event within 10 s"),
-    }
-}
-
 #[tokio::test]
 async fn a_change_arrives_on_the_streaming_connection() {
     let emulator = start(None).await;
@@ -915,245 +810,11 @@ async fn a_wrong_password_is_reported_once_and_not_retried_in_a_tight_loop() {
 // ---------------------------------------------------------------------------------------
 // Autodiscover again when EWS moves.
 
-/// A plain-http server standing in for a site's Autodiscover: the n-th request for
-/// `/autodiscover/autodiscover.xml` gets the n-th [`StubAnswer`] (the last one from then on),
-/// [`STUB`] in its URL replaced by the stub's own `http://127.0.0.1:PORT`.
-/// `/down/…` is answered 503 with an HTML page, as by a load balancer whose Exchange is gone;
-/// `/empty/…` 200 without a body; every other path 404, as by an IIS without EWS.
-struct AutodiscoverStub {
-    url: String,
-    asked: Arc<AtomicUsize>,
-    other_requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AutodiscoverStub {
-    fn asked(&self) -> usize {
-        self.asked.load(Ordering::SeqCst)
-    }
-
-    /// Requests for anything but Autodiscover.
-    fn other_requests(&self) -> usize {
-        self.other_requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for AutodiscoverStub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-const STUB: &str = "{stub}";
-
-fn settings_answer(ews_url: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><AccountType>email</AccountType><Action>settings</Action><Protocol><Type>EXPR</Type><EwsUrl>{ews_url}</EwsUrl></Protocol></Account></Response></Autodiscover>"#
-    )
-}
-
-/// What the stub answers an Autodiscover request.
-#[derive(Clone)]
-enum StubAnswer {
-    /// Settings naming this EWS URL.
-    Settings(String),
-    /// HTTP 302 to this URL.
-    Redirect(String),
-    /// HTTP 503, as while Autodiscover is down.
-    Down,
-}
-
-async fn autodiscover_stub(ews_urls: Vec<String>) -> AutodiscoverStub {
-    autodiscover_stub_answering(ews_urls.into_iter().map(StubAnswer::Settings).collect()).await
-}
-
-async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> AutodiscoverStub {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let other_requests = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked);
-    let other_counter = Arc::clone(&other_requests);
-    let base = format!("http://127.0.0.1:{port}");
-    let answers: Arc<Vec<StubAnswer>> = Arc::new(
-        answers
-            .into_iter()
-            .map(|answer| match answer {
-                StubAnswer::Settings(url) => StubAnswer::Settings(url.replace(STUB, &base)),
-                StubAnswer::Redirect(url) => StubAnswer::Redirect(url.replace(STUB, &base)),
-                StubAnswer::Down => StubAnswer::Down,
-            })
-            .collect(),
-    );
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = Arc::clone(&counter);
-            let other_counter = Arc::clone(&other_counter);
-            let answers = Arc::clone(&answers);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
-                let mut location = String::new();
-                let (status, body) = if head.starts_with("get /autodiscover/autodiscover.xml ") {
-                    let index = counter.fetch_add(1, Ordering::SeqCst);
-                    match &answers[index.min(answers.len() - 1)] {
-                        StubAnswer::Settings(ews_url) => ("200 OK", settings_answer(ews_url)),
-                        StubAnswer::Redirect(url) => {
-                            location = format!("Location: {url}\r\n");
-                            ("302 Found", String::new())
-                        }
-                        StubAnswer::Down => (
-                            "503 Service Unavailable",
-                            "<html><body>Service Unavailable</body></html>".to_string(),
-                        ),
-                    }
-                } else if head.starts_with("post /empty/") {
-                    other_counter.fetch_add(1, Ordering::SeqCst);
-                    ("200 OK", String::new())
-                } else if head.starts_with("post /down/") {
-                    other_counter.fetch_add(1, Ordering::SeqCst);
-                    (
-                        "503 Service Unavailable",
-                        "<html><body>No server is available to handle this request.</body></html>"
-                            .to_string(),
-                    )
-                } else {
-                    other_counter.fetch_add(1, Ordering::SeqCst);
-                    ("404 Not Found", "Not Found".to_string())
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\n{location}Content-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    AutodiscoverStub {
-        url: format!("http://127.0.0.1:{port}/autodiscover/autodiscover.xml"),
-        asked,
-        other_requests,
-        task,
-    }
-}
-
-/// An EWS URL whose server is gone: its port is bound but not listening, so connections are
-/// refused, and it stays bound, so that no other test's server takes it meanwhile.
-struct DeadEws {
-    url: String,
-    _port: tokio::net::TcpSocket,
-}
-
-fn dead_ews() -> DeadEws {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = socket.local_addr().unwrap().port();
-    DeadEws {
-        url: format!("https://127.0.0.1:{port}/EWS/Exchange.asmx"),
-        _port: socket,
-    }
-}
-
-/// A source that retries network failures after a millisecond instead of 200 ms, so that
-/// tests of failing servers do not wait through the retries.
-fn impatient_source(config: EwsSourceConfig) -> Arc<EwsSource> {
-    match EwsSource::new(config) {
-        Ok(source) => Arc::new(source.with_network_retry_delay(Duration::from_millis(1))),
-        Err(error) => panic!("source: {error}"),
-    }
-}
-
 fn discovering_config(emulator: &RunningEmulator, stub: &AutodiscoverStub) -> EwsSourceConfig {
     let mut config = config_for(emulator, SERVICE, SERVICE_PASSWORD);
     config.ews_url = None;
     config.autodiscover_url = Some(stub.url.clone());
     config
-}
-
-thread_local! {
-    /// Where the events of this thread go while a test captures them.
-    static CAPTURED: RefCell<Option<Arc<Mutex<Vec<String>>>>> = const { RefCell::new(None) };
-}
-
-/// The process's subscriber: hands calbridge's events (targets `calbridge…`) to the capture
-/// of the thread they happen on. A test's runtime runs on its own thread, emulator included.
-struct ThreadCapture;
-
-/// Installs [`ThreadCapture`] before anything logs: a call site first reached while no
-/// subscriber is installed can stay silenced for good, which would blind a log assertion.
-fn install_log_capture() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let _ = tracing::subscriber::set_global_default(ThreadCapture);
-    });
-}
-
-struct FieldText<'a>(&'a mut String);
-
-impl tracing::field::Visit for FieldText<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        let _ = write!(self.0, " {}={value:?}", field.name());
-    }
-}
-
-impl tracing::Subscriber for ThreadCapture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let target = event.metadata().target();
-        if !target.starts_with("calbridge") {
-            return;
-        }
-        CAPTURED.with(|captured| {
-            if let Some(lines) = captured.borrow().as_ref() {
-                let mut line = format!("{} {target}:", event.metadata().level());
-                event.record(&mut FieldText(&mut line));
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-/// What calbridge logs on this test's thread until dropped.
-struct LogCapture(Arc<Mutex<Vec<String>>>);
-
-impl LogCapture {
-    fn start() -> LogCapture {
-        install_log_capture();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Arc::clone(&lines)));
-        LogCapture(lines)
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl Drop for LogCapture {
-    fn drop(&mut self) {
-        CAPTURED.with(|captured| *captured.borrow_mut() = None);
-    }
 }
 
 #[tokio::test]
@@ -1747,19 +1408,6 @@ async fn an_iis_503_page_is_retried_and_then_reported_as_the_url_being_unavailab
     emulator.set_faults(FaultSettings::default());
     let appointments = source.read_window(&ada, start, end).await.unwrap();
     assert_eq!(appointments.len(), 6);
-}
-
-/// The next event that is not a keep-alive of the connection's life cycle (an open connection
-/// may close at Exchange's timeout and open again while the test waits).
-async fn next_error_or_change(
-    connection: &mut calbridge_sources_ews::StreamingConnection,
-) -> StreamEvent {
-    loop {
-        match next_event(connection).await {
-            StreamEvent::ConnectionClosed | StreamEvent::Connected { reopened: true } => continue,
-            other => return other,
-        }
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,21 @@
-//! Test helpers: a small HTTPS client that trusts the emulator's CA, a notification
-//! receiver, and a scenario exercising every field the tests need.
+//! Test infrastructure shared by the emulator's test binaries (`graph`, `identity`, `ews`): a
+//! scenario exercising every field the tests need, a [`Harness`] starting the emulator with a
+//! small HTTPS client that trusts its CA, and a notification receiver. For the EWS tests:
+//!
+//! - [`ews`]: EWS and Autodiscover requests (SOAP envelopes, Basic, impersonation) and their
+//!   answers read back;
+//! - [`raw_connection`]: one raw HTTP/1.1 connection carrying several requests, and the NTLM
+//!   handshake's legs on it;
+//! - [`streaming`]: GetStreamingEvents connections held open, admitted or refused;
+//! - [`latency`]: latency faults and the virtual time a request takes under them.
+//!
+//! Not every test binary uses every helper, hence `dead_code` is allowed.
 #![allow(dead_code)]
+
+pub mod ews;
+pub mod latency;
+pub mod raw_connection;
+pub mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use calbridge_domain::{Appointment, MailboxAddress, SourceId};
 use calbridge_store::{PersonKey, Resolution, Store, SyncError, WindowReplacement};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::clock::Clock;
@@ -880,8 +880,15 @@ impl<S: CalendarSource> Engine<S> {
             return;
         };
         let queue = self.queue.clone();
+        // On the injected clock, so that tests move time instead of waiting for it.
+        let due = self
+            .clock
+            .now()
+            .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX);
+        let wake = self.clock.sleep_until(due);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            wake.await;
             // The receiver only goes away at shutdown; then the retry is moot.
             let _ = queue.send(work);
         });

@@ -5,6 +5,9 @@ pub mod engine;
 pub mod ews;
 pub mod graph;
 
+#[cfg(test)]
+mod engine_tests;
+
 use calbridge_domain::{MailboxAddress, SourceId};
 use calbridge_store::PersonKey;
 

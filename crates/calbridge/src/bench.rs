@@ -293,7 +293,7 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
 
     // Notification latency: make free people busy through Graph and time until the hub
     // publishes it.
-    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
+    let client = calbridge_net::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, &ready).await?;
     let latencies = measure_notifications(
         &running,
@@ -409,7 +409,7 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
     ));
     std::fs::create_dir_all(&data_dir)?;
 
-    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
+    let client = calbridge_net::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, &ready).await?;
     let (source, directory, people) =
         ews_demo_source(&ready, &data_dir, SourceId("bench-ews".to_string()), read).await?;

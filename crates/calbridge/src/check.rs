@@ -180,10 +180,8 @@ async fn check_graph_source(
                 public_url.trim_end_matches('/'),
                 source.id
             );
-            let client = calbridge_sources_graph::http::build_http_client(
-                graph_config.extra_root_ca.as_deref(),
-            )
-            .map_err(|error| error.to_string())?;
+            let client = calbridge_net::build_http_client(graph_config.extra_root_ca.as_deref())
+                .map_err(|error| error.to_string())?;
             match client.post(&url).send().await {
                 Ok(response) if response.status().is_success() => {
                     let body = response.text().await.unwrap_or_default();

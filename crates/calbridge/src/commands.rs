@@ -223,7 +223,7 @@ pub async fn ews_demo_source(
     id: SourceId,
     read: calbridge_sources_ews::WindowRead,
 ) -> anyhow::Result<(SourceConfig, DirectoryConfig, usize)> {
-    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))?;
+    let client = calbridge_net::build_http_client(Some(&ready.ca_cert))?;
     let token = graph_token(&client, ready).await?;
     let group = ready
         .group_id

@@ -133,7 +133,7 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
     let page_url = format!(
         "http://{}/#token={}",
         running.address,
-        percent_encode(running.api_token.expose())
+        calbridge_net::percent::encode_query_value(running.api_token.expose())
     );
     let screenshot_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target")
@@ -362,7 +362,7 @@ impl ChromeDriver {
         let driver = ChromeDriver {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: calbridge_sources_graph::http::build_http_client(None).expect("an HTTP client"),
+            http: calbridge_net::build_http_client(None).expect("an HTTP client"),
             log_path,
         };
         let started = Instant::now();
@@ -554,18 +554,6 @@ fn decode_entities(text: &str) -> String {
         .replace("&#39;", "'")
         .replace("&nbsp;", "\u{a0}")
         .replace("&amp;", "&")
-}
-
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 #[test]

@@ -74,7 +74,7 @@ async fn run_check(config: &Path) -> (bool, String) {
 }
 
 async fn group_mail(ready: &ReadyInfo) -> Vec<String> {
-    let client = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))
+    let client = calbridge_net::build_http_client(Some(&ready.ca_cert))
         .expect("an HTTP client trusting the emulator's CA");
     let secret = ready.client_secret.clone().expect("the app has a secret");
     let token: serde_json::Value = client

@@ -298,17 +298,30 @@ pub fn uri_for(template: &str, mailbox: &MailboxAddress) -> String {
 
 /// Percent-escapes what RFC 3261's `user` production does not allow unescaped.
 fn escape_user(user: &str) -> String {
-    let mut out = String::with_capacity(user.len());
-    for byte in user.bytes() {
-        let allowed = byte.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&byte);
-        if allowed {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    calbridge_net::percent::encode(user, SIP_USER_ESCAPED)
 }
+
+/// Everything but RFC 3261's `unreserved` and `user-unreserved` characters. The set is SIP's
+/// grammar, so it lives with the SIP publisher; the encoding itself is the shared one.
+const SIP_USER_ESCAPED: &calbridge_net::percent::AsciiSet =
+    &calbridge_net::percent::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')')
+        .remove(b'&')
+        .remove(b'=')
+        .remove(b'+')
+        .remove(b'$')
+        .remove(b',')
+        .remove(b';')
+        .remove(b'?')
+        .remove(b'/');
 
 #[cfg(test)]
 mod tests {

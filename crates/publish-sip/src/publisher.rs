@@ -503,8 +503,13 @@ fn refresh_delay(granted: u32) -> Duration {
 
 /// 1 s, 2 s, 4 s … capped at 60 s.
 fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+    RETRY_BACKOFF.delay_for(failures)
 }
+
+/// Failed PUBLISHes are retried after 1 s, doubling to a minute. No jitter: the worker sends
+/// one request at a time under its own rate limit, so retries cannot bunch up.
+const RETRY_BACKOFF: calbridge_net::Backoff =
+    calbridge_net::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(60));
 
 async fn run_worker(context: Arc<Context>, mut shutdown: oneshot::Receiver<()>) {
     let spacing = Duration::from_secs_f64(1.0 / f64::from(context.config.max_requests_per_second));

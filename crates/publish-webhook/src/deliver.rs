@@ -5,9 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use calbridge_net::Backoff;
 use calbridge_store::{OutboxEvent, OutboxId, PersonKey, Store, StoreError};
 use jiff::Timestamp;
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{DeliveryMode, Endpoint};
@@ -80,7 +80,6 @@ pub(crate) struct Deliverer {
     pub wake: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
     pub state: Arc<Mutex<EndpointState>>,
-    pub random: SystemRandom,
 }
 
 impl Deliverer {
@@ -278,10 +277,11 @@ impl Deliverer {
         let backoff = {
             let mut state = lock(&self.state);
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            let mut backoff = self.backoff(state.consecutive_failures);
-            if let Some(retry_after) = failure.retry_after {
-                backoff = backoff.max(retry_after.min(self.endpoint.max_backoff));
-            }
+            // A receiver's `Retry-After` may lengthen the wait (up to `max_backoff`) but never
+            // shorten it: an endpoint that keeps failing is not asked faster because it says so.
+            let backoff = self
+                .backoff_policy()
+                .delay_at_least_retry_after(state.consecutive_failures, failure.retry_after);
             let now = Timestamp::now();
             state.last_error = Some(failure.message.clone());
             state.last_error_at = Some(now);
@@ -306,19 +306,9 @@ impl Deliverer {
 
     /// `first_backoff` doubled per consecutive failure, capped, then scaled by a random
     /// factor in [0.5, 1] so that endpoints that failed together do not retry together.
-    fn backoff(&self, consecutive_failures: u32) -> Duration {
-        let exponent = consecutive_failures.saturating_sub(1).min(30);
-        let full = self
-            .endpoint
-            .first_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.endpoint.max_backoff);
-        let mut bytes = [0u8; 4];
-        let fraction = match self.random.fill(&mut bytes) {
-            Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
-            Err(_) => 1.0,
-        };
-        full.mul_f64(0.5 + 0.5 * fraction)
+    fn backoff_policy(&self) -> Backoff {
+        Backoff::doubling(self.endpoint.first_backoff, self.endpoint.max_backoff)
+            .with_equal_jitter()
     }
 
     async fn sleep(&mut self, duration: Duration) -> Wait {

@@ -4,10 +4,9 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use calbridge_sources_graph::ConfigError;
+use calbridge_net::TlsError;
 use calbridge_store::{NewOutboxEvent, OutboxId, Store};
 use jiff::Timestamp;
-use ring::rand::SystemRandom;
 use tokio::sync::{watch, Notify};
 use tokio::task::{JoinError, JoinHandle};
 
@@ -96,9 +95,8 @@ impl WebhookPublisher {
                     endpoint: endpoint.name,
                 });
             }
-            let http =
-                calbridge_sources_graph::http::build_http_client(config.extra_root_ca.as_deref())
-                    .map_err(|error| client_error(&endpoint.name, error))?;
+            let http = calbridge_net::build_http_client(config.extra_root_ca.as_deref())
+                .map_err(|error| client_error(&endpoint.name, error))?;
             prepared.push((endpoint, http));
         }
 
@@ -119,7 +117,6 @@ impl WebhookPublisher {
                 wake: handle.wake.clone(),
                 shutdown: stop_receiver.clone(),
                 state: handle.state.clone(),
-                random: SystemRandom::new(),
             };
             tasks.push((handle.name.clone(), tokio::spawn(deliverer.run())));
             endpoints.push(handle);
@@ -233,16 +230,16 @@ impl WebhookPublisher {
     }
 }
 
-fn client_error(endpoint: &str, error: ConfigError) -> WebhookError {
+fn client_error(endpoint: &str, error: TlsError) -> WebhookError {
     match error {
-        ConfigError::File { path, problem, .. } => WebhookError::ExtraRootCa {
+        TlsError::ExtraRootCa { path, problem } => WebhookError::ExtraRootCa {
             endpoint: endpoint.to_string(),
             path,
             problem,
         },
-        other => WebhookError::HttpClient {
+        TlsError::Setup { problem } => WebhookError::HttpClient {
             endpoint: endpoint.to_string(),
-            problem: other.to_string(),
+            problem,
         },
     }
 }

@@ -203,6 +203,20 @@ pub enum ConfigError {
     HttpClient(String),
 }
 
+impl From<calbridge_net::TlsError> for ConfigError {
+    /// The TLS set-up's errors in this source's words: the CA file is its `extra_root_ca`.
+    fn from(error: calbridge_net::TlsError) -> Self {
+        match error {
+            calbridge_net::TlsError::ExtraRootCa { path, problem } => ConfigError::File {
+                setting: "extra_root_ca",
+                path,
+                problem,
+            },
+            calbridge_net::TlsError::Setup { problem } => ConfigError::HttpClient(problem),
+        }
+    }
+}
+
 /// Checks that `url` is `http(s)://host[:port]/EWS/Exchange.asmx` (path case-insensitive).
 pub fn validate_ews_url(url: &str) -> Result<url::Url, ConfigError> {
     let parsed = url::Url::parse(url.trim()).map_err(|_| ConfigError::EwsUrl(url.to_string()))?;

@@ -30,6 +30,13 @@ const MAX_ATTEMPTS: u32 = 6;
 const MAX_BACK_OFF: Duration = Duration::from_secs(300);
 const FIND_ITEM_LIMIT: usize = 1000;
 const DEFAULT_NETWORK_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// How long a failed first Autodiscover is answered from the cache: doubling from
+/// [`EwsSource::FIRST_DISCOVERY_RETRY`] to [`EwsSource::REDISCOVERY_INTERVAL`], without jitter
+/// because one source has one discovery.
+const DISCOVERY_BACKOFF: calbridge_net::Backoff = calbridge_net::Backoff::doubling(
+    EwsSource::FIRST_DISCOVERY_RETRY,
+    EwsSource::REDISCOVERY_INTERVAL,
+);
 
 /// Free/busy of one mailbox from `GetUserAvailability`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +89,9 @@ struct FailedDiscovery {
     detail: String,
     failed_at: Instant,
     retry_at: Instant,
-    /// How long this failure is kept; the next one is kept twice as long.
-    kept_for: Duration,
+    /// Failed discoveries in a row; the next failure is kept for [`DISCOVERY_BACKOFF`]'s wait
+    /// of one more.
+    failures: u32,
 }
 
 impl FailedDiscovery {
@@ -225,7 +233,8 @@ impl EwsSource {
     /// Checks the configuration and builds the HTTPS client; sends nothing yet.
     pub fn new(config: EwsSourceConfig) -> Result<EwsSource, EwsError> {
         config.validate()?;
-        let tls = transport::tls_config(config.extra_root_ca.as_deref())?;
+        let tls = calbridge_net::tls_client_config(config.extra_root_ca.as_deref())
+            .map_err(ConfigError::from)?;
         let credentials = match config.auth {
             AuthMethod::Ntlm => Credentials::Ntlm {
                 user: config.user.clone(),
@@ -344,17 +353,18 @@ impl EwsSource {
             let found = match self.autodiscover().await {
                 Ok(found) => found,
                 Err(EwsError::Autodiscover { address, detail }) => {
-                    let kept_for = match &cache.failed {
-                        Some(before) => (before.kept_for * 2).min(Self::REDISCOVERY_INTERVAL),
-                        None => Self::FIRST_DISCOVERY_RETRY,
-                    };
+                    let failures = cache
+                        .failed
+                        .as_ref()
+                        .map_or(1, |before| before.failures.saturating_add(1));
+                    let kept_for = DISCOVERY_BACKOFF.delay_for(failures);
                     let now = Instant::now();
                     let failed = FailedDiscovery {
                         address,
                         detail,
                         failed_at: now,
                         retry_at: now + kept_for,
-                        kept_for,
+                        failures,
                     };
                     let error = failed.error(now);
                     tracing::warn!(user = %self.config.user, "{error}");

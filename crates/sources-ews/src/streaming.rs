@@ -78,27 +78,31 @@ const _: () = assert!(
     "the stream's back-off is at most 5 minutes"
 );
 
+/// The policy between attempts to open a connection, without jitter: each group has its own
+/// connection, and groups start at different moments anyway.
+const RECONNECT_BACKOFF: calbridge_net::Backoff =
+    calbridge_net::Backoff::doubling(FIRST_RETRY, MAX_RETRY);
+
 /// The wait before the next attempt to open a connection: doubling from [`FIRST_RETRY`] after
 /// each failure, at most [`MAX_RETRY`], from the start again once a connection served.
 #[derive(Debug)]
 struct Backoff {
-    next: Duration,
+    failures: u32,
 }
 
 impl Backoff {
     fn new() -> Backoff {
-        Backoff { next: FIRST_RETRY }
+        Backoff { failures: 0 }
     }
 
-    /// The wait after a failure (unless the error names its own), and doubles the next.
+    /// The wait after a failure (unless the error names its own); the next one is longer.
     fn failed(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(MAX_RETRY);
-        wait
+        self.failures = self.failures.saturating_add(1);
+        RECONNECT_BACKOFF.delay_for(self.failures)
     }
 
     fn reset(&mut self) {
-        self.next = FIRST_RETRY;
+        self.failures = 0;
     }
 }
 

@@ -1,4 +1,4 @@
-//! HTTP for EWS on hyper connections we own: TLS, host overrides, NTLM per connection,
+//! HTTP for EWS on hyper connections we own (TLS configured by `calbridge_net`), host overrides, NTLM per connection,
 //! Basic and Bearer, the credential back-off, and the protocol log.
 //!
 //! NTLM authenticates a TCP connection, not a request: NEGOTIATE, CHALLENGE and AUTHENTICATE
@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,14 +15,14 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use calbridge_domain::Secret;
+use calbridge_net::Backoff;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 use url::Url;
 
@@ -38,6 +37,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
 /// a wrong password retried in a loop locks the account in Active Directory.
 pub const FIRST_CREDENTIAL_BACKOFF: Duration = Duration::from_secs(60);
 pub const MAX_CREDENTIAL_BACKOFF: Duration = Duration::from_secs(3600);
+/// No jitter: one credential has one retry loop, so there is nothing to spread out.
+const CREDENTIAL_BACKOFF: Backoff =
+    Backoff::doubling(FIRST_CREDENTIAL_BACKOFF, MAX_CREDENTIAL_BACKOFF);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -72,7 +74,9 @@ struct Connection {
 #[derive(Default)]
 struct CredentialBackoff {
     locked_until: Option<Instant>,
-    next: Option<Duration>,
+    /// Refusals since the credentials last worked; the next wait is [`CREDENTIAL_BACKOFF`]'s
+    /// for one more.
+    refusals: u32,
 }
 
 /// A complete answer.
@@ -113,38 +117,6 @@ pub struct Transport {
     token: tokio::sync::Mutex<Option<(Secret, Instant)>>,
     random: SystemRandom,
     requests_sent: AtomicU64,
-}
-
-/// The TLS configuration: rustls with ring, the system's roots plus the configured extra CA.
-pub fn tls_config(extra_root_ca: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut extra_roots = Vec::new();
-    if let Some(path) = extra_root_ca {
-        let file_error = |problem: String| ConfigError::File {
-            setting: "extra_root_ca",
-            path: path.to_path_buf(),
-            problem,
-        };
-        let certificates =
-            CertificateDer::pem_file_iter(path).map_err(|error| file_error(error.to_string()))?;
-        for certificate in certificates {
-            extra_roots.push(certificate.map_err(|error| file_error(error.to_string()))?);
-        }
-        if extra_roots.is_empty() {
-            return Err(file_error("no PEM CERTIFICATE in the file".to_string()));
-        }
-    }
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-            .map_err(|error| ConfigError::HttpClient(format!("TLS trust store: {error}")))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ConfigError::HttpClient(error.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
 }
 
 fn origin(url: &Url) -> String {
@@ -452,9 +424,9 @@ impl Transport {
 
     fn refused(&self, detail: String) -> EwsError {
         let mut backoff = lock(&self.backoff);
-        let wait = backoff.next.unwrap_or(FIRST_CREDENTIAL_BACKOFF);
+        backoff.refusals = backoff.refusals.saturating_add(1);
+        let wait = CREDENTIAL_BACKOFF.delay_for(backoff.refusals);
         backoff.locked_until = Some(Instant::now() + wait);
-        backoff.next = Some((wait * 2).min(MAX_CREDENTIAL_BACKOFF));
         drop(backoff);
         let user = self.credentials.user();
         tracing::warn!(user = %user, detail = %detail, wait_s = wait.as_secs(), "Exchange refused the credentials");
@@ -468,7 +440,7 @@ impl Transport {
     fn accepted(&self) {
         let mut backoff = lock(&self.backoff);
         backoff.locked_until = None;
-        backoff.next = None;
+        backoff.refusals = 0;
     }
 
     /// Sends a request and reads the whole answer.

@@ -20,6 +20,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+use calbridge_net::tls::error_chain;
+
 use crate::clock::Clock;
 use crate::config::{ConfigError, GraphCredential};
 
@@ -747,19 +749,6 @@ pub fn classify_entra_error(
         _ if http_status == 429 => AuthError::Throttled { tenant_id, answer },
         _ => AuthError::Rejected { client_id, answer },
     }
-}
-
-/// The error with its causes, which is where reqwest puts "connection refused" or
-/// "invalid peer certificate".
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A poisoned lock only means another task panicked mid-update; the token state is still

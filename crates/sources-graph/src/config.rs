@@ -113,6 +113,21 @@ pub enum ConfigError {
     HttpClient(String),
 }
 
+impl From<calbridge_net::TlsError> for ConfigError {
+    /// The TLS set-up's errors in this source's words: the CA file is the `extra_root_ca`
+    /// setting of the `[[sources]]` entry.
+    fn from(error: calbridge_net::TlsError) -> Self {
+        match error {
+            calbridge_net::TlsError::ExtraRootCa { path, problem } => ConfigError::File {
+                setting: "extra_root_ca",
+                path,
+                problem,
+            },
+            calbridge_net::TlsError::Setup { problem } => ConfigError::HttpClient(problem),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,60 +1,19 @@
-//! The request pipeline every Graph call goes through: TLS, token, concurrency limits,
-//! throttling and retries, and the counters the metrics page shows.
+//! The request pipeline every Graph call goes through: token, concurrency limits, throttling
+//! and retries, and the counters the metrics page shows. The TLS client and the back-off
+//! arithmetic come from `calbridge_net`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use calbridge_net::tls::error_chain;
+use calbridge_net::Backoff;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::auth::{error_chain, lock, TokenProvider};
-use crate::config::ConfigError;
+use crate::auth::{lock, TokenProvider};
 use crate::error::{parse_retry_after, GraphAnswer, GraphError};
-
-/// Builds the HTTPS client: rustls with the ring provider, the system's roots plus the
-/// configured extra CA, HTTP/1.1 with a connection pool.
-pub fn build_http_client(extra_root_ca: Option<&Path>) -> Result<reqwest::Client, ConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut extra_roots = Vec::new();
-    if let Some(path) = extra_root_ca {
-        let file_error = |problem: String| ConfigError::File {
-            setting: "extra_root_ca",
-            path: path.to_path_buf(),
-            problem,
-        };
-        let certificates =
-            CertificateDer::pem_file_iter(path).map_err(|error| file_error(error.to_string()))?;
-        for certificate in certificates {
-            extra_roots.push(certificate.map_err(|error| file_error(error.to_string()))?);
-        }
-        if extra_roots.is_empty() {
-            return Err(file_error("no PEM CERTIFICATE in the file".to_string()));
-        }
-    }
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-            .map_err(|error| ConfigError::HttpClient(format!("TLS trust store: {error}")))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ConfigError::HttpClient(error.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .map_err(|error| ConfigError::HttpClient(error_chain(&error)))
-}
 
 /// How often and how long to retry throttled or failed requests.
 #[derive(Debug, Clone)]
@@ -81,20 +40,18 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before attempt `attempt + 1`: exponential with "equal jitter" (half fixed, half
-    /// random), so many mailboxes throttled at once do not come back in lock-step.
-    pub fn backoff(&self, attempt: u32, random: &SystemRandom) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(16);
-        let full = self
-            .first_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
-        let mut bytes = [0u8; 4];
-        let fraction = match random.fill(&mut bytes) {
-            Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
-            Err(_) => 0.5,
-        };
-        full / 2 + full.mul_f64(fraction / 2.0)
+    /// The back-off between attempts: exponential with "equal jitter" (half fixed, half
+    /// random), so many mailboxes throttled at once do not come back in lock-step; a
+    /// `Retry-After` replaces it, cut to `max_retry_after`.
+    pub fn backoff_policy(&self) -> Backoff {
+        Backoff::doubling(self.first_backoff, self.max_backoff)
+            .with_equal_jitter()
+            .with_max_retry_after(self.max_retry_after)
+    }
+
+    /// The wait before attempt `attempt + 1` when Graph named no wait of its own.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.backoff_policy().delay_for(attempt)
     }
 }
 
@@ -220,7 +177,6 @@ pub struct GraphHttp {
     mailboxes: Mutex<HashMap<String, Arc<MailboxGate>>>,
     pub(crate) counters: AtomicCounters,
     pub(crate) retry: RetryPolicy,
-    pub(crate) random: SystemRandom,
 }
 
 enum Attempt {
@@ -248,7 +204,6 @@ impl GraphHttp {
             mailboxes: Mutex::new(HashMap::new()),
             counters: AtomicCounters::default(),
             retry,
-            random: SystemRandom::new(),
         }
     }
 
@@ -294,10 +249,9 @@ impl GraphHttp {
 
     /// The wait Graph asked for, or the back-off for this attempt.
     pub(crate) fn delay_for(&self, retry_after: Option<Duration>, attempt: u32) -> Duration {
-        match retry_after {
-            Some(wait) => wait.min(self.retry.max_retry_after),
-            None => self.retry.backoff(attempt, &self.random),
-        }
+        self.retry
+            .backoff_policy()
+            .delay_obeying_retry_after(attempt, retry_after)
     }
 
     /// Sends a request with retries. `mailbox` (a user id or address) applies the per-mailbox
@@ -398,7 +352,7 @@ impl GraphHttp {
                         });
                     }
                     AtomicCounters::add(&self.counters.retries, 1);
-                    tokio::time::sleep(self.retry.backoff(attempt, &self.random)).await;
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }
             }
         }
@@ -448,12 +402,11 @@ mod tests {
     #[test]
     fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
         let policy = RetryPolicy::default();
-        let random = SystemRandom::new();
         for attempt in 1..=10 {
             let full = Duration::from_millis(500)
                 .saturating_mul(1 << (attempt - 1))
                 .min(Duration::from_secs(30));
-            let wait = policy.backoff(attempt, &random);
+            let wait = policy.backoff(attempt);
             assert!(
                 wait >= full / 2 && wait <= full,
                 "attempt {attempt}: {wait:?}"

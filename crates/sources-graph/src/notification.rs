@@ -2,6 +2,8 @@
 //! receiver lives in the service and only calls these.
 
 use calbridge_domain::Secret;
+use calbridge_net::constant_time_equal;
+use calbridge_net::percent::decode_form_value;
 use serde::Deserialize;
 
 /// What one notification asks calbridge to do.
@@ -129,19 +131,6 @@ fn user_from_resource(resource: &str) -> Option<String> {
     (!user.is_empty()).then(|| user.to_string())
 }
 
-/// Compares without an early exit, so the time taken does not tell an attacker how much of a
-/// guessed clientState was right. (Length is not hidden; it is not secret.)
-fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    let difference = left
-        .iter()
-        .zip(right)
-        .fold(0u8, |difference, (a, b)| difference | (a ^ b));
-    std::hint::black_box(difference) == 0
-}
-
 /// The answer to Graph's validation request (`POST notificationUrl?validationToken=…`): the
 /// decoded token, to be sent back as `200 text/plain` within 10 seconds. `None` when the query
 /// has no validation token (an ordinary notification).
@@ -149,34 +138,8 @@ pub fn validation_response(query: &str) -> Option<String> {
     let query = query.strip_prefix('?').unwrap_or(query);
     query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        (name == "validationToken").then(|| percent_decode_form(value))
+        (name == "validationToken").then(|| decode_form_value(value))
     })
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; malformed
-/// escapes are kept literally.
-fn percent_decode_form(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'+' => decoded.push(b' '),
-            b'%' if index + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok();
-                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
-                    Some(byte) => {
-                        decoded.push(byte);
-                        index += 2;
-                    }
-                    None => decoded.push(b'%'),
-                }
-            }
-            byte => decoded.push(byte),
-        }
-        index += 1;
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calbridge_domain::{Appointment, MailboxAddress, Secret};
+use calbridge_net::build_http_client;
+use calbridge_net::percent::{encode_path_segment, encode_query_value};
 use jiff::Timestamp;
 use serde::Deserialize;
 
@@ -13,9 +15,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, GraphSourceConfig};
 use crate::error::{GraphAnswer, GraphError};
 use crate::event::GraphEvent;
-use crate::http::{
-    build_http_client, AtomicCounters, GraphCounters, GraphHttp, GraphRequest, RetryPolicy,
-};
+use crate::http::{AtomicCounters, GraphCounters, GraphHttp, GraphRequest, RetryPolicy};
 
 /// Fields `calendarView` is asked for; the subject only when it may be shown.
 const EVENT_FIELDS: &str = "id,start,end,isAllDay,isCancelled,showAs,sensitivity,organizer";
@@ -788,38 +788,6 @@ impl GraphUser {
 /// `2026-11-23T08:00:00Z`: whole seconds, as Graph's examples write query times.
 pub fn format_instant(instant: Timestamp) -> String {
     instant.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// Percent-encodes a path segment. `@` stays as is: Graph accepts UPNs raw in paths and it is
-/// a legal path character.
-pub fn encode_path_segment(segment: &str) -> String {
-    encode(segment, |byte| {
-        byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'@')
-    })
-}
-
-/// Percent-encodes a query value, keeping the characters OData expressions use unencoded
-/// where that is safe.
-pub fn encode_query_value(value: &str) -> String {
-    encode(value, |byte| {
-        byte.is_ascii_alphanumeric()
-            || matches!(
-                byte,
-                b'-' | b'.' | b'_' | b'~' | b'@' | b':' | b'(' | b')' | b','
-            )
-    })
-}
-
-fn encode(text: &str, keep: impl Fn(u8) -> bool) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for &byte in text.as_bytes() {
-        if keep(byte) {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 #[cfg(test)]

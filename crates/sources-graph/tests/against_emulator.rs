@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calbridge_domain::{MailboxAddress, Secret};
-use calbridge_sources_graph::http::build_http_client;
+use calbridge_net::build_http_client;
 use calbridge_sources_graph::{
     AuthError, Clock, DeltaCursor, DeltaOutcome, GraphCredential, GraphError, GraphSource,
     GraphSourceConfig, RenewOutcome, RetryPolicy, SourceOptions, SubjectFetch, SubscriptionRequest,

@@ -18,6 +18,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use calbridge_domain::{AppointmentStatus, MailboxAddress, Secret, SourceId};
+use calbridge_net::constant_time_equal;
+use calbridge_net::percent::decode_form_value;
 use calbridge_presence::SubjectVisibility;
 use calbridge_sources_graph::TokenStatus;
 use calbridge_store::{PersonKey, Resolution, Store};
@@ -106,10 +108,11 @@ async fn require_token(
     let from_query = request.uri().query().and_then(|query| {
         query
             .split('&')
-            .find_map(|pair| pair.strip_prefix("access_token=").map(percent_decode))
+            .find_map(|pair| pair.strip_prefix("access_token=").map(decode_form_value))
     });
     let presented = from_header.or(from_query);
     let accepted = presented.is_some_and(|token| {
+        // Constant time, so response times do not tell how much of a guessed token was right.
         constant_time_equal(token.as_bytes(), state.token.expose().as_bytes())
     });
     if accepted {
@@ -120,36 +123,6 @@ async fn require_token(
             "missing or wrong API token: send `Authorization: Bearer <token>` with the token from calbridge.toml [api] (calbridge prints it at start when it generated one)",
         )
     }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guessed
-/// token was right.
-fn constant_time_equal(presented: &[u8], expected: &[u8]) -> bool {
-    presented.len() == expected.len()
-        && presented
-            .iter()
-            .zip(expected)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let byte = bytes[index];
-        if byte == b'%' && index + 2 < bytes.len() {
-            if let Ok(decoded) = u8::from_str_radix(&value[index + 1..index + 3], 16) {
-                out.push(decoded);
-                index += 3;
-                continue;
-            }
-        }
-        out.push(if byte == b'+' { b' ' } else { byte });
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {

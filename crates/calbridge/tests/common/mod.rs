@@ -183,7 +183,7 @@ pub struct Answer {
 
 impl GraphClient {
     pub async fn new(ready: &ReadyInfo) -> GraphClient {
-        let http = calbridge_sources_graph::http::build_http_client(Some(&ready.ca_cert))
+        let http = calbridge_net::build_http_client(Some(&ready.ca_cert))
             .expect("an HTTP client trusting the emulator's CA");
         let form = format!(
             "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
@@ -406,7 +406,7 @@ impl Api {
     pub fn new(running: &RunningService) -> Api {
         Api {
             // reqwest is built without a default TLS provider here; this client brings one.
-            http: calbridge_sources_graph::http::build_http_client(None).expect("an HTTP client"),
+            http: calbridge_net::build_http_client(None).expect("an HTTP client"),
             base: format!("http://{}", running.address),
             token: running.api_token.expose().to_string(),
         }

@@ -202,13 +202,13 @@ pub fn retry_delay(trouble: &Trouble, failures: u32) -> Option<Duration> {
     if !trouble.retryable {
         return None;
     }
-    let doubling = Duration::from_secs(1u64 << (failures.max(1) - 1).min(9));
-    Some(
-        doubling
-            .max(trouble.retry_after.unwrap_or_default())
-            .min(RETRY_MAX),
-    )
+    Some(RETRY_BACKOFF.delay_at_least_retry_after(failures, trouble.retry_after))
 }
+
+/// Passing troubles: 1 s doubling to [`RETRY_MAX`], at least what the server asked for (but
+/// no longer than `RETRY_MAX` either).
+const RETRY_BACKOFF: calbridge_net::Backoff =
+    calbridge_net::Backoff::doubling(Duration::from_secs(1), RETRY_MAX);
 
 /// One source's people and the loop that keeps their calendars fresh.
 pub struct Engine<S: CalendarSource> {

@@ -5,21 +5,23 @@
 //! on a source crate to get an HTTP client.
 //!
 //! Map: [`tls`] (the rustls client configuration and the reqwest client: system roots plus an
-//! optional extra CA), [`backoff`] (the doubling back-off policy with optional jitter and
+//! optional extra CA), [`entra`] (the client-credentials token request's form and how the token
+//! endpoint's answer reads), [`backoff`] (the doubling back-off policy with optional jitter and
 //! `Retry-After`), [`percent`] (percent-encoding sets for URL path segments and query values,
 //! form decoding), [`constant_time_equal`] (secret comparison).
 //!
 //! This crate speaks no protocol of its own: wire formats (Graph JSON, SOAP, SIP) stay in the
 //! crate of their edge.
 //!
-//! Not here yet: the Entra ID client-credentials flow. The Graph source's `auth.rs` (secret and
-//! certificate assertion, single-flight refresh, AADSTS classification, credential back-off)
-//! and the EWS transport's `bearer_token` (secret only, sent on EWS's own connections with its
-//! host overrides and protocol log, refusals counted in EWS's credential back-off) still differ
-//! in behaviour; merging them means choosing one behaviour for both, which is its own change
-//! (issue #10).
+//! Entra ID's client-credentials grant is shared as far as it is the same for both sources:
+//! the request's form and the reading of the answer ([`entra`]). Sending it and what a refusal
+//! means for the source stay with the source: the Graph source (`auth.rs`: secret or
+//! certificate, one refresh for all callers, AADSTS classification, its credential back-off)
+//! sends it with reqwest, the EWS transport (`bearer_token`: a secret, its refusals counted in
+//! EWS's credential back-off) on its own connections with their host overrides and protocol log.
 
 pub mod backoff;
+pub mod entra;
 pub mod percent;
 pub mod tls;
 

@@ -39,6 +39,20 @@ pub fn encode_query_value(value: &str) -> String {
     encode(value, QUERY_VALUE)
 }
 
+/// What stays raw in an `application/x-www-form-urlencoded` value (WHATWG URL standard):
+/// letters, digits and `*-._`; a space becomes `+`.
+const FORM_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b' ');
+
+/// Encodes one `application/x-www-form-urlencoded` name or value (a token request's form).
+pub fn encode_form_value(value: &str) -> String {
+    encode(value, FORM_VALUE).replace(' ', "+")
+}
+
 /// Decodes an `application/x-www-form-urlencoded` value: `+` is a space, `%XX` a byte, a
 /// malformed escape stays as it is, and bytes that are not UTF-8 become U+FFFD (a received
 /// value is never a reason to fail).

@@ -651,12 +651,11 @@ impl Transport {
                 problem: error.to_string(),
             })
         })?;
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", client_id)
-            .append_pair("client_secret", client_secret.expose())
-            .append_pair("scope", scope)
-            .finish();
+        let form = calbridge_net::entra::token_request_form(
+            client_id,
+            scope,
+            calbridge_net::entra::ClientCredential::Secret(client_secret.expose()),
+        );
         let headers = vec![(
             "Content-Type".to_string(),
             "application/x-www-form-urlencoded".to_string(),
@@ -675,13 +674,11 @@ impl Transport {
             .await?;
         let answer = self.collect(&url, response).await?;
         self.give_back(&url, connection);
-        let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
         if answer.status != 200 {
-            let description = json
-                .get("error_description")
-                .and_then(|value| value.as_str())
-                .unwrap_or("no description");
-            let mut description = description.lines().next().unwrap_or_default().to_string();
+            let mut description = calbridge_net::entra::read_refusal(&answer.body).map_or_else(
+                || "no description".to_string(),
+                |refusal| refusal.description,
+            );
             // Entra never repeats the secret, but a proxy or another token service might.
             if !client_secret.is_empty() {
                 description = description.replace(client_secret.expose(), "<redacted>");
@@ -702,20 +699,16 @@ impl Transport {
                 answer.status
             )));
         }
-        let token = json
-            .get("access_token")
-            .and_then(|value| value.as_str())
-            .ok_or_else(|| EwsError::BadAnswer {
+        let issued = calbridge_net::entra::read_issued_token(&answer.body).map_err(|detail| {
+            EwsError::BadAnswer {
                 what: "the token request".to_string(),
-                detail: "no access_token in the answer".to_string(),
-            })?;
-        let lifetime = json
-            .get("expires_in")
-            .and_then(|value| value.as_u64())
-            .unwrap_or(3599);
+                detail,
+            }
+        })?;
         // Refreshed five minutes early, so that a token does not expire during a request.
-        let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(300).max(30));
-        let secret = Secret::new(token);
+        let expires = Instant::now()
+            + Duration::from_secs(issued.lifetime_seconds.saturating_sub(300).max(30));
+        let secret = Secret::new(issued.access_token);
         *cached = Some((secret.clone(), expires));
         Ok(secret)
     }

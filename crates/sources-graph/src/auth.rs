@@ -18,7 +18,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::RsaKeyPair;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 
 use calbridge_net::tls::error_chain;
 
@@ -402,27 +401,6 @@ impl std::fmt::Debug for TokenProvider {
     }
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct EntraErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
-    #[serde(default)]
-    error_codes: Vec<u64>,
-    #[serde(default)]
-    trace_id: Option<String>,
-    #[serde(default)]
-    correlation_id: Option<String>,
-}
-
 impl TokenProvider {
     /// `authority_url` without a trailing slash; the token URL is
     /// `{authority_url}/{tenant}/oauth2/v2.0/token`.
@@ -608,14 +586,9 @@ impl TokenProvider {
 
     async fn request_token(&self, now: Timestamp) -> Result<(Secret, SignedDuration), AuthError> {
         let assertion;
-        let mut form: Vec<(&str, &str)> = vec![
-            ("client_id", &self.client_id),
-            ("scope", &self.scope),
-            ("grant_type", "client_credentials"),
-        ];
-        match &self.credential {
+        let credential = match &self.credential {
             LoadedCredential::ClientSecret(secret) => {
-                form.push(("client_secret", secret.expose()));
+                calbridge_net::entra::ClientCredential::Secret(secret.expose())
             }
             LoadedCredential::Certificate(signer) => {
                 assertion = signer
@@ -624,17 +597,19 @@ impl TokenProvider {
                         client_id: self.client_id.clone(),
                         detail,
                     })?;
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ));
-                form.push(("client_assertion", assertion.expose()));
+                calbridge_net::entra::ClientCredential::Assertion(assertion.expose())
             }
-        }
+        };
+        let form =
+            calbridge_net::entra::token_request_form(&self.client_id, &self.scope, credential);
         let response = self
             .http
             .post(&self.token_url)
-            .form(&form)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form)
             .send()
             .await
             .map_err(|error| AuthError::Network {
@@ -648,22 +623,17 @@ impl TokenProvider {
             detail: error_chain(&error),
         })?;
         if (200..300).contains(&http_status) {
-            let answer: TokenAnswer =
-                serde_json::from_slice(&body).map_err(|error| AuthError::BadAnswer {
+            let issued = calbridge_net::entra::read_issued_token(&body).map_err(|detail| {
+                AuthError::BadAnswer {
                     token_url: self.token_url.clone(),
                     http_status,
-                    detail: format!("no access_token in the JSON answer: {error}"),
-                })?;
-            let lifetime_seconds = match answer.expires_in {
-                Some(serde_json::Value::Number(number)) => number.as_i64(),
-                // Some Entra ID endpoints (v1) send it as a string.
-                Some(serde_json::Value::String(text)) => text.parse().ok(),
-                _ => None,
-            }
-            .unwrap_or(3599);
+                    detail,
+                }
+            })?;
+            let lifetime = i64::try_from(issued.lifetime_seconds).unwrap_or(i64::MAX);
             return Ok((
-                Secret::new(answer.access_token),
-                SignedDuration::from_secs(lifetime_seconds.max(0)),
+                Secret::new(issued.access_token),
+                SignedDuration::from_secs(lifetime),
             ));
         }
         Err(self.classify_failure(http_status, &body))
@@ -689,8 +659,7 @@ pub fn classify_entra_error(
     http_status: u16,
     body: &[u8],
 ) -> AuthError {
-    let parsed: Option<EntraErrorBody> = serde_json::from_slice(body).ok();
-    let Some(parsed) = parsed.filter(|parsed| !parsed.error.is_empty()) else {
+    let Some(refusal) = calbridge_net::entra::read_refusal(body) else {
         let detail = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return if http_status >= 500 {
             AuthError::ServerError {
@@ -706,25 +675,14 @@ pub fn classify_entra_error(
             }
         };
     };
-    let aadsts_code = parsed.error_codes.first().copied().or_else(|| {
-        // `AADSTS7000222: The provided client secret keys … are expired.`
-        let rest = parsed.error_description.strip_prefix("AADSTS")?;
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        digits.parse().ok()
-    });
+    let aadsts_code = refusal.aadsts_code;
     let answer = EntraAnswer {
         http_status,
-        error: parsed.error,
+        error: refusal.error,
         aadsts_code,
-        description: parsed
-            .error_description
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        trace_id: parsed.trace_id,
-        correlation_id: parsed.correlation_id,
+        description: refusal.description,
+        trace_id: refusal.trace_id,
+        correlation_id: refusal.correlation_id,
     };
     let client_id = client_id.to_string();
     let tenant_id = tenant_id.to_string();

@@ -207,6 +207,8 @@ impl EwsCalendars {
     /// A subscription that failed: recorded, and for passing troubles the person is brought
     /// up again later (read, subscribe, stream).
     async fn subscription_failed(&self, engine: &EwsSync, person: &PersonKey, error: &EwsError) {
+        // A subscription id from before a restart (or a lost one) no longer streams anything.
+        engine.update_health(person, |health| health.subscription_id = None);
         let trouble = trouble(error);
         engine.record_failure(person, &trouble).await;
         engine.retry_later(person, Work::Added(person.clone()), &trouble);

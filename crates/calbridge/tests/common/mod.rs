@@ -157,18 +157,6 @@ pub async fn wait_presence(
     }
 }
 
-fn form_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
 /// Graph as another application would use it: changes calendars through `/users/{id}/events`.
 pub struct GraphClient {
     http: reqwest::Client,
@@ -185,16 +173,15 @@ impl GraphClient {
     pub async fn new(ready: &ReadyInfo) -> GraphClient {
         let http = calbridge_net::build_http_client(Some(&ready.ca_cert))
             .expect("an HTTP client trusting the emulator's CA");
-        let form = format!(
-            "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
-            form_encode(&ready.client_id),
-            form_encode(
+        let form = calbridge_net::entra::token_request_form(
+            &ready.client_id,
+            "https://graph.microsoft.com/.default",
+            calbridge_net::entra::ClientCredential::Secret(
                 ready
                     .client_secret
                     .as_deref()
-                    .expect("the app has a secret")
+                    .expect("the app has a secret"),
             ),
-            form_encode("https://graph.microsoft.com/.default"),
         );
         let answer = http
             .post(&ready.token_url)

@@ -12,6 +12,7 @@
 //! recorded per person and retried per person.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -209,6 +210,44 @@ pub fn retry_delay(trouble: &Trouble, failures: u32) -> Option<Duration> {
 /// no longer than `RETRY_MAX` either).
 const RETRY_BACKOFF: calbridge_net::Backoff =
     calbridge_net::Backoff::doubling(Duration::from_secs(1), RETRY_MAX);
+
+/// Runs `job` for every item and returns the results in the items' order: how every source
+/// sends one request per person or batch. The first request goes alone: a wrong password or
+/// secret is then refused once and the source's credential back-off stops the rest before they
+/// are sent, instead of `parallel` refused logons at once. When the first is done the rest run
+/// up to `parallel` at a time.
+pub(crate) async fn fan_out<T, R, F, Fut>(parallel: usize, items: Vec<T>, job: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    let limiter = Arc::new(Semaphore::new(1));
+    let mut tasks = Vec::with_capacity(items.len());
+    for item in items {
+        let Ok(permit) = limiter.clone().acquire_owned().await else {
+            break;
+        };
+        let first = tasks.is_empty();
+        let opening = limiter.clone();
+        let request = job(item);
+        tasks.push(tokio::spawn(async move {
+            let result = request.await;
+            drop(permit);
+            if first {
+                opening.add_permits(parallel.max(1) - 1);
+            }
+            result
+        }));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(result) = task.await {
+            results.push(result);
+        }
+    }
+    results
+}
 
 /// One source's people and the loop that keeps their calendars fresh.
 pub struct Engine<S: CalendarSource> {

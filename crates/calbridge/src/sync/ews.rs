@@ -23,7 +23,9 @@ use calbridge_store::{PersonKey, Store};
 use jiff::Timestamp;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::engine::{CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work};
+use super::engine::{
+    fan_out, CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work,
+};
 use crate::clock::Clock;
 use crate::config::SyncConfig;
 use crate::hub::PresenceHub;
@@ -67,43 +69,6 @@ impl Drop for Poller {
         self.task.abort();
         self.counter.fetch_sub(self.mailboxes, Ordering::Relaxed);
     }
-}
-
-/// Runs `job` for every item and returns the results in the items' order. The first request
-/// goes alone: a wrong password is then refused once and the credential back-off stops the
-/// rest before they are sent, instead of `PARALLEL_PEOPLE` refused logons at once. When the
-/// first is done the rest run up to `PARALLEL_PEOPLE` at a time.
-async fn fan_out<T, R, F, Fut>(items: Vec<T>, job: F) -> Vec<R>
-where
-    F: Fn(T) -> Fut,
-    Fut: Future<Output = R> + Send + 'static,
-    R: Send + 'static,
-{
-    let limiter = Arc::new(Semaphore::new(1));
-    let mut tasks = Vec::with_capacity(items.len());
-    for item in items {
-        let Ok(permit) = limiter.clone().acquire_owned().await else {
-            break;
-        };
-        let first = tasks.is_empty();
-        let opening = limiter.clone();
-        let request = job(item);
-        tasks.push(tokio::spawn(async move {
-            let result = request.await;
-            drop(permit);
-            if first {
-                opening.add_permits(PARALLEL_PEOPLE - 1);
-            }
-            result
-        }));
-    }
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        if let Ok(result) = task.await {
-            results.push(result);
-        }
-    }
-    results
 }
 
 /// One mailbox's free/busy answer as appointments without subjects.
@@ -381,7 +346,7 @@ impl CalendarSource for EwsCalendars {
                 (person, candidates)
             })
             .collect();
-        fan_out(jobs, |(person, candidates)| {
+        fan_out(PARALLEL_PEOPLE, jobs, |(person, candidates)| {
             let ews = self.ews.clone();
             async move {
                 let result = ews
@@ -420,7 +385,7 @@ impl CalendarSource for EwsCalendars {
         match self.ews.config().read {
             WindowRead::CalendarView => {
                 results.extend(
-                    fan_out(readable, |(person, mailbox)| {
+                    fan_out(PARALLEL_PEOPLE, readable, |(person, mailbox)| {
                         let ews = self.ews.clone();
                         async move {
                             let result = ews
@@ -439,7 +404,7 @@ impl CalendarSource for EwsCalendars {
                     .map(<[_]>::to_vec)
                     .collect();
                 results.extend(
-                    fan_out(batches, |batch| {
+                    fan_out(PARALLEL_PEOPLE, batches, |batch| {
                         let ews = self.ews.clone();
                         async move { read_free_busy(&ews, batch, start, end).await }
                     })
@@ -480,7 +445,7 @@ impl CalendarSource for EwsCalendars {
                 Some((mailbox, person))
             })
             .collect();
-        let results = fan_out(mailboxes, |(mailbox, person)| {
+        let results = fan_out(PARALLEL_PEOPLE, mailboxes, |(mailbox, person)| {
             let ews = self.ews.clone();
             async move {
                 let result = ews.subscribe(&mailbox).await;

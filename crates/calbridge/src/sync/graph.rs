@@ -15,9 +15,11 @@ use calbridge_sources_graph::{
 };
 use calbridge_store::{PersonKey, Store};
 use jiff::{SignedDuration, Timestamp};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
-use super::engine::{CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work};
+use super::engine::{
+    fan_out, CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work,
+};
 use crate::clock::Clock;
 use crate::config::SyncConfig;
 use crate::hub::PresenceHub;
@@ -248,32 +250,21 @@ impl CalendarSource for GraphCalendars {
     }
 
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)> {
-        let limiter = Arc::new(Semaphore::new(PARALLEL_PEOPLE));
-        let mut tasks = Vec::with_capacity(people.len());
-        for person in people {
-            let Ok(permit) = limiter.clone().acquire_owned().await else {
-                break;
-            };
+        fan_out(PARALLEL_PEOPLE, people, |person| {
             let graph = self.graph.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = graph.resolve_user(&person.address).await;
-                drop(permit);
-                let result = result
+            async move {
+                let result = graph
+                    .resolve_user(&person.address)
+                    .await
                     .map(|user| Resolved {
                         primary_smtp: user.primary_smtp,
                         source_user_id: Some(user.id),
                     })
                     .map_err(|error| trouble(&error));
                 (person, result)
-            }));
-        }
-        let mut results = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            if let Ok(result) = task.await {
-                results.push(result);
             }
-        }
-        results
+        })
+        .await
     }
 
     async fn read_windows(

@@ -813,8 +813,7 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
     let api = Api::new(&running);
     let polled = || {
         running.ews_syncs[&SourceId(EWS_SOURCE.to_string())]
-            .source
-            .polled_mailboxes
+            .polled_people
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     wait_for("two mailboxes polled", PATIENCE, || {

@@ -257,7 +257,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
         }
         let config = sync.source.ews.config();
         let (url, answered_by) = sync.source.ews.current_endpoint();
-        let polled = sync.source.polled_mailboxes.load(Relaxed);
+        let polled = sync.polled_people.load(Relaxed);
         sources.push(json!({
             "id": id.0,
             "kind": "ews",

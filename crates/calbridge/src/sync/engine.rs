@@ -273,6 +273,26 @@ pub struct Engine<S: CalendarSource> {
     /// later one found. The lock is held from that check until the hub has the result.
     read_numbers: AtomicU64,
     stored_reads: tokio::sync::Mutex<HashMap<PersonKey, u64>>,
+    /// Group re-reads (after a reconnect, or polling) run one at a time, so that groups coming
+    /// back together do not multiply the parallel requests.
+    group_reads: Semaphore,
+    /// People read by polling because the source cannot watch them (see [`Engine::poll`]).
+    pub polled_people: Arc<AtomicUsize>,
+}
+
+/// A group of people read every `sync.poll_interval_seconds` while the source cannot watch
+/// them; dropping it stops the polling.
+pub struct Polling {
+    task: tokio::task::JoinHandle<()>,
+    counter: Arc<AtomicUsize>,
+    n_people: usize,
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.counter.fetch_sub(self.n_people, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,6 +328,8 @@ impl<S: CalendarSource> Engine<S> {
             source_wide_logged: Mutex::new(None),
             read_numbers: AtomicU64::new(1),
             stored_reads: tokio::sync::Mutex::new(HashMap::new()),
+            group_reads: Semaphore::new(1),
+            polled_people: Arc::new(AtomicUsize::new(0)),
         };
         (Arc::new(engine), queue_rx)
     }
@@ -659,6 +681,43 @@ impl<S: CalendarSource> Engine<S> {
                 }
             }
             self.save_windows(windows, progress, read_number).await;
+        }
+    }
+
+    /// Re-reads a group's windows (after a reconnect, or polling); one group at a time.
+    pub(crate) async fn read_group(&self, people: &[PersonKey]) {
+        let Ok(_turn) = self.group_reads.acquire().await else {
+            return;
+        };
+        self.read_windows(people, None).await;
+    }
+
+    /// How often people the source cannot watch are read: `sync.poll_interval_seconds`.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.settings.poll_interval_seconds.max(1))
+    }
+
+    /// Reads `people` every [`Engine::poll_interval`] until the returned guard is dropped (the
+    /// source watches them again); the first read is one interval from now, because whoever
+    /// asks has just read them. Counted in `polled_people` meanwhile.
+    pub(crate) fn poll(self: &Arc<Self>, people: Vec<PersonKey>) -> Polling {
+        let n_people = people.len();
+        self.polled_people.fetch_add(n_people, Ordering::Relaxed);
+        let every = self.poll_interval();
+        let engine = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                engine.read_group(&people).await;
+            }
+        });
+        Polling {
+            task,
+            counter: self.polled_people.clone(),
+            n_people,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use calbridge_sources_ews::{
 };
 use calbridge_store::{PersonKey, Store};
 use jiff::Timestamp;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use super::engine::{
     fan_out, CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work,
@@ -47,28 +47,8 @@ pub struct EwsCalendars {
     alternates: Mutex<HashMap<PersonKey, Vec<String>>>,
     /// The streaming connections; aborting one ends it.
     streams: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Whole-group re-reads (after a reconnect) run one at a time, so that connections
-    /// re-opening together do not multiply the parallel requests.
-    group_reads: Semaphore,
     /// Changes the streaming connections reported.
     pub changes_streamed: AtomicU64,
-    /// Mailboxes read by polling because Exchange refused their streaming connection.
-    pub polled_mailboxes: Arc<AtomicUsize>,
-    poll_interval: Duration,
-}
-
-/// Polls a group whose streaming connection Exchange refused; dropping it stops the polling.
-struct Poller {
-    task: tokio::task::JoinHandle<()>,
-    counter: Arc<AtomicUsize>,
-    mailboxes: usize,
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.counter.fetch_sub(self.mailboxes, Ordering::Relaxed);
-    }
 }
 
 /// One mailbox's free/busy answer as appointments without subjects.
@@ -126,17 +106,9 @@ impl EwsSync {
             ews: Arc::new(ews),
             alternates: Mutex::new(HashMap::new()),
             streams: tokio::sync::Mutex::new(Vec::new()),
-            group_reads: Semaphore::new(1),
             changes_streamed: AtomicU64::new(0),
-            polled_mailboxes: Arc::new(AtomicUsize::new(0)),
-            poll_interval: Duration::from_secs(settings.poll_interval_seconds.max(1)),
         };
         Engine::with_source(source_id, source, store, hub, clock, settings)
-    }
-
-    /// How often a group without a streaming connection is read: `sync.poll_interval_seconds`.
-    pub fn poll_interval(&self) -> Duration {
-        self.source.poll_interval
     }
 }
 
@@ -179,15 +151,6 @@ impl EwsCalendars {
         engine.retry_later(person, Work::Added(person.clone()), &trouble);
     }
 
-    /// Re-reads a streaming group's mailboxes (after a reconnect, or polling); one group at
-    /// a time, so that groups re-opening together do not multiply the parallel requests.
-    async fn read_group(&self, engine: &EwsSync, people: &[PersonKey]) {
-        let Ok(_turn) = self.group_reads.acquire().await else {
-            return;
-        };
-        engine.read_windows(people, None).await;
-    }
-
     async fn start_stream(
         self: &Arc<Self>,
         engine: &Arc<EwsSync>,
@@ -224,7 +187,7 @@ impl EwsCalendars {
             .collect();
         // While Exchange refuses this connection (too many hanging connections), the group is
         // polled; the connection keeps trying with its back-off and takes over once it opens.
-        let mut poller: Option<Poller> = None;
+        let mut poller: Option<super::engine::Polling> = None;
         while let Some(event) = connection.next().await {
             match event {
                 StreamEvent::Changed(mailbox) => {
@@ -241,37 +204,15 @@ impl EwsCalendars {
                     // Changes during the gap were not streamed: re-read the whole group, in
                     // one go (free/busy reads take 100 mailboxes per request).
                     if reopened || was_polled {
-                        let me = self.clone();
                         let engine = engine.clone();
                         let people = people.clone();
-                        tokio::spawn(async move { me.read_group(&engine, &people).await });
+                        tokio::spawn(async move { engine.read_group(&people).await });
                     }
                 }
                 StreamEvent::Error(error) if error.is_connection_limit() => {
                     if poller.is_none() {
-                        let every = self.poll_interval;
-                        tracing::warn!(source = %engine.source_id, "{error}: {} mailboxes are read every {} s until Exchange accepts the connection", people.len(), every.as_secs());
-                        self.polled_mailboxes
-                            .fetch_add(people.len(), Ordering::Relaxed);
-                        let me = self.clone();
-                        let engine = engine.clone();
-                        let polled = people.clone();
-                        poller = Some(Poller {
-                            task: tokio::spawn(async move {
-                                let mut ticks = tokio::time::interval(every);
-                                ticks.set_missed_tick_behavior(
-                                    tokio::time::MissedTickBehavior::Delay,
-                                );
-                                // The first tick is now: the group was just read.
-                                ticks.tick().await;
-                                loop {
-                                    ticks.tick().await;
-                                    me.read_group(&engine, &polled).await;
-                                }
-                            }),
-                            counter: self.polled_mailboxes.clone(),
-                            mailboxes: people.len(),
-                        });
+                        tracing::warn!(source = %engine.source_id, "{error}: {} mailboxes are read every {} s until Exchange accepts the connection", people.len(), engine.poll_interval().as_secs());
+                        poller = Some(engine.poll(people.clone()));
                     }
                 }
                 StreamEvent::SubscriptionsLost(mailboxes) => {
@@ -523,64 +464,5 @@ async fn read_free_busy(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::engine::retry_delay;
-    use super::*;
-
-    #[test]
-    fn autodiscover_failures_are_source_wide_and_tried_again_and_a_missing_mailbox_is_not() {
-        let autodiscover = trouble(&EwsError::Autodiscover {
-            address: "svc@contoso.example".to_string(),
-            detail: "every candidate failed".to_string(),
-        });
-        assert!(autodiscover.retryable && autodiscover.source_wide);
-        assert_eq!(retry_delay(&autodiscover, 3), Some(Duration::from_secs(4)));
-        let missing = trouble(&EwsError::NonExistentMailbox {
-            address: "ghost@contoso.example".to_string(),
-            code: "ErrorNonExistentMailbox".to_string(),
-        });
-        assert!(!missing.retryable && !missing.source_wide);
-        assert_eq!(retry_delay(&missing, 1), None);
-    }
-
-    #[test]
-    fn free_busy_periods_become_appointments_without_subjects_and_errors_name_the_mailbox() {
-        let mailbox = MailboxAddress::parse("ada@contoso.example").unwrap();
-        let start: Timestamp = "2026-06-01T09:00:00Z".parse().unwrap();
-        let end: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
-        let appointments = free_busy_appointments(FreeBusy {
-            mailbox: mailbox.clone(),
-            busy: Ok(vec![
-                (start, end, calbridge_domain::ShowAs::Oof),
-                (start, end, calbridge_domain::ShowAs::Busy),
-            ]),
-        })
-        .unwrap();
-        assert_eq!(appointments.len(), 2);
-        assert_ne!(
-            appointments[0].id, appointments[1].id,
-            "two meetings at the same time keep apart"
-        );
-        assert_eq!(appointments[0].time, AppointmentTime::Timed { start, end });
-        assert_eq!(appointments[0].show_as, calbridge_domain::ShowAs::Oof);
-        assert_eq!(appointments[0].subject, None);
-
-        let busy = free_busy_appointments(FreeBusy {
-            mailbox: mailbox.clone(),
-            busy: Err("ErrorServerBusy: try later".to_string()),
-        })
-        .unwrap_err();
-        assert!(busy.retryable);
-        assert!(
-            busy.message.contains("ada@contoso.example"),
-            "{}",
-            busy.message
-        );
-        let missing = free_busy_appointments(FreeBusy {
-            mailbox,
-            busy: Err("ErrorMailRecipientNotFound: no such mailbox".to_string()),
-        })
-        .unwrap_err();
-        assert!(!missing.retryable);
-    }
-}
+#[path = "ews_tests.rs"]
+mod tests;

@@ -675,8 +675,8 @@ impl<S: CalendarSource> Engine<S> {
                             progress.failed.fetch_add(1, Ordering::Relaxed);
                             progress.done.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.record_failure(&person, &trouble).await;
-                        self.retry_later(&person, Work::Changed(person.clone()), &trouble);
+                        let retry = Work::Changed(person.clone());
+                        self.record_failure(&person, &trouble, Some(retry)).await;
                     }
                 }
             }
@@ -738,7 +738,7 @@ impl<S: CalendarSource> Engine<S> {
             let trouble = Trouble::lasting(format!(
                 "the source listed appointment {id} twice in one read; the previous window is kept"
             ));
-            self.record_failure(&person, &trouble).await;
+            self.record_failure(&person, &trouble, None).await;
         }
         let mut stored_reads = self.stored_reads.lock().await;
         let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) =
@@ -880,8 +880,8 @@ impl<S: CalendarSource> Engine<S> {
                 (stored, next)
             }
             Err(trouble) => {
-                self.record_failure(person, &trouble).await;
-                self.retry_later(person, Work::Changed(person.clone()), &trouble);
+                let retry = Work::Changed(person.clone());
+                self.record_failure(person, &trouble, Some(retry)).await;
                 return;
             }
         };
@@ -924,14 +924,29 @@ impl<S: CalendarSource> Engine<S> {
         }
     }
 
-    /// Records a person's failure in their health (and the store) and logs it.
-    pub(crate) async fn record_failure(&self, person: &PersonKey, trouble: &Trouble) {
+    /// Records a person's failure in their health (and the store), logs it and, with `retry`,
+    /// queues that work again after the back-off (see [`Engine::retry_later`]). The retry is
+    /// scheduled together with the health update, so that whoever sees the failure counted
+    /// knows its retry is on the clock.
+    pub(crate) async fn record_failure(
+        &self,
+        person: &PersonKey,
+        trouble: &Trouble,
+        retry: Option<Work>,
+    ) {
         let now = self.clock.now();
-        let update = self.update_health(person, |health| {
-            health.last_error = Some(trouble.message.clone());
-            health.last_error_at = Some(now);
-            health.consecutive_failures += 1;
-        });
+        let update = {
+            let mut people = self.people();
+            people.get_mut(person).map(|health| {
+                health.last_error = Some(trouble.message.clone());
+                health.last_error_at = Some(now);
+                health.consecutive_failures += 1;
+                if let Some(work) = retry {
+                    self.schedule_retry(work, trouble, health.consecutive_failures);
+                }
+                health.clone()
+            })
+        };
         self.log_trouble(Some(person), trouble, &trouble.message);
         if let Some(update) = update {
             self.persist_health(person, &update).await;
@@ -965,15 +980,20 @@ impl<S: CalendarSource> Engine<S> {
         }
     }
 
-    /// Queues `work` again when the trouble may pass: after a back-off that doubles with every
-    /// failure in a row (1 s … 5 min, at least what the server asked for); after refused
-    /// credentials every `RETRY_MAX`. Lasting troubles (no such mailbox, no rights) wait for a
-    /// change of the directory or the midnight re-read.
+    /// Queues `work` again when the trouble may pass, counting the person's failures so far.
     pub(crate) fn retry_later(&self, person: &PersonKey, work: Work, trouble: &Trouble) {
         let failures = self
             .people()
             .get(person)
             .map_or(1, |health| health.consecutive_failures);
+        self.schedule_retry(work, trouble, failures);
+    }
+
+    /// Queues `work` again when the trouble may pass: after a back-off that doubles with every
+    /// failure in a row (1 s … 5 min, at least what the server asked for); after refused
+    /// credentials every `RETRY_MAX`. Lasting troubles (no such mailbox, no rights) wait for a
+    /// change of the directory or the midnight re-read.
+    fn schedule_retry(&self, work: Work, trouble: &Trouble, failures: u32) {
         let Some(delay) = retry_delay(trouble, failures) else {
             return;
         };

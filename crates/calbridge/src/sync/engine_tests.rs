@@ -364,14 +364,23 @@ async fn a_passing_failure_is_read_again_after_a_doubling_back_off() {
     );
     let rig = rig(fake, &["ada@x.example"], now).await;
     let reads = || rig.fake.reads_of("ada@x.example");
+    // A failure is counted together with scheduling its retry: once the count shows, the
+    // retry is on the clock and moving the clock may wake it.
+    let failures = || {
+        rig.engine
+            .health(&key("ada@x.example"))
+            .map_or(0, |health| health.consecutive_failures)
+    };
     assert_eq!(reads().len(), 1, "the first read failed");
+    assert_eq!(failures(), 1);
 
     // 1 s after the first failure, not a millisecond before.
     rig.clock.advance(SignedDuration::from_millis(999));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reads().len(), 1, "read again before its back-off");
     rig.clock.advance(SignedDuration::from_millis(1));
-    eventually("the second read", || reads().len() == 2).await;
+    eventually("the second read, failed", || failures() == 2).await;
+    assert_eq!(reads().len(), 2);
 
     // 2 s after the second.
     rig.clock.advance(SignedDuration::from_millis(1_999));

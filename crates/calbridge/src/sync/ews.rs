@@ -147,8 +147,9 @@ impl EwsCalendars {
         // A subscription id from before a restart (or a lost one) no longer streams anything.
         engine.update_health(person, |health| health.subscription_id = None);
         let trouble = trouble(error);
-        engine.record_failure(person, &trouble).await;
-        engine.retry_later(person, Work::Added(person.clone()), &trouble);
+        engine
+            .record_failure(person, &trouble, Some(Work::Added(person.clone())))
+            .await;
     }
 
     async fn start_stream(

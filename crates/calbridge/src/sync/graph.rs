@@ -201,7 +201,7 @@ impl GraphCalendars {
                         updates.push((person, update));
                     }
                 }
-                Err(error) => engine.record_failure(&person, &trouble(&error)).await,
+                Err(error) => engine.record_failure(&person, &trouble(&error), None).await,
             }
         }
         engine.persist_healths(&updates).await;
@@ -380,7 +380,7 @@ impl CalendarSource for GraphCalendars {
                 self.subscribe(engine, std::slice::from_ref(&person)).await;
                 engine.enqueue(Work::Changed(person));
             }
-            Err(error) => engine.record_failure(&person, &trouble(&error)).await,
+            Err(error) => engine.record_failure(&person, &trouble(&error), None).await,
         }
     }
 

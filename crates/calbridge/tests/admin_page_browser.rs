@@ -97,13 +97,7 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
         .await;
     let busy_person = members.first().expect("a generated person").clone();
     let now = clock.now();
-    graph
-        .clear_span(
-            &busy_person,
-            now - jiff::SignedDuration::from_hours(1),
-            now + jiff::SignedDuration::from_hours(3),
-        )
-        .await;
+    graph.free_around(&busy_person, now).await;
     graph
         .create_event(
             &busy_person,

@@ -34,13 +34,7 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
     // construction, whatever the hour.
     let free = people[0].clone();
     let test_start = jiff::Timestamp::now();
-    graph
-        .clear_span(
-            &free,
-            test_start - jiff::SignedDuration::from_hours(1),
-            test_start + jiff::SignedDuration::from_hours(3),
-        )
-        .await;
+    graph.free_around(&free, test_start).await;
 
     let data_dir = tempfile::tempdir().expect("temp dir");
     let directory = data_dir.path().join("people.csv");
@@ -275,13 +269,7 @@ impl Organisation {
     /// span the test first makes free, so that the meeting is what the person shows.
     async fn meeting(&self, person: &str, subject: &str) {
         let now = self.clock.now();
-        self.graph
-            .clear_span(
-                person,
-                now - jiff::SignedDuration::from_hours(1),
-                now + jiff::SignedDuration::from_hours(3),
-            )
-            .await;
+        self.graph.free_around(person, now).await;
         self.graph
             .create_event(
                 person,
@@ -543,13 +531,7 @@ async fn free_busy_reads_a_hundred_mailboxes_per_request_and_hides_subjects() {
     let (busy_person, free) = (org.people[0].clone(), org.people[1].clone());
     org.meeting(&busy_person, "Board meeting").await;
     let now = org.clock.now();
-    org.graph
-        .clear_span(
-            &free,
-            now - jiff::SignedDuration::from_hours(1),
-            now + jiff::SignedDuration::from_hours(3),
-        )
-        .await;
+    org.graph.free_around(&free, now).await;
 
     // What the calendar view decides, for comparison.
     let reference_dir = tempfile::tempdir().expect("temp dir");

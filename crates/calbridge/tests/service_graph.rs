@@ -548,13 +548,7 @@ async fn faults_mid_sync_end_with_the_correct_presence_for_everyone() {
     // hours on, so their presence is that meeting at whatever hour the test runs.
     let test_start = Timestamp::now();
     for person in &people[0..13] {
-        graph
-            .clear_span(
-                person,
-                test_start - SignedDuration::from_hours(1),
-                test_start + SignedDuration::from_hours(3),
-            )
-            .await;
+        graph.free_around(person, test_start).await;
     }
 
     // A throttling storm (one request per mailbox at a time, two mailboxes answering only

@@ -123,13 +123,7 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
         .await;
     let user = members.first().expect("a generated person").clone();
     let now = clock.now();
-    graph
-        .clear_span(
-            &user,
-            now - jiff::SignedDuration::from_hours(1),
-            now + jiff::SignedDuration::from_hours(3),
-        )
-        .await;
+    graph.free_around(&user, now).await;
     let running = start_service(config, Arc::new(clock.clone()), listener).await;
 
     // Every person with a decision reaches the presence server with their note.

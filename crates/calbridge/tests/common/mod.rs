@@ -313,6 +313,17 @@ impl GraphClient {
         panic!("the calendar of {user} still has events between {from} and {to}");
     }
 
+    /// Makes a user free around `now`, from an hour before to three hours after: room for a
+    /// meeting "now" of up to an hour, booked while the test runs, to be all the person has.
+    pub async fn free_around(&self, user: &str, now: Timestamp) {
+        self.clear_span(
+            user,
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(3),
+        )
+        .await;
+    }
+
     /// `(subject, start, end)` of a user's events (single events only), read back from Graph.
     pub async fn events(&self, user: &str) -> Vec<(String, Timestamp, Timestamp)> {
         let answer = self

@@ -38,6 +38,14 @@ impl Connection {
         else {
             panic!("tls")
         };
+        Connection::over(stream, port).await
+    }
+
+    /// HTTP/1.1 over an open stream (TLS or plain) to the emulator's `port`.
+    async fn over<S>(stream: S, port: u16) -> Connection
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let Ok((sender, connection)) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
         else {
@@ -66,16 +74,7 @@ impl Connection {
         let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
             panic!("connect http")
         };
-        let Ok((sender, connection)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            panic!("handshake")
-        };
-        tokio::spawn(connection);
-        Connection {
-            sender,
-            host: format!("127.0.0.1:{port}"),
-        }
+        Connection::over(stream, port).await
     }
 
     /// Sends a request and returns the answer with its body still to be read.

@@ -5,22 +5,22 @@
 //! on a source crate to get an HTTP client.
 //!
 //! Map: [`tls`] (the rustls client configuration and the reqwest client: system roots plus an
-//! optional extra CA), [`entra`] (the client-credentials token request's form and how the token
-//! endpoint's answer reads), [`backoff`] (the doubling back-off policy with optional jitter and
+//! optional extra CA), [`entra`] (Entra ID's client-credentials tokens: the request, the
+//! answer, the cache with its refresh and credential back-off, certificate assertions),
+//! [`clock`] (the injectable "now" of token lifetimes), [`backoff`] (the doubling back-off policy with optional jitter and
 //! `Retry-After`), [`percent`] (percent-encoding sets for URL path segments and query values,
 //! form decoding), [`constant_time_equal`] (secret comparison).
 //!
 //! This crate speaks no protocol of its own: wire formats (Graph JSON, SOAP, SIP) stay in the
 //! crate of their edge.
 //!
-//! Entra ID's client-credentials grant is shared as far as it is the same for both sources:
-//! the request's form and the reading of the answer ([`entra`]). Sending it and what a refusal
-//! means for the source stay with the source: the Graph source (`auth.rs`: secret or
-//! certificate, one refresh for all callers, AADSTS classification, its credential back-off)
-//! sends it with reqwest, the EWS transport (`bearer_token`: a secret, its refusals counted in
-//! EWS's credential back-off) on its own connections with their host overrides and protocol log.
+//! Entra ID's client-credentials grant has one client ([`entra::TokenProvider`]: secret or
+//! certificate, one refresh for all callers, AADSTS classification, the credential back-off).
+//! Only the sending is the source's: the Graph source posts with reqwest, the EWS transport on
+//! its own connections with their host overrides and protocol log.
 
 pub mod backoff;
+pub mod clock;
 pub mod entra;
 pub mod percent;
 pub mod tls;

@@ -16,7 +16,7 @@ use crate::autodiscover::{self, Discovered};
 use crate::config::{validate_ews_url, AuthMethod, ConfigError, EwsSourceConfig, MailboxAccess};
 use crate::error::{shorten, EwsError};
 use crate::soap::{self, Subject};
-use crate::transport::{self, Auth, Credentials, Transport};
+use crate::transport::{self, Auth, BearerToken, Credentials, Transport};
 use crate::xml::{escape, Element};
 
 /// A streaming subscription id as Exchange issued it.
@@ -250,9 +250,9 @@ impl EwsSource {
                     .clone()
                     .ok_or(ConfigError::MissingPassword("basic"))?,
             },
-            AuthMethod::Bearer => {
-                Credentials::Bearer(config.bearer.clone().ok_or(ConfigError::MissingBearer)?)
-            }
+            AuthMethod::Bearer => Credentials::Bearer(BearerToken::from_config(
+                config.bearer.as_ref().ok_or(ConfigError::MissingBearer)?,
+            )?),
         };
         let fixed_ews_url = config
             .ews_url
@@ -277,7 +277,8 @@ impl EwsSource {
     }
 
     /// Sets the wait after a request's first network failure (200 ms unless set); each
-    /// further failure of the same request waits that much longer. Tests shorten it.
+    /// further failure of the same request waits twice as long, up to eight times it (all
+    /// jittered). Tests shorten it.
     pub fn with_network_retry_delay(mut self, first: Duration) -> EwsSource {
         self.network_retry_delay = first;
         self
@@ -640,8 +641,15 @@ impl EwsSource {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // After a network failure each attempt waits a little longer.
-            let network_delay = self.network_retry_delay * attempt;
+            // After a network failure each attempt waits longer: doubling from the first delay
+            // up to eight times it, jittered, so that the mailboxes that failed together do not
+            // come back in lock-step.
+            let network_delay = calbridge_net::Backoff::doubling(
+                self.network_retry_delay,
+                self.network_retry_delay * 8,
+            )
+            .with_equal_jitter()
+            .delay_for(attempt);
             let failed = match self
                 .transport
                 .request(

@@ -26,6 +26,9 @@ use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 use url::Url;
 
+use calbridge_net::clock::SystemClock;
+use calbridge_net::entra::{AppCredential, AuthError, PostedAnswer, TokenPoster, TokenProvider};
+
 use crate::config::{BearerConfig, ConfigError};
 use crate::error::{shorten, EwsError};
 use crate::ntlm;
@@ -51,17 +54,69 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum Credentials {
     Ntlm { user: String, password: Secret },
     Basic { user: String, password: Secret },
-    Bearer(BearerConfig),
+    Bearer(BearerToken),
+}
+
+/// Where a bearer token comes from, ready to use.
+pub enum BearerToken {
+    /// A token obtained elsewhere, used until EWS rejects it.
+    Fixed(Secret),
+    /// Entra ID's client-credentials grant, through the one token client every source shares.
+    FromEntra {
+        tokens: Box<TokenProvider>,
+        token_url: Url,
+        client_id: String,
+    },
+}
+
+impl BearerToken {
+    /// Checks the settings and loads the credential; asks Entra ID nothing yet.
+    pub fn from_config(config: &BearerConfig) -> Result<BearerToken, ConfigError> {
+        let (token_url, client_id, client_secret, scope) = match config {
+            BearerConfig::FixedToken(token) => return Ok(BearerToken::Fixed(token.clone())),
+            BearerConfig::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => (token_url, client_id, client_secret, scope),
+        };
+        let url = Url::parse(token_url).map_err(|error| ConfigError::Url {
+            setting: "token_url",
+            value: token_url.clone(),
+            problem: error.to_string(),
+        })?;
+        // Entra ID's token URL is `{authority}/{tenant}/oauth2/v2.0/token`; the tenant is only
+        // named in errors.
+        let tenant = url
+            .path_segments()
+            .and_then(|mut segments| segments.next())
+            .unwrap_or_default()
+            .to_string();
+        let tokens = TokenProvider::new(
+            url.as_str(),
+            scope,
+            &tenant,
+            client_id,
+            AppCredential::ClientSecret(client_secret.clone()),
+            Arc::new(SystemClock),
+        );
+        Ok(BearerToken::FromEntra {
+            tokens: Box::new(tokens),
+            token_url: url,
+            client_id: client_id.clone(),
+        })
+    }
 }
 
 impl Credentials {
     fn user(&self) -> String {
         match self {
             Credentials::Ntlm { user, .. } | Credentials::Basic { user, .. } => user.clone(),
-            Credentials::Bearer(BearerConfig::ClientCredentials { client_id, .. }) => {
+            Credentials::Bearer(BearerToken::FromEntra { client_id, .. }) => {
                 format!("app {client_id}")
             }
-            Credentials::Bearer(BearerConfig::FixedToken(_)) => "the bearer token".to_string(),
+            Credentials::Bearer(BearerToken::Fixed(_)) => "the bearer token".to_string(),
         }
     }
 }
@@ -114,7 +169,6 @@ pub struct Transport {
     idle: Mutex<HashMap<String, Vec<Connection>>>,
     protocol_log: bool,
     backoff: Mutex<CredentialBackoff>,
-    token: tokio::sync::Mutex<Option<(Secret, Instant)>>,
     random: SystemRandom,
     requests_sent: AtomicU64,
 }
@@ -188,7 +242,6 @@ impl Transport {
             idle: Mutex::new(HashMap::new()),
             protocol_log,
             backoff: Mutex::new(CredentialBackoff::default()),
-            token: tokio::sync::Mutex::new(None),
             random: SystemRandom::new(),
             requests_sent: AtomicU64::new(0),
         }
@@ -510,10 +563,10 @@ impl Transport {
                 self.accepted();
                 Ok((response, connection))
             }
-            Credentials::Bearer(config) => {
+            Credentials::Bearer(bearer) => {
                 let mut fresh_token_tried = false;
                 loop {
-                    let token = self.bearer_token(config).await?;
+                    let token = self.bearer_token(bearer).await?;
                     let mut connection = self.take_connection(url).await?;
                     let response = self
                         .send_on(
@@ -530,8 +583,13 @@ impl Transport {
                         return Ok((response, connection));
                     }
                     let answer = self.collect(url, response).await?;
-                    *self.token.lock().await = None;
-                    let fixed = matches!(config, BearerConfig::FixedToken(_));
+                    let fixed = match bearer {
+                        BearerToken::Fixed(_) => true,
+                        BearerToken::FromEntra { tokens, .. } => {
+                            tokens.forget_token(&token);
+                            false
+                        }
+                    };
                     if fresh_token_tried || fixed {
                         let diagnostics = answer
                             .headers
@@ -628,40 +686,46 @@ impl Transport {
         Ok((response, connection))
     }
 
-    async fn bearer_token(&self, config: &BearerConfig) -> Result<Secret, EwsError> {
-        let (token_url, client_id, client_secret, scope) = match config {
-            BearerConfig::FixedToken(token) => return Ok(token.clone()),
-            BearerConfig::ClientCredentials {
+    async fn bearer_token(&self, bearer: &BearerToken) -> Result<Secret, EwsError> {
+        let (tokens, token_url, client_id) = match bearer {
+            BearerToken::Fixed(token) => return Ok(token.clone()),
+            BearerToken::FromEntra {
+                tokens,
                 token_url,
                 client_id,
-                client_secret,
-                scope,
-            } => (token_url, client_id, client_secret, scope),
+            } => (tokens, token_url, client_id),
         };
-        let mut cached = self.token.lock().await;
-        if let Some((token, expires)) = cached.as_ref() {
-            if *expires > Instant::now() {
-                return Ok(token.clone());
+        tokens.access_token(self).await.map_err(|error| match error {
+            // Entra ID is unreachable or unavailable rather than refusing: no credential
+            // back-off here, the caller retries as after any network failure.
+            AuthError::Network { detail, .. } => network(token_url, detail),
+            AuthError::ServerError { .. } | AuthError::Throttled { .. } => {
+                network(token_url, error.to_string())
             }
-        }
-        let url = Url::parse(token_url).map_err(|error| {
-            EwsError::Config(ConfigError::Url {
-                setting: "token_url",
-                value: token_url.clone(),
-                problem: error.to_string(),
-            })
-        })?;
-        let form = calbridge_net::entra::token_request_form(
-            client_id,
-            scope,
-            calbridge_net::entra::ClientCredential::Secret(client_secret.expose()),
-        );
+            AuthError::BadAnswer { .. } => EwsError::BadAnswer {
+                what: "the token request".to_string(),
+                detail: error.to_string(),
+            },
+            _ => self.refused(format!(
+                "Entra ID refused the token request for app {client_id}: {error} (the bearer settings of this source: client_id, client_secret, token_url)"
+            )),
+        })
+    }
+}
+
+/// Token requests go out on EWS's own connections, with its host overrides and protocol log
+/// (which redacts the answer's token).
+impl TokenPoster for Transport {
+    async fn post_form(&self, url: &str, form: String) -> Result<PostedAnswer, String> {
+        let url = Url::parse(url).map_err(|error| format!("{url} is not a URL: {error}"))?;
         let headers = vec![(
             "Content-Type".to_string(),
             "application/x-www-form-urlencoded".to_string(),
         )];
-        // Sent directly (not through `request`, which may ask for a token itself).
-        let mut connection = self.take_connection(&url).await?;
+        let mut connection = self
+            .take_connection(&url)
+            .await
+            .map_err(|error| error.to_string())?;
         let response = self
             .send_on(
                 &mut connection,
@@ -671,45 +735,16 @@ impl Transport {
                 &Bytes::from(form),
                 None,
             )
-            .await?;
-        let answer = self.collect(&url, response).await?;
+            .await
+            .map_err(|error| error.to_string())?;
+        let answer = self
+            .collect(&url, response)
+            .await
+            .map_err(|error| error.to_string())?;
         self.give_back(&url, connection);
-        if answer.status != 200 {
-            let mut description = calbridge_net::entra::read_refusal(&answer.body).map_or_else(
-                || "no description".to_string(),
-                |refusal| refusal.description,
-            );
-            // Entra never repeats the secret, but a proxy or another token service might.
-            if !client_secret.is_empty() {
-                description = description.replace(client_secret.expose(), "<redacted>");
-            }
-            if answer.status == 429 || answer.status >= 500 {
-                // Entra is unavailable rather than refusing: no credential back-off, the caller
-                // retries as after any network failure.
-                return Err(network(
-                    &url,
-                    format!(
-                        "the token endpoint answered HTTP {}: {description}",
-                        answer.status
-                    ),
-                ));
-            }
-            return Err(self.refused(format!(
-                "Entra ID refused the token request for app {client_id} (HTTP {}: {description}); check client_id, client_secret and token_url of the bearer settings; an expired secret is replaced in Entra ID → App registrations → Certificates & secrets",
-                answer.status
-            )));
-        }
-        let issued = calbridge_net::entra::read_issued_token(&answer.body).map_err(|detail| {
-            EwsError::BadAnswer {
-                what: "the token request".to_string(),
-                detail,
-            }
-        })?;
-        // Refreshed five minutes early, so that a token does not expire during a request.
-        let expires = Instant::now()
-            + Duration::from_secs(issued.lifetime_seconds.saturating_sub(300).max(30));
-        let secret = Secret::new(issued.access_token);
-        *cached = Some((secret.clone(), expires));
-        Ok(secret)
+        Ok(PostedAnswer {
+            http_status: answer.status,
+            body: answer.body.to_vec(),
+        })
     }
 }

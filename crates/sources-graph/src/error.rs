@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::AuthError;
+use calbridge_net::entra::AuthError;
 
 /// Graph's code and message from an error answer `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -12,8 +12,9 @@ use calbridge_net::Backoff;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::auth::{lock, TokenProvider};
 use crate::error::{parse_retry_after, GraphAnswer, GraphError};
+use calbridge_net::entra::tokens::lock;
+use calbridge_net::entra::TokenProvider;
 
 /// How often and how long to retry throttled or failed requests.
 #[derive(Debug, Clone)]
@@ -207,6 +208,11 @@ impl GraphHttp {
         }
     }
 
+    /// The HTTP client, which also posts the token requests.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     pub fn tokens(&self) -> &TokenProvider {
         &self.tokens
     }
@@ -278,7 +284,7 @@ impl GraphHttp {
                     None => None,
                 };
                 let _global_permit = self.global_permits.acquire().await.ok();
-                let token = self.tokens.access_token().await?;
+                let token = self.tokens.access_token(&self.client).await?;
                 AtomicCounters::add(&self.counters.requests_sent, 1);
                 let outcome = self.attempt(request, &token).await;
                 if let Attempt::Answer {

@@ -1,16 +1,16 @@
 //! Microsoft Graph source.
 //!
-//! **Invariant:** this crate is the only calbridge code that speaks Graph JSON or talks to
-//! Entra ID. Everything it reads is converted into `calbridge_domain` types before it leaves.
+//! **Invariant:** this crate is the only calbridge code that speaks Graph JSON (its tokens come
+//! from `calbridge_net::entra`). Everything it reads is converted into `calbridge_domain` types
+//! before it leaves.
 //!
-//! Map: [`config`] (the `[[sources]]` entry), [`auth`] (tokens from Entra ID), [`http`] (the
-//! request pipeline: limits, throttling, retries, counters), [`batch`] (`$batch`),
-//! [`source`] (the operations: users, window reads, delta, subscriptions), [`notification`]
-//! (webhook bodies), [`event`] (Graph events → appointments).
+//! Map: [`config`] (the `[[sources]]` entry), [`http`] (the request pipeline: limits,
+//! throttling, retries, counters), [`batch`] (`$batch`), [`source`] (the operations: users,
+//! window reads, delta, subscriptions), [`notification`] (webhook bodies), [`event`] (Graph
+//! events → appointments).
 
-pub mod auth;
 pub mod batch;
-pub mod clock;
+pub use calbridge_net::clock;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -18,7 +18,7 @@ pub mod http;
 pub mod notification;
 pub mod source;
 
-pub use auth::{AuthError, TokenStatus};
+pub use calbridge_net::entra::{AuthError, TokenStatus};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, GraphCredential, GraphSourceConfig};
 pub use error::{GraphAnswer, GraphError};

@@ -9,13 +9,15 @@ use calbridge_net::percent::{encode_path_segment, encode_query_value};
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::auth::{AuthError, TokenProvider, TokenStatus};
 use crate::batch::{run_batches, BatchJob, SubResult};
 use crate::clock::Clock;
-use crate::config::{ConfigError, GraphSourceConfig};
+use crate::config::{ConfigError, GraphCredential, GraphSourceConfig};
 use crate::error::{GraphAnswer, GraphError};
 use crate::event::GraphEvent;
 use crate::http::{AtomicCounters, GraphCounters, GraphHttp, GraphRequest, RetryPolicy};
+use calbridge_net::entra::{
+    AppCredential, AuthError, CertificateSigner, TokenProvider, TokenStatus,
+};
 
 /// Fields `calendarView` is asked for; the subject only when it may be shown.
 const EVENT_FIELDS: &str = "id,start,end,isAllDay,isCancelled,showAs,sensitivity,organizer";
@@ -220,15 +222,37 @@ impl GraphSource {
             }
             None => format!("{graph_url}/.default"),
         };
+        let credential = match &config.credential {
+            GraphCredential::ClientSecret(secret) => {
+                if secret.is_empty() {
+                    return Err(ConfigError::Empty {
+                        setting: "credential.client_secret",
+                    });
+                }
+                AppCredential::ClientSecret(secret.clone())
+            }
+            GraphCredential::Certificate {
+                certificate_pem,
+                private_key_pem,
+            } => AppCredential::Certificate(Box::new(
+                CertificateSigner::from_pem_files(certificate_pem, private_key_pem).map_err(
+                    |error| ConfigError::File {
+                        setting: error.setting,
+                        path: error.path,
+                        problem: error.problem,
+                    },
+                )?,
+            )),
+        };
+        let tenant_id = config.tenant_id.trim();
         let tokens = Arc::new(TokenProvider::new(
-            client.clone(),
-            &authority_url,
+            &TokenProvider::entra_token_url(&authority_url, tenant_id),
             &scope,
-            config.tenant_id.trim(),
+            tenant_id,
             config.client_id.trim(),
-            &config.credential,
+            credential,
             clock,
-        )?);
+        ));
         let http = Arc::new(GraphHttp::new(
             client,
             Arc::clone(&tokens),
@@ -253,7 +277,11 @@ impl GraphSource {
 
     /// Gets a token now (the first step of `calbridge check`).
     pub async fn check_token(&self) -> Result<(), AuthError> {
-        self.inner.tokens.access_token().await.map(|_| ())
+        self.inner
+            .tokens
+            .access_token(self.inner.http.client())
+            .await
+            .map(|_| ())
     }
 
     /// Counters for the metrics endpoint.

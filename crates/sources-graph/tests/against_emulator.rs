@@ -19,7 +19,7 @@ use serde_json::json;
 const SECRET: &str = "valid-secret-value~1";
 const EXPIRED_SECRET: &str = "expired-secret-value~2";
 const EVERYONE_GROUP_ID: &str = "0f2c7e51-9a4b-4c1d-8e3f-6b5a4d3c2b1a";
-const CERTIFICATE_PEM: &str = include_str!("../testdata/app-cert.pem");
+const CERTIFICATE_PEM: &str = include_str!("../../../crates/net/testdata/app-cert.pem");
 
 /// A clock the test moves by hand, for token back-off.
 #[derive(Default)]
@@ -172,8 +172,8 @@ async fn tokens_by_secret_and_by_certificate_both_reach_graph() {
         TokenStatus::Valid { .. }
     ));
 
-    let key_path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/app-key.pem");
-    let certificate_path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/app-cert.pem");
+    let key_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../net/testdata/app-key.pem");
+    let certificate_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../net/testdata/app-cert.pem");
     let by_certificate = GraphSource::new(
         &config_for(
             &emulator,

@@ -1,11 +1,20 @@
-//! The wire side of Entra ID's client-credentials grant (RFC 6749 §4.4; Microsoft identity
-//! platform, "OAuth 2.0 client credentials flow"): the form a token request sends, and what the
-//! token endpoint's answer says. Sending the request stays with the caller, because the Graph
-//! source sends it with reqwest while the EWS source sends it on its own connections (with
-//! their host overrides and protocol log); what is sent and how the answer reads is the same
-//! for both, and lives here once.
+//! Entra ID's client-credentials grant (RFC 6749 §4.4; Microsoft identity platform, "OAuth 2.0
+//! client credentials flow"), once for every source: the form a token request sends and what
+//! the token endpoint's answer says (this module), the token cache with its refresh and
+//! credential back-off ([`tokens`]), and the certificate that signs client assertions
+//! ([`certificate`]). Sending the request stays with the caller ([`TokenPoster`]), because the
+//! Graph source sends it with reqwest while the EWS source sends it on its own connections
+//! (with their host overrides and protocol log).
+
+pub mod certificate;
+pub mod tokens;
 
 use serde::Deserialize;
+
+pub use certificate::{CertificateSigner, CredentialFileError};
+pub use tokens::{
+    AppCredential, AuthError, EntraAnswer, PostedAnswer, TokenPoster, TokenProvider, TokenStatus,
+};
 
 /// `client_assertion_type` for a certificate's signed JWT (RFC 7523).
 pub const JWT_BEARER_ASSERTION_TYPE: &str =

@@ -1,40 +1,34 @@
-//! App-only tokens from Entra ID (OAuth 2.0 client-credentials grant).
+//! App-only tokens from Entra ID (OAuth 2.0 client-credentials grant), for every source that
+//! asks Entra ID: the Graph source and EWS's bearer authentication.
 //!
-//! One [`TokenProvider`] per tenant caches the access token, refreshes it ahead of expiry with a
-//! single request however many tasks ask at once, and — after a credential error — fails fast
-//! with the same error until a back-off passes, because retrying a wrong or expired secret in a
-//! loop gets the app (and in delegated setups the account) locked out.
+//! One [`TokenProvider`] per app and token URL caches the access token, refreshes it ahead of
+//! expiry with a single request however many tasks ask at once, and — after a credential
+//! error — fails fast with the same error until a back-off passes, because retrying a wrong or
+//! expired secret in a loop gets the app (and in delegated setups the account) locked out.
+//!
+//! Sending the request is the caller's ([`TokenPoster`]): the Graph source posts with reqwest,
+//! the EWS transport on its own connections (with their host overrides and protocol log).
 
-use std::path::Path;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use calbridge_domain::Secret;
 use jiff::{SignedDuration, Timestamp};
-use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::RsaKeyPair;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use calbridge_net::tls::error_chain;
-
+use super::certificate::CertificateSigner;
+use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::config::{ConfigError, GraphCredential};
+use crate::tls::error_chain;
 
 /// The token is refreshed this long before it expires, because Entra ID rejects a token whose
 /// `exp` passed while a request (or a retry after `Retry-After`) was still on its way.
 const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(5 * 60);
-/// A client assertion is valid this long; Entra ID accepts at most 10 minutes.
-const ASSERTION_LIFETIME_SECONDS: i64 = 5 * 60;
 /// Back-off after a credential error: the first retry after a minute, doubling up to an hour.
-const CREDENTIAL_BACKOFF_FIRST: Duration = Duration::from_secs(60);
-const CREDENTIAL_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
-/// Back-off after a network or server error: these heal by themselves, so retry sooner.
-const TRANSIENT_BACKOFF_FIRST: Duration = Duration::from_secs(2);
-const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// No jitter: one credential has one retry loop, so there is nothing to spread out.
+const CREDENTIAL_BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_secs(60), Duration::from_secs(60 * 60));
 
 /// What Entra ID said about a rejected token request, without anything secret: Entra never
 /// echoes the client secret or the assertion.
@@ -161,11 +155,15 @@ impl AuthError {
             && self.aadsts_code() == other.aadsts_code()
     }
 
-    fn backoff_range(&self) -> (Duration, Duration) {
+    /// How long callers are answered with this error before Entra ID is asked again. A
+    /// network or server error heals by itself and each caller retries with its own policy
+    /// (the Graph pipeline's, EWS's network retry, the engine's per-person back-off), so it is
+    /// not held; only the callers that were waiting for that request share its failure.
+    fn backoff_after(&self, failures: u32) -> Duration {
         if self.is_credential_problem() || matches!(self, AuthError::Throttled { .. }) {
-            (CREDENTIAL_BACKOFF_FIRST, CREDENTIAL_BACKOFF_MAX)
+            CREDENTIAL_BACKOFF.delay_for(failures)
         } else {
-            (TRANSIENT_BACKOFF_FIRST, TRANSIENT_BACKOFF_MAX)
+            Duration::ZERO
         }
     }
 }
@@ -196,195 +194,75 @@ struct Failure {
     error: AuthError,
     since: Timestamp,
     next_attempt_at: Timestamp,
-    backoff: Duration,
+    /// Failures in a row with this same problem.
+    failures: u32,
 }
 
 #[derive(Default)]
 struct TokenState {
     token: Option<CachedToken>,
     failure: Option<Failure>,
+    /// Requests to Entra ID that have been answered (or failed), so that a caller who waited
+    /// for someone else's request takes its outcome instead of asking again.
+    answered_requests: u64,
 }
 
-enum LoadedCredential {
+/// How the app proves who it is, loaded and checked before the first request.
+pub enum AppCredential {
+    /// The client secret's value.
     ClientSecret(Secret),
+    /// The app's certificate and key, which sign a client assertion per request.
     Certificate(Box<CertificateSigner>),
 }
 
-/// The app certificate's private key and thumbprints, loaded once at start.
-pub struct CertificateSigner {
-    key_pair: RsaKeyPair,
-    /// Base64url SHA-256 of the DER certificate (`x5t#S256`, what Entra ID prefers now).
-    thumbprint_sha256: String,
-    /// Base64url SHA-1 of the DER certificate (`x5t`, for older Entra ID deployments).
-    thumbprint_sha1: String,
-    random: SystemRandom,
+/// What a token endpoint answered: its HTTP status and body.
+pub struct PostedAnswer {
+    pub http_status: u16,
+    pub body: Vec<u8>,
 }
 
-impl std::fmt::Debug for CertificateSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateSigner")
-            .field("x5t#S256", &self.thumbprint_sha256)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CertificateSigner {
-    /// Loads a PEM certificate and its RSA private key (PKCS#8 or PKCS#1).
-    pub fn from_pem_files(
-        certificate_pem: &Path,
-        private_key_pem: &Path,
-    ) -> Result<Self, ConfigError> {
-        let certificate_bytes =
-            std::fs::read(certificate_pem).map_err(|error| ConfigError::File {
-                setting: "credential.certificate.certificate_pem",
-                path: certificate_pem.to_path_buf(),
-                problem: error.to_string(),
-            })?;
-        let key_bytes = std::fs::read(private_key_pem).map_err(|error| ConfigError::File {
-            setting: "credential.certificate.private_key_pem",
-            path: private_key_pem.to_path_buf(),
-            problem: error.to_string(),
-        })?;
-        Self::from_pem(&certificate_bytes, &key_bytes).map_err(|(setting, problem)| {
-            ConfigError::File {
-                setting,
-                path: if setting.ends_with("certificate_pem") {
-                    certificate_pem.to_path_buf()
-                } else {
-                    private_key_pem.to_path_buf()
-                },
-                problem,
-            }
-        })
-    }
-
-    /// Parses PEM text; the error names the setting at fault.
-    pub fn from_pem(
-        certificate_pem: &[u8],
-        private_key_pem: &[u8],
-    ) -> Result<Self, (&'static str, String)> {
-        let certificate = CertificateDer::from_pem_slice(certificate_pem).map_err(|error| {
-            (
-                "credential.certificate.certificate_pem",
-                format!("no PEM CERTIFICATE found: {error}"),
-            )
-        })?;
-        // The key's own text never goes into the error: only what kind of problem it is.
-        let key = PrivateKeyDer::from_pem_slice(private_key_pem).map_err(|error| {
-            (
-                "credential.certificate.private_key_pem",
-                format!("no PEM private key found: {error}"),
-            )
-        })?;
-        let key_pair =
-            match &key {
-                PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
-                PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-                _ => return Err((
-                    "credential.certificate.private_key_pem",
-                    "the key is not an RSA key; Entra ID client assertions need RSA (PS256/RS256)"
-                        .to_string(),
-                )),
-            }
-            .map_err(|error| {
-                (
-                    "credential.certificate.private_key_pem",
-                    format!("not a usable RSA private key: {error}"),
-                )
-            })?;
-        let sha256 = ring::digest::digest(&ring::digest::SHA256, certificate.as_ref());
-        let sha1 = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            certificate.as_ref(),
-        );
-        Ok(CertificateSigner {
-            key_pair,
-            thumbprint_sha256: URL_SAFE_NO_PAD.encode(sha256.as_ref()),
-            thumbprint_sha1: URL_SAFE_NO_PAD.encode(sha1.as_ref()),
-            random: SystemRandom::new(),
-        })
-    }
-
-    /// The `x5t#S256` thumbprint (base64url of the certificate's SHA-256).
-    pub fn thumbprint_sha256(&self) -> &str {
-        &self.thumbprint_sha256
-    }
-
-    /// A signed client assertion (PS256) for `token_url`, valid from `now` for five minutes.
-    pub fn client_assertion(
+/// Sends a token request. The error describes a network failure (never the form, which holds
+/// the credential).
+pub trait TokenPoster: Sync {
+    fn post_form(
         &self,
-        client_id: &str,
-        token_url: &str,
-        now: Timestamp,
-    ) -> Result<Secret, String> {
-        let header = serde_json::json!({
-            "alg": "PS256",
-            "typ": "JWT",
-            "x5t#S256": self.thumbprint_sha256,
-            "x5t": self.thumbprint_sha1,
-        });
-        let issued_at = now.as_second();
-        let claims = serde_json::json!({
-            "aud": token_url,
-            "iss": client_id,
-            "sub": client_id,
-            "jti": random_uuid(&self.random).map_err(|()| "no random numbers".to_string())?,
-            "iat": issued_at,
-            "nbf": issued_at,
-            "exp": issued_at + ASSERTION_LIFETIME_SECONDS,
-        });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut signature = vec![0; self.key_pair.public().modulus_len()];
-        self.key_pair
-            .sign(
-                &ring::signature::RSA_PSS_SHA256,
-                &self.random,
-                signing_input.as_bytes(),
-                &mut signature,
+        url: &str,
+        form: String,
+    ) -> impl Future<Output = Result<PostedAnswer, String>> + Send;
+}
+
+impl TokenPoster for reqwest::Client {
+    async fn post_form(&self, url: &str, form: String) -> Result<PostedAnswer, String> {
+        let response = self
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
             )
-            .map_err(|_| "RSA signing failed".to_string())?;
-        Ok(Secret::new(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        )))
-    }
-
-    #[cfg(test)]
-    fn public_key(&self) -> Vec<u8> {
-        use ring::signature::KeyPair as _;
-        self.key_pair.public_key().as_ref().to_vec()
+            .body(form)
+            .send()
+            .await
+            // reqwest's error names the URL and the cause, never the form body.
+            .map_err(|error| error_chain(&error))?;
+        let http_status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| error_chain(&error))?;
+        Ok(PostedAnswer {
+            http_status,
+            body: body.to_vec(),
+        })
     }
 }
 
-fn random_uuid(random: &SystemRandom) -> Result<String, ()> {
-    let mut bytes = [0u8; 16];
-    random.fill(&mut bytes).map_err(|_| ())?;
-    // Version 4, variant 1: an ordinary random UUID, the form msal uses for `jti`.
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
-}
-
-/// Caches and refreshes the app-only token of one tenant.
+/// Caches and refreshes the app-only token of one app at one token URL.
 pub struct TokenProvider {
-    http: reqwest::Client,
     token_url: String,
     scope: String,
     tenant_id: String,
     client_id: String,
-    credential: LoadedCredential,
+    credential: AppCredential,
     clock: Arc<dyn Clock>,
     state: Mutex<TokenState>,
     /// Held while one task asks Entra ID, so concurrent callers share that one answer.
@@ -402,41 +280,18 @@ impl std::fmt::Debug for TokenProvider {
 }
 
 impl TokenProvider {
-    /// `authority_url` without a trailing slash; the token URL is
-    /// `{authority_url}/{tenant}/oauth2/v2.0/token`.
+    /// A provider for `token_url` (Entra ID's is `{authority}/{tenant}/oauth2/v2.0/token`);
+    /// `tenant_id` is only named in errors.
     pub fn new(
-        http: reqwest::Client,
-        authority_url: &str,
+        token_url: &str,
         scope: &str,
         tenant_id: &str,
         client_id: &str,
-        credential: &GraphCredential,
+        credential: AppCredential,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, ConfigError> {
-        let credential = match credential {
-            GraphCredential::ClientSecret(secret) => {
-                if secret.is_empty() {
-                    return Err(ConfigError::Empty {
-                        setting: "credential.client_secret",
-                    });
-                }
-                LoadedCredential::ClientSecret(secret.clone())
-            }
-            GraphCredential::Certificate {
-                certificate_pem,
-                private_key_pem,
-            } => LoadedCredential::Certificate(Box::new(CertificateSigner::from_pem_files(
-                certificate_pem,
-                private_key_pem,
-            )?)),
-        };
-        Ok(TokenProvider {
-            http,
-            token_url: format!(
-                "{}/{}/oauth2/v2.0/token",
-                authority_url.trim_end_matches('/'),
-                tenant_id
-            ),
+    ) -> Self {
+        TokenProvider {
+            token_url: token_url.to_string(),
             scope: scope.to_string(),
             tenant_id: tenant_id.to_string(),
             client_id: client_id.to_string(),
@@ -445,7 +300,16 @@ impl TokenProvider {
             state: Mutex::new(TokenState::default()),
             refresh_in_flight: tokio::sync::Mutex::new(()),
             token_requests: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// The token URL of an authority (`https://login.microsoftonline.com`) and tenant.
+    pub fn entra_token_url(authority_url: &str, tenant_id: &str) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            authority_url.trim_end_matches('/'),
+            tenant_id
+        )
     }
 
     pub fn token_url(&self) -> &str {
@@ -457,11 +321,13 @@ impl TokenProvider {
         self.token_requests.load(Ordering::Relaxed)
     }
 
-    /// A valid access token: the cached one, or a fresh one from Entra ID.
-    pub async fn access_token(&self) -> Result<Secret, AuthError> {
+    /// A valid access token: the cached one, or a fresh one from Entra ID, asked through
+    /// `poster`.
+    pub async fn access_token(&self, poster: &impl TokenPoster) -> Result<Secret, AuthError> {
         if let Some(token) = self.fresh_cached_token(self.clock.now()) {
             return Ok(token);
         }
+        let answered_before = lock(&self.state).answered_requests;
         let _single_flight = self.refresh_in_flight.lock().await;
         // Another task may have refreshed (or failed) while this one waited for the lock.
         let now = self.clock.now();
@@ -471,10 +337,14 @@ impl TokenProvider {
         if let Some(outcome) = self.answer_during_backoff(now) {
             return outcome;
         }
+        if let Some(outcome) = self.outcome_waited_for(answered_before, now) {
+            return outcome;
+        }
         self.token_requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.request_token(now).await;
+        let result = self.request_token(poster, now).await;
         let now = self.clock.now();
         let mut state = lock(&self.state);
+        state.answered_requests += 1;
         match result {
             Ok((value, lifetime)) => {
                 let expires_at = now.saturating_add(lifetime).unwrap_or(now);
@@ -496,14 +366,14 @@ impl TokenProvider {
                 Ok(value)
             }
             Err(error) => {
-                let (first, max) = error.backoff_range();
-                let (since, backoff) = match &state.failure {
+                let (since, failures) = match &state.failure {
                     Some(previous) if previous.error.same_problem(&error) => {
-                        (previous.since, (previous.backoff * 2).min(max))
+                        (previous.since, previous.failures.saturating_add(1))
                     }
-                    Some(previous) => (previous.since, first),
-                    None => (now, first),
+                    Some(previous) => (previous.since, 1),
+                    None => (now, 1),
                 };
+                let backoff = error.backoff_after(failures);
                 // Logged when it starts or changes, not on every fast-failed call.
                 if state
                     .failure
@@ -521,7 +391,7 @@ impl TokenProvider {
                     error: error.clone(),
                     since,
                     next_attempt_at,
-                    backoff,
+                    failures,
                 });
                 // A token that is due for refresh but not yet expired still works meanwhile.
                 match &state.token {
@@ -572,6 +442,23 @@ impl TokenProvider {
             .map(|token| token.value.clone())
     }
 
+    /// The failure of a request that was sent while this caller waited for the single flight.
+    fn outcome_waited_for(
+        &self,
+        answered_before: u64,
+        now: Timestamp,
+    ) -> Option<Result<Secret, AuthError>> {
+        let state = lock(&self.state);
+        if state.answered_requests == answered_before {
+            return None;
+        }
+        let failure = state.failure.as_ref()?;
+        Some(match &state.token {
+            Some(token) if now < token.expires_at => Ok(token.value.clone()),
+            _ => Err(failure.error.clone()),
+        })
+    }
+
     fn answer_during_backoff(&self, now: Timestamp) -> Option<Result<Secret, AuthError>> {
         let state = lock(&self.state);
         let failure = state.failure.as_ref()?;
@@ -584,58 +471,56 @@ impl TokenProvider {
         })
     }
 
-    async fn request_token(&self, now: Timestamp) -> Result<(Secret, SignedDuration), AuthError> {
+    async fn request_token(
+        &self,
+        poster: &impl TokenPoster,
+        now: Timestamp,
+    ) -> Result<(Secret, SignedDuration), AuthError> {
         let assertion;
         let credential = match &self.credential {
-            LoadedCredential::ClientSecret(secret) => {
-                calbridge_net::entra::ClientCredential::Secret(secret.expose())
-            }
-            LoadedCredential::Certificate(signer) => {
+            AppCredential::ClientSecret(secret) => super::ClientCredential::Secret(secret.expose()),
+            AppCredential::Certificate(signer) => {
                 assertion = signer
                     .client_assertion(&self.client_id, &self.token_url, now)
                     .map_err(|detail| AuthError::Signing {
                         client_id: self.client_id.clone(),
                         detail,
                     })?;
-                calbridge_net::entra::ClientCredential::Assertion(assertion.expose())
+                super::ClientCredential::Assertion(assertion.expose())
             }
         };
-        let form =
-            calbridge_net::entra::token_request_form(&self.client_id, &self.scope, credential);
-        let response = self
-            .http
-            .post(&self.token_url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(form)
-            .send()
+        let form = super::token_request_form(&self.client_id, &self.scope, credential);
+        let answer = poster
+            .post_form(&self.token_url, form)
             .await
-            .map_err(|error| AuthError::Network {
+            .map_err(|detail| AuthError::Network {
                 token_url: self.token_url.clone(),
-                // reqwest's error names the URL and the cause, never the form body.
-                detail: error_chain(&error),
+                detail,
             })?;
-        let http_status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|error| AuthError::Network {
-            token_url: self.token_url.clone(),
-            detail: error_chain(&error),
-        })?;
+        let http_status = answer.http_status;
         if (200..300).contains(&http_status) {
-            let issued = calbridge_net::entra::read_issued_token(&body).map_err(|detail| {
-                AuthError::BadAnswer {
+            let issued =
+                super::read_issued_token(&answer.body).map_err(|detail| AuthError::BadAnswer {
                     token_url: self.token_url.clone(),
                     http_status,
                     detail,
-                }
-            })?;
+                })?;
             let lifetime = i64::try_from(issued.lifetime_seconds).unwrap_or(i64::MAX);
             return Ok((
                 Secret::new(issued.access_token),
                 SignedDuration::from_secs(lifetime),
             ));
         }
+        // Entra ID never repeats the secret, but a proxy or another token service in front of
+        // it might: what is kept of the answer must not carry it.
+        let body = match &self.credential {
+            AppCredential::ClientSecret(secret) if !secret.is_empty() => {
+                String::from_utf8_lossy(&answer.body)
+                    .replace(secret.expose(), "<redacted>")
+                    .into_bytes()
+            }
+            _ => answer.body,
+        };
         Err(self.classify_failure(http_status, &body))
     }
 
@@ -659,7 +544,7 @@ pub fn classify_entra_error(
     http_status: u16,
     body: &[u8],
 ) -> AuthError {
-    let Some(refusal) = calbridge_net::entra::read_refusal(body) else {
+    let Some(refusal) = super::read_refusal(body) else {
         let detail = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return if http_status >= 500 {
             AuthError::ServerError {
@@ -711,7 +596,7 @@ pub fn classify_entra_error(
 
 /// A poisoned lock only means another task panicked mid-update; the token state is still
 /// consistent enough to go on with (worst case one extra token request).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -720,10 +605,165 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicI64;
 
-    const CERTIFICATE: &[u8] = include_bytes!("../testdata/app-cert.pem");
-    const KEY_PKCS8: &[u8] = include_bytes!("../testdata/app-key.pem");
-    const KEY_PKCS1: &[u8] = include_bytes!("../testdata/app-key-pkcs1.pem");
+    /// A token endpoint that answers from a script, and a clock moved by hand.
+    struct ScriptedEndpoint {
+        answers: Mutex<Vec<(u16, String)>>,
+        posted: Mutex<Vec<(String, String)>>,
+    }
+
+    impl ScriptedEndpoint {
+        fn new(answers: &[(u16, &str)]) -> Self {
+            ScriptedEndpoint {
+                answers: Mutex::new(
+                    answers
+                        .iter()
+                        .rev()
+                        .map(|(status, body)| (*status, (*body).to_string()))
+                        .collect(),
+                ),
+                posted: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn posts(&self) -> usize {
+            lock(&self.posted).len()
+        }
+    }
+
+    impl TokenPoster for ScriptedEndpoint {
+        async fn post_form(&self, url: &str, form: String) -> Result<PostedAnswer, String> {
+            lock(&self.posted).push((url.to_string(), form));
+            // Lets concurrent callers pile up behind the single flight.
+            tokio::task::yield_now().await;
+            let (http_status, body) = lock(&self.answers)
+                .pop()
+                .ok_or_else(|| "connection refused".to_string())?;
+            Ok(PostedAnswer {
+                http_status,
+                body: body.into_bytes(),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct HandClock(AtomicI64);
+
+    impl Clock for HandClock {
+        fn now(&self) -> Timestamp {
+            Timestamp::from_second(1_800_000_000 + self.0.load(Ordering::SeqCst))
+                .unwrap_or(Timestamp::UNIX_EPOCH)
+        }
+    }
+
+    fn provider(secret: &str, clock: Arc<HandClock>) -> TokenProvider {
+        TokenProvider::new(
+            "https://login.example/contoso/oauth2/v2.0/token",
+            "https://outlook.office365.com/.default",
+            "contoso",
+            "app-1",
+            AppCredential::ClientSecret(Secret::new(secret.to_string())),
+            clock,
+        )
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_request_and_the_token_is_reused_until_refresh() {
+        let clock = Arc::new(HandClock::default());
+        let tokens = provider("s3cret", Arc::clone(&clock));
+        let endpoint = ScriptedEndpoint::new(&[
+            (200, r#"{"access_token":"first","expires_in":3600}"#),
+            (200, r#"{"access_token":"second","expires_in":3600}"#),
+        ]);
+        let answers =
+            futures_util::future::join_all((0..8).map(|_| tokens.access_token(&endpoint))).await;
+        assert!(answers
+            .iter()
+            .all(|answer| answer.as_ref().map(Secret::expose) == Ok("first")));
+        assert_eq!(endpoint.posts(), 1);
+        let (url, form) = lock(&endpoint.posted)[0].clone();
+        assert_eq!(url, "https://login.example/contoso/oauth2/v2.0/token");
+        assert!(form.contains("client_secret=s3cret"), "{form}");
+        // Five minutes before expiry a new token is asked for.
+        clock.0.store(3600 - 301, Ordering::SeqCst);
+        assert_eq!(
+            tokens
+                .access_token(&endpoint)
+                .await
+                .map(|t| t.expose().to_string()),
+            Ok("first".to_string())
+        );
+        clock.0.store(3600 - 299, Ordering::SeqCst);
+        assert_eq!(
+            tokens
+                .access_token(&endpoint)
+                .await
+                .map(|t| t.expose().to_string()),
+            Ok("second".to_string())
+        );
+        assert_eq!(endpoint.posts(), 2);
+        // A token the resource refused is dropped and asked for again.
+        tokens.forget_token(&Secret::new("second".to_string()));
+        assert!(tokens.access_token(&endpoint).await.is_err());
+        assert_eq!(endpoint.posts(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_shared_by_the_callers_waiting_for_it_but_not_held_after() {
+        let clock = Arc::new(HandClock::default());
+        let tokens = provider("s3cret", Arc::clone(&clock));
+        let endpoint = ScriptedEndpoint::new(&[
+            (503, "<html>Service Unavailable</html>"),
+            (200, r#"{"access_token":"back","expires_in":3600}"#),
+        ]);
+        let answers =
+            futures_util::future::join_all((0..8).map(|_| tokens.access_token(&endpoint))).await;
+        assert!(answers.iter().all(|answer| matches!(
+            answer,
+            Err(AuthError::ServerError {
+                http_status: 503,
+                ..
+            })
+        )));
+        assert_eq!(endpoint.posts(), 1, "one request for the eight callers");
+        // The next caller, at the same instant, asks again: no hold after a server error.
+        let token = tokens.access_token(&endpoint).await;
+        assert_eq!(
+            token.map(|t| t.expose().to_string()),
+            Ok("back".to_string())
+        );
+        assert_eq!(endpoint.posts(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_backs_off_a_minute_then_two_and_its_echo_is_redacted() {
+        let clock = Arc::new(HandClock::default());
+        let tokens = provider("hunter2", Arc::clone(&clock));
+        let refusal = r#"{"error":"invalid_client","error_codes":[7000215],"error_description":"AADSTS7000215: Invalid client secret provided: hunter2"}"#;
+        let endpoint = ScriptedEndpoint::new(&[(401, refusal), (401, refusal), (401, refusal)]);
+        let error = tokens.access_token(&endpoint).await.err();
+        assert!(
+            matches!(error, Some(AuthError::InvalidClientSecret { .. })),
+            "{error:?}"
+        );
+        let message = error.map(|error| error.to_string()).unwrap_or_default();
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("<redacted>"), "{message}");
+        // Until the back-off passes, callers get the same error without a request.
+        clock.0.store(59, Ordering::SeqCst);
+        assert!(tokens.access_token(&endpoint).await.is_err());
+        assert_eq!(endpoint.posts(), 1);
+        clock.0.store(60, Ordering::SeqCst);
+        assert!(tokens.access_token(&endpoint).await.is_err());
+        assert_eq!(endpoint.posts(), 2);
+        match tokens.token_status() {
+            TokenStatus::Failing {
+                next_attempt_at, ..
+            } => assert_eq!(next_attempt_at.as_second() - clock.now().as_second(), 120),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn classify(body: &str) -> AuthError {
         classify_entra_error(
@@ -792,70 +832,5 @@ mod tests {
             }
         ));
         assert!(html.to_string().contains("Bad gateway"));
-    }
-
-    #[test]
-    fn client_assertion_is_a_ps256_jwt_with_both_thumbprints_and_a_short_life() {
-        let signer = CertificateSigner::from_pem(CERTIFICATE, KEY_PKCS8).unwrap();
-        let now: Timestamp = "2026-11-23T08:00:00Z".parse().unwrap();
-        let token_url = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
-        let assertion = signer.client_assertion("app-1", token_url, now).unwrap();
-        let parts: Vec<&str> = assertion.expose().split('.').collect();
-        assert_eq!(parts.len(), 3);
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-        assert_eq!(header["alg"], "PS256");
-        // Fingerprints as `openssl x509 -fingerprint -sha256 / -sha1` printed them for
-        // testdata/app-cert.pem, re-encoded as base64url.
-        let sha256_hex = "2548BE1F71D73578A5C21E91055680CF190B5695EC7C9EBD199E11A70F425D9B";
-        let sha1_hex = "78AA98EA0A6E06DB433883F9F3FB7082ACA6C163";
-        assert_eq!(header["x5t#S256"], URL_SAFE_NO_PAD.encode(hex(sha256_hex)));
-        assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(hex(sha1_hex)));
-        assert_eq!(claims["aud"], token_url);
-        assert_eq!(claims["iss"], "app-1");
-        assert_eq!(claims["sub"], "app-1");
-        assert_eq!(claims["nbf"], now.as_second());
-        let lifetime = claims["exp"].as_i64().unwrap() - now.as_second();
-        assert!(lifetime > 0 && lifetime <= 600, "{lifetime}");
-        assert_eq!(claims["jti"].as_str().unwrap().len(), 36);
-        let signed = format!("{}.{}", parts[0], parts[1]);
-        let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PSS_2048_8192_SHA256,
-            signer.public_key(),
-        )
-        .verify(signed.as_bytes(), &signature)
-        .unwrap();
-        // A tampered claim set fails verification, so the check above is meaningful.
-        let tampered = format!("{}.{}x", parts[0], parts[1]);
-        assert!(ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PSS_2048_8192_SHA256,
-            signer.public_key(),
-        )
-        .verify(tampered.as_bytes(), &signature)
-        .is_err());
-    }
-
-    #[test]
-    fn pkcs1_keys_load_and_garbage_is_named_without_its_content() {
-        let pkcs1 = CertificateSigner::from_pem(CERTIFICATE, KEY_PKCS1).unwrap();
-        let pkcs8 = CertificateSigner::from_pem(CERTIFICATE, KEY_PKCS8).unwrap();
-        assert_eq!(pkcs1.public_key(), pkcs8.public_key());
-        let (setting, problem) =
-            CertificateSigner::from_pem(CERTIFICATE, b"-----BEGIN NONSENSE-----\nhunter2\n")
-                .unwrap_err();
-        assert_eq!(setting, "credential.certificate.private_key_pem");
-        assert!(!problem.contains("hunter2"), "{problem}");
-        let (setting, _) = CertificateSigner::from_pem(b"", KEY_PKCS8).unwrap_err();
-        assert_eq!(setting, "credential.certificate.certificate_pem");
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|index| u8::from_str_radix(&text[index..index + 2], 16).unwrap())
-            .collect()
     }
 }

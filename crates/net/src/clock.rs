@@ -1,5 +1,6 @@
 //! Wall-clock time, injectable so token expiry and credential back-off can be tested without
-//! sleeping.
+//! sleeping. The service's own clock (`calbridge::clock`, which can also wait for an instant)
+//! is handed in through an adapter.
 
 use jiff::Timestamp;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use calbridge_domain::Secret;
 use calbridge_store::{
-    NewOutboxEvent, OutboxId, PersonUpsert, PostgresStore, PostgresUrl, SecretKey, StoreError,
-    SyncState,
+    NewOutboxEvent, OutboxId, PersonUpsert, PostgresStore, PostgresUrl, SecretKey, Store,
+    StoreError, SyncState,
 };
 
 /// A PostgreSQL backend, or `None` when the test skips (see `Backend::postgres`).
@@ -260,4 +260,43 @@ async fn instances_starting_together_on_one_database_share_it() {
         .map(|event| event.id)
         .collect();
     assert_eq!(read, ids);
+}
+
+#[tokio::test]
+async fn sslmode_require_connects_over_tls_when_the_server_offers_it() {
+    let Some(backend) = postgres().await else {
+        return;
+    };
+    let database = backend.new_database().await;
+    if database.rows_as_text("SHOW ssl").await[0][0].as_deref() != Some("on") {
+        eprintln!("skipped: the PostgreSQL server has ssl = off");
+        return;
+    }
+    let (Backend::Postgres { server_url }, TestDatabase::Postgres { name, .. }) =
+        (&backend, database.as_ref())
+    else {
+        unreachable!("a PostgreSQL backend");
+    };
+    let url = with_database(server_url, name);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    // `require` encrypts without checking the certificate (Debian's is self-signed); it fails
+    // outright when calbridge cannot speak TLS.
+    let url = PostgresUrl::parse(&format!("{url}{separator}sslmode=require")).unwrap();
+    let store = PostgresStore::open(&url, SecretKey::generate())
+        .await
+        .unwrap();
+    store
+        .put_secret("over-tls", &Secret::new("sealed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_secret("over-tls")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose(),
+        "sealed"
+    );
+    store.close().await;
 }

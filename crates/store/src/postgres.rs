@@ -266,7 +266,13 @@ async fn lock_person_id(
     operation: &'static str,
 ) -> Result<i64, StoreError> {
     let ids = lock_person_ids(connection, std::iter::once(key), operation).await?;
-    Ok(ids[0])
+    // One id per key, or PersonNotFound above; the error here only keeps indexing out.
+    ids.first()
+        .copied()
+        .ok_or_else(|| StoreError::PersonNotFound {
+            operation,
+            person: key.clone(),
+        })
 }
 
 /// `upsert_person` for each of `people`, in order.

@@ -417,7 +417,7 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
         bail!("the emulator's group lists {people} of {users} people with an address");
     }
     let mut config = Config::default();
-    config.store.path = data_dir.join("calbridge.sqlite");
+    config.store.path = Some(data_dir.join("calbridge.sqlite"));
     config.sources.push(source);
     config.directory.push(directory);
 

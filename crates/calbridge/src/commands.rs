@@ -175,7 +175,7 @@ pub fn demo_config(
     public_url: &str,
 ) -> anyhow::Result<Config> {
     let mut config = Config::default();
-    config.store.path = data_dir.join("calbridge.sqlite");
+    config.store.path = Some(data_dir.join("calbridge.sqlite"));
     config.api.public_url = Some(public_url.to_string());
     let mut graph = GraphSourceConfig::new(
         ready.tenant_id.clone(),

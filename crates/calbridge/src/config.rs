@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use calbridge_domain::{MailboxAddress, ZoneName};
+use calbridge_domain::{MailboxAddress, Secret, ZoneName};
 use calbridge_presence::{Keyword, Language, Locale, Mapping, Rules, SubjectVisibility};
+use calbridge_store::PostgresUrl;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +57,28 @@ pub struct PublishConfig {
     pub webhooks: Vec<calbridge_publish_webhook::WebhookConfig>,
 }
 
-/// `[store]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[store]`: an SQLite file (the default), or a PostgreSQL database given by `url`,
+/// `url_env` or `url_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite file. Default `calbridge.sqlite` beside the configuration file.
-    #[serde(default = "default_store_path")]
-    pub path: PathBuf,
+    /// SQLite file. Default `calbridge.sqlite` beside the configuration file. Not together
+    /// with a PostgreSQL URL.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL, `postgres://user:password@host:5432/database`: selects PostgreSQL.
+    /// A `Secret` because it may hold the password; it is only ever shown redacted.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Name of an environment variable holding the PostgreSQL URL instead.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// File holding the PostgreSQL URL instead (white space around it ignored).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// File with the 32-byte key that seals secrets at rest (base64 or hex). Created with
-    /// mode 0600 on first start when missing. Default `calbridge.key` beside the database.
+    /// mode 0600 on first start when missing. Default: the SQLite path with the extension
+    /// `.key` (`calbridge.key` beside the configuration file with PostgreSQL).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     /// Name of an environment variable holding the key instead of a file.
@@ -72,19 +86,102 @@ pub struct StoreConfig {
     pub key_env: Option<String>,
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            path: default_store_path(),
-            key_file: None,
-            key_env: None,
+/// Where the store lives, once `[store]` has been read (and the URL fetched from its
+/// variable or file).
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    /// Shown only redacted (`PostgresUrl` has no clear-text `Debug` or `Display`).
+    Postgres(Box<PostgresUrl>),
+}
+
+impl std::fmt::Display for StoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreTarget::Sqlite(path) => write!(f, "SQLite file {}", path.display()),
+            StoreTarget::Postgres(url) => write!(f, "{}", url.location()),
         }
     }
 }
 
-fn default_store_path() -> PathBuf {
-    PathBuf::from("calbridge.sqlite")
+impl StoreConfig {
+    /// The SQLite file: `path`, or `calbridge.sqlite` (beside the configuration file once
+    /// [`Config::resolve_paths`] ran).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_FILE))
+    }
+
+    /// The key file: `key_file`, or the SQLite path with the extension `.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.sqlite_path().with_extension("key"))
+    }
+
+    /// The settings that name a PostgreSQL URL, as written in the file.
+    fn url_settings(&self) -> Vec<&'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("url_env", self.url_env.is_some()),
+            ("url_file", self.url_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let settings = self.url_settings();
+        if settings.len() > 1 {
+            return Err(format!(
+                "store: set at most one of `url`, `url_env` and `url_file` (found {})",
+                settings
+                    .iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+        if let (Some(setting), Some(_)) = (settings.first(), &self.path) {
+            return Err(format!(
+                "store: `path` is the SQLite file and `{setting}` selects PostgreSQL: set one \
+                 of them"
+            ));
+        }
+        if let Some(url) = &self.url {
+            PostgresUrl::parse(url.expose()).map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Where the store lives: reads the URL from its variable or file when `[store]` names
+    /// one. Errors name the setting, and show a URL only with its password replaced by `***`.
+    pub fn target(&self) -> Result<StoreTarget, String> {
+        self.check()?;
+        let text = if let Some(url) = &self.url {
+            url.clone()
+        } else if let Some(variable) = &self.url_env {
+            Secret::new(std::env::var(variable).map_err(|_| {
+                format!(
+                    "store.url_env names the environment variable {variable}, which is not set \
+                     (or not valid text): set it to postgres://user:password@host:5432/database"
+                )
+            })?)
+        } else if let Some(file) = &self.url_file {
+            Secret::new(std::fs::read_to_string(file).map_err(|error| {
+                format!("cannot read store.url_file {}: {error}", file.display())
+            })?)
+        } else {
+            return Ok(StoreTarget::Sqlite(self.sqlite_path()));
+        };
+        let url = PostgresUrl::parse(text.expose()).map_err(|error| error.to_string())?;
+        Ok(StoreTarget::Postgres(Box::new(url)))
+    }
 }
+
+const DEFAULT_STORE_FILE: &str = "calbridge.sqlite";
 
 /// `[api]`
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +401,7 @@ impl Config {
         if self.store.key_file.is_some() && self.store.key_env.is_some() {
             return Err("store: set either `key_file` or `key_env`, not both".to_string());
         }
+        self.store.check()?;
         Ok(())
     }
 
@@ -315,9 +413,23 @@ impl Config {
                 *path = base.join(&*path);
             }
         };
-        resolve(&mut self.store.path);
-        if let Some(key_file) = &mut self.store.key_file {
-            resolve(key_file);
+        // Defaults that are files beside the configuration become explicit here, so that the
+        // service finds them whatever its working directory.
+        if self.store.url_settings().is_empty() {
+            self.store.path = Some(self.store.sqlite_path());
+        }
+        if self.store.key_env.is_none() {
+            self.store.key_file = Some(self.store.key_path());
+        }
+        for path in [
+            &mut self.store.path,
+            &mut self.store.key_file,
+            &mut self.store.url_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(path);
         }
         for entry in &mut self.directory {
             if let Some(file) = &mut entry.file {
@@ -540,5 +652,111 @@ mod tests {
     fn windows_zone_names_are_accepted() {
         let config = Config::parse("[presence]\ntimezone = \"W. Europe Standard Time\"\n").unwrap();
         assert_eq!(config.presence.timezone.iana(), "Europe/Berlin");
+    }
+
+    #[test]
+    fn sqlite_beside_the_configuration_is_the_default_store() {
+        let mut config = Config::parse("").unwrap();
+        config.resolve_paths(Path::new("/etc/calbridge"));
+        match config.store.target().unwrap() {
+            StoreTarget::Sqlite(path) => {
+                assert_eq!(path, Path::new("/etc/calbridge/calbridge.sqlite"))
+            }
+            StoreTarget::Postgres(url) => panic!("PostgreSQL by default: {url}"),
+        }
+        assert_eq!(
+            config.store.key_path(),
+            Path::new("/etc/calbridge/calbridge.key")
+        );
+    }
+
+    #[test]
+    fn a_store_url_selects_postgresql_and_never_shows_its_password() {
+        let text = "[store]\nurl = \"postgres://calbridge:s3cret@db.example.com:5432/presence\"\n";
+        let mut config = Config::parse(text).unwrap();
+        config.resolve_paths(Path::new("/etc/calbridge"));
+        assert_eq!(config.store.path, None);
+        // The key stays a file beside the configuration: it never goes to the database.
+        assert_eq!(
+            config.store.key_path(),
+            Path::new("/etc/calbridge/calbridge.key")
+        );
+        let StoreTarget::Postgres(url) = config.store.target().unwrap() else {
+            panic!("not PostgreSQL");
+        };
+        assert_eq!(
+            url.location().to_string(),
+            "PostgreSQL database `presence` on db.example.com:5432 (user calbridge)"
+        );
+        for shown in [
+            format!("{config:?}"),
+            format!("{url:?}"),
+            url.to_string(),
+            format!("{:?}", config.store.target()),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+
+        let error =
+            Config::parse("[store]\nurl = \"mysql://root:s3cret@db/calbridge\"\n").unwrap_err();
+        assert!(error.contains("mysql://root:***@db/calbridge"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn the_store_url_comes_from_a_variable_or_a_file() {
+        let variable = "CALBRIDGE_TEST_CONFIG_STORE_URL";
+        std::env::set_var(variable, "postgres://calbridge:s3cret@db-from-env/presence");
+        let config = Config::parse(&format!("[store]\nurl_env = \"{variable}\"\n")).unwrap();
+        let Ok(StoreTarget::Postgres(url)) = config.store.target() else {
+            panic!("not PostgreSQL");
+        };
+        assert!(url.to_string().contains("db-from-env"), "{url}");
+        std::env::remove_var(variable);
+        let error = config.store.target().unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "store.url_env names the environment variable {variable}, which is not set"
+            )),
+            "{error}"
+        );
+
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(
+            directory.path().join("store-url"),
+            "postgres://calbridge:s3cret@db-from-file/presence\n",
+        )
+        .unwrap();
+        let mut config = Config::parse("[store]\nurl_file = \"store-url\"\n").unwrap();
+        config.resolve_paths(directory.path());
+        let Ok(StoreTarget::Postgres(url)) = config.store.target() else {
+            panic!("not PostgreSQL");
+        };
+        assert!(url.to_string().contains("db-from-file"), "{url}");
+        std::fs::write(directory.path().join("store-url"), "s3cret").unwrap();
+        let error = config.store.target().unwrap_err();
+        assert!(error.contains("not a PostgreSQL URL"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn conflicting_store_settings_are_named() {
+        let error = Config::parse(
+            "[store]\nurl = \"postgres://db/x\"\nurl_env = \"X\"\nurl_file = \"f\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains(
+                "store: set at most one of `url`, `url_env` and `url_file` (found `url` and \
+                 `url_env` and `url_file`)"
+            ),
+            "{error}"
+        );
+        let error =
+            Config::parse("[store]\npath = \"calbridge.sqlite\"\nurl_env = \"X\"\n").unwrap_err();
+        assert!(
+            error.contains("store: `path` is the SQLite file and `url_env` selects PostgreSQL"),
+            "{error}"
+        );
     }
 }

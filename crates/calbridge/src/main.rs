@@ -24,18 +24,21 @@ fn main() -> ExitCode {
             calbridge::simulate::run(&args, &mut std::io::stdout().lock())
         }
         Command::CheckConfig { config } => Config::load(&config)
-            .map(|config| {
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                let store = config.store.target().map_err(anyhow::Error::msg)?;
                 println!(
-                    "configuration is valid: language {}, time zone {} ({}), subjects {}, {} source(s), {} directory entr(ies)",
+                    "configuration is valid: language {}, time zone {} ({}), subjects {}, {} source(s), {} directory entr(ies), store {}",
                     config.presence.language.code(),
                     config.presence.timezone,
                     config.presence.timezone.iana(),
                     if config.presence.show_subject { "shown" } else { "hidden" },
                     config.sources.len(),
                     config.directory.len(),
+                    store,
                 );
-            })
-            .map_err(anyhow::Error::from),
+                Ok(())
+            }),
         Command::Run(args) => block_on(calbridge::commands::run(args)),
         Command::Demo(args) => block_on(calbridge::commands::demo(args)),
         Command::Check(args) => block_on(calbridge::check::run(args)),

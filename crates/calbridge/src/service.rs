@@ -10,14 +10,16 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use calbridge_domain::{Secret, SourceId};
 use calbridge_sources_graph::{GraphSource, SubjectFetch};
-use calbridge_store::{CurrentPresence, PersonKey, PersonUpsert, SecretKey, SqliteStore, Store};
+use calbridge_store::{
+    CurrentPresence, PersonKey, PersonUpsert, PostgresStore, SecretKey, SqliteStore, Store,
+};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::clock::{Clock, GraphClockAdapter};
-use crate::config::{Config, DirectoryConfig};
+use crate::config::{Config, DirectoryConfig, StoreTarget};
 use crate::directory::{self, DirectoryPerson};
 use crate::hub::{PresenceChange, PresenceHub};
 use crate::shutdown::{self, Shutdown, Trigger};
@@ -53,6 +55,62 @@ pub struct RunningService {
     )>,
     trigger: Trigger,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// Closed after the tasks ended: SQLite's file is checkpointed and its lock released even
+    /// if something still holds an `Arc` of the store.
+    store_backend: StoreBackend,
+}
+
+/// The opened store by its concrete type, for what `dyn Store` does not offer (closing).
+enum StoreBackend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl StoreBackend {
+    async fn open(config: &Config, key: SecretKey) -> anyhow::Result<StoreBackend> {
+        let target = config.store.target().map_err(anyhow::Error::msg)?;
+        Ok(match target {
+            StoreTarget::Sqlite(path) => {
+                if let Some(parent) = path.parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent).with_context(|| {
+                            format!("cannot create the folder of {}", path.display())
+                        })?;
+                    }
+                }
+                // The store's messages name the file and say what to do; their sources are
+                // already in the text, so the chain is not repeated after it.
+                let store = SqliteStore::open(&path, key)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                tracing::info!(path = %path.display(), "store: SQLite");
+                StoreBackend::Sqlite(Arc::new(store))
+            }
+            StoreTarget::Postgres(url) => {
+                // The location names server, database and user; the URL's password never
+                // reaches a log line or a message.
+                let store = PostgresStore::open(&url, key)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                tracing::info!(location = %url.location(), "store: PostgreSQL");
+                StoreBackend::Postgres(Arc::new(store))
+            }
+        })
+    }
+
+    fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            StoreBackend::Sqlite(store) => store.clone(),
+            StoreBackend::Postgres(store) => store.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            StoreBackend::Sqlite(store) => store.close().await,
+            StoreBackend::Postgres(store) => store.close().await,
+        }
+    }
 }
 
 impl RunningService {
@@ -91,6 +149,7 @@ impl RunningService {
             };
             report.push((name, ended));
         }
+        self.store_backend.close().await;
         report
     }
 }
@@ -113,11 +172,7 @@ fn open_key(config: &Config) -> anyhow::Result<SecretKey> {
     if let Some(variable) = &config.store.key_env {
         return Ok(SecretKey::from_env(variable)?);
     }
-    let path = config
-        .store
-        .key_file
-        .clone()
-        .unwrap_or_else(|| config.store.path.with_extension("key"));
+    let path = config.store.key_path();
     if path.exists() {
         Ok(SecretKey::from_file(&path)?)
     } else {
@@ -138,21 +193,8 @@ async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret,
 pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<RunningService> {
     let clock = options.clock;
     let key = open_key(&config)?;
-    if let Some(parent) = config.store.path.parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).with_context(|| {
-                format!(
-                    "cannot create the folder of {}",
-                    config.store.path.display()
-                )
-            })?;
-        }
-    }
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.store.path, key)
-            .await
-            .with_context(|| format!("cannot open the store {}", config.store.path.display()))?,
-    );
+    let store_backend = StoreBackend::open(&config, key).await?;
+    let store = store_backend.shared();
     let (api_token, api_token_generated) = match (&config.api.token, &config.api.token_env) {
         (Some(token), _) => (token.clone(), false),
         (None, Some(variable)) => (
@@ -387,6 +429,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         sip,
         trigger,
         tasks,
+        store_backend,
     })
 }
 

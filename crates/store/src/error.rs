@@ -1,17 +1,52 @@
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::PersonKey;
 
+/// Where a store lives, as error messages name it: a file, or a PostgreSQL database named by
+/// its server and database, never by its URL (which may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// An SQLite file (`:memory:` for a private in-memory database).
+    File(PathBuf),
+    Postgres {
+        /// Host name, or the folder of a Unix socket.
+        host: String,
+        port: u16,
+        database: String,
+        user: String,
+    },
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::File(path) => write!(f, "{}", path.display()),
+            StoreLocation::Postgres {
+                host,
+                port,
+                database,
+                user,
+            } => write!(
+                f,
+                "PostgreSQL database `{database}` on {host}:{port} (user {user})"
+            ),
+        }
+    }
+}
+
 /// Everything that can go wrong in the store.
 ///
 /// Messages name the operation and the person or field, and never contain a secret: sealed
-/// values are only ever named, and SQLite's own messages carry column names, not bound values.
+/// values are only ever named, a PostgreSQL URL is shown without its password, and the
+/// databases' own messages carry column names, not bound values.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {source}")]
+    #[error("cannot open the store at {location}: {source}")]
     Open {
-        path: PathBuf,
+        location: Box<StoreLocation>,
         #[source]
         source: sqlx::Error,
     },
@@ -27,20 +62,50 @@ pub enum StoreError {
     },
 
     #[error(
-        "the store at {path} has schema version {found}, newer than version {supported} that this \
-         calbridge knows: run the calbridge version that last wrote it, or a newer one"
+        "the store at {location} has schema version {found}, newer than version {supported} \
+         that this calbridge knows: run the calbridge version that last wrote it, or a newer one"
     )]
     SchemaTooNew {
-        path: PathBuf,
+        location: Box<StoreLocation>,
         found: i64,
         supported: i64,
     },
 
-    #[error("cannot bring the schema of the store at {path} up to date: {source}")]
+    #[error("cannot bring the schema of the store at {location} up to date: {source}")]
     Migrate {
-        path: PathBuf,
+        location: Box<StoreLocation>,
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+
+    #[error(
+        "the store {path} is used by another calbridge process ({holder}, holding {lock_file}): \
+         stop that process, or give this one its own [store] path; two processes on one file \
+         would both sync and publish the same people"
+    )]
+    InUse {
+        path: PathBuf,
+        lock_file: PathBuf,
+        /// "pid N" as the holder wrote it into the lock file, or "pid unknown".
+        holder: String,
+    },
+
+    #[error("cannot lock the store {path} through {lock_file}: {source}")]
+    Lock {
+        path: PathBuf,
+        lock_file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "store url {url} is not a PostgreSQL URL ({reason}): \
+         write it as postgres://user:password@host:5432/database"
+    )]
+    InvalidUrl {
+        /// The URL with its password replaced by `***`.
+        url: String,
+        reason: String,
     },
 
     #[error("store: {operation} failed: {source}")]
@@ -84,7 +149,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether trying the same operation again later can succeed: the database was busy or
-    /// locked by another writer, or no connection was free in time.
+    /// locked by another writer, a PostgreSQL transaction lost a race (deadlock, serialization
+    /// failure), or no connection was free in time.
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Database { source, .. } | StoreError::Open { source, .. } => {
@@ -106,19 +172,33 @@ const SQLITE_LOCKED: i64 = 6;
 pub(crate) const SQLITE_CORRUPT: i64 = 11;
 pub(crate) const SQLITE_NOTADB: i64 = 26;
 
+/// PostgreSQL's SQLSTATEs for a transaction that lost a race and may simply be tried again:
+/// serialization_failure, deadlock_detected, lock_not_available, and the server refusing
+/// connections for a while (too_many_connections, cannot_connect_now).
+const POSTGRES_RETRYABLE: &[&str] = &["40001", "40P01", "55P03", "53300", "57P03"];
+
 pub(crate) fn sqlite_primary_code(error: &sqlx::Error) -> Option<i64> {
     let database_error = error.as_database_error()?;
+    database_error.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
     let code = database_error.code()?;
     code.parse::<i64>().ok().map(|extended| extended & 0xff)
+}
+
+fn postgres_code(error: &sqlx::Error) -> Option<&str> {
+    let database_error = error.as_database_error()?;
+    let postgres_error = database_error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    Some(postgres_error.code())
 }
 
 fn is_busy_or_locked(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut => true,
-        other => matches!(
-            sqlite_primary_code(other),
-            Some(SQLITE_BUSY | SQLITE_LOCKED)
-        ),
+        other => {
+            matches!(
+                sqlite_primary_code(other),
+                Some(SQLITE_BUSY | SQLITE_LOCKED)
+            ) || postgres_code(other).is_some_and(|code| POSTGRES_RETRYABLE.contains(&code))
+        }
     }
 }
 

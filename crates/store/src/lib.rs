@@ -3,15 +3,21 @@
 //! People from the directory, their appointments (only the fields presence needs), how far each
 //! calendar sync has come (delta links, subscriptions), the presence last decided, secrets
 //! sealed at rest, and an outbox of events for webhooks. Everything goes through the [`Store`]
-//! trait so that the service holds an `Arc<dyn Store>`; [`SqliteStore`] is the embedded default
-//! and a PostgreSQL implementation can fill the same trait for several instances.
+//! trait so that the service holds an `Arc<dyn Store>`. Two backends fill it alike:
+//! [`SqliteStore`], the embedded default (one file, locked against a second process), and
+//! [`PostgresStore`], for several instances on one database. They share everything but their
+//! SQL: the encoding of records and the sealing of secrets live once, in `codec.rs`, and each
+//! has its own migrations (`migrations/sqlite/`, `migrations/postgres/`) with the same
+//! version numbers. The tests of the contract run against both.
 //!
 //! **Invariant:** the store never holds what a source did not fetch: a hidden subject is NULL,
 //! not an empty string, and no secret is ever written in clear.
 
+mod codec;
 mod crypto;
 mod error;
 mod migrations;
+mod postgres;
 mod records;
 mod sqlite;
 
@@ -22,7 +28,8 @@ use calbridge_domain::{Appointment, Secret, SourceId};
 use jiff::Timestamp;
 
 pub use crypto::SecretKey;
-pub use error::StoreError;
+pub use error::{StoreError, StoreLocation};
+pub use postgres::{redact_url, PostgresStore, PostgresUrl};
 pub use records::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
     PersonUpsert, Removal, Resolution, SourceCounters, SourceState, SyncError, SyncState,
@@ -43,7 +50,8 @@ pub use sqlite::SqliteStore;
 /// the batch with [`StoreError::PersonNotFound`] before anything is written. The defaults are
 /// not atomic against other failures (a database error halfway leaves the first elements
 /// written) nor against a concurrent `remove_person`; an implementation with transactions
-/// should override them to write the whole batch in one, as [`SqliteStore`] does.
+/// should override them to write the whole batch in one, as [`SqliteStore`] and
+/// [`PostgresStore`] do.
 ///
 /// `#[async_trait]` rather than native `async fn` because the trait must be usable as
 /// `dyn Store`.

@@ -1,9 +1,10 @@
 //! The embedded SQLite implementation of [`Store`].
 
-mod codec;
+mod lock;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,21 +14,24 @@ use sqlx::migrate::Migrator;
 use sqlx::query::Query;
 use sqlx::sqlite::{
     Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection, SqliteExecutor};
+use sqlx::{SqliteConnection, SqliteExecutor};
 
+use crate::codec::{
+    count_to_i64, decode_appointment, decode_appointment_list, decode_outbox_event, decode_person,
+    decode_person_key, decode_presence, decode_source_state, decode_sync_state, has_repeats,
+    ids_in_order, open_named_secret, opt_seconds, people_range, resolution_columns,
+    seal_client_state, seal_named_secret, token_columns, AppointmentRow, StoreRow,
+};
 use crate::error::{sqlite_primary_code, SQLITE_CORRUPT, SQLITE_NOTADB};
-use crate::migrations::{latest_version, EmbeddedMigrations};
+use crate::migrations::{self, latest_version, EmbeddedMigrations};
 use crate::{
-    AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
-    PersonUpsert, Removal, Resolution, SecretKey, SourceState, Store, StoreError, SyncError,
-    SyncState, TokenState, WindowReplacement,
+    CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey, PersonUpsert,
+    Removal, Resolution, SecretKey, SourceState, Store, StoreError, StoreLocation, SyncState,
+    WindowReplacement,
 };
-use codec::{
-    decode_appointment, decode_date, decode_person_key, decode_timestamp, encode_appointment,
-    opt_seconds, sensitivity_text, show_as_text, status_text, AppointmentColumns,
-};
+use lock::DatabaseLock;
 
 /// How long a statement waits for another connection's write lock before failing with a
 /// retryable "database is locked". Writes are short, so a few seconds only expire when
@@ -79,6 +83,9 @@ pub struct SqliteStore {
     key: SecretKey,
     /// For error messages only.
     path: PathBuf,
+    /// Keeps other calbridge processes off the file until [`SqliteStore::close`] or drop;
+    /// `None` for an in-memory database, which no other process can see.
+    lock: Mutex<Option<DatabaseLock>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,8 +99,15 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and brings its schema up to
     /// date. `key` seals and opens the secrets; it must be the same key on every start.
+    ///
+    /// The file is locked for as long as the store is open (see [`SqliteStore::lock_file_of`]):
+    /// while one
+    /// store has it, opening it again, from this process or another, fails with
+    /// [`StoreError::InUse`].
     pub async fn open(path: impl AsRef<Path>, key: SecretKey) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        // Before connecting, so that a second process touches nothing of the database.
+        let lock = lock::lock(&path)?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -114,7 +128,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|source| open_error(&path, source))?;
-        Self::migrate(pool, key, path).await
+        Self::migrate(pool, key, path, Some(lock)).await
     }
 
     /// A private database that lives as long as the store; for tests.
@@ -133,7 +147,12 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|source| open_error(&path, source))?;
-        Self::migrate(pool, key, path).await
+        Self::migrate(pool, key, path, None).await
+    }
+
+    /// The lock file of the database at `database`: `<database>.lock` beside it.
+    pub fn lock_file_of(database: &Path) -> PathBuf {
+        lock::lock_file_of(database)
     }
 
     /// Where the database lives (`:memory:` for an in-memory store).
@@ -141,66 +160,49 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Waits for running operations and closes every connection, so that the file is
-    /// checkpointed and another process (or a reopen in a test) sees everything.
+    /// Waits for running operations, closes every connection and releases the file's lock,
+    /// so that the file is checkpointed and another process (or a reopen in a test) sees
+    /// everything. The store answers nothing after this.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 
-    async fn migrate(pool: SqlitePool, key: SecretKey, path: PathBuf) -> Result<Self, StoreError> {
-        let supported = latest_version();
+    async fn migrate(
+        pool: SqlitePool,
+        key: SecretKey,
+        path: PathBuf,
+        lock: Option<DatabaseLock>,
+    ) -> Result<Self, StoreError> {
+        let supported = latest_version(migrations::SQLITE);
         if let Some(found) = applied_version(&pool)
             .await
             .map_err(|source| open_error(&path, source))?
         {
             if found > supported {
                 return Err(StoreError::SchemaTooNew {
-                    path,
+                    location: Box::new(StoreLocation::File(path)),
                     found,
                     supported,
                 });
             }
         }
         let migrate_error = |source| StoreError::Migrate {
-            path: path.clone(),
+            location: Box::new(StoreLocation::File(path.clone())),
             source,
         };
-        let migrator = Migrator::new(EmbeddedMigrations)
+        let migrator = Migrator::new(EmbeddedMigrations(migrations::SQLITE))
             .await
             .map_err(migrate_error)?;
         migrator.run(&pool).await.map_err(migrate_error)?;
-        Ok(SqliteStore { pool, key, path })
-    }
-
-    /// The sealed `client_state` of `state`, as `set_sync_state` stores it.
-    fn seal_client_state(
-        &self,
-        key: &PersonKey,
-        state: &SyncState,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        match &state.client_state {
-            Some(secret) => {
-                let (name, aad) = Self::client_state_names(key);
-                Ok(Some(self.key.seal(
-                    &name,
-                    &aad,
-                    secret.expose().as_bytes(),
-                )?))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn client_state_names(key: &PersonKey) -> (String, String) {
-        let name = format!("client_state of {key}");
-        // Length-prefixed so that no choice of source id and address can collide.
-        let aad = format!(
-            "sync_state.client_state:{}:{}:{}",
-            key.source.0.len(),
-            key.source,
-            key.address
-        );
-        (name, aad)
+        Ok(SqliteStore {
+            pool,
+            key,
+            path,
+            lock: Mutex::new(lock),
+        })
     }
 }
 
@@ -211,7 +213,7 @@ fn open_error(path: &Path, source: sqlx::Error) -> StoreError {
             source,
         },
         _ => StoreError::Open {
-            path: path.to_path_buf(),
+            location: Box::new(StoreLocation::File(path.to_path_buf())),
             source,
         },
     }
@@ -309,25 +311,15 @@ async fn write_resolution<'e>(
     resolution: &Resolution,
     now: i64,
 ) -> Result<(), StoreError> {
-    let source_user_id = match resolution {
-        Resolution::Resolved { source_user_id, .. } => source_user_id.as_deref(),
-        _ => None,
-    };
-    let (state, primary_smtp, error) = match resolution {
-        Resolution::Pending => ("pending", None, None),
-        Resolution::Resolved { primary_smtp, .. } => {
-            ("resolved", Some(primary_smtp.as_str()), None)
-        }
-        Resolution::Failed { error } => ("failed", None, Some(error.as_str())),
-    };
+    let columns = resolution_columns(resolution);
     let result = sqlx::query(
         "UPDATE people SET resolution = ?, primary_smtp = ?, source_user_id = ?, \
          resolution_error = ?, updated_at = ? WHERE source_id = ? AND address = ?",
     )
-    .bind(state)
-    .bind(primary_smtp)
-    .bind(source_user_id)
-    .bind(error)
+    .bind(columns.state)
+    .bind(columns.primary_smtp)
+    .bind(columns.source_user_id)
+    .bind(columns.error)
     .bind(now)
     .bind(&key.source.0)
     .bind(key.address.as_str())
@@ -399,49 +391,36 @@ async fn person_ids<'k>(
     operation: &'static str,
 ) -> Result<Vec<i64>, StoreError> {
     let keys: Vec<&PersonKey> = keys.collect();
-    let mut found: HashMap<(&str, &str), i64> = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+    let mut found: HashMap<usize, i64> = HashMap::with_capacity(keys.len());
+    for (chunk_number, chunk) in keys.chunks(KEYS_PER_LOOKUP).enumerate() {
+        // Each key carries its position, so that the answer maps straight back to it.
         let sql = format!(
-            "SELECT id, source_id, address FROM people \
-             WHERE (source_id, address) IN (VALUES {})",
-            vec!["(?, ?)"; chunk.len()].join(", ")
+            "WITH wanted (position, source_id, address) AS (VALUES {}) \
+             SELECT w.position, p.id FROM wanted w \
+             JOIN people p ON p.source_id = w.source_id AND p.address = w.address",
+            vec!["(?, ?, ?)"; chunk.len()].join(", ")
         );
+        let first_position = chunk_number * KEYS_PER_LOOKUP;
         let mut query = sqlx::query(&sql);
-        for key in chunk {
-            query = query.bind(&key.source.0).bind(key.address.as_str());
+        for (offset, key) in chunk.iter().enumerate() {
+            query = query
+                .bind(i64::try_from(first_position + offset).unwrap_or(i64::MAX))
+                .bind(&key.source.0)
+                .bind(key.address.as_str());
         }
         let rows = query.fetch_all(&mut *connection).await.map_err(|source| {
             StoreError::database(format!("{operation} for {} people", chunk.len()), source)
         })?;
-        // Matched back by the exact text bound, which is what `=` compared.
-        let by_text: HashMap<(String, String), i64> = rows
-            .iter()
-            .map(|row| {
-                let what = || "a person's id".to_string();
-                Ok::<_, StoreError>((
-                    (get(row, "source_id", &what)?, get(row, "address", &what)?),
-                    get(row, "id", &what)?,
-                ))
-            })
-            .collect::<Result<_, _>>()?;
-        for key in chunk {
-            let text = (key.source.0.clone(), key.address.as_str().to_string());
-            if let Some(id) = by_text.get(&text) {
-                found.insert((key.source.0.as_str(), key.address.as_str()), *id);
+        for row in &rows {
+            let what = || "a person's id".to_string();
+            let position: i64 = row.column("position", &what)?;
+            let id: i64 = row.column("id", &what)?;
+            if let Ok(position) = usize::try_from(position) {
+                found.insert(position, id);
             }
         }
     }
-    keys.iter()
-        .map(|key| {
-            found
-                .get(&(key.source.0.as_str(), key.address.as_str()))
-                .copied()
-                .ok_or_else(|| StoreError::PersonNotFound {
-                    operation,
-                    person: (*key).clone(),
-                })
-        })
-        .collect()
+    ids_in_order(&keys, &found, operation)
 }
 
 /// `replace_appointments` for each of `windows`, in order, inside the caller's transaction.
@@ -462,8 +441,7 @@ async fn write_windows(
         operation,
     )
     .await?;
-    let mut distinct = std::collections::HashSet::with_capacity(ids.len());
-    if !ids.iter().all(|id| distinct.insert(*id)) {
+    if has_repeats(&ids) {
         for window in windows {
             write_window(
                 &mut *connection,
@@ -477,13 +455,8 @@ async fn write_windows(
         return Ok(());
     }
     let failed = |what: String| move |source| StoreError::database(what, source);
-    let people_of = |first: &PersonKey, last: &PersonKey| {
-        if first == last {
-            format!("replace appointments of {first}")
-        } else {
-            format!("replace appointments of the people from {first} to {last}")
-        }
-    };
+    let people_of =
+        |first: &PersonKey, last: &PersonKey| people_range("replace appointments", first, last);
     for (chunk_ids, chunk) in ids
         .chunks(KEYS_PER_LOOKUP)
         .zip(windows.chunks(KEYS_PER_LOOKUP))
@@ -675,101 +648,19 @@ fn bind_appointment<'q>(
     person_id: i64,
     appointment: &'q Appointment,
 ) -> Query<'q, Sqlite, SqliteArguments<'q>> {
-    let columns = encode_appointment(appointment);
+    let row = AppointmentRow::of(appointment);
     query
         .bind(person_id)
-        .bind(appointment.id.as_str())
-        .bind(columns.start_at)
-        .bind(columns.end_at)
-        .bind(columns.first_day)
-        .bind(columns.end_day)
-        .bind(show_as_text(appointment.show_as))
-        .bind(sensitivity_text(appointment.sensitivity))
-        .bind(appointment.subject.as_deref())
-        .bind(appointment.organizer.as_ref().map(|o| o.as_str()))
-        .bind(status_text(appointment.status))
-}
-
-fn decode_person(row: &SqliteRow) -> Result<Person, StoreError> {
-    let key = decode_person_key(row, "source_id", "address")?;
-    let what = || format!("person {key}");
-    let resolution_text: String = get(row, "resolution", &what)?;
-    let resolution = match resolution_text.as_str() {
-        "pending" => Resolution::Pending,
-        "resolved" => {
-            let primary_smtp: Option<String> = get(row, "primary_smtp", &what)?;
-            let primary_smtp = primary_smtp.unwrap_or_default();
-            let primary_smtp =
-                calbridge_domain::MailboxAddress::parse(&primary_smtp).map_err(|error| {
-                    StoreError::InvalidRow {
-                        what: what(),
-                        field: "primary_smtp",
-                        reason: error.to_string(),
-                    }
-                })?;
-            Resolution::Resolved {
-                primary_smtp,
-                source_user_id: get(row, "source_user_id", &what)?,
-            }
-        }
-        "failed" => Resolution::Failed {
-            error: get::<Option<String>>(row, "resolution_error", &what)?.unwrap_or_default(),
-        },
-        other => {
-            return Err(StoreError::InvalidRow {
-                what: what(),
-                field: "resolution",
-                reason: format!("unknown state `{other}`"),
-            })
-        }
-    };
-    Ok(Person {
-        display_name: get(row, "display_name", &what)?,
-        sip_uri: get(row, "sip_uri", &what)?,
-        resolution,
-        created_at: decode_timestamp(get(row, "created_at", &what)?, "created_at", &what)?,
-        updated_at: decode_timestamp(get(row, "updated_at", &what)?, "updated_at", &what)?,
-        key,
-    })
-}
-
-/// Reads one column, naming the record and field if SQLite holds an unexpected type.
-fn get<'r, T>(
-    row: &'r SqliteRow,
-    column: &'static str,
-    what: &dyn Fn() -> String,
-) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(column).map_err(|error| StoreError::InvalidRow {
-        what: what(),
-        field: column,
-        reason: error.to_string(),
-    })
-}
-
-fn decode_opt_timestamp(
-    seconds: Option<i64>,
-    field: &'static str,
-    what: &dyn Fn() -> String,
-) -> Result<Option<Timestamp>, StoreError> {
-    seconds
-        .map(|seconds| decode_timestamp(seconds, field, what))
-        .transpose()
-}
-
-fn to_i64(count: u64) -> i64 {
-    // Counters that reach 2^63 saturate rather than wrap negative.
-    i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64, field: &'static str, what: &dyn Fn() -> String) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::InvalidRow {
-        what: what(),
-        field,
-        reason: format!("{value} is negative"),
-    })
+        .bind(row.id)
+        .bind(row.start_at)
+        .bind(row.end_at)
+        .bind(row.first_day)
+        .bind(row.end_day)
+        .bind(row.show_as)
+        .bind(row.sensitivity)
+        .bind(row.subject)
+        .bind(row.organizer)
+        .bind(row.status)
 }
 
 #[async_trait]
@@ -975,19 +866,8 @@ impl Store for SqliteStore {
         let mut by_person = HashMap::with_capacity(rows.len());
         for row in &rows {
             let key = decode_person_key(row, "source_id", "address")?;
-            let json: String = get(row, "appointments", &|| format!("appointments of {key}"))?;
-            let columns: Vec<AppointmentColumns> =
-                serde_json::from_str(&json).map_err(|error| StoreError::InvalidRow {
-                    what: format!("appointments of {key}"),
-                    field: "appointments",
-                    reason: error.to_string(),
-                })?;
-            let mut appointments = columns
-                .into_iter()
-                .map(|columns| columns.decode(&key))
-                .collect::<Result<Vec<_>, _>>()?;
-            // The same order as load_appointments, which sorts in SQL.
-            appointments.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let json: String = row.column("appointments", &|| format!("appointments of {key}"))?;
+            let appointments = decode_appointment_list(&json, &key)?;
             by_person.insert(key, appointments);
         }
         Ok(by_person)
@@ -1008,63 +888,12 @@ impl Store for SqliteStore {
         else {
             return Ok(SyncState::default());
         };
-        let what = || format!("sync state of {key}");
-        let client_state = match get::<Option<Vec<u8>>>(&row, "client_state_sealed", &what)? {
-            Some(sealed) => {
-                let (name, aad) = Self::client_state_names(key);
-                let clear = self.key.open(&name, &aad, &sealed)?;
-                let text = String::from_utf8(clear.to_vec())
-                    .map_err(|_| StoreError::SecretUndecryptable { name })?;
-                Some(Secret::new(text))
-            }
-            None => None,
-        };
-        let last_error = match get::<Option<String>>(&row, "last_error", &what)? {
-            Some(message) => Some(SyncError {
-                message,
-                at: decode_timestamp(
-                    get::<Option<i64>>(&row, "last_error_at", &what)?.unwrap_or(0),
-                    "last_error_at",
-                    &what,
-                )?,
-            }),
-            None => None,
-        };
-        let window_start =
-            decode_opt_timestamp(get(&row, "window_start", &what)?, "window_start", &what)?;
-        let window_end =
-            decode_opt_timestamp(get(&row, "window_end", &what)?, "window_end", &what)?;
-        let consecutive_failures: i64 = get(&row, "consecutive_failures", &what)?;
-        Ok(SyncState {
-            delta_link: get(&row, "delta_link", &what)?,
-            subscription_id: get(&row, "subscription_id", &what)?,
-            subscription_expires_at: decode_opt_timestamp(
-                get(&row, "subscription_expires_at", &what)?,
-                "subscription_expires_at",
-                &what,
-            )?,
-            client_state,
-            last_full_sync_at: decode_opt_timestamp(
-                get(&row, "last_full_sync_at", &what)?,
-                "last_full_sync_at",
-                &what,
-            )?,
-            last_delta_at: decode_opt_timestamp(
-                get(&row, "last_delta_at", &what)?,
-                "last_delta_at",
-                &what,
-            )?,
-            last_error,
-            consecutive_failures: u32::try_from(consecutive_failures).unwrap_or(u32::MAX),
-            appointment_window: window_start
-                .zip(window_end)
-                .map(|(start, end)| AppointmentWindow { start, end }),
-        })
+        decode_sync_state(&row, key, &self.key)
     }
 
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {
         let failed = |source| StoreError::database(format!("save sync state of {key}"), source);
-        let client_state_sealed = self.seal_client_state(key, state)?;
+        let client_state_sealed = seal_client_state(&self.key, key, state)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
         let person_id = require_person_id(&mut *tx, key, "save the sync state").await?;
         write_sync_states(&mut tx, &[(person_id, key, state, client_state_sealed)]).await?;
@@ -1085,7 +914,7 @@ impl Store for SqliteStore {
         // held while encrypting.
         let sealed = states
             .iter()
-            .map(|(key, state)| self.seal_client_state(key, state))
+            .map(|(key, state)| seal_client_state(&self.key, key, state))
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
         let ids = person_ids(
@@ -1117,44 +946,7 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Ok(SourceState::default());
         };
-        let what = || format!("state of source {source}");
-        let token_status: String = get(&row, "token_status", &what)?;
-        let token = match token_status.as_str() {
-            "unknown" => TokenState::Unknown,
-            "ok" => TokenState::Ok,
-            "failed" => TokenState::Failed {
-                error: get::<Option<String>>(&row, "token_error", &what)?.unwrap_or_default(),
-            },
-            other => {
-                return Err(StoreError::InvalidRow {
-                    what: what(),
-                    field: "token_status",
-                    reason: format!("unknown state `{other}`"),
-                })
-            }
-        };
-        let secret_expires_on = get::<Option<String>>(&row, "secret_expires_on", &what)?
-            .map(|text| decode_date(&text, "secret_expires_on", &what))
-            .transpose()?;
-        Ok(SourceState {
-            token,
-            token_checked_at: decode_opt_timestamp(
-                get(&row, "token_checked_at", &what)?,
-                "token_checked_at",
-                &what,
-            )?,
-            secret_expires_on,
-            last_throttled_at: decode_opt_timestamp(
-                get(&row, "last_throttled_at", &what)?,
-                "last_throttled_at",
-                &what,
-            )?,
-            counters: crate::SourceCounters {
-                n_requests: to_u64(get(&row, "n_requests", &what)?, "n_requests", &what)?,
-                n_throttled: to_u64(get(&row, "n_throttled", &what)?, "n_throttled", &what)?,
-                n_failures: to_u64(get(&row, "n_failures", &what)?, "n_failures", &what)?,
-            },
-        })
+        decode_source_state(&row, source)
     }
 
     async fn set_source_state(
@@ -1162,11 +954,7 @@ impl Store for SqliteStore {
         source: &SourceId,
         state: &SourceState,
     ) -> Result<(), StoreError> {
-        let (token_status, token_error) = match &state.token {
-            TokenState::Unknown => ("unknown", None),
-            TokenState::Ok => ("ok", None),
-            TokenState::Failed { error } => ("failed", Some(error.as_str())),
-        };
+        let (token_status, token_error) = token_columns(&state.token);
         sqlx::query(
             "INSERT INTO source_state (source_id, token_status, token_error, token_checked_at, \
              secret_expires_on, last_throttled_at, n_requests, n_throttled, n_failures, \
@@ -1185,9 +973,9 @@ impl Store for SqliteStore {
         .bind(opt_seconds(state.token_checked_at))
         .bind(state.secret_expires_on.map(|date| date.to_string()))
         .bind(opt_seconds(state.last_throttled_at))
-        .bind(to_i64(state.counters.n_requests))
-        .bind(to_i64(state.counters.n_throttled))
-        .bind(to_i64(state.counters.n_failures))
+        .bind(count_to_i64(state.counters.n_requests))
+        .bind(count_to_i64(state.counters.n_throttled))
+        .bind(count_to_i64(state.counters.n_failures))
         .bind(Timestamp::now().as_second())
         .execute(&self.pool)
         .await
@@ -1270,9 +1058,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_secret(&self, name: &str, secret: &Secret) -> Result<(), StoreError> {
-        let sealed = self
-            .key
-            .seal(name, &secret_aad(name), secret.expose().as_bytes())?;
+        let sealed = seal_named_secret(&self.key, name, secret)?;
         sqlx::query(
             "INSERT INTO secrets (name, sealed, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, \
@@ -1297,12 +1083,7 @@ impl Store for SqliteStore {
         let Some(sealed) = sealed else {
             return Ok(None);
         };
-        let clear = self.key.open(name, &secret_aad(name), &sealed)?;
-        let text =
-            String::from_utf8(clear.to_vec()).map_err(|_| StoreError::SecretUndecryptable {
-                name: name.to_string(),
-            })?;
-        Ok(Some(Secret::new(text)))
+        open_named_secret(&self.key, name, &sealed).map(Some)
     }
 
     async fn append_outbox(&self, event: &NewOutboxEvent) -> Result<OutboxId, StoreError> {
@@ -1371,48 +1152,4 @@ impl Store for SqliteStore {
         })?;
         Ok(())
     }
-}
-
-fn secret_aad(name: &str) -> String {
-    format!("secrets.sealed:{name}")
-}
-
-fn decode_presence(row: &SqliteRow, key: &PersonKey) -> Result<CurrentPresence, StoreError> {
-    let what = || format!("presence of {key}");
-    Ok(CurrentPresence {
-        activity: get(row, "activity", &what)?,
-        note: get(row, "note", &what)?,
-        until: decode_opt_timestamp(get(row, "until_at", &what)?, "until_at", &what)?,
-        why: get(row, "why", &what)?,
-        next_change_at: decode_opt_timestamp(
-            get(row, "next_change_at", &what)?,
-            "next_change_at",
-            &what,
-        )?,
-        decided_at: decode_timestamp(get(row, "decided_at", &what)?, "decided_at", &what)?,
-        published_fingerprint: get(row, "published_fingerprint", &what)?,
-    })
-}
-
-fn decode_outbox_event(row: &SqliteRow) -> Result<OutboxEvent, StoreError> {
-    let id: i64 = get(row, "id", &|| "an outbox event".to_string())?;
-    let what = || format!("outbox event {id}");
-    let person_source: Option<String> = get(row, "person_source", &what)?;
-    let person = match person_source {
-        Some(_) => Some(decode_person_key(row, "person_source", "person_address")?),
-        None => None,
-    };
-    let payload_text: String = get(row, "payload", &what)?;
-    let payload = serde_json::from_str(&payload_text).map_err(|error| StoreError::InvalidRow {
-        what: what(),
-        field: "payload",
-        reason: error.to_string(),
-    })?;
-    Ok(OutboxEvent {
-        id: OutboxId(id),
-        topic: get(row, "topic", &what)?,
-        person,
-        payload,
-        created_at: decode_timestamp(get(row, "created_at", &what)?, "created_at", &what)?,
-    })
 }

@@ -1,8 +1,9 @@
-//! The batch writes: the SQLite overrides (one transaction per batch) and the trait's default
-//! implementations (one single-item call per element, as a PostgreSQL store would get them)
-//! must store exactly what the single-item methods store, and refuse a batch that names an
-//! unknown person without writing any of it.
+//! The batch writes: each backend's overrides (one transaction per batch) and the trait's
+//! default implementations (one single-item call per element) must store exactly what the
+//! single-item methods store, and refuse a batch that names an unknown person without
+//! writing any of it. Every test runs on SQLite and on PostgreSQL (see `common/backends.rs`).
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -13,14 +14,14 @@ use async_trait::async_trait;
 use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
-    PersonUpsert, Removal, Resolution, SecretKey, SourceState, SqliteStore, Store, StoreError,
-    SyncError, SyncState, WindowReplacement,
+    PersonUpsert, Removal, Resolution, SourceState, Store, StoreError, SyncError, SyncState,
+    WindowReplacement,
 };
 use jiff::Timestamp;
 
 /// A `Store` that only has the single-item methods, so that the batch methods are the trait's
-/// default implementations: what a PostgreSQL store gets before it overrides them.
-struct SingleItemsOnly(SqliteStore);
+/// default implementations: what a new backend gets before it overrides them.
+struct SingleItemsOnly(TestStore);
 
 #[async_trait]
 impl Store for SingleItemsOnly {
@@ -128,19 +129,33 @@ impl Store for SingleItemsOnly {
     }
 }
 
-async fn sqlite() -> SqliteStore {
-    SqliteStore::open_in_memory(SecretKey::generate())
-        .await
-        .unwrap()
+/// One of the two implementations of the batch methods under test.
+enum BatchStore {
+    Override(TestStore),
+    TraitDefault(SingleItemsOnly),
 }
 
-/// Both implementations of the batch methods, by name for assertion messages.
-async fn batch_stores() -> Vec<(&'static str, Box<dyn Store>)> {
+impl std::ops::Deref for BatchStore {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &(dyn Store + 'static) {
+        match self {
+            BatchStore::Override(store) => &**store,
+            BatchStore::TraitDefault(store) => store,
+        }
+    }
+}
+
+/// Both implementations of the batch methods on `backend`, by name for assertion messages.
+async fn batch_stores(backend: &Backend) -> Vec<(String, BatchStore)> {
     vec![
-        ("the SQLite override", Box::new(sqlite().await)),
         (
-            "the trait's default",
-            Box::new(SingleItemsOnly(sqlite().await)),
+            format!("the {} override", backend.name()),
+            BatchStore::Override(backend.fresh_store().await),
+        ),
+        (
+            format!("the trait's default on {}", backend.name()),
+            BatchStore::TraitDefault(SingleItemsOnly(backend.fresh_store().await)),
         ),
     ]
 }
@@ -404,12 +419,11 @@ async fn write_in_batches(store: &dyn Store) {
     store.save_presences(&presences()).await.unwrap();
 }
 
-#[tokio::test]
-async fn each_batch_method_stores_exactly_what_the_single_item_methods_store() {
-    let reference = sqlite().await;
-    earlier_state(&reference).await;
-    write_one_by_one(&reference).await;
-    let expected = snapshot(&reference).await;
+async fn each_batch_method_stores_exactly_what_the_single_item_methods_store(backend: Backend) {
+    let reference = backend.fresh_store().await;
+    earlier_state(&*reference).await;
+    write_one_by_one(&*reference).await;
+    let expected = snapshot(&*reference).await;
 
     // The reference itself holds what the data says, so that agreeing with it means something.
     assert_eq!(expected.people.len(), 3);
@@ -447,17 +461,16 @@ async fn each_batch_method_stores_exactly_what_the_single_item_methods_store() {
     );
     assert_eq!(expected.presence, presences());
 
-    for (name, store) in batch_stores().await {
-        earlier_state(store.as_ref()).await;
-        write_in_batches(store.as_ref()).await;
-        assert_eq!(snapshot(store.as_ref()).await, expected, "{name}");
+    for (name, store) in batch_stores(&backend).await {
+        earlier_state(&*store).await;
+        write_in_batches(&*store).await;
+        assert_eq!(snapshot(&*store).await, expected, "{name}");
     }
 }
 
-#[tokio::test]
-async fn a_batch_naming_an_unknown_person_writes_nothing_and_names_the_person() {
-    for (name, store) in batch_stores().await {
-        let store = store.as_ref();
+async fn a_batch_naming_an_unknown_person_writes_nothing_and_names_the_person(backend: Backend) {
+    for (name, store) in batch_stores(&backend).await {
+        let store = &*store;
         earlier_state(store).await;
         let before = snapshot(store).await;
 
@@ -507,11 +520,10 @@ async fn a_batch_naming_an_unknown_person_writes_nothing_and_names_the_person() 
     }
 }
 
-#[tokio::test]
-async fn a_window_batch_that_fails_midway_leaves_every_earlier_window_intact() {
-    let store = sqlite().await;
-    earlier_state(&store).await;
-    let before = snapshot(&store).await;
+async fn a_window_batch_that_fails_midway_leaves_every_earlier_window_intact(backend: Backend) {
+    let store = backend.fresh_store().await;
+    earlier_state(&*store).await;
+    let before = snapshot(&*store).await;
 
     // Bob's full read lists one id twice: a source bug that fails the whole batch, including
     // Alice's replacement before it.
@@ -521,11 +533,12 @@ async fn a_window_batch_that_fails_midway_leaves_every_earlier_window_intact() {
     let error = store.replace_appointments_many(windows).await.unwrap_err();
     assert!(matches!(error, StoreError::Database { .. }), "{error:?}");
 
-    assert_eq!(snapshot(&store).await, before);
+    assert_eq!(snapshot(&*store).await, before);
 }
 
-#[tokio::test]
-async fn a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_separate_calls() {
+async fn a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_separate_calls(
+    backend: Backend,
+) {
     let first = WindowReplacement {
         key: alice(),
         window_start: at("2026-06-01T00:00:00Z"),
@@ -561,7 +574,7 @@ async fn a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_sepa
         (alice(), presences()[1].1.clone()),
     ];
 
-    let reference = sqlite().await;
+    let reference = backend.fresh_store().await;
     for person in &upserts {
         reference.upsert_person(person).await.unwrap();
     }
@@ -582,14 +595,14 @@ async fn a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_sepa
     for (key, presence) in &presences {
         reference.save_presence(key, presence).await.unwrap();
     }
-    let expected = snapshot(&reference).await;
+    let expected = snapshot(&*reference).await;
     assert_eq!(
         expected.appointments[0],
         (alice(), vec![private_without_subject("a1")])
     );
     assert_eq!(expected.people[0].1.as_deref(), Some("Second"));
 
-    for (name, store) in batch_stores().await {
+    for (name, store) in batch_stores(&backend).await {
         store.upsert_people(&upserts).await.unwrap();
         store
             .replace_appointments_many(vec![first.clone(), second.clone()])
@@ -597,14 +610,13 @@ async fn a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_sepa
             .unwrap();
         store.set_sync_states(&states).await.unwrap();
         store.save_presences(&presences).await.unwrap();
-        assert_eq!(snapshot(store.as_ref()).await, expected, "{name}");
+        assert_eq!(snapshot(&*store).await, expected, "{name}");
     }
 }
 
-#[tokio::test]
-async fn empty_batches_write_nothing_and_succeed() {
-    for (name, store) in batch_stores().await {
-        let store = store.as_ref();
+async fn empty_batches_write_nothing_and_succeed(backend: Backend) {
+    for (name, store) in batch_stores(&backend).await {
+        let store = &*store;
         earlier_state(store).await;
         let before = snapshot(store).await;
         store.upsert_people(&[]).await.unwrap();
@@ -616,8 +628,7 @@ async fn empty_batches_write_nothing_and_succeed() {
     }
 }
 
-#[tokio::test]
-async fn batches_larger_than_one_sql_statement_store_what_single_calls_store() {
+async fn batches_larger_than_one_sql_statement_store_what_single_calls_store(backend: Backend) {
     // 450 people with 3 appointments each: more keys than one lookup statement takes (400)
     // and more rows than one INSERT or upsert statement takes (100).
     let keys: Vec<PersonKey> = (0..450)
@@ -682,7 +693,7 @@ async fn batches_larger_than_one_sql_statement_store_what_single_calls_store() {
         })
         .collect();
 
-    let reference = sqlite().await;
+    let reference = backend.fresh_store().await;
     for person in &upserts {
         reference.upsert_person(person).await.unwrap();
     }
@@ -706,7 +717,7 @@ async fn batches_larger_than_one_sql_statement_store_what_single_calls_store() {
     for (key, presence) in &presences {
         reference.save_presence(key, presence).await.unwrap();
     }
-    let expected = snapshot(&reference).await;
+    let expected = snapshot(&*reference).await;
     assert_eq!(expected.people.len(), 450);
     assert_eq!(
         expected
@@ -717,11 +728,20 @@ async fn batches_larger_than_one_sql_statement_store_what_single_calls_store() {
         1350
     );
 
-    let store = sqlite().await;
+    let store = backend.fresh_store().await;
     store.upsert_people(&upserts).await.unwrap();
     store.mark_resolutions(&resolutions).await.unwrap();
     store.replace_appointments_many(windows).await.unwrap();
     store.set_sync_states(&states).await.unwrap();
     store.save_presences(&presences).await.unwrap();
-    assert_eq!(snapshot(&store).await, expected);
+    assert_eq!(snapshot(&*store).await, expected);
 }
+
+on_each_backend!(
+    each_batch_method_stores_exactly_what_the_single_item_methods_store,
+    a_batch_naming_an_unknown_person_writes_nothing_and_names_the_person,
+    a_window_batch_that_fails_midway_leaves_every_earlier_window_intact,
+    a_person_listed_twice_in_a_batch_ends_with_the_later_entry_as_with_separate_calls,
+    empty_batches_write_nothing_and_succeed,
+    batches_larger_than_one_sql_statement_store_what_single_calls_store,
+);

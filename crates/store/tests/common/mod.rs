@@ -1,4 +1,5 @@
-//! Appointment and person builders shared by the store's integration tests.
+//! What the store's integration tests share: appointment and person builders, and the
+//! backends every contract test runs on (`backends.rs`).
 #![allow(dead_code)]
 
 use calbridge_domain::{
@@ -58,3 +59,8 @@ pub fn private_without_subject(id: &str) -> Appointment {
         ..timed(id, "2026-06-01T12:00:00Z", "2026-06-01T13:00:00Z")
     }
 }
+
+#[macro_use]
+mod backends;
+#[allow(unused_imports)]
+pub use backends::*;

@@ -1,31 +1,26 @@
-//! The SQLite store against real SQLite: in memory where the file does not matter, in a
-//! temporary directory where it does (restart, encryption at rest, damaged files).
+//! The store contract, on each backend: every test here runs once against SQLite and once
+//! against PostgreSQL (`sqlite::…` and `postgres::…`, see `common/backends.rs`) and asserts
+//! the same. What is about SQLite files or PostgreSQL servers themselves is in
+//! `sqlite_file.rs` and `postgres_database.rs`.
 
+#[macro_use]
 mod common;
 
 use common::*;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxId, PersonKey, PersonUpsert, Removal,
-    Resolution, SecretKey, SourceCounters, SourceState, SqliteStore, Store, StoreError, SyncError,
-    SyncState, TokenState,
+    Resolution, SecretKey, SourceCounters, SourceState, Store, StoreError, SyncError, SyncState,
+    TokenState,
 };
 use jiff::civil::date;
 
-async fn memory_store() -> SqliteStore {
-    SqliteStore::open_in_memory(SecretKey::generate())
-        .await
-        .unwrap()
-}
-
-async fn store_with(key: &PersonKey) -> SqliteStore {
-    let store = memory_store().await;
-    add(&store, key).await;
+async fn store_with(backend: &Backend, key: &PersonKey) -> TestStore {
+    let store = backend.fresh_store().await;
+    add(&*store, key).await;
     store
 }
 
@@ -52,29 +47,9 @@ fn presence_busy() -> CurrentPresence {
     }
 }
 
-/// Every byte SQLite wrote for this database, including a write-ahead log not yet merged.
-fn raw_database_bytes(path: &Path) -> Vec<u8> {
-    let mut bytes = std::fs::read(path).unwrap();
-    for suffix in ["-wal", "-journal"] {
-        let mut side_file = path.as_os_str().to_owned();
-        side_file.push(suffix);
-        if let Ok(more) = std::fs::read(&side_file) {
-            bytes.extend(more);
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
-#[tokio::test]
-async fn an_upserted_person_reads_back_as_pending_with_the_directory_fields() {
+async fn an_upserted_person_reads_back_as_pending_with_the_directory_fields(backend: Backend) {
     let alice = person("tenant-a", "Alice@Example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
 
     let stored = store.get_person(&alice).await.unwrap().unwrap();
     assert_eq!(stored.key, alice);
@@ -92,10 +67,9 @@ async fn an_upserted_person_reads_back_as_pending_with_the_directory_fields() {
     );
 }
 
-#[tokio::test]
-async fn re_reading_the_directory_keeps_the_resolution_and_updates_the_names() {
+async fn re_reading_the_directory_keeps_the_resolution_and_updates_the_names(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     let primary = MailboxAddress::parse("alice.example@example.com").unwrap();
     store
         .mark_resolution(
@@ -129,10 +103,9 @@ async fn re_reading_the_directory_keeps_the_resolution_and_updates_the_names() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_resolution_keeps_its_error_text_for_the_admin_view() {
+async fn a_failed_resolution_keeps_its_error_text_for_the_admin_view(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     let failed = Resolution::Failed {
         error: "user not found in tenant (404)".to_string(),
     };
@@ -154,9 +127,8 @@ async fn a_failed_resolution_keeps_its_error_text_for_the_admin_view() {
     );
 }
 
-#[tokio::test]
-async fn people_are_listed_in_order_and_per_source() {
-    let store = memory_store().await;
+async fn people_are_listed_in_order_and_per_source(backend: Backend) {
+    let store = backend.fresh_store().await;
     for (source, address) in [
         ("tenant-b", "zoe@b.example"),
         ("tenant-a", "bob@a.example"),
@@ -164,7 +136,7 @@ async fn people_are_listed_in_order_and_per_source() {
         // The same address in a second source is a second person.
         ("tenant-b", "alice@a.example"),
     ] {
-        add(&store, &person(source, address)).await;
+        add(&*store, &person(source, address)).await;
     }
 
     let all: Vec<String> = store
@@ -193,10 +165,9 @@ async fn people_are_listed_in_order_and_per_source() {
     assert_eq!(of_b, ["alice@a.example", "zoe@b.example"]);
 }
 
-#[tokio::test]
-async fn timed_all_day_and_private_appointments_round_trip_exactly() {
+async fn timed_all_day_and_private_appointments_round_trip_exactly(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     let appointments = vec![
         timed("a1", "2026-06-01T09:00:00Z", "2026-06-01T10:30:00Z"),
         all_day("a2"),
@@ -218,15 +189,9 @@ async fn timed_all_day_and_private_appointments_round_trip_exactly() {
     assert_eq!(loaded[2].subject, None);
 }
 
-#[tokio::test]
-async fn a_hidden_subject_is_stored_as_null_not_as_text() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
+async fn a_hidden_subject_is_stored_as_null_not_as_text(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
-    add(&store, &alice).await;
+    let store = store_with(&backend, &alice).await;
     store
         .replace_appointments(
             &alice,
@@ -238,53 +203,46 @@ async fn a_hidden_subject_is_stored_as_null_not_as_text() {
         .unwrap();
     store.close().await;
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
-    let (subject_is_null, first_day): (bool, Option<String>) =
-        sqlx::query_as("SELECT subject IS NULL, first_day FROM appointments")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert!(subject_is_null);
-    assert_eq!(first_day, None);
-    pool.close().await;
+    let rows = store
+        .database()
+        .rows_as_text(
+            "SELECT CASE WHEN subject IS NULL THEN 'null' ELSE 'text' END, \
+             CAST(first_day AS TEXT) FROM appointments",
+        )
+        .await;
+    assert_eq!(rows, [[Some("null".to_string()), None]]);
 }
 
-#[tokio::test]
-async fn all_day_dates_are_stored_as_plain_dates() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
+async fn all_day_dates_are_stored_as_plain_dates(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
-    add(&store, &alice).await;
+    let store = store_with(&backend, &alice).await;
     store
         .apply_appointment_changes(&alice, vec![all_day("v1")], vec![])
         .await
         .unwrap();
     store.close().await;
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
-    let days: (String, String, Option<i64>) =
-        sqlx::query_as("SELECT first_day, end_day, start_at FROM appointments")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    // A date column in PostgreSQL, `YYYY-MM-DD` text in SQLite: the same text either way.
+    let days = store
+        .database()
+        .rows_as_text(
+            "SELECT CAST(first_day AS TEXT), CAST(end_day AS TEXT), CAST(start_at AS TEXT) \
+             FROM appointments",
+        )
+        .await;
     assert_eq!(
         days,
-        ("2026-12-24".to_string(), "2026-12-27".to_string(), None)
+        [[
+            Some("2026-12-24".to_string()),
+            Some("2026-12-27".to_string()),
+            None
+        ]]
     );
-    pool.close().await;
 }
 
-#[tokio::test]
-async fn a_delta_updates_adds_and_removes_single_appointments() {
+async fn a_delta_updates_adds_and_removes_single_appointments(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     store
         .replace_appointments(
             &alice,
@@ -316,10 +274,9 @@ async fn a_delta_updates_adds_and_removes_single_appointments() {
     );
 }
 
-#[tokio::test]
-async fn a_replacement_that_fails_midway_leaves_the_previous_window() {
+async fn a_replacement_that_fails_midway_leaves_the_previous_window(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     let before = vec![timed("a1", "2026-06-01T09:00:00Z", "2026-06-01T10:00:00Z")];
     store
         .replace_appointments(
@@ -353,7 +310,12 @@ async fn a_replacement_that_fails_midway_leaves_the_previous_window() {
         ),
         "{message}"
     );
-    assert!(message.contains("UNIQUE constraint failed"), "{message}");
+    // The database's own reason: "UNIQUE constraint failed" (SQLite), "duplicate key value
+    // violates unique constraint" (PostgreSQL).
+    assert!(
+        message.to_lowercase().contains("unique constraint"),
+        "{message}"
+    );
     assert!(!error.is_retryable());
     assert_eq!(store.load_appointments(&alice).await.unwrap(), before);
     assert_eq!(
@@ -369,10 +331,11 @@ async fn a_replacement_that_fails_midway_leaves_the_previous_window() {
     );
 }
 
-#[tokio::test]
-async fn a_replacement_drops_appointments_of_the_old_window_and_records_the_new_one() {
+async fn a_replacement_drops_appointments_of_the_old_window_and_records_the_new_one(
+    backend: Backend,
+) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     store
         .replace_appointments(
             &alice,
@@ -408,9 +371,8 @@ async fn a_replacement_drops_appointments_of_the_old_window_and_records_the_new_
     );
 }
 
-#[tokio::test]
-async fn appointments_of_an_unknown_person_are_refused_with_the_person_named() {
-    let store = memory_store().await;
+async fn appointments_of_an_unknown_person_are_refused_with_the_person_named(backend: Backend) {
+    let store = backend.fresh_store().await;
     let ghost = person("tenant-a", "ghost@example.com");
     let error = store
         .replace_appointments(
@@ -430,14 +392,15 @@ async fn appointments_of_an_unknown_person_are_refused_with_the_person_named() {
     assert_eq!(store.load_appointments(&ghost).await.unwrap(), vec![]);
 }
 
-#[tokio::test]
-async fn loading_all_appointments_groups_them_by_person_including_people_without_any() {
-    let store = memory_store().await;
+async fn loading_all_appointments_groups_them_by_person_including_people_without_any(
+    backend: Backend,
+) {
+    let store = backend.fresh_store().await;
     let alice = person("tenant-a", "alice@example.com");
     let bob = person("tenant-a", "bob@example.com");
     let carol = person("tenant-b", "carol@example.com");
     for key in [&alice, &bob, &carol] {
-        add(&store, key).await;
+        add(&*store, key).await;
     }
     let alices = vec![
         timed("a1", "2026-06-01T09:00:00Z", "2026-06-01T10:00:00Z"),
@@ -459,10 +422,9 @@ async fn loading_all_appointments_groups_them_by_person_including_people_without
     assert_eq!(all, expected);
 }
 
-#[tokio::test]
-async fn sync_state_round_trips_and_a_fresh_state_does_not_erase_the_window() {
+async fn sync_state_round_trips_and_a_fresh_state_does_not_erase_the_window(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    let store = store_with(&alice).await;
+    let store = store_with(&backend, &alice).await;
     assert_eq!(
         store.get_sync_state(&alice).await.unwrap(),
         SyncState::default()
@@ -506,9 +468,8 @@ async fn sync_state_round_trips_and_a_fresh_state_does_not_erase_the_window() {
     );
 }
 
-#[tokio::test]
-async fn source_state_round_trips_and_defaults_to_unknown() {
-    let store = memory_store().await;
+async fn source_state_round_trips_and_defaults_to_unknown(backend: Backend) {
+    let store = backend.fresh_store().await;
     let tenant = SourceId("tenant-a".to_string());
     assert_eq!(
         store.get_source_state(&tenant).await.unwrap(),
@@ -538,13 +499,12 @@ async fn source_state_round_trips_and_defaults_to_unknown() {
     assert_eq!(store.get_source_state(&tenant).await.unwrap(), recovered);
 }
 
-#[tokio::test]
-async fn presence_is_saved_replaced_and_listed() {
-    let store = memory_store().await;
+async fn presence_is_saved_replaced_and_listed(backend: Backend) {
+    let store = backend.fresh_store().await;
     let alice = person("tenant-a", "alice@example.com");
     let bob = person("tenant-a", "bob@example.com");
-    add(&store, &alice).await;
-    add(&store, &bob).await;
+    add(&*store, &alice).await;
+    add(&*store, &bob).await;
     assert_eq!(store.load_presence(&alice).await.unwrap(), None);
 
     store.save_presence(&bob, &presence_busy()).await.unwrap();
@@ -570,17 +530,12 @@ async fn presence_is_saved_replaced_and_listed() {
     );
 }
 
-#[tokio::test]
-async fn removing_a_person_removes_their_appointments_sync_state_and_presence() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
-    let store = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
+async fn removing_a_person_removes_their_appointments_sync_state_and_presence(backend: Backend) {
+    let store = backend.fresh_store().await;
     let alice = person("tenant-a", "alice@example.com");
     let bob = person("tenant-a", "bob@example.com");
-    add(&store, &alice).await;
-    add(&store, &bob).await;
+    add(&*store, &alice).await;
+    add(&*store, &bob).await;
     for key in [&alice, &bob] {
         store
             .replace_appointments(
@@ -612,86 +567,15 @@ async fn removing_a_person_removes_their_appointments_sync_state_and_presence() 
     store.close().await;
 
     // Count rows directly: the API cannot tell an orphaned row from a missing one.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
     for table in ["people", "appointments", "sync_state", "presence"] {
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let rows = store.database().count_rows(table).await;
         assert_eq!(rows, 1, "{table} should hold only bob's row");
     }
-    pool.close().await;
 }
 
-#[tokio::test]
-async fn secrets_are_encrypted_in_the_database_file() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
-    let store = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
+async fn a_wrong_key_fails_cleanly_without_showing_the_secret(backend: Backend) {
     let alice = person("tenant-a", "alice@example.com");
-    add(&store, &alice).await;
-    store
-        .put_secret(
-            "tenant-a/client-secret",
-            &Secret::new("Xyz~client-secret-in-clear"),
-        )
-        .await
-        .unwrap();
-    store
-        .set_sync_state(
-            &alice,
-            &SyncState {
-                client_state: Some(Secret::new("webhook-client-state-in-clear")),
-                ..SyncState::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .get_secret("tenant-a/client-secret")
-            .await
-            .unwrap()
-            .unwrap()
-            .expose(),
-        "Xyz~client-secret-in-clear"
-    );
-
-    // Read the raw bytes with the store still open, when the write-ahead log holds the rows,
-    // and again after closing, when they have been merged into the main file.
-    for phase in ["open", "closed"] {
-        if phase == "closed" {
-            store.close().await;
-        }
-        let raw = raw_database_bytes(&path);
-        assert!(
-            contains(&raw, "tenant-a/client-secret"),
-            "{phase}: name missing"
-        );
-        assert!(
-            !contains(&raw, "client-secret-in-clear"),
-            "{phase}: secret in clear"
-        );
-        assert!(
-            !contains(&raw, "client-state-in-clear"),
-            "{phase}: client state in clear"
-        );
-    }
-}
-
-#[tokio::test]
-async fn a_wrong_key_fails_cleanly_without_showing_the_secret() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
-    let alice = person("tenant-a", "alice@example.com");
-    let store = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
-    add(&store, &alice).await;
+    let store = store_with(&backend, &alice).await;
     store
         .put_secret("tenant-a/client-secret", &Secret::new("hunter2-secret"))
         .await
@@ -708,9 +592,7 @@ async fn a_wrong_key_fails_cleanly_without_showing_the_secret() {
         .unwrap();
     store.close().await;
 
-    let reopened = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap();
+    let reopened = store.database().open(SecretKey::generate()).await.unwrap();
     let error = reopened
         .get_secret("tenant-a/client-secret")
         .await
@@ -735,10 +617,8 @@ async fn a_wrong_key_fails_cleanly_without_showing_the_secret() {
     assert_eq!(reopened.get_secret("never-stored").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn reopening_the_file_keeps_everything() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
+async fn reopening_the_database_keeps_everything(backend: Backend) {
+    let database = backend.new_database().await;
     let key = SecretKey::generate();
     let alice = person("tenant-a", "alice@example.com");
     let tenant = SourceId("tenant-a".to_string());
@@ -754,8 +634,8 @@ async fn reopening_the_file_keeps_everything() {
         ..SourceState::default()
     };
     {
-        let store = SqliteStore::open(&path, key.clone()).await.unwrap();
-        add(&store, &alice).await;
+        let store = database.open(key.clone()).await.unwrap();
+        add(&*store, &alice).await;
         store
             .replace_appointments(
                 &alice,
@@ -791,7 +671,7 @@ async fn reopening_the_file_keeps_everything() {
         store.close().await;
     }
 
-    let store = SqliteStore::open(&path, key).await.unwrap();
+    let store = database.open(key).await.unwrap();
     assert_eq!(store.list_people().await.unwrap().len(), 1);
     assert_eq!(store.load_appointments(&alice).await.unwrap(), appointments);
     let reloaded_sync = store.get_sync_state(&alice).await.unwrap();
@@ -825,9 +705,9 @@ async fn reopening_the_file_keeps_everything() {
     );
 }
 
-#[tokio::test]
-async fn outbox_events_come_back_in_order_after_a_cursor_in_batches() {
-    let store: Arc<dyn Store> = Arc::new(memory_store().await);
+async fn outbox_events_come_back_in_order_after_a_cursor_in_batches(backend: Backend) {
+    let store = backend.fresh_store().await;
+    let store: &dyn Store = &*store;
     let alice = person("tenant-a", "alice@example.com");
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -875,73 +755,67 @@ async fn outbox_events_come_back_in_order_after_a_cursor_in_batches() {
     );
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_calbridge_is_refused_with_its_path() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
-    SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap()
-        .close()
-        .await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+async fn keys_and_ids_sort_by_bytes_whatever_the_database_collation(backend: Backend) {
+    let store = backend.fresh_store().await;
+    // Byte order puts upper case first; a language's collation would not.
+    let lower = person("tenant-a", "alice@example.com");
+    let upper = person("Tenant-B", "bob@example.com");
+    for key in [&lower, &upper] {
+        add(&*store, key).await;
+        store.save_presence(key, &presence_busy()).await.unwrap();
+    }
+    let appointments = vec![all_day("b1"), all_day("B2"), all_day("a1")];
+    store
+        .apply_appointment_changes(&lower, appointments, vec![])
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (9999, 'from the future', 1, x'00', 0)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
 
-    let error = SqliteStore::open(&path, SecretKey::generate())
+    let people: Vec<PersonKey> = store
+        .list_people()
         .await
-        .unwrap_err();
-    assert!(matches!(
-        error,
-        StoreError::SchemaTooNew {
-            found: 9999,
-            supported: 1,
-            ..
-        }
-    ));
-    let message = error.to_string();
-    assert!(message.contains(&path.display().to_string()), "{message}");
-    assert!(message.contains("schema version 9999"), "{message}");
-}
-
-#[tokio::test]
-async fn a_file_that_is_not_a_database_is_refused_with_its_path() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("calbridge.sqlite");
-    std::fs::write(&path, "this is a text file, not SQLite\n".repeat(200)).unwrap();
-
-    let error = SqliteStore::open(&path, SecretKey::generate())
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(people, [upper.clone(), lower.clone()]);
+    let presence: Vec<PersonKey> = store
+        .list_presence()
         .await
-        .unwrap_err();
-    let message = error.to_string();
-    assert!(
-        matches!(error, StoreError::NotADatabase { .. }),
-        "{message}"
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(presence, [upper, lower.clone()]);
+    let ids = |list: &[Appointment]| list.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&store.load_appointments(&lower).await.unwrap()),
+        ["B2", "a1", "b1"]
     );
-    assert!(
-        message.starts_with(&format!("{} is not a calbridge store", path.display())),
-        "{message}"
+    assert_eq!(
+        ids(&store.load_all_appointments().await.unwrap()[&lower]),
+        ["B2", "a1", "b1"]
     );
 }
 
-#[tokio::test]
-async fn a_missing_directory_is_reported_with_the_path() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("missing").join("calbridge.sqlite");
-    let error = SqliteStore::open(&path, SecretKey::generate())
-        .await
-        .unwrap_err();
-    assert!(matches!(error, StoreError::Open { .. }));
-    assert!(
-        error.to_string().contains(&path.display().to_string()),
-        "{error}"
-    );
-}
+on_each_backend!(
+    an_upserted_person_reads_back_as_pending_with_the_directory_fields,
+    re_reading_the_directory_keeps_the_resolution_and_updates_the_names,
+    a_failed_resolution_keeps_its_error_text_for_the_admin_view,
+    people_are_listed_in_order_and_per_source,
+    timed_all_day_and_private_appointments_round_trip_exactly,
+    a_hidden_subject_is_stored_as_null_not_as_text,
+    all_day_dates_are_stored_as_plain_dates,
+    a_delta_updates_adds_and_removes_single_appointments,
+    a_replacement_that_fails_midway_leaves_the_previous_window,
+    a_replacement_drops_appointments_of_the_old_window_and_records_the_new_one,
+    appointments_of_an_unknown_person_are_refused_with_the_person_named,
+    loading_all_appointments_groups_them_by_person_including_people_without_any,
+    sync_state_round_trips_and_a_fresh_state_does_not_erase_the_window,
+    source_state_round_trips_and_defaults_to_unknown,
+    presence_is_saved_replaced_and_listed,
+    removing_a_person_removes_their_appointments_sync_state_and_presence,
+    a_wrong_key_fails_cleanly_without_showing_the_secret,
+    reopening_the_database_keeps_everything,
+    outbox_events_come_back_in_order_after_a_cursor_in_batches,
+    keys_and_ids_sort_by_bytes_whatever_the_database_collation,
+);

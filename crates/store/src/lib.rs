@@ -13,6 +13,7 @@
 //! **Invariant:** the store never holds what a source did not fetch: a hidden subject is NULL,
 //! not an empty string, and no secret is ever written in clear.
 
+pub mod cluster;
 mod codec;
 mod crypto;
 mod error;

@@ -22,17 +22,31 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 /// fails every existing database's start-up with a checksum mismatch.
 type Migrations = &'static [(i64, &'static str, &'static str)];
 
-pub(crate) const SQLITE: Migrations = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
+pub(crate) const SQLITE: Migrations = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "cluster",
+        include_str!("../migrations/sqlite/0002_cluster.sql"),
+    ),
+];
 
-pub(crate) const POSTGRES: Migrations = &[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+pub(crate) const POSTGRES: Migrations = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "cluster",
+        include_str!("../migrations/postgres/0002_cluster.sql"),
+    ),
+];
 
 /// The newest schema version this build knows of `migrations`.
 pub(crate) fn latest_version(migrations: Migrations) -> i64 {

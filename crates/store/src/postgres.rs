@@ -135,6 +135,17 @@ impl PostgresStore {
     }
 
     /// The server, database and user, for messages.
+    /// The shard leases of one instance on this database (see [`crate::cluster`]).
+    pub fn leases(
+        &self,
+        instance_id: String,
+        name: String,
+        lease: jiff::SignedDuration,
+        now: jiff::Timestamp,
+    ) -> crate::cluster::Leases {
+        crate::cluster::Leases::new(self.pool.clone(), instance_id, name, lease, now)
+    }
+
     pub fn location(&self) -> &StoreLocation {
         &self.location
     }

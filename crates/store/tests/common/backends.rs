@@ -320,6 +320,14 @@ impl TestStore {
         &self.database
     }
 
+    /// The PostgreSQL store, for what only it has (shard leases).
+    pub fn postgres(&self) -> Option<&PostgresStore> {
+        match &self.store {
+            AnyStore::Postgres(store) => Some(store),
+            AnyStore::Sqlite(_) => None,
+        }
+    }
+
     /// Closes the store's connections (and, for SQLite, releases the file's lock).
     pub async fn close(&self) {
         match &self.store {

@@ -1,0 +1,21 @@
+-- Shard leases for several instances on one database (crates/store/src/cluster.rs).
+-- Instants are milliseconds since 1970 UTC, written from each instance's clock.
+
+CREATE TABLE cluster_instances (
+    instance_id     TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    started_at_ms   BIGINT NOT NULL,
+    heartbeat_at_ms BIGINT NOT NULL
+);
+
+-- One row per virtual shard (cluster::SHARDS = 256), made here once: claims only update.
+CREATE TABLE cluster_shards (
+    shard         INTEGER PRIMARY KEY CHECK (shard >= 0 AND shard < 256),
+    owner         TEXT,
+    epoch         BIGINT NOT NULL DEFAULT 0,
+    expires_at_ms BIGINT NOT NULL DEFAULT 0
+);
+
+INSERT INTO cluster_shards (shard) SELECT generate_series(0, 255);
+
+CREATE INDEX cluster_shards_owner ON cluster_shards (owner);

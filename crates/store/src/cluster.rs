@@ -1,0 +1,387 @@
+//! Sharing the people among several instances on one PostgreSQL database: shard leases.
+//!
+//! Every person belongs to one of [`SHARDS`] virtual shards, by a hash of their source and
+//! address that every instance and every version computes alike. Each shard has a lease row
+//! (owner, epoch, expiry). An instance proves it is alive with a heartbeat, renews the leases it
+//! holds, claims expired or free shards up to its fair share (`FOR UPDATE SKIP LOCKED`, so two
+//! instances claiming at once never take the same shard), gives back what it holds beyond its
+//! share when instances join, and releases everything on a graceful shutdown.
+//!
+//! **Invariants:**
+//! - A shard has at most one owner whose lease has not expired.
+//! - Each claim raises the shard's epoch, so an instance that lost a shard (it stalled past its
+//!   lease, and another claimed it) holds an older epoch than the owner: its writes for that
+//!   shard's people are refused by [`Leases::holds`] and by fenced writes, never silently mixed.
+//! - Time is the caller's injected clock, compared only with values the same kind of clock
+//!   wrote. Instances' clocks must agree to well within a lease (NTP does).
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use sqlx::PgPool;
+
+use crate::{PersonKey, StoreError};
+
+/// The number of virtual shards. Fixed: it is part of the database's meaning (which lease
+/// covers which person). 256 spreads 100,000 people about 400 to a shard and lets up to a few
+/// dozen instances share them evenly.
+pub const SHARDS: u32 = 256;
+
+/// The shard of a person: FNV-1a (32-bit) of `source`, a NUL, and the address, modulo
+/// [`SHARDS`]. Written out rather than taken from `std::hash`, whose hashers are seeded per
+/// process, or from a crate, because the value must never change between versions: it is
+/// stored implicitly in every lease.
+pub fn shard_of(person: &PersonKey) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let mut hash = OFFSET;
+    let bytes = person
+        .source
+        .0
+        .as_bytes()
+        .iter()
+        .chain(std::iter::once(&0u8))
+        .chain(person.address.as_str().as_bytes());
+    for byte in bytes {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    hash % SHARDS
+}
+
+/// A shard this instance holds, with the epoch of its claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldShard {
+    pub shard: u32,
+    pub epoch: i64,
+}
+
+/// What one round of lease upkeep changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseChanges {
+    /// Shards claimed in this round (free, expired, or given back by another instance).
+    pub gained: Vec<HeldShard>,
+    /// Shards held before this round and no longer: expired before renewal (this instance
+    /// stalled), or given back to make room for other instances.
+    pub lost: Vec<u32>,
+}
+
+impl LeaseChanges {
+    pub fn is_empty(&self) -> bool {
+        self.gained.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// An instance as the admin page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    /// Host and process id, for the operator.
+    pub name: String,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    /// Shards whose lease it holds and that have not expired.
+    pub shards: u32,
+    /// Whether its heartbeat is younger than a lease.
+    pub alive: bool,
+}
+
+/// One instance's leases.
+pub struct Leases {
+    pool: PgPool,
+    instance_id: String,
+    name: String,
+    lease: SignedDuration,
+    started_at: Timestamp,
+    held: BTreeMap<u32, i64>,
+}
+
+fn database(operation: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Database {
+        operation: operation.to_string(),
+        source,
+    }
+}
+
+fn millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+fn instant(milliseconds: i64) -> Timestamp {
+    Timestamp::from_millisecond(milliseconds).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+impl Leases {
+    /// Leases for a new instance; nothing is written until [`Leases::tick`].
+    pub fn new(
+        pool: PgPool,
+        instance_id: String,
+        name: String,
+        lease: SignedDuration,
+        now: Timestamp,
+    ) -> Leases {
+        Leases {
+            pool,
+            instance_id,
+            name,
+            lease,
+            started_at: now,
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The shards held after the last round, with their epochs.
+    pub fn held(&self) -> Vec<HeldShard> {
+        self.held
+            .iter()
+            .map(|(shard, epoch)| HeldShard {
+                shard: *shard,
+                epoch: *epoch,
+            })
+            .collect()
+    }
+
+    /// Forgets what this instance believed it held, after its leases ran out unrenewed: the
+    /// next round claims afresh (with new epochs) whatever is free by then.
+    pub fn forget_held(&mut self) {
+        self.held.clear();
+    }
+
+    /// The epoch under which this instance holds `shard`, if it does (as of the last round).
+    pub fn epoch_of(&self, shard: u32) -> Option<i64> {
+        self.held.get(&shard).copied()
+    }
+
+    /// One round of upkeep: heartbeat, renew what is held, give back what is beyond the fair
+    /// share, claim free or expired shards up to it. Run it every few seconds (a third of the
+    /// lease at most), so a lease never expires while its instance is well.
+    pub async fn tick(&mut self, now: Timestamp) -> Result<LeaseChanges, StoreError> {
+        let expires = now.saturating_add(self.lease).unwrap_or(now);
+        sqlx::query(
+            "INSERT INTO cluster_instances (instance_id, name, started_at_ms, heartbeat_at_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at_ms = EXCLUDED.heartbeat_at_ms",
+        )
+        .bind(&self.instance_id)
+        .bind(&self.name)
+        .bind(millis(self.started_at))
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(database("send the instance's heartbeat"))?;
+
+        // Renew: only leases still held under the epoch we claimed them with and not expired.
+        let renewed: Vec<(i32, i64)> = sqlx::query_as(
+            "UPDATE cluster_shards SET expires_at_ms = $2
+             WHERE owner = $1 AND expires_at_ms > $3
+             RETURNING shard, epoch",
+        )
+        .bind(&self.instance_id)
+        .bind(millis(expires))
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("renew the shard leases"))?;
+        let mut still: BTreeMap<u32, i64> = BTreeMap::new();
+        for (shard, epoch) in renewed {
+            let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+            if self.held.get(&shard) == Some(&epoch) {
+                still.insert(shard, epoch);
+            }
+        }
+        let mut changes = LeaseChanges {
+            gained: Vec::new(),
+            lost: self
+                .held
+                .keys()
+                .filter(|shard| !still.contains_key(shard))
+                .copied()
+                .collect(),
+        };
+        self.held = still;
+
+        let fair = self.fair_share(now).await?;
+        let held = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
+        if held > fair {
+            // Give back the highest shards: the others claim them at their next round.
+            let surplus: Vec<i32> = self
+                .held
+                .keys()
+                .rev()
+                .take((held - fair) as usize)
+                .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
+                .collect();
+            sqlx::query(
+                "UPDATE cluster_shards SET owner = NULL, expires_at_ms = 0
+                 WHERE owner = $1 AND shard = ANY($2)",
+            )
+            .bind(&self.instance_id)
+            .bind(&surplus)
+            .execute(&self.pool)
+            .await
+            .map_err(database("give back shards beyond the fair share"))?;
+            for shard in surplus {
+                let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                self.held.remove(&shard);
+                changes.lost.push(shard);
+            }
+        } else if held < fair {
+            let claimed: Vec<(i32, i64)> = sqlx::query_as(
+                "WITH free AS (
+                     SELECT shard FROM cluster_shards
+                     WHERE owner IS NULL OR expires_at_ms <= $3
+                     ORDER BY shard
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE cluster_shards AS s
+                 SET owner = $1, epoch = s.epoch + 1, expires_at_ms = $2
+                 FROM free WHERE s.shard = free.shard
+                 RETURNING s.shard, s.epoch",
+            )
+            .bind(&self.instance_id)
+            .bind(millis(expires))
+            .bind(millis(now))
+            .bind(i64::from(fair - held))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("claim free shards"))?;
+            for (shard, epoch) in claimed {
+                let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+                self.held.insert(shard, epoch);
+                changes.gained.push(HeldShard { shard, epoch });
+            }
+        }
+        changes.lost.sort_unstable();
+        changes.gained.sort_unstable();
+        Ok(changes)
+    }
+
+    /// The shards divided by the live instances (this one included), rounded up, so that
+    /// together they always cover every shard.
+    async fn fair_share(&self, now: Timestamp) -> Result<u32, StoreError> {
+        let alive_since = now.saturating_sub(self.lease).unwrap_or(now);
+        let (alive,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM cluster_instances WHERE heartbeat_at_ms > $1 OR instance_id = $2",
+        )
+        .bind(millis(alive_since))
+        .bind(&self.instance_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(database("count the live instances"))?;
+        let alive = u32::try_from(alive.max(1)).unwrap_or(u32::MAX);
+        Ok(SHARDS.div_ceil(alive))
+    }
+
+    /// Whether this instance holds `shard` under `epoch` in the database right now: the fence
+    /// before a write that another owner must not be mixed with.
+    pub async fn holds(&self, shard: u32, epoch: i64, now: Timestamp) -> Result<bool, StoreError> {
+        let held: Option<(i32,)> = sqlx::query_as(
+            "SELECT shard FROM cluster_shards
+             WHERE shard = $1 AND owner = $2 AND epoch = $3 AND expires_at_ms > $4",
+        )
+        .bind(i32::try_from(shard).unwrap_or(i32::MAX))
+        .bind(&self.instance_id)
+        .bind(epoch)
+        .bind(millis(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("check a shard lease"))?;
+        Ok(held.is_some())
+    }
+
+    /// Gives back every shard and leaves: the others claim them at their next round instead of
+    /// waiting for the leases to expire.
+    pub async fn release_all(&mut self) -> Result<(), StoreError> {
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(database("release the shards"))?;
+        sqlx::query("UPDATE cluster_shards SET owner = NULL, expires_at_ms = 0 WHERE owner = $1")
+            .bind(&self.instance_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database("release the shards"))?;
+        sqlx::query("DELETE FROM cluster_instances WHERE instance_id = $1")
+            .bind(&self.instance_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database("remove the instance"))?;
+        transaction
+            .commit()
+            .await
+            .map_err(database("release the shards"))?;
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Every instance that sent a heartbeat, with the shards it holds, oldest first.
+    pub async fn instances(&self, now: Timestamp) -> Result<Vec<InstanceInfo>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT i.instance_id, i.name, i.started_at_ms, i.heartbeat_at_ms,
+                    (SELECT count(*) FROM cluster_shards s
+                     WHERE s.owner = i.instance_id AND s.expires_at_ms > $1)
+             FROM cluster_instances i
+             ORDER BY i.started_at_ms, i.instance_id",
+        )
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("list the instances"))?;
+        let alive_since = now.saturating_sub(self.lease).unwrap_or(now);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(instance_id, name, started, heartbeat, shards)| InstanceInfo {
+                    instance_id,
+                    name,
+                    started_at: instant(started),
+                    heartbeat_at: instant(heartbeat),
+                    shards: u32::try_from(shards).unwrap_or(0),
+                    alive: instant(heartbeat) > alive_since,
+                },
+            )
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calbridge_domain::{MailboxAddress, SourceId};
+
+    fn person(source: &str, address: &str) -> PersonKey {
+        PersonKey::new(
+            SourceId(source.to_string()),
+            MailboxAddress::parse(address).expect("an address"),
+        )
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread_people_evenly() {
+        // Fixed values, computed independently with a few lines of Python: a change here would
+        // move every person to another shard after an upgrade, while the old version's
+        // instances still hold the leases.
+        assert_eq!(shard_of(&person("m365", "ada@contoso.example")), 31);
+        assert_eq!(shard_of(&person("m365", "bob@contoso.example")), 72);
+        assert_ne!(
+            shard_of(&person("m365", "ada@contoso.example")),
+            shard_of(&person("onprem", "ada@contoso.example"))
+        );
+        let mut counts = vec![0u32; SHARDS as usize];
+        for index in 0..25_600 {
+            let key = person("m365", &format!("user{index}@contoso.example"));
+            counts[shard_of(&key) as usize] += 1;
+        }
+        let (least, most) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
+        assert!(least >= 60 && most <= 140, "{least}..{most} per shard");
+    }
+}

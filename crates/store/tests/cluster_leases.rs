@@ -1,0 +1,256 @@
+//! Shard leases on a real PostgreSQL: every shard owned by exactly one live instance, fair
+//! shares as instances join and leave, a dead instance's shards taken over after its lease,
+//! epochs that fence a stalled owner out. Time is passed in, so no test waits for the clock.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use calbridge_store::cluster::{LeaseChanges, Leases, SHARDS};
+use common::{Backend, TestStore};
+use jiff::{SignedDuration, Timestamp};
+
+const LEASE: SignedDuration = SignedDuration::from_secs(30);
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+async fn database() -> Option<TestStore> {
+    let backend = Backend::postgres().await?;
+    Some(backend.fresh_store().await)
+}
+
+fn leases(store: &TestStore, name: &str) -> Leases {
+    store.postgres().expect("a PostgreSQL store").leases(
+        name.to_string(),
+        format!("{name}-host:1"),
+        LEASE,
+        t(0),
+    )
+}
+
+/// Who holds each shard in the database at `now` (expired leases count as nobody).
+async fn owners(store: &TestStore, now: Timestamp) -> BTreeMap<String, BTreeSet<u32>> {
+    let rows = store
+        .database()
+        .rows_as_text(&format!(
+            "SELECT owner, shard::text FROM cluster_shards WHERE owner IS NOT NULL AND expires_at_ms > {}",
+            now.as_millisecond()
+        ))
+        .await;
+    let mut owners: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for row in rows {
+        let owner = row[0].clone().unwrap();
+        let shard: u32 = row[1].clone().unwrap().parse().unwrap();
+        owners.entry(owner).or_default().insert(shard);
+    }
+    owners
+}
+
+/// Every shard has exactly one owner, and each instance's own view matches the database.
+async fn assert_covered_once(store: &TestStore, now: Timestamp, instances: &[&Leases]) {
+    let owners = owners(store, now).await;
+    let total: usize = owners.values().map(BTreeSet::len).sum();
+    assert_eq!(total, SHARDS as usize, "{owners:?}");
+    for leases in instances {
+        let held: BTreeSet<u32> = leases.held().iter().map(|held| held.shard).collect();
+        assert_eq!(
+            owners
+                .get(leases.instance_id())
+                .cloned()
+                .unwrap_or_default(),
+            held,
+            "{} believes it holds what the database says",
+            leases.instance_id()
+        );
+    }
+}
+
+fn count(leases: &Leases) -> usize {
+    leases.held().len()
+}
+
+#[tokio::test]
+async fn a_lone_instance_claims_every_shard_and_keeps_them_by_renewing() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let mut a = leases(&store, "a");
+    let changes = a.tick(t(0)).await.unwrap();
+    assert_eq!(changes.gained.len(), SHARDS as usize);
+    assert!(changes.gained.iter().all(|held| held.epoch == 1));
+    // Renewed every 10 s, the leases never lapse.
+    for second in [10, 20, 30, 40, 50] {
+        assert_eq!(a.tick(t(second)).await.unwrap(), LeaseChanges::default());
+    }
+    assert_covered_once(&store, t(79), &[&a]).await;
+    assert!(a.holds(7, 1, t(79)).await.unwrap());
+    assert!(
+        !a.holds(7, 1, t(81)).await.unwrap(),
+        "expired 30 s after the last renewal"
+    );
+}
+
+#[tokio::test]
+async fn instances_that_join_get_a_fair_share_and_together_cover_every_shard() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let (mut a, mut b, mut c) = (
+        leases(&store, "a"),
+        leases(&store, "b"),
+        leases(&store, "c"),
+    );
+    a.tick(t(0)).await.unwrap();
+    // b joins: nothing is free yet; a sees two live instances and gives back half.
+    assert!(b.tick(t(1)).await.unwrap().gained.is_empty());
+    let given_back = a.tick(t(2)).await.unwrap();
+    assert_eq!(given_back.lost.len(), 128);
+    assert_eq!(b.tick(t(3)).await.unwrap().gained.len(), 128);
+    assert_covered_once(&store, t(3), &[&a, &b]).await;
+    // c joins: a and b shrink to ⌈256/3⌉ = 86 each, c takes what they gave back.
+    c.tick(t(4)).await.unwrap();
+    a.tick(t(5)).await.unwrap();
+    b.tick(t(6)).await.unwrap();
+    c.tick(t(7)).await.unwrap();
+    assert_eq!((count(&a), count(&b), count(&c)), (86, 86, 84));
+    assert_covered_once(&store, t(7), &[&a, &b, &c]).await;
+    let listed = a.instances(t(8)).await.unwrap();
+    let summary: Vec<(String, u32, bool)> = listed
+        .iter()
+        .map(|instance| {
+            (
+                instance.instance_id.clone(),
+                instance.shards,
+                instance.alive,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("a".to_string(), 86, true),
+            ("b".to_string(), 86, true),
+            ("c".to_string(), 84, true)
+        ]
+    );
+    assert_eq!(listed[0].name, "a-host:1");
+}
+
+#[tokio::test]
+async fn a_dead_instances_shards_are_claimed_after_its_lease_with_a_new_epoch() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let (mut a, mut b, mut c) = (
+        leases(&store, "a"),
+        leases(&store, "b"),
+        leases(&store, "c"),
+    );
+    for second in 0..3 {
+        a.tick(t(second * 3)).await.unwrap();
+        b.tick(t(second * 3 + 1)).await.unwrap();
+        c.tick(t(second * 3 + 2)).await.unwrap();
+    }
+    let c_held = c.held();
+    assert!(!c_held.is_empty());
+    // c is killed at 8 s (its last renewal). Until its leases run out nobody takes them.
+    for second in [10, 20, 30] {
+        let a_changes = a.tick(t(second)).await.unwrap();
+        let b_changes = b.tick(t(second + 1)).await.unwrap();
+        assert!(a_changes.gained.is_empty() && b_changes.gained.is_empty());
+    }
+    // At 40 s c's leases (to 38 s) and heartbeat are over: a and b split everything.
+    a.tick(t(40)).await.unwrap();
+    b.tick(t(41)).await.unwrap();
+    a.tick(t(42)).await.unwrap();
+    assert_covered_once(&store, t(42), &[&a, &b]).await;
+    assert_eq!(count(&a) + count(&b), SHARDS as usize);
+    for held in &c_held {
+        let new_epoch = a
+            .epoch_of(held.shard)
+            .or_else(|| b.epoch_of(held.shard))
+            .unwrap();
+        assert!(
+            new_epoch > held.epoch,
+            "shard {} was claimed anew",
+            held.shard
+        );
+        // The fence: c's old epoch no longer holds, even if c wakes up.
+        assert!(!c.holds(held.shard, held.epoch, t(42)).await.unwrap());
+    }
+    // c wakes up after the stall: it learns it lost everything and claims nothing held.
+    let woke = c.tick(t(43)).await.unwrap();
+    assert_eq!(woke.lost.len(), c_held.len());
+    assert!(c.held().is_empty(), "nothing was free to claim");
+    let listed = a.instances(t(43)).await.unwrap();
+    assert!(listed.iter().all(|instance| instance.alive));
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_hands_the_shards_over_at_once() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let (mut a, mut b) = (leases(&store, "a"), leases(&store, "b"));
+    a.tick(t(0)).await.unwrap();
+    b.tick(t(1)).await.unwrap();
+    a.tick(t(2)).await.unwrap();
+    b.tick(t(3)).await.unwrap();
+    assert_eq!((count(&a), count(&b)), (128, 128));
+    b.release_all().await.unwrap();
+    assert!(b.held().is_empty());
+    // No lease to wait for: a's next round takes everything.
+    let changes = a.tick(t(4)).await.unwrap();
+    assert_eq!(changes.gained.len(), 128);
+    assert_covered_once(&store, t(4), &[&a]).await;
+    let listed = a.instances(t(4)).await.unwrap();
+    assert_eq!(listed.len(), 1, "b left the instance list");
+}
+
+#[tokio::test]
+async fn instances_claiming_at_the_same_moment_never_take_the_same_shard() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let mut all: Vec<Leases> = (0..4).map(|n| leases(&store, &format!("i{n}"))).collect();
+    // Everyone's heartbeat first, so each aims at a quarter; then all claim at once.
+    for instance in all.iter_mut() {
+        instance.tick(t(0)).await.unwrap();
+        instance.release_all().await.unwrap();
+    }
+    let claims =
+        futures_util::future::join_all(all.iter_mut().map(|instance| instance.tick(t(1)))).await;
+    let mut seen = BTreeSet::new();
+    for changes in claims {
+        for held in changes.unwrap().gained {
+            assert!(
+                seen.insert(held.shard),
+                "shard {} claimed twice",
+                held.shard
+            );
+        }
+    }
+    let refs: Vec<&Leases> = all.iter().collect();
+    let owners = owners(&store, t(1)).await;
+    for instance in &refs {
+        assert_eq!(
+            owners
+                .get(instance.instance_id())
+                .cloned()
+                .unwrap_or_default(),
+            instance
+                .held()
+                .iter()
+                .map(|held| held.shard)
+                .collect::<BTreeSet<u32>>()
+        );
+    }
+    // A second round fills whatever the race left free.
+    for instance in all.iter_mut() {
+        instance.tick(t(2)).await.unwrap();
+    }
+    let refs: Vec<&Leases> = all.iter().collect();
+    assert_covered_once(&store, t(2), &refs).await;
+}

@@ -120,8 +120,26 @@ async fn fallback(uri: Uri) -> Response {
     (StatusCode::NOT_FOUND, "Not found").into_response()
 }
 
+/// The OData functions the emulator serves. OData lets a client call a function without
+/// parameters as `delta()` as well as `delta`, and Graph answers both; Microsoft's Kiota-generated
+/// SDKs (msgraph-sdk for Python, Go, PHP) always send the parenthesised form.
+const FUNCTIONS: [&str; 1] = ["delta"];
+
+/// `delta()` (or `delta%28%29`, as some HTTP clients escape it) as the bare function name, if the
+/// segment calls one of [`FUNCTIONS`] without parameters.
+fn function_call(segment: &str) -> Option<&'static str> {
+    let name = segment
+        .strip_suffix("()")
+        .or_else(|| segment.strip_suffix("%28%29"))?;
+    FUNCTIONS
+        .iter()
+        .find(|function| function.eq_ignore_ascii_case(name))
+        .copied()
+}
+
 /// Graph's paths are case-insensitive (`calendarview` works as well as `calendarView`), and
-/// some clients send a trailing slash; routing is exact, so known segments are normalised.
+/// some clients send a trailing slash; routing is exact, so known segments are normalised, and
+/// a function called as `delta()` becomes the bare `delta`.
 pub fn normalize_path(path_and_query: &str) -> String {
     const KNOWN: [&str; 12] = [
         "v1.0",
@@ -152,7 +170,9 @@ pub fn normalize_path(path_and_query: &str) -> String {
             KNOWN
                 .iter()
                 .find(|known| known.eq_ignore_ascii_case(segment))
-                .map(|known| known.to_string())
+                .copied()
+                .or_else(|| function_call(segment))
+                .map(str::to_string)
                 .unwrap_or_else(|| segment.to_string())
         })
         .collect();
@@ -340,6 +360,27 @@ mod tests {
         assert_eq!(
             normalize_path("/v1.0/subscriptions/"),
             "/v1.0/subscriptions"
+        );
+    }
+
+    #[test]
+    fn a_function_called_with_parentheses_is_the_bare_function() {
+        assert_eq!(
+            normalize_path("/v1.0/users/ada%40x/calendarView/delta()?startDateTime=a"),
+            "/v1.0/users/ada%40x/calendarView/delta?startDateTime=a"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/users('ada@x')/calendar/calendarview/Delta%28%29"),
+            "/v1.0/users/ada@x/calendar/calendarView/delta"
+        );
+        // Only functions the emulator serves, and only without parameters.
+        assert_eq!(
+            normalize_path("/v1.0/users/ada@x/calendarView/delta(token='latest')"),
+            "/v1.0/users/ada@x/calendarView/delta(token='latest')"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/users/ada@x/events/instances()"),
+            "/v1.0/users/ada@x/events/instances()"
         );
     }
 }

@@ -40,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1.0/groups", get(users::list_groups))
         .route("/v1.0/groups/{group}/members", get(users::group_members))
         .route(
+            "/v1.0/groups/{group}/members/microsoft.graph.user",
+            get(users::group_member_users),
+        )
+        .route(
             "/v1.0/users/{user}/calendarView",
             get(calendar_view::calendar_view),
         )
@@ -125,6 +129,20 @@ async fn fallback(uri: Uri) -> Response {
 /// SDKs (msgraph-sdk for Python, Go, PHP) always send the parenthesised form.
 const FUNCTIONS: [&str; 1] = ["delta"];
 
+/// The OData type casts the emulator serves, by their full name. Graph also takes them without
+/// the `microsoft.` namespace prefix (`graph.user`), which is how Kiota's SDKs write them.
+const CASTS: [&str; 1] = ["microsoft.graph.user"];
+
+/// `graph.user` or `microsoft.graph.user` (any case) as the cast's full name.
+fn type_cast(segment: &str) -> Option<&'static str> {
+    CASTS.iter().copied().find(|cast| {
+        cast.eq_ignore_ascii_case(segment)
+            || cast
+                .strip_prefix("microsoft.")
+                .is_some_and(|short| short.eq_ignore_ascii_case(segment))
+    })
+}
+
 /// `delta()` (or `delta%28%29`, as some HTTP clients escape it) as the bare function name, if the
 /// segment calls one of [`FUNCTIONS`] without parameters.
 fn function_call(segment: &str) -> Option<&'static str> {
@@ -138,8 +156,8 @@ fn function_call(segment: &str) -> Option<&'static str> {
 }
 
 /// Graph's paths are case-insensitive (`calendarview` works as well as `calendarView`), and
-/// some clients send a trailing slash; routing is exact, so known segments are normalised, and
-/// a function called as `delta()` becomes the bare `delta`.
+/// some clients send a trailing slash; routing is exact, so known segments are normalised, a
+/// function called as `delta()` becomes the bare `delta`, and a cast its full name.
 pub fn normalize_path(path_and_query: &str) -> String {
     const KNOWN: [&str; 12] = [
         "v1.0",
@@ -172,6 +190,7 @@ pub fn normalize_path(path_and_query: &str) -> String {
                 .find(|known| known.eq_ignore_ascii_case(segment))
                 .copied()
                 .or_else(|| function_call(segment))
+                .or_else(|| type_cast(segment))
                 .map(str::to_string)
                 .unwrap_or_else(|| segment.to_string())
         })
@@ -381,6 +400,18 @@ mod tests {
         assert_eq!(
             normalize_path("/v1.0/users/ada@x/events/instances()"),
             "/v1.0/users/ada@x/events/instances()"
+        );
+    }
+
+    #[test]
+    fn a_type_cast_is_named_in_full() {
+        assert_eq!(
+            normalize_path("/v1.0/groups/g/members/graph.user?$top=2"),
+            "/v1.0/groups/g/members/microsoft.graph.user?$top=2"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/groups/g/members/Microsoft.Graph.User"),
+            "/v1.0/groups/g/members/microsoft.graph.user"
         );
     }
 }

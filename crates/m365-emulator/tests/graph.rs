@@ -162,6 +162,43 @@ async fn group_members_are_listed_as_users() {
 }
 
 #[tokio::test]
+async fn group_members_cast_to_users_lists_the_same_people_paged() {
+    let harness = start().await;
+    let token = harness.token().await;
+    let ids = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|item| item["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (members, _) = collect_pages(
+        &harness,
+        &harness.graph(&format!("/groups/{PHONES_GROUP_ID}/members")),
+        &token,
+        &[],
+    )
+    .await;
+    assert_eq!(members.len(), 2);
+    // The documented cast, and the short form Kiota's SDKs send, one member per page.
+    for cast in ["microsoft.graph.user", "graph.user"] {
+        let url = harness.graph(&format!("/groups/{PHONES_GROUP_ID}/members/{cast}?$top=1"));
+        let first = harness.get(&url, &token, &[]).await;
+        assert_eq!(first.status, 200, "{cast}: {}", first.text());
+        assert!(
+            first.json()["@odata.context"]
+                .as_str()
+                .is_some_and(|context| context.ends_with("/$metadata#users")),
+            "{}",
+            first.text()
+        );
+        let (users, pages) = collect_pages(&harness, &url, &token, &[]).await;
+        assert_eq!(pages, 2, "{cast}");
+        assert_eq!(ids(&users), ids(&members), "{cast}");
+        assert_eq!(users[0]["mail"], members[0]["mail"]);
+    }
+}
+
+#[tokio::test]
 async fn calendar_view_expands_the_series_with_exceptions_across_dst() {
     let harness = start().await;
     let token = harness.token().await;

@@ -2,15 +2,20 @@
 
 The binary comes from M365_EMULATOR_BIN (the Rust test `python_clients.rs` sets it), else from
 the workspace's target directories. The scenario is written here, with a freshly generated
-certificate for the certificate sign-in test.
+certificate for the certificate sign-in test; `generated_emulator` is a generated organisation
+instead, and `notification_listener` a local endpoint for change notifications.
 """
 
+import contextlib
 import datetime
+import http.server
 import json
 import os
 import pathlib
+import queue
 import subprocess
 import threading
+import urllib.parse
 
 import pytest
 from cryptography import x509
@@ -151,14 +156,11 @@ recurrence = {{ pattern = {{ type = "absoluteMonthly", interval = 2, dayOfMonth 
 """
 
 
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("m365-emulator")
-    certificate = make_certificate(folder)
-    scenario_path = folder / "scenario.toml"
-    scenario_path.write_text(SCENARIO)
+@contextlib.contextmanager
+def running_emulator(arguments, folder):
+    """Starts the emulator with `arguments`, yields its ready line, stops it at the end."""
     process = subprocess.Popen(
-        [str(emulator_binary()), "--listen", "127.0.0.1:0", "--scenario", str(scenario_path), "--state-dir", str(folder / "state")],
+        [str(emulator_binary()), "--listen", "127.0.0.1:0", "--state-dir", str(folder / "state"), *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -174,20 +176,94 @@ def emulator(tmp_path_factory):
     if not line.get("text"):
         process.kill()
         pytest.fail(f"emulator printed no ready line: {process.stderr.read() if process.poll() is not None else 'still running'}")
-    ready = json.loads(line["text"])
-    # requests lets REQUESTS_CA_BUNDLE override a session's `verify`, so trust the emulator's CA there too.
-    previous_bundle = os.environ.get("REQUESTS_CA_BUNDLE")
-    os.environ["REQUESTS_CA_BUNDLE"] = ready["ca_cert"]
-    ready["certificate"] = certificate
     try:
-        yield ready
+        yield json.loads(line["text"])
     finally:
-        if previous_bundle is None:
-            os.environ.pop("REQUESTS_CA_BUNDLE", None)
-        else:
-            os.environ["REQUESTS_CA_BUNDLE"] = previous_bundle
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m365-emulator")
+    certificate = make_certificate(folder)
+    scenario_path = folder / "scenario.toml"
+    scenario_path.write_text(SCENARIO)
+    with running_emulator(["--scenario", str(scenario_path)], folder) as ready:
+        # requests lets REQUESTS_CA_BUNDLE override a session's `verify`, so trust the emulator's CA there too.
+        previous_bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+        os.environ["REQUESTS_CA_BUNDLE"] = ready["ca_cert"]
+        ready["certificate"] = certificate
+        try:
+            yield ready
+        finally:
+            if previous_bundle is None:
+                os.environ.pop("REQUESTS_CA_BUNDLE", None)
+            else:
+                os.environ["REQUESTS_CA_BUNDLE"] = previous_bundle
+
+
+@pytest.fixture(scope="session")
+def generated_emulator(tmp_path_factory):
+    """A generated organisation of 150 people (more than one page of users and of members).
+
+    Its calendars are laid out around the day it starts; a test that reads a span first clears
+    it or works in a span of its own."""
+    folder = tmp_path_factory.mktemp("m365-emulator-generated")
+    with running_emulator(["--generate-users", "150", "--seed", "1"], folder) as ready:
+        yield ready
+
+
+class NotificationListener:
+    """A notification endpoint on loopback http (which the emulator allows, as Graph does not):
+    answers Graph's validation request by echoing `validationToken` as text/plain, and queues
+    every notification it receives."""
+
+    def __init__(self):
+        self.validations = queue.Queue()
+        self.notifications = queue.Queue()
+        listener = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if "validationToken" in query:
+                    token = query["validationToken"][0].encode()
+                    listener.validations.put(token.decode())
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(token)))
+                    self.end_headers()
+                    self.wfile.write(token)
+                    return
+                for notification in json.loads(body or b"{}").get("value", []):
+                    listener.notifications.put(notification)
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *arguments):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notifications"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def notification_listener():
+    listener = NotificationListener()
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -40,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1.0/groups", get(users::list_groups))
         .route("/v1.0/groups/{group}/members", get(users::group_members))
         .route(
+            "/v1.0/groups/{group}/members/microsoft.graph.user",
+            get(users::group_member_users),
+        )
+        .route(
             "/v1.0/users/{user}/calendarView",
             get(calendar_view::calendar_view),
         )
@@ -120,8 +124,40 @@ async fn fallback(uri: Uri) -> Response {
     (StatusCode::NOT_FOUND, "Not found").into_response()
 }
 
+/// The OData functions the emulator serves. OData lets a client call a function without
+/// parameters as `delta()` as well as `delta`, and Graph answers both; Microsoft's Kiota-generated
+/// SDKs (msgraph-sdk for Python, Go, PHP) always send the parenthesised form.
+const FUNCTIONS: [&str; 1] = ["delta"];
+
+/// The OData type casts the emulator serves, by their full name. Graph also takes them without
+/// the `microsoft.` namespace prefix (`graph.user`), which is how Kiota's SDKs write them.
+const CASTS: [&str; 1] = ["microsoft.graph.user"];
+
+/// `graph.user` or `microsoft.graph.user` (any case) as the cast's full name.
+fn type_cast(segment: &str) -> Option<&'static str> {
+    CASTS.iter().copied().find(|cast| {
+        cast.eq_ignore_ascii_case(segment)
+            || cast
+                .strip_prefix("microsoft.")
+                .is_some_and(|short| short.eq_ignore_ascii_case(segment))
+    })
+}
+
+/// `delta()` (or `delta%28%29`, as some HTTP clients escape it) as the bare function name, if the
+/// segment calls one of [`FUNCTIONS`] without parameters.
+fn function_call(segment: &str) -> Option<&'static str> {
+    let name = segment
+        .strip_suffix("()")
+        .or_else(|| segment.strip_suffix("%28%29"))?;
+    FUNCTIONS
+        .iter()
+        .find(|function| function.eq_ignore_ascii_case(name))
+        .copied()
+}
+
 /// Graph's paths are case-insensitive (`calendarview` works as well as `calendarView`), and
-/// some clients send a trailing slash; routing is exact, so known segments are normalised.
+/// some clients send a trailing slash; routing is exact, so known segments are normalised, a
+/// function called as `delta()` becomes the bare `delta`, and a cast its full name.
 pub fn normalize_path(path_and_query: &str) -> String {
     const KNOWN: [&str; 12] = [
         "v1.0",
@@ -152,7 +188,10 @@ pub fn normalize_path(path_and_query: &str) -> String {
             KNOWN
                 .iter()
                 .find(|known| known.eq_ignore_ascii_case(segment))
-                .map(|known| known.to_string())
+                .copied()
+                .or_else(|| function_call(segment))
+                .or_else(|| type_cast(segment))
+                .map(str::to_string)
                 .unwrap_or_else(|| segment.to_string())
         })
         .collect();
@@ -340,6 +379,39 @@ mod tests {
         assert_eq!(
             normalize_path("/v1.0/subscriptions/"),
             "/v1.0/subscriptions"
+        );
+    }
+
+    #[test]
+    fn a_function_called_with_parentheses_is_the_bare_function() {
+        assert_eq!(
+            normalize_path("/v1.0/users/ada%40x/calendarView/delta()?startDateTime=a"),
+            "/v1.0/users/ada%40x/calendarView/delta?startDateTime=a"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/users('ada@x')/calendar/calendarview/Delta%28%29"),
+            "/v1.0/users/ada@x/calendar/calendarView/delta"
+        );
+        // Only functions the emulator serves, and only without parameters.
+        assert_eq!(
+            normalize_path("/v1.0/users/ada@x/calendarView/delta(token='latest')"),
+            "/v1.0/users/ada@x/calendarView/delta(token='latest')"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/users/ada@x/events/instances()"),
+            "/v1.0/users/ada@x/events/instances()"
+        );
+    }
+
+    #[test]
+    fn a_type_cast_is_named_in_full() {
+        assert_eq!(
+            normalize_path("/v1.0/groups/g/members/graph.user?$top=2"),
+            "/v1.0/groups/g/members/microsoft.graph.user?$top=2"
+        );
+        assert_eq!(
+            normalize_path("/v1.0/groups/g/members/Microsoft.Graph.User"),
+            "/v1.0/groups/g/members/microsoft.graph.user"
         );
     }
 }

@@ -162,6 +162,43 @@ async fn group_members_are_listed_as_users() {
 }
 
 #[tokio::test]
+async fn group_members_cast_to_users_lists_the_same_people_paged() {
+    let harness = start().await;
+    let token = harness.token().await;
+    let ids = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|item| item["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (members, _) = collect_pages(
+        &harness,
+        &harness.graph(&format!("/groups/{PHONES_GROUP_ID}/members")),
+        &token,
+        &[],
+    )
+    .await;
+    assert_eq!(members.len(), 2);
+    // The documented cast, and the short form Kiota's SDKs send, one member per page.
+    for cast in ["microsoft.graph.user", "graph.user"] {
+        let url = harness.graph(&format!("/groups/{PHONES_GROUP_ID}/members/{cast}?$top=1"));
+        let first = harness.get(&url, &token, &[]).await;
+        assert_eq!(first.status, 200, "{cast}: {}", first.text());
+        assert!(
+            first.json()["@odata.context"]
+                .as_str()
+                .is_some_and(|context| context.ends_with("/$metadata#users")),
+            "{}",
+            first.text()
+        );
+        let (users, pages) = collect_pages(&harness, &url, &token, &[]).await;
+        assert_eq!(pages, 2, "{cast}");
+        assert_eq!(ids(&users), ids(&members), "{cast}");
+        assert_eq!(users[0]["mail"], members[0]["mail"]);
+    }
+}
+
+#[tokio::test]
 async fn calendar_view_expands_the_series_with_exceptions_across_dst() {
     let harness = start().await;
     let token = harness.token().await;
@@ -530,6 +567,100 @@ async fn delta_pages_then_expires_tokens_by_age_and_by_fault() {
     );
 }
 
+/// Walks a delta round from `first_url` to its deltaLink: every item, and the deltaLink.
+async fn delta_round(harness: &Harness, first_url: &str, token: &str) -> (Vec<Value>, String) {
+    let mut items = Vec::new();
+    let mut url = first_url.to_string();
+    for _ in 0..100 {
+        let reply = harness
+            .get(&url, token, &[("prefer", "odata.maxpagesize=4")])
+            .await;
+        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
+        let body = reply.json();
+        items.extend(body["value"].as_array().cloned().unwrap_or_default());
+        if let Some(delta_link) = body["@odata.deltaLink"].as_str() {
+            return (items, delta_link.to_string());
+        }
+        url = body["@odata.nextLink"]
+            .as_str()
+            .unwrap_or_else(|| panic!("neither nextLink nor deltaLink: {body}"))
+            .to_string();
+    }
+    panic!("delta paging does not end");
+}
+
+#[tokio::test]
+async fn delta_called_as_an_odata_function_answers_as_the_bare_delta() {
+    let harness = start().await;
+    let token = harness.token().await;
+    let bare = harness.graph(&format!(
+        "/users/ada@contoso.example/calendarView/delta?{MARCH}"
+    ));
+    let (bare_items, bare_link) = delta_round(&harness, &bare, &token).await;
+    assert_eq!(bare_items.len(), 11, "{bare_items:?}");
+    // The form Microsoft's Kiota-generated SDKs send, under both calendarView paths, in any case.
+    for function_form in [
+        format!("/users/ada@contoso.example/calendarView/delta()?{MARCH}"),
+        format!("/users/ada%40contoso.example/calendar/calendarView/delta()?{MARCH}"),
+        format!("/users/ada@contoso.example/calendarview/Delta%28%29?{MARCH}"),
+    ] {
+        let (items, delta_link) =
+            delta_round(&harness, &harness.graph(&function_form), &token).await;
+        assert_eq!(items, bare_items, "{function_form}");
+        assert!(delta_link.contains("$deltatoken="), "{delta_link}");
+    }
+    let (function_items, function_link) = delta_round(
+        &harness,
+        &harness.graph(&format!(
+            "/users/ada@contoso.example/calendarView/delta()?{MARCH}"
+        )),
+        &token,
+    )
+    .await;
+    assert_eq!(function_items, bare_items);
+
+    let created = harness
+        .send_json(
+            "POST",
+            &harness.graph("/users/ada@contoso.example/events"),
+            &token,
+            &json!({
+                "subject": "Seen by both forms",
+                "start": {"dateTime": "2030-03-05T13:00:00", "timeZone": "UTC"},
+                "end": {"dateTime": "2030-03-05T13:30:00", "timeZone": "UTC"}
+            }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let (bare_changes, _) = delta_round(&harness, &bare_link, &token).await;
+    let (function_changes, _) = delta_round(&harness, &function_link, &token).await;
+    assert_eq!(
+        subjects(&json!({"value": bare_changes})),
+        vec!["Seen by both forms"]
+    );
+    assert_eq!(function_changes, bare_changes);
+
+    // Inside $batch too, where the SDK's request builders put the same URL.
+    let batch = json!({"requests": [
+        {"id": "bare", "method": "GET", "url": format!("/users/ada@contoso.example/calendarView/delta?{MARCH}")},
+        {"id": "function", "method": "GET", "url": format!("/users/ada@contoso.example/calendarView/delta()?{MARCH}")}
+    ]});
+    let reply = harness
+        .send_json("POST", &harness.graph("/$batch"), &token, &batch)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let responses = reply.json()["responses"].clone();
+    assert_eq!(responses[0]["status"], json!(200), "{responses}");
+    assert_eq!(responses[1]["status"], json!(200), "{responses}");
+    assert_eq!(responses[0]["body"]["value"], responses[1]["body"]["value"]);
+    // A first page of the default ten; the rest follows the nextLink.
+    assert_eq!(
+        responses[1]["body"]["value"].as_array().map(Vec::len),
+        Some(10)
+    );
+    assert!(responses[1]["body"]["@odata.nextLink"].is_string());
+}
+
 #[tokio::test]
 async fn get_schedule_reports_availability_digits_and_hides_private_subjects() {
     let harness = start().await;
@@ -625,6 +756,33 @@ async fn batch_runs_sub_requests_with_their_own_status_including_429() {
     assert_eq!(responses["3"]["status"], json!(404));
     assert_eq!(responses["4"]["status"], json!(424));
     assert_eq!(responses["5"]["status"], json!(201));
+
+    // A sub-request's url is relative to the version's root; Graph fails on the first segment
+    // of one that repeats the version or is absolute (msgraph-sdk for Python sends the latter).
+    let graph_url = harness.emulator.ready().graph_url.clone();
+    let batch = json!({"requests": [
+        {"id": "relative", "method": "GET", "url": "users/ada@contoso.example"},
+        {"id": "versioned", "method": "GET", "url": "/v1.0/users/ada@contoso.example"},
+        {"id": "absolute", "method": "GET", "url": format!("{graph_url}/users/ada@contoso.example")},
+        {"id": "after", "method": "GET", "url": "/users/ada@contoso.example", "dependsOn": ["versioned"]}
+    ]});
+    let reply = harness
+        .send_json("POST", &harness.graph("/$batch"), &token, &batch)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let responses = reply.json()["responses"].clone();
+    assert_eq!(responses[0]["status"], json!(200), "{responses}");
+    assert_eq!(responses[1]["status"], json!(400), "{responses}");
+    assert_eq!(
+        responses[1]["body"]["error"]["message"],
+        json!("Resource not found for the segment 'v1.0'.")
+    );
+    assert_eq!(responses[2]["status"], json!(400), "{responses}");
+    assert_eq!(
+        responses[2]["body"]["error"]["message"],
+        json!("Resource not found for the segment 'https:'.")
+    );
+    assert_eq!(responses[3]["status"], json!(424), "{responses}");
     let too_big: Vec<Value> = (0..21).map(|index| json!({"id": index.to_string(), "method": "GET", "url": "/users/ada@contoso.example"})).collect();
     assert_eq!(
         harness

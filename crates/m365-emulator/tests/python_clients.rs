@@ -13,7 +13,7 @@ fn python_client_libraries_work_against_the_emulator() {
             let required =
                 std::env::var("CALBRIDGE_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
             assert!(!required, "CALBRIDGE_REQUIRE_SERVICES=1 but CALBRIDGE_PYTHON is not set: point it at a python with crates/m365-emulator/clients/requirements.txt installed");
-            println!("skipped: CALBRIDGE_PYTHON is not set, so the Python client proofs (msal, python-o365, requests, recurring_ical_events) did not run");
+            println!("skipped: CALBRIDGE_PYTHON is not set, so the Python client proofs (msal, python-o365, requests, exchangelib, msgraph-sdk, recurring_ical_events) did not run");
             return;
         }
     };

@@ -125,17 +125,25 @@ fn parse_requests(body: &[u8]) -> Result<Vec<SubRequest>, GraphError> {
     Ok(parsed)
 }
 
-/// The sub-request's path below `/v1.0`, whatever form the client wrote it in.
-fn relative_path(url: &str) -> String {
-    let mut path = url.trim();
-    for prefix in ["https://graph.microsoft.com", "http://graph.microsoft.com"] {
-        if let Some(rest) = path.strip_prefix(prefix) {
-            path = rest;
-        }
+/// The sub-request's path below `/v1.0`. Graph reads a sub-request's `url` relative to the
+/// version's root (`/users`, not `https://graph.microsoft.com/v1.0/users` nor `/v1.0/users`), so
+/// an absolute URL or one that repeats the version fails on its first segment, as Graph's does
+/// ("Resource not found for the segment 'v1.0'"); msgraph-sdk for Python sends absolute URLs
+/// from `BatchRequestItem(request_information=…)`, which Graph refuses as well.
+fn relative_path(url: &str) -> Result<String, GraphError> {
+    let path = url.trim().trim_start_matches('/');
+    let first_segment = path.split(['/', '?']).next().unwrap_or_default();
+    let absolute = path.contains("://");
+    let versioned = ["v1.0", "beta"]
+        .iter()
+        .any(|version| version.eq_ignore_ascii_case(first_segment));
+    if absolute || versioned {
+        return Err(GraphError::bad_request(
+            "BadRequest",
+            format!("Resource not found for the segment '{first_segment}'."),
+        ));
     }
-    let path = path.trim_start_matches('/');
-    let path = path.strip_prefix("v1.0/").unwrap_or(path);
-    format!("/v1.0/{path}")
+    Ok(format!("/v1.0/{path}"))
 }
 
 /// Which mailbox a sub-request touches, for the per-mailbox parallelism limit.
@@ -200,7 +208,13 @@ pub async fn batch(
                 results.insert(request.id.clone(), failed_dependency(&request.id));
                 continue;
             }
-            let path = relative_path(&request.url);
+            let path = match relative_path(&request.url) {
+                Ok(path) => path,
+                Err(error) => {
+                    results.insert(request.id.clone(), sub_error(&request.id, error));
+                    continue;
+                }
+            };
             let semaphore = Arc::clone(
                 semaphores
                     .entry(mailbox_key(&path))

@@ -338,6 +338,17 @@ pub async fn list_users(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Which members a members request lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberCast {
+    /// `/members`: every member, as directory objects that name their type.
+    All,
+    /// `/members/microsoft.graph.user`: the OData cast to the members that are users (Kiota's
+    /// SDKs write it `graph.user`). Every member the emulator knows is a user, so the same
+    /// people, in a collection of users.
+    Users,
+}
+
 /// `GET /v1.0/groups/{id}/members`
 pub async fn group_members(
     State(state): State<Arc<AppState>>,
@@ -346,12 +357,50 @@ pub async fn group_members(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    list_members(
+        &state,
+        &group_id,
+        uri.path(),
+        &headers,
+        query,
+        MemberCast::All,
+    )
+    .await
+}
+
+/// `GET /v1.0/groups/{id}/members/microsoft.graph.user`
+pub async fn group_member_users(
+    State(state): State<Arc<AppState>>,
+    Path(group_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    list_members(
+        &state,
+        &group_id,
+        uri.path(),
+        &headers,
+        query,
+        MemberCast::Users,
+    )
+    .await
+}
+
+async fn list_members(
+    state: &AppState,
+    group_id: &str,
+    path: &str,
+    headers: &HeaderMap,
+    query: Vec<(String, String)>,
+    cast: MemberCast,
+) -> Response {
     let result = async {
-        let caller = authenticate(&state, &headers, "groups.members", Need::GroupRead).await?;
+        let caller = authenticate(state, headers, "groups.members", Need::GroupRead).await?;
         let query = QueryParameters(query);
         let group_index = state
             .directory
-            .group(&group_id)
+            .group(group_id)
             .filter(|index| state.directory.groups[*index].tenant_index == caller.tenant_index)
             .ok_or_else(|| {
                 GraphError::new(StatusCode::NOT_FOUND, "Request_ResourceNotFound", format!("Resource '{group_id}' does not exist or one of its queried reference-property objects are not present."))
@@ -362,11 +411,17 @@ pub async fn group_members(
             .iter()
             .map(|member| {
                 let mut item = user_json(&state.directory.users[*member], select.as_deref());
-                item["@odata.type"] = json!("#microsoft.graph.user");
+                if cast == MemberCast::All {
+                    item["@odata.type"] = json!("#microsoft.graph.user");
+                }
                 item
             })
             .collect();
-        page(&state, uri.path(), &query, items, "directoryObjects")
+        let context_entity = match cast {
+            MemberCast::All => "directoryObjects",
+            MemberCast::Users => "users",
+        };
+        page(state, path, &query, items, context_entity)
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -43,6 +43,36 @@ pub struct Config {
     /// Where presence goes besides the API: SIP PUBLISH, webhooks.
     #[serde(default)]
     pub publish: PublishConfig,
+    /// Several instances on one PostgreSQL store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: how instances sharing one PostgreSQL store divide the people. Ignored with
+/// SQLite, whose one instance follows everyone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How long a shard lease lasts without renewal: the longest a failed instance's people
+    /// wait for another owner. Renewed every third of it.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// The name this instance shows on the status page (default: host name and process id).
+    #[serde(default)]
+    pub instance_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease_seconds: default_lease_seconds(),
+            instance_name: None,
+        }
+    }
+}
+
+fn default_lease_seconds() -> u64 {
+    30
 }
 
 /// `[publish]`
@@ -339,6 +369,12 @@ impl Config {
 
     /// Rules that span tables, which serde cannot express.
     fn check(&self) -> Result<(), String> {
+        if !(3..=3600).contains(&self.cluster.lease_seconds) {
+            return Err(format!(
+                "cluster.lease_seconds = {} is out of range: use 3 to 3600 (default 30; renewed every third of it)",
+                self.cluster.lease_seconds
+            ));
+        }
         let mut ids = std::collections::HashSet::new();
         for source in &self.sources {
             if !ids.insert(source.id.clone()) {

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod directory;

@@ -137,6 +137,14 @@ impl RunningService {
     }
 
     /// Stops every task and reports how each ended.
+    /// Stops every task at once without any goodbye, as `kill -9` would: no shard is given
+    /// back, nothing is flushed. For tests of what the other instances do then.
+    pub fn abort(self) {
+        for (_, task) in self.tasks {
+            task.abort();
+        }
+    }
+
     pub async fn shutdown(self) -> Vec<(&'static str, String)> {
         self.trigger.fire();
         let mut report = Vec::new();
@@ -154,7 +162,7 @@ impl RunningService {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 24];
     // The system RNG only fails on a broken OS; a token made of zeros would then be guessable,
     // so fall back to something unpredictable enough rather than panic.
@@ -271,6 +279,68 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     }
     let problems: Problems = Arc::new(Mutex::new(Vec::new()));
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    // Several instances on one PostgreSQL divide the people by shard leases; the first round
+    // of claims runs before the engines start, so that each begins with its own people.
+    let cluster = match &store_backend {
+        StoreBackend::Postgres(postgres) => {
+            let ownership = crate::cluster::Ownership::by_leases();
+            for sync in syncs.values() {
+                sync.share_by(ownership.clone());
+            }
+            for sync in ews_syncs.values() {
+                sync.share_by(ownership.clone());
+            }
+            let lease = Duration::from_secs(config.cluster.lease_seconds);
+            let name = config
+                .cluster
+                .instance_name
+                .clone()
+                .unwrap_or_else(crate::cluster::default_instance_name);
+            let instance_id = crate::cluster::new_instance_id();
+            let mut leases = postgres.leases(
+                instance_id.clone(),
+                name.clone(),
+                jiff::SignedDuration::try_from(lease)
+                    .unwrap_or(jiff::SignedDuration::from_secs(30)),
+                clock.now(),
+            );
+            let first = leases
+                .tick(clock.now())
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot take part in the cluster: {error}"))?;
+            ownership.set_held(&leases.held());
+            tracing::info!(instance = %name, id = %instance_id, shards = first.gained.len(), "joined the cluster");
+            let view: crate::cluster::SharedClusterView =
+                Arc::new(Mutex::new(crate::cluster::ClusterView {
+                    instance_id,
+                    shards_held: leases.held().len(),
+                    ..crate::cluster::ClusterView::default()
+                }));
+            let followers: Vec<Arc<dyn crate::cluster::ShardFollower>> = syncs
+                .values()
+                .map(|sync| sync.clone() as Arc<dyn crate::cluster::ShardFollower>)
+                .chain(
+                    ews_syncs
+                        .values()
+                        .map(|sync| sync.clone() as Arc<dyn crate::cluster::ShardFollower>),
+                )
+                .collect();
+            tasks.push((
+                "shard leases",
+                tokio::spawn(crate::cluster::keep_leases(
+                    leases,
+                    ownership,
+                    followers,
+                    clock.clone(),
+                    lease,
+                    view.clone(),
+                    shutdown.clone(),
+                )),
+            ));
+            Some(view)
+        }
+        StoreBackend::Sqlite(_) => None,
+    };
     tasks.push((
         "presence store writer",
         tokio::spawn(persist_presence(
@@ -342,6 +412,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         problems: problems.clone(),
         sip: sip.clone(),
         webhooks: webhooks.clone(),
+        cluster: cluster.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

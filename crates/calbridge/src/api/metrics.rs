@@ -59,6 +59,32 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "Timers that fired at a boundary.",
         &[(none, counters.timer_fires.load(Relaxed) as f64)],
     );
+    if let Some(view) = &state.cluster {
+        let (held, alive) = {
+            let view = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (
+                view.shards_held,
+                view.instances
+                    .iter()
+                    .filter(|instance| instance.alive)
+                    .count(),
+            )
+        };
+        metric(
+            &mut out,
+            "calbridge_cluster_shards_held",
+            "gauge",
+            "Shards whose lease this instance holds (of 256).",
+            &[(String::new(), held as f64)],
+        );
+        metric(
+            &mut out,
+            "calbridge_cluster_instances_alive",
+            "gauge",
+            "Instances sharing the PostgreSQL store whose heartbeat is younger than a lease.",
+            &[(String::new(), alive as f64)],
+        );
+    }
     let mut requests = Vec::new();
     let mut throttled = Vec::new();
     let mut retries = Vec::new();

@@ -52,6 +52,8 @@ pub struct ApiState {
         Arc<crate::publish::SipAddressBook>,
     )>,
     pub webhooks: Option<Arc<calbridge_publish_webhook::WebhookPublisher>>,
+    /// The instances sharing a PostgreSQL store; `None` for one instance on SQLite.
+    pub cluster: Option<crate::cluster::SharedClusterView>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -321,8 +323,27 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             Err(error) => vec![json!({ "error": error.to_string() })],
         },
     };
+    let cluster = state.cluster.as_ref().map(|view| {
+        let view = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        json!({
+            "instance_id": view.instance_id,
+            "shards_held": view.shards_held,
+            "shards": calbridge_store::cluster::SHARDS,
+            "renewed_at": view.renewed_at.map(|at| at.to_string()),
+            "error": view.error,
+            "instances": view.instances.iter().map(|instance| json!({
+                "instance_id": instance.instance_id,
+                "name": instance.name,
+                "started_at": instance.started_at.to_string(),
+                "heartbeat_age_seconds": now.duration_since(instance.heartbeat_at).as_secs_f64().max(0.0),
+                "shards": instance.shards,
+                "alive": instance.alive,
+            })).collect::<Vec<Value>>(),
+        })
+    });
     Json(json!({
         "webhooks": webhooks,
+        "cluster": cluster,
         "started_at": state.started_at.to_string(),
         "people": state.hub.n_people(),
         "timers": state.hub.n_timers(),

@@ -10,6 +10,12 @@
 //!
 //! One failing mailbox never blocks the others: every person's work is independent, errors are
 //! recorded per person and retried per person.
+//!
+//! Several instances on one PostgreSQL share the people by shard leases
+//! ([`crate::cluster::Ownership`]): an engine follows only the people its instance owns, takes
+//! over a shard's people from the store when its instance gains the shard ([`Engine::take_over`])
+//! and lets them go when it loses it ([`Engine::let_go`]); work for anyone else is dropped. With
+//! one instance the ownership is everyone.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -23,6 +29,7 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::clock::Clock;
+use crate::cluster::Ownership;
 use crate::config::SyncConfig;
 use crate::hub::PresenceHub;
 use crate::shutdown::Shutdown;
@@ -181,6 +188,9 @@ pub trait CalendarSource: Send + Sync + Sized + 'static {
     }
     /// Stops watching a person who left the directory.
     async fn forget(&self, person: &PersonKey, health: &PersonHealth);
+    /// Stops following a person another instance now owns: local bookkeeping only, the
+    /// subscription stays for the new owner, who resumes it from the store.
+    fn let_go(&self, _person: &PersonKey, _health: &PersonHealth) {}
     /// Renews a person's subscription.
     async fn renew(self: Arc<Self>, _engine: &Arc<Engine<Self>>, _person: PersonKey) {}
     /// Every minute: renewals and other upkeep.
@@ -278,6 +288,8 @@ pub struct Engine<S: CalendarSource> {
     group_reads: Semaphore,
     /// People read by polling because the source cannot watch them (see [`Engine::poll`]).
     pub polled_people: Arc<AtomicUsize>,
+    /// Whom this instance follows: everyone, or the people of the shards it leases.
+    ownership: Mutex<Arc<Ownership>>,
 }
 
 /// A group of people read every `sync.poll_interval_seconds` while the source cannot watch
@@ -330,8 +342,24 @@ impl<S: CalendarSource> Engine<S> {
             stored_reads: tokio::sync::Mutex::new(HashMap::new()),
             group_reads: Semaphore::new(1),
             polled_people: Arc::new(AtomicUsize::new(0)),
+            ownership: Mutex::new(Ownership::everyone()),
         };
         (Arc::new(engine), queue_rx)
+    }
+
+    /// Follows only the people `ownership` says this instance owns; set before `run`.
+    pub fn share_by(&self, ownership: Arc<Ownership>) {
+        *lock(&self.ownership) = ownership;
+    }
+
+    /// Whether this instance follows `person`.
+    pub fn owns(&self, person: &PersonKey) -> bool {
+        lock(&self.ownership).owns(person)
+    }
+
+    /// The people this engine follows now.
+    pub fn followed_people(&self) -> Vec<PersonKey> {
+        self.people().keys().cloned().collect()
     }
 
     pub(crate) fn people(&self) -> MutexGuard<'_, HashMap<PersonKey, PersonHealth>> {
@@ -465,8 +493,7 @@ impl<S: CalendarSource> Engine<S> {
         Some(Duration::from_millis((period_ms / n_people).max(100)))
     }
 
-    /// The first sync: what the store knew, resolution of whoever is not resolved, a window
-    /// read of whoever cannot be resumed, then watching everyone.
+    /// The first sync: everyone this instance owns, taken over from the store.
     async fn start(self: &Arc<Self>) {
         let people = match self.store.list_people_of_source(&self.source_id).await {
             Ok(people) => people,
@@ -475,6 +502,77 @@ impl<S: CalendarSource> Engine<S> {
                 return;
             }
         };
+        let owned: Vec<calbridge_store::Person> = people
+            .into_iter()
+            .filter(|person| self.owns(&person.key))
+            .collect();
+        self.follow(owned, Some(&self.progress)).await;
+    }
+
+    /// Takes over the people of shards this instance has just gained, as a restart would:
+    /// from the store, without a second subscription, with one read of what changed.
+    pub async fn take_over(self: &Arc<Self>, shards: &HashSet<u32>) {
+        let people = match self.store.list_people_of_source(&self.source_id).await {
+            Ok(people) => people,
+            Err(error) => {
+                tracing::error!(source = %self.source_id, "cannot take over people: {error}");
+                return;
+            }
+        };
+        let gained: Vec<calbridge_store::Person> = {
+            let followed = self.people();
+            people
+                .into_iter()
+                .filter(|person| {
+                    shards.contains(&calbridge_store::cluster::shard_of(&person.key))
+                        && !followed.contains_key(&person.key)
+                })
+                .collect()
+        };
+        if gained.is_empty() {
+            return;
+        }
+        tracing::info!(source = %self.source_id, people = gained.len(), "taking over people");
+        self.follow(gained, None).await;
+    }
+
+    /// Stops following the people of shards this instance lost; their new owner takes them
+    /// over from the store.
+    pub async fn let_go(&self, shards: &HashSet<u32>) {
+        let released: Vec<(PersonKey, PersonHealth)> = {
+            let mut people = self.people();
+            let keys: Vec<PersonKey> = people
+                .keys()
+                .filter(|person| shards.contains(&calbridge_store::cluster::shard_of(person)))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| people.remove(&key).map(|health| (key, health)))
+                .collect()
+        };
+        if released.is_empty() {
+            return;
+        }
+        tracing::info!(source = %self.source_id, people = released.len(), "letting people go to another instance");
+        let mut stored_reads = self.stored_reads.lock().await;
+        for (person, health) in &released {
+            stored_reads.remove(person);
+            if let Some(user) = &health.user {
+                lock(&self.by_user).remove(user);
+            }
+            self.source.let_go(person, health);
+            self.hub.remove(person);
+        }
+    }
+
+    /// Starts following `people`: what the store knew, resolution of whoever is not resolved,
+    /// a window read of whoever cannot be resumed, one read of what changed for whoever is
+    /// resumed (changes made while nobody followed them), then watching everyone.
+    async fn follow(
+        self: &Arc<Self>,
+        people: Vec<calbridge_store::Person>,
+        progress: Option<&Progress>,
+    ) {
         let mut stored_appointments = if self.source.resumes_after_restart() {
             match self.store.load_all_appointments().await {
                 Ok(stored) => stored,
@@ -492,6 +590,7 @@ impl<S: CalendarSource> Engine<S> {
         };
         let mut to_read = Vec::new();
         let mut to_resolve = Vec::new();
+        let mut to_catch_up = Vec::new();
         for person in &people {
             let state = match self.store.get_sync_state(&person.key).await {
                 Ok(state) => state,
@@ -539,27 +638,36 @@ impl<S: CalendarSource> Engine<S> {
             if resumable {
                 let appointments = stored_appointments.remove(&person.key).unwrap_or_default();
                 self.hub.set_appointments(&person.key, &appointments);
+                to_catch_up.push(person.key.clone());
             } else {
                 to_read.push(person.key.clone());
             }
             self.people().insert(person.key.clone(), health);
         }
         drop(stored_appointments);
-        self.progress.total.store(to_read.len(), Ordering::Relaxed);
+        if let Some(progress) = progress {
+            progress.total.store(to_read.len(), Ordering::Relaxed);
+        }
         let started = std::time::Instant::now();
         self.resolve(&to_resolve).await;
         let resolved = started.elapsed();
-        self.read_windows(&to_read, Some(&self.progress)).await;
+        self.read_windows(&to_read, progress).await;
         let read = started.elapsed();
         let everyone: Vec<PersonKey> = people.into_iter().map(|person| person.key).collect();
         let n_people = everyone.len();
         self.source.clone().watch(self, everyone).await;
+        let n_caught_up = to_catch_up.len();
+        for person in to_catch_up {
+            self.enqueue(Work::Changed(person));
+        }
         tracing::info!(
             source = %self.source_id,
             people = n_people,
             resolved = to_resolve.len(),
             read = to_read.len(),
-            "first sync: resolution {:.2} s, window reads {:.2} s, watching {:.2} s",
+            caught_up = n_caught_up,
+            "{}: resolution {:.2} s, window reads {:.2} s, watching {:.2} s",
+            if progress.is_some() { "first sync" } else { "take-over" },
             resolved.as_secs_f64(),
             (read - resolved).as_secs_f64(),
             (started.elapsed() - read).as_secs_f64()
@@ -632,7 +740,12 @@ impl<S: CalendarSource> Engine<S> {
         }
         let mut by_user = lock(&self.by_user);
         let mut people = self.people();
+        // The store has everyone's resolution; only the people this instance follows are
+        // followed here (the others' owners take them from the store).
         for (person, primary_smtp, id) in members {
+            if !self.owns(&person) {
+                continue;
+            }
             by_user.insert(id.clone(), person.clone());
             let health = people.entry(person).or_default();
             health.resolved_address = Some(primary_smtp.to_string());
@@ -1045,6 +1158,16 @@ impl<S: CalendarSource> Engine<S> {
     }
 
     async fn do_work(self: &Arc<Self>, work: Work) {
+        if let Work::Added(person)
+        | Work::Changed(person)
+        | Work::Rewatch(person)
+        | Work::Renew(person) = &work
+        {
+            if !self.owns(person) {
+                // Another instance follows this person; it has the same work to do.
+                return;
+            }
+        }
         match work {
             Work::Added(person) => {
                 self.people().entry(person.clone()).or_default();
@@ -1093,6 +1216,17 @@ impl<S: CalendarSource> super::DirectoryTarget for Engine<S> {
 
     fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {
         self.source.set_alternates(person, alternates);
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: CalendarSource> crate::cluster::ShardFollower for Engine<S> {
+    async fn take_over(self: Arc<Self>, shards: HashSet<u32>) {
+        Engine::take_over(&self, &shards).await;
+    }
+
+    async fn let_go(&self, shards: &HashSet<u32>) {
+        Engine::let_go(self, shards).await;
     }
 }
 

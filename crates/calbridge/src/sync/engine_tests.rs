@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::engine::{CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work};
 use crate::clock::{Clock, ManualClock};
+use crate::cluster::Ownership;
 use crate::config::{PresenceConfig, SyncConfig};
 use crate::hub::PresenceHub;
 use crate::shutdown::{self, Trigger};
@@ -179,6 +180,16 @@ struct Rig {
 
 /// The engine over `fake` for `people` (as the directory would have stored them), running.
 async fn rig(fake: Arc<FakeSource>, people: &[&str], now: Timestamp) -> Rig {
+    rig_owning(fake, people, now, Ownership::everyone()).await
+}
+
+/// [`rig`] on an instance that follows only whom `ownership` says.
+async fn rig_owning(
+    fake: Arc<FakeSource>,
+    people: &[&str],
+    now: Timestamp,
+    ownership: Arc<Ownership>,
+) -> Rig {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open_in_memory(SecretKey::generate())
             .await
@@ -215,6 +226,7 @@ async fn rig(fake: Arc<FakeSource>, people: &[&str], now: Timestamp) -> Rig {
         Arc::new(clock.clone()),
         settings,
     );
+    engine.share_by(ownership);
     let (stop, shutdown) = shutdown::channel();
     tokio::spawn(engine.clone().run(queue, shutdown));
     let rig = Rig {
@@ -458,4 +470,74 @@ async fn midnight_reads_everyone_again_and_resolves_who_could_not_be_resolved() 
         lock(&rig.fake.watched).contains(&"newcomer@x.example".to_string())
     })
     .await;
+}
+
+fn held(addresses: &[&str]) -> Vec<calbridge_store::cluster::HeldShard> {
+    addresses
+        .iter()
+        .map(|address| calbridge_store::cluster::HeldShard {
+            shard: calbridge_store::cluster::shard_of(&key(address)),
+            epoch: 1,
+        })
+        .collect()
+}
+
+fn shards(addresses: &[&str]) -> HashSet<u32> {
+    held(addresses).iter().map(|held| held.shard).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_follows_only_its_shards_takes_over_gained_ones_and_lets_lost_ones_go() {
+    let now = at("2026-12-03T09:42:00Z");
+    let (ada, bob) = ("ada@x.example", "bob@x.example");
+    assert_ne!(shards(&[ada]), shards(&[bob]), "the test needs two shards");
+    let fake = Arc::new(FakeSource::default());
+    lock(&fake.calendars).insert(ada.into(), vec![meeting("a1", now)]);
+    lock(&fake.calendars).insert(bob.into(), vec![meeting("b1", now)]);
+    let ownership = Ownership::by_leases();
+    ownership.set_held(&held(&[ada]));
+    let rig = rig_owning(fake, &[ada, bob], now, ownership.clone()).await;
+
+    // Only Ada's shard is held: Bob is neither read nor watched, nor followed.
+    assert_eq!(stored_ids(&rig.store, ada).await, vec!["a1"]);
+    assert!(rig.fake.reads_of(bob).is_empty());
+    assert!(rig.engine.health(&key(bob)).is_none());
+    assert_eq!(lock(&rig.fake.watched).clone(), vec![ada.to_string()]);
+    // Work for Bob that reaches this instance (a webhook, a retry) is left to his owner.
+    let reads_of_ada = rig.fake.reads_of(ada).len();
+    rig.engine.enqueue(Work::Changed(key(bob)));
+    rig.engine.enqueue(Work::Changed(key(ada)));
+    eventually("Ada's change is read", || {
+        rig.fake.reads_of(ada).len() > reads_of_ada
+    })
+    .await;
+    assert!(rig.fake.reads_of(bob).is_empty());
+
+    // Bob's shard is gained: he is taken over, read and watched.
+    ownership.set_held(&held(&[ada, bob]));
+    rig.engine.take_over(&shards(&[bob])).await;
+    assert_eq!(stored_ids(&rig.store, bob).await, vec!["b1"]);
+    assert!(rig.engine.health(&key(bob)).is_some());
+    let mut watched = lock(&rig.fake.watched).clone();
+    watched.sort();
+    assert_eq!(watched, vec![ada.to_string(), bob.to_string()]);
+    // Taking over again changes nothing: Bob is followed already.
+    let reads_of_bob = rig.fake.reads_of(bob).len();
+    rig.engine.take_over(&shards(&[bob])).await;
+    assert_eq!(rig.fake.reads_of(bob).len(), reads_of_bob);
+
+    // Ada's shard is lost: she is let go, and her changes are no longer read here.
+    ownership.set_held(&held(&[bob]));
+    rig.engine.let_go(&shards(&[ada])).await;
+    assert!(rig.engine.health(&key(ada)).is_none());
+    let reads_of_ada = rig.fake.reads_of(ada).len();
+    rig.engine.enqueue(Work::Changed(key(ada)));
+    rig.engine.enqueue(Work::Changed(key(bob)));
+    eventually("Bob's change is read", || {
+        rig.fake.reads_of(bob).len() > reads_of_bob
+    })
+    .await;
+    assert_eq!(rig.fake.reads_of(ada).len(), reads_of_ada);
+    // What was stored for her stays for her new owner.
+    assert_eq!(stored_ids(&rig.store, ada).await, vec!["a1"]);
 }

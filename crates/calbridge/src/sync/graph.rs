@@ -352,6 +352,13 @@ impl CalendarSource for GraphCalendars {
         }
     }
 
+    fn let_go(&self, _person: &PersonKey, health: &PersonHealth) {
+        // The subscription stays: the new owner resumes it and receives its notifications.
+        if let Some(id) = &health.subscription_id {
+            self.subscriptions().remove(id);
+        }
+    }
+
     async fn renew(self: Arc<Self>, engine: &Arc<GraphSync>, person: PersonKey) {
         let Some(id) = engine
             .health(&person)

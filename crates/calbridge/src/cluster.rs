@@ -1,0 +1,201 @@
+//! Several instances on one PostgreSQL: who follows whom.
+//!
+//! The store's shard leases (`calbridge_store::cluster`) say which shards this instance holds;
+//! [`Ownership`] turns that into "does this instance follow this person", which every sync
+//! engine asks before it reads, watches or renews anyone. [`keep_leases`] renews the leases a
+//! few times per lease, and when shards change hands it first lets the lost shards' people go
+//! (so that nothing more is done for them here) and then takes the gained shards' people over
+//! from the store.
+//!
+//! **Invariants:**
+//! - An engine follows a person only while its instance holds the person's shard.
+//! - An instance that could not renew its leases for a whole lease stops following everyone:
+//!   by then another instance may hold them.
+//! - With one instance (SQLite) the ownership is everyone and there are no leases.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use calbridge_store::cluster::{shard_of, HeldShard, InstanceInfo, Leases};
+use calbridge_store::PersonKey;
+use jiff::{SignedDuration, Timestamp};
+
+use crate::clock::Clock;
+use crate::shutdown::Shutdown;
+
+/// Whom this instance follows.
+#[derive(Debug)]
+pub struct Ownership {
+    /// `None`: everyone (one instance). Otherwise the held shards and their epochs.
+    shards: Option<RwLock<HashMap<u32, i64>>>,
+}
+
+impl Ownership {
+    /// Everyone: a single instance.
+    pub fn everyone() -> Arc<Ownership> {
+        Arc::new(Ownership { shards: None })
+    }
+
+    /// The people of the shards this instance leases; nobody until the first lease round.
+    pub fn by_leases() -> Arc<Ownership> {
+        Arc::new(Ownership {
+            shards: Some(RwLock::new(HashMap::new())),
+        })
+    }
+
+    pub fn owns(&self, person: &PersonKey) -> bool {
+        match &self.shards {
+            None => true,
+            Some(shards) => read(shards).contains_key(&shard_of(person)),
+        }
+    }
+
+    /// The epoch under which this instance holds the person's shard (`None` for a single
+    /// instance, or when it does not hold it).
+    pub fn epoch_of(&self, person: &PersonKey) -> Option<i64> {
+        let shards = self.shards.as_ref()?;
+        read(shards).get(&shard_of(person)).copied()
+    }
+
+    /// Replaces the held shards (no effect on "everyone").
+    pub fn set_held(&self, held: &[HeldShard]) {
+        if let Some(shards) = &self.shards {
+            let mut shards = shards
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *shards = held.iter().map(|held| (held.shard, held.epoch)).collect();
+        }
+    }
+}
+
+fn read(shards: &RwLock<HashMap<u32, i64>>) -> std::sync::RwLockReadGuard<'_, HashMap<u32, i64>> {
+    // A poisoned lock only means a panic while the map was replaced; it is still a map.
+    shards
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a sync engine does when shards change hands.
+#[async_trait::async_trait]
+pub trait ShardFollower: Send + Sync {
+    /// Starts following the people of `shards`, from the store.
+    async fn take_over(self: Arc<Self>, shards: HashSet<u32>);
+    /// Stops following the people of `shards`.
+    async fn let_go(&self, shards: &HashSet<u32>);
+}
+
+/// The cluster as the status page and metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub instance_id: String,
+    /// Shards this instance holds.
+    pub shards_held: usize,
+    /// Every instance with a heartbeat, as of the last lease round.
+    pub instances: Vec<InstanceInfo>,
+    /// When the leases were last renewed.
+    pub renewed_at: Option<Timestamp>,
+    /// The last failure to renew, while it lasts.
+    pub error: Option<String>,
+}
+
+pub type SharedClusterView = Arc<Mutex<ClusterView>>;
+
+/// Renews the leases every third of `lease` until `shutdown`, then gives every shard back.
+pub async fn keep_leases(
+    mut leases: Leases,
+    ownership: Arc<Ownership>,
+    followers: Vec<Arc<dyn ShardFollower>>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    view: SharedClusterView,
+    shutdown: Shutdown,
+) {
+    let every = (lease / 3).max(Duration::from_millis(200));
+    let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::from_secs(30));
+    let mut renewed_at: Option<Timestamp> = None;
+    loop {
+        let now = clock.now();
+        match leases.tick(now).await {
+            Ok(changes) => {
+                renewed_at = Some(now);
+                ownership.set_held(&leases.held());
+                let lost: HashSet<u32> = changes.lost.iter().copied().collect();
+                if !lost.is_empty() {
+                    for follower in &followers {
+                        follower.let_go(&lost).await;
+                    }
+                }
+                let gained: HashSet<u32> = changes.gained.iter().map(|held| held.shard).collect();
+                if !gained.is_empty() {
+                    tracing::info!(
+                        shards = gained.len(),
+                        held = leases.held().len(),
+                        "claimed shards"
+                    );
+                    for follower in &followers {
+                        // Taking over reads calendars: the leases must not wait for it.
+                        tokio::spawn(follower.clone().take_over(gained.clone()));
+                    }
+                }
+                let instances = leases.instances(now).await.unwrap_or_default();
+                {
+                    let mut shown = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    shown.instance_id = leases.instance_id().to_string();
+                    shown.shards_held = leases.held().len();
+                    shown.instances = instances;
+                    shown.renewed_at = Some(now);
+                    shown.error = None;
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                {
+                    let mut shown = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if shown.error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!("cannot renew the shard leases: {message}");
+                    }
+                    shown.error = Some(message);
+                }
+                // After a whole lease without renewal another instance may hold every shard.
+                let expired = renewed_at
+                    .and_then(|at| at.checked_add(lease).ok())
+                    .is_none_or(|until| until <= now);
+                if expired && !leases.held().is_empty() {
+                    tracing::warn!("the shard leases ran out while PostgreSQL did not answer: following nobody until they are claimed again");
+                    let all: HashSet<u32> = leases.held().iter().map(|held| held.shard).collect();
+                    ownership.set_held(&[]);
+                    leases.forget_held();
+                    for follower in &followers {
+                        follower.let_go(&all).await;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    ownership.set_held(&[]);
+    if let Err(error) = leases.release_all().await {
+        tracing::warn!("cannot give the shards back on shutdown (the others take them over when the leases run out): {error}");
+    }
+}
+
+/// A new instance's id: random, so that a restarted process is a new instance and never
+/// mistakes the leases of its previous life for its own.
+pub fn new_instance_id() -> String {
+    crate::service::random_token().chars().take(16).collect()
+}
+
+/// `host:pid`, for the operator.
+pub fn default_instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "calbridge".to_string());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,0 +1,351 @@
+//! Three instances of the service on one PostgreSQL database and one emulator: every person is
+//! followed by exactly one instance, a killed instance's people are taken over within the
+//! lease, from the store (no window re-read, no second subscription), with one read of what
+//! changed while nobody followed them.
+//!
+//! PostgreSQL is the server of `CALBRIDGE_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); the test makes its own database and drops
+//! it. Without a server the test says it skipped, unless `CALBRIDGE_REQUIRE_SERVICES=1`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use calbridge::clock::SystemClock;
+use calbridge::service::RunningService;
+use calbridge_domain::Secret;
+use common::*;
+use jiff::{SignedDuration, Timestamp};
+use m365_emulator::{Emulator, EmulatorConfig};
+use sqlx::Connection;
+
+const LEASE_SECONDS: u64 = 3;
+
+fn server_url() -> String {
+    std::env::var("CALBRIDGE_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database of its own, dropped when the test ends (also when it fails).
+struct Database {
+    server: String,
+    name: String,
+}
+
+impl Database {
+    async fn create() -> Option<Database> {
+        let server = server_url();
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&server))
+                .await;
+        let mut admin = match connected {
+            Ok(Ok(connection)) => connection,
+            other => {
+                let why = match other {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer within 5 s".to_string(),
+                };
+                assert!(
+                    std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "CALBRIDGE_REQUIRE_SERVICES=1 but PostgreSQL does not answer: {why}"
+                );
+                eprintln!(
+                    "skipped: PostgreSQL does not answer ({why}); set CALBRIDGE_TEST_POSTGRES"
+                );
+                return None;
+            }
+        };
+        let name = format!("calbridge_cluster_{}", std::process::id());
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let _ = admin.close().await;
+        Some(Database { server, name })
+    }
+
+    fn url(&self) -> String {
+        let (base, _) = self.server.rsplit_once('/').expect("a URL with a database");
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Dropped on a thread of its own: the test's runtime may be going away.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Who each instance follows, by address.
+fn followed(instances: &[(&str, &RunningService)]) -> BTreeMap<String, Vec<String>> {
+    let mut by_person: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, running) in instances {
+        for sync in running.syncs.values() {
+            for person in sync.followed_people() {
+                by_person
+                    .entry(person.address.to_string())
+                    .or_default()
+                    .push((*name).to_string());
+            }
+        }
+    }
+    by_person
+}
+
+/// Waits until every one of `people` is followed by exactly one of `instances`.
+async fn wait_followed_once(
+    what: &str,
+    people: &[String],
+    instances: &[(&str, &RunningService)],
+    patience: Duration,
+) -> BTreeMap<String, String> {
+    wait_for(what, patience, || {
+        let by_person = followed(instances);
+        let once = people.iter().all(|person| {
+            by_person
+                .get(person)
+                .is_some_and(|owners| owners.len() == 1)
+        }) && by_person.len() == people.len();
+        once.then(|| {
+            by_person
+                .into_iter()
+                .map(|(person, owners)| (person, owners[0].clone()))
+                .collect()
+        })
+    })
+    .await
+}
+
+/// The subscription of every person as their owner knows it, once everyone has one.
+async fn subscriptions_of(
+    owners: &BTreeMap<String, String>,
+    instances: &[(&str, &RunningService)],
+) -> BTreeSet<String> {
+    wait_for("a subscription per person", PATIENCE, || {
+        let mut ids = BTreeSet::new();
+        for (person, owner) in owners {
+            let running = instances.iter().find(|(name, _)| name == owner)?.1;
+            let sync = running.syncs.values().next()?;
+            ids.insert(sync.health(&key(person))?.subscription_id?);
+        }
+        (ids.len() == owners.len()).then_some(ids)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
+    init_logs();
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let emulator = Emulator::start(EmulatorConfig::generated(30, 5))
+        .await
+        .expect("the emulator starts");
+    let graph = GraphClient::new(emulator.ready()).await;
+    let group = emulator.ready().group_id.clone().expect("a group");
+    let people = graph.group_members(&group).await;
+    assert!(people.len() >= 20, "{people:?}");
+    // One shared folder: the store's key file is the same for every instance.
+    let data_dir = tempfile::tempdir().expect("a temp dir");
+    let mut instances: Vec<(String, RunningService)> = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (listener, public_url) = listen(0).await;
+        let mut config = config_for(emulator.ready(), data_dir.path(), &public_url, None);
+        config.store.path = None;
+        config.store.key_file = Some(data_dir.path().join("calbridge.key"));
+        config.store.url = Some(Secret::new(database.url()));
+        config.cluster.lease_seconds = LEASE_SECONDS;
+        config.cluster.instance_name = Some(name.to_string());
+        instances.push((
+            name.to_string(),
+            start_service(config, Arc::new(SystemClock), listener).await,
+        ));
+    }
+    let refs: Vec<(&str, &RunningService)> = instances
+        .iter()
+        .map(|(name, running)| (name.as_str(), running))
+        .collect();
+
+    // The first instance claimed everything; the others get their share within a few rounds.
+    wait_followed_once(
+        "everyone followed by exactly one of three instances",
+        &people,
+        &refs,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        "all three instances follow someone",
+        Duration::from_secs(30),
+        || {
+            let by_owner: BTreeSet<String> = followed(&refs).values().flatten().cloned().collect();
+            (by_owner.len() == 3).then_some(())
+        },
+    )
+    .await;
+    let owners = wait_followed_once("a stable split", &people, &refs, PATIENCE).await;
+    // Each person's presence is decided where they are followed, and there is one live
+    // subscription per mailbox, made once whatever the hand-overs.
+    let ids = subscriptions_of(&owners, &refs).await;
+    let live: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
+    assert_eq!(
+        ids, live,
+        "one live subscription per mailbox, each known to its owner"
+    );
+    for (person, owner) in &owners {
+        let running = refs.iter().find(|(name, _)| name == owner).map(|(_, r)| *r);
+        assert!(
+            running.is_some_and(|running| presence_of(running, person).is_some()),
+            "{person}'s presence on {owner}"
+        );
+    }
+    // The status page of any instance shows the three and their shards (as of its last round).
+    let http = calbridge_net::build_http_client(None).expect("an HTTP client");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, a) = &instances[0];
+        let status: serde_json::Value = http
+            .get(format!("http://{}/api/v1/status", a.address))
+            .bearer_auth(a.api_token.expose())
+            .send()
+            .await
+            .expect("status answers")
+            .json()
+            .await
+            .expect("status JSON");
+        let shown: Vec<(String, u64)> = status["cluster"]["instances"]
+            .as_array()
+            .expect("the instances on the status")
+            .iter()
+            .map(|instance| {
+                (
+                    instance["name"].as_str().unwrap_or_default().to_string(),
+                    instance["shards"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = shown.iter().map(|(name, _)| name.as_str()).collect();
+        if names == ["a", "b", "c"] && shown.iter().map(|(_, shards)| shards).sum::<u64>() == 256 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // c is killed: nothing given back. A meeting is booked for one of its people meanwhile.
+    drop(refs);
+    let (_, c) = instances.pop().expect("three instances");
+    let c_people: Vec<String> = owners
+        .iter()
+        .filter(|(_, owner)| owner.as_str() == "c")
+        .map(|(person, _)| person.clone())
+        .collect();
+    assert!(!c_people.is_empty(), "c followed someone: {owners:?}");
+    let subscriptions_before = emulator
+        .counters()
+        .by_kind
+        .get("subscriptions.create")
+        .copied()
+        .unwrap_or(0);
+    c.abort();
+    let killed_at = std::time::Instant::now();
+    let changed = &c_people[0];
+    let now = Timestamp::now();
+    graph.free_around(changed, now).await;
+    let start = now - SignedDuration::from_mins(1);
+    graph
+        .create_event(
+            changed,
+            "Booked while nobody followed",
+            start,
+            start + SignedDuration::from_mins(45),
+            "busy",
+        )
+        .await;
+    // Counted after the test's own calendarView reads (freeing the span above).
+    let views_before = emulator
+        .counters()
+        .by_kind
+        .get("calendar.view")
+        .copied()
+        .unwrap_or(0);
+
+    let refs: Vec<(&str, &RunningService)> = instances
+        .iter()
+        .map(|(name, running)| (name.as_str(), running))
+        .collect();
+    let owners = wait_followed_once(
+        "everyone followed again by one of the two survivors",
+        &people,
+        &refs,
+        Duration::from_secs(LEASE_SECONDS + 10),
+    )
+    .await;
+    let taken_over_in = killed_at.elapsed();
+    eprintln!(
+        "taken over in {:.1} s (lease {LEASE_SECONDS} s)",
+        taken_over_in.as_secs_f64()
+    );
+    // The change made while nobody followed the person is read once at the take-over.
+    let new_owner = owners[changed].clone();
+    let running = refs
+        .iter()
+        .find(|(name, _)| *name == new_owner)
+        .map(|(_, running)| *running)
+        .expect("the new owner");
+    wait_presence(running, changed, "busy", |note| {
+        note.starts_with("Booked while nobody followed")
+    })
+    .await;
+    let ids = subscriptions_of(&owners, &refs).await;
+    let live: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
+    assert_eq!(ids, live, "still one live subscription per mailbox");
+    let counters = emulator.counters();
+    assert_eq!(
+        counters
+            .by_kind
+            .get("subscriptions.create")
+            .copied()
+            .unwrap_or(0),
+        subscriptions_before,
+        "no subscription was made anew: {:?}",
+        counters.by_kind
+    );
+    assert_eq!(
+        counters.by_kind.get("calendar.view").copied().unwrap_or(0),
+        views_before,
+        "no window was read anew: {:?}",
+        counters.by_kind
+    );
+    for (_, running) in instances {
+        running.shutdown().await;
+    }
+    drop(database);
+}

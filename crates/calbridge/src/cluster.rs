@@ -17,12 +17,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use calbridge_store::cluster::{shard_of, HeldShard, InstanceInfo, Leases};
+use calbridge_store::cluster::{shard_of, HeldShard, InstanceInfo, Leases, Wanted, WorkQueue};
 use calbridge_store::PersonKey;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::clock::Clock;
 use crate::shutdown::Shutdown;
+use crate::sync::{DirectoryTarget, Work};
 
 /// Whom this instance follows.
 #[derive(Debug)]
@@ -56,6 +57,14 @@ impl Ownership {
     pub fn epoch_of(&self, person: &PersonKey) -> Option<i64> {
         let shards = self.shards.as_ref()?;
         read(shards).get(&shard_of(person)).copied()
+    }
+
+    /// The shards held now (none for "everyone", which has no leases).
+    pub fn held_shards(&self) -> Vec<u32> {
+        match &self.shards {
+            None => Vec::new(),
+            Some(shards) => read(shards).keys().copied().collect(),
+        }
     }
 
     /// Replaces the held shards (no effect on "everyone").
@@ -198,4 +207,82 @@ pub fn default_instance_name() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "calbridge".to_string());
     format!("{host}:{}", std::process::id())
+}
+
+/// How often the owner looks for handed work without a wake-up (a NOTIFY can be missed while
+/// the listening connection reconnects).
+const HANDED_WORK_POLL: Duration = Duration::from_secs(2);
+
+/// Takes the work other instances handed to this one's shards and queues it on the engine of
+/// its source, until `shutdown`.
+pub async fn serve_handed_work(
+    queue: WorkQueue,
+    ownership: Arc<Ownership>,
+    engines: Vec<Arc<dyn DirectoryTarget>>,
+    shutdown: Shutdown,
+) {
+    let engines: HashMap<calbridge_domain::SourceId, Arc<dyn DirectoryTarget>> = engines
+        .into_iter()
+        .map(|engine| (engine.source_id().clone(), engine))
+        .collect();
+    let mut wake_ups = None;
+    loop {
+        if wake_ups.is_none() {
+            match queue.wake_ups().await {
+                Ok(listening) => wake_ups = Some(listening),
+                Err(error) => tracing::warn!(
+                    "cannot listen for handed work (looking every {} s instead): {error}",
+                    HANDED_WORK_POLL.as_secs()
+                ),
+            }
+        }
+        loop {
+            let taken = match queue.take(&ownership.held_shards(), 500).await {
+                Ok(taken) => taken,
+                Err(error) => {
+                    tracing::warn!("cannot take handed work: {error}");
+                    break;
+                }
+            };
+            if taken.unreadable > 0 {
+                tracing::warn!(
+                    rows = taken.unreadable,
+                    "dropped handed work that cannot be read"
+                );
+            }
+            let n_taken = taken.work.len();
+            for (person, wanted) in taken.work {
+                let Some(engine) = engines.get(&person.source) else {
+                    continue;
+                };
+                match wanted {
+                    Wanted::Changed => engine.enqueue(Work::Changed(person)),
+                    Wanted::Renew => engine.enqueue(Work::Renew(person)),
+                    Wanted::Resubscribe => {
+                        engine.enqueue(Work::Rewatch(person.clone()));
+                        engine.enqueue(Work::Changed(person));
+                    }
+                }
+            }
+            if n_taken < 500 {
+                break;
+            }
+        }
+        let woken = async {
+            match wake_ups.as_mut() {
+                Some(listening) => listening.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            result = woken => {
+                if let Err(error) = result {
+                    tracing::warn!("lost the wake-ups for handed work: {error}");
+                    wake_ups = None;
+                }
+            }
+            _ = tokio::time::sleep(HANDED_WORK_POLL) => {}
+        }
+    }
 }

@@ -284,6 +284,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     let cluster = match &store_backend {
         StoreBackend::Postgres(postgres) => {
             let ownership = crate::cluster::Ownership::by_leases();
+            let ownership_for_work = ownership.clone();
             for sync in syncs.values() {
                 sync.share_by(ownership.clone());
             }
@@ -337,9 +338,31 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                     shutdown.clone(),
                 )),
             ));
-            Some(view)
+            let engines: Vec<Arc<dyn DirectoryTarget>> = syncs
+                .values()
+                .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>)
+                .chain(
+                    ews_syncs
+                        .values()
+                        .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>),
+                )
+                .collect();
+            tasks.push((
+                "handed work",
+                tokio::spawn(crate::cluster::serve_handed_work(
+                    postgres.work_queue(),
+                    ownership_for_work,
+                    engines,
+                    shutdown.clone(),
+                )),
+            ));
+            Some((view, postgres.work_queue()))
         }
         StoreBackend::Sqlite(_) => None,
+    };
+    let (cluster, handed_work) = match cluster {
+        Some((view, queue)) => (Some(view), Some(queue)),
+        None => (None, None),
     };
     tasks.push((
         "presence store writer",
@@ -413,6 +436,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         sip: sip.clone(),
         webhooks: webhooks.clone(),
         cluster: cluster.clone(),
+        handed_work,
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

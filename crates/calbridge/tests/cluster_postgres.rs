@@ -259,6 +259,30 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Graph notifies the instance that made the subscription (a, which followed everyone at
+    // first); for someone b follows now, a hands the notification over and b reads it.
+    let at_b = owners
+        .iter()
+        .find(|(_, owner)| owner.as_str() == "b")
+        .map(|(person, _)| person.clone())
+        .expect("b follows someone");
+    let now = Timestamp::now();
+    graph.free_around(&at_b, now).await;
+    let start = now - SignedDuration::from_mins(1);
+    graph
+        .create_event(
+            &at_b,
+            "Heard by a, read by b",
+            start,
+            start + SignedDuration::from_mins(45),
+            "busy",
+        )
+        .await;
+    wait_presence(&instances[1].1, &at_b, "busy", |note| {
+        note.starts_with("Heard by a, read by b")
+    })
+    .await;
+
     // c is killed: nothing given back. A meeting is booked for one of its people meanwhile.
     drop(refs);
     let (_, c) = instances.pop().expect("three instances");

@@ -350,6 +350,164 @@ impl Leases {
     }
 }
 
+/// What the owner of a person is asked to do by the instance that heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// Read what changed (a change notification, a missed one).
+    Changed,
+    /// Renew the subscription (Graph asked for reauthorization).
+    Renew,
+    /// Subscribe anew and read what changed (Graph removed the subscription).
+    Resubscribe,
+}
+
+impl Wanted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wanted::Changed => "changed",
+            Wanted::Renew => "renew",
+            Wanted::Resubscribe => "resubscribe",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Wanted> {
+        match text {
+            "changed" => Some(Wanted::Changed),
+            "renew" => Some(Wanted::Renew),
+            "resubscribe" => Some(Wanted::Resubscribe),
+            _ => None,
+        }
+    }
+}
+
+/// The NOTIFY channel that wakes owners when work is handed to them.
+const WORK_CHANNEL: &str = "calbridge_work";
+
+/// Work handed between instances: durable (a row, committed before the sender answers Graph),
+/// taken by the owner of the person's shard.
+#[derive(Clone)]
+pub struct WorkQueue {
+    pool: PgPool,
+}
+
+impl WorkQueue {
+    pub(crate) fn new(pool: PgPool) -> WorkQueue {
+        WorkQueue { pool }
+    }
+
+    /// Hands `wanted` for `person` to whoever owns their shard, and wakes the instances.
+    pub async fn hand_over(
+        &self,
+        person: &PersonKey,
+        wanted: Wanted,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let failed = database("hand work to the owner");
+        let mut transaction = self.pool.begin().await.map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO cluster_work (shard, source_id, address, wanted, queued_at_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(i32::try_from(shard_of(person)).unwrap_or(i32::MAX))
+        .bind(&person.source.0)
+        .bind(person.address.as_str())
+        .bind(wanted.as_str())
+        .bind(millis(now))
+        .execute(&mut *transaction)
+        .await
+        .map_err(database("hand work to the owner"))?;
+        // Delivered at commit, to every instance listening.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database("wake the owner"))?;
+        transaction
+            .commit()
+            .await
+            .map_err(database("hand work to the owner"))
+    }
+
+    /// Takes (removes) up to `limit` pieces of work for people of `shards`, oldest first. A
+    /// piece taken by an instance that dies before doing it is not lost for long: the next
+    /// owner reads every taken-over person's changes anyway. Rows no instance can read (only
+    /// a damaged database has them) are dropped and counted, so that they cannot block the
+    /// queue.
+    pub async fn take(&self, shards: &[u32], limit: u32) -> Result<TakenWork, StoreError> {
+        if shards.is_empty() {
+            return Ok(TakenWork::default());
+        }
+        let shards: Vec<i32> = shards
+            .iter()
+            .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
+            .collect();
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "DELETE FROM cluster_work WHERE id IN (
+                 SELECT id FROM cluster_work WHERE shard = ANY($1)
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING source_id, address, wanted",
+        )
+        .bind(&shards)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("take handed work"))?;
+        let mut taken = TakenWork::default();
+        for (source, address, wanted) in rows {
+            let (Ok(address), Some(wanted)) = (
+                calbridge_domain::MailboxAddress::parse(&address),
+                Wanted::parse(&wanted),
+            ) else {
+                taken.unreadable += 1;
+                continue;
+            };
+            taken.work.push((
+                PersonKey::new(calbridge_domain::SourceId(source), address),
+                wanted,
+            ));
+        }
+        Ok(taken)
+    }
+
+    /// A connection that waits for the wake-ups of [`WorkQueue::hand_over`].
+    pub async fn wake_ups(&self) -> Result<WakeUps, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(database("listen for handed work"))?;
+        listener
+            .listen(WORK_CHANNEL)
+            .await
+            .map_err(database("listen for handed work"))?;
+        Ok(WakeUps { listener })
+    }
+}
+
+/// What [`WorkQueue::take`] took.
+#[derive(Debug, Default)]
+pub struct TakenWork {
+    pub work: Vec<(PersonKey, Wanted)>,
+    /// Rows that could not be read and were dropped.
+    pub unreadable: usize,
+}
+
+/// Wake-ups for handed work.
+pub struct WakeUps {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl WakeUps {
+    /// Waits for the next wake-up. After a lost connection sqlx reconnects and listens again;
+    /// wake-ups sent meanwhile are missed, so callers also look for work on a timer.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.listener
+            .recv()
+            .await
+            .map(|_| ())
+            .map_err(database("wait for handed work"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,13 @@ pub trait Store: Send + Sync {
 
     /// A person's sync state; the default (nothing synced yet) when none was saved.
     async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError>;
+    /// The person of `source` whose saved sync state holds `subscription_id`, if any: how an
+    /// instance that did not make a subscription finds whom its notification is about.
+    async fn person_with_subscription(
+        &self,
+        source: &SourceId,
+        subscription_id: &str,
+    ) -> Result<Option<PersonKey>, StoreError>;
     /// Saves every field but `appointment_window`, which only `replace_appointments` writes.
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError>;
     /// [`Store::set_sync_state`] for each element, in order (so `appointment_window` is

@@ -135,6 +135,11 @@ impl PostgresStore {
     }
 
     /// The server, database and user, for messages.
+    /// Work handed between the instances on this database (see [`crate::cluster`]).
+    pub fn work_queue(&self) -> crate::cluster::WorkQueue {
+        crate::cluster::WorkQueue::new(self.pool.clone())
+    }
+
     /// The shard leases of one instance on this database (see [`crate::cluster`]).
     pub fn leases(
         &self,
@@ -894,6 +899,30 @@ impl Store for PostgresStore {
             return Ok(SyncState::default());
         };
         decode_sync_state(&row, key, &self.key)
+    }
+
+    async fn person_with_subscription(
+        &self,
+        source: &SourceId,
+        subscription_id: &str,
+    ) -> Result<Option<PersonKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT p.source_id, p.address FROM sync_state s JOIN people p ON p.id = s.person_id \
+             WHERE p.source_id = $1 AND s.subscription_id = $2",
+        )
+        .bind(&source.0)
+        .bind(subscription_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| {
+            StoreError::database(
+                format!("find the person of subscription {subscription_id}"),
+                error,
+            )
+        })?;
+        row.as_ref()
+            .map(|row| decode_person_key(row, "source_id", "address"))
+            .transpose()
     }
 
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {

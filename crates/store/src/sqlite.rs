@@ -891,6 +891,30 @@ impl Store for SqliteStore {
         decode_sync_state(&row, key, &self.key)
     }
 
+    async fn person_with_subscription(
+        &self,
+        source: &SourceId,
+        subscription_id: &str,
+    ) -> Result<Option<PersonKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT p.source_id, p.address FROM sync_state s JOIN people p ON p.id = s.person_id \
+             WHERE p.source_id = ? AND s.subscription_id = ?",
+        )
+        .bind(&source.0)
+        .bind(subscription_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| {
+            StoreError::database(
+                format!("find the person of subscription {subscription_id}"),
+                error,
+            )
+        })?;
+        row.as_ref()
+            .map(|row| decode_person_key(row, "source_id", "address"))
+            .transpose()
+    }
+
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {
         let failed = |source| StoreError::database(format!("save sync state of {key}"), source);
         let client_state_sealed = seal_client_state(&self.key, key, state)?;

@@ -79,6 +79,15 @@ impl Store for SingleItemsOnly {
     async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError> {
         self.0.get_sync_state(key).await
     }
+    async fn person_with_subscription(
+        &self,
+        source: &SourceId,
+        subscription_id: &str,
+    ) -> Result<Option<PersonKey>, StoreError> {
+        self.0
+            .person_with_subscription(source, subscription_id)
+            .await
+    }
     async fn set_sync_state(&self, key: &PersonKey, state: &SyncState) -> Result<(), StoreError> {
         self.0.set_sync_state(key, state).await
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use calbridge_store::cluster::{LeaseChanges, Leases, SHARDS};
+use calbridge_store::cluster::{shard_of, LeaseChanges, Leases, Wanted, SHARDS};
 use common::{Backend, TestStore};
 use jiff::{SignedDuration, Timestamp};
 
@@ -247,10 +247,62 @@ async fn instances_claiming_at_the_same_moment_never_take_the_same_shard() {
                 .collect::<BTreeSet<u32>>()
         );
     }
-    // A second round fills whatever the race left free.
-    for instance in all.iter_mut() {
-        instance.tick(t(2)).await.unwrap();
+    // Later rounds even out what the race left: whoever holds more than its share gives it
+    // back, the others claim it at their next round.
+    for second in 2..5 {
+        for instance in all.iter_mut() {
+            instance.tick(t(second)).await.unwrap();
+        }
     }
     let refs: Vec<&Leases> = all.iter().collect();
-    assert_covered_once(&store, t(2), &refs).await;
+    assert_covered_once(&store, t(4), &refs).await;
+    assert!(all.iter().all(|instance| count(instance) == 64));
+}
+
+#[tokio::test]
+async fn handed_work_goes_to_the_owner_of_the_shard_once_and_wakes_it() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let postgres = store.postgres().expect("a PostgreSQL store");
+    let queue = postgres.work_queue();
+    let mut wake_ups = queue.wake_ups().await.unwrap();
+    let ada = common::person("m365", "ada@contoso.example");
+    let bob = common::person("m365", "bob@contoso.example");
+    assert_ne!(shard_of(&ada), shard_of(&bob));
+    queue.hand_over(&ada, Wanted::Changed, t(0)).await.unwrap();
+    queue.hand_over(&bob, Wanted::Renew, t(1)).await.unwrap();
+    queue
+        .hand_over(&ada, Wanted::Resubscribe, t(2))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), wake_ups.next())
+        .await
+        .expect("a wake-up within 10 s")
+        .unwrap();
+    // The owner of Ada's shard takes her work, in order, and nothing of Bob's.
+    let taken = queue.take(&[shard_of(&ada)], 100).await.unwrap();
+    assert_eq!(
+        taken.work,
+        vec![
+            (ada.clone(), Wanted::Changed),
+            (ada.clone(), Wanted::Resubscribe)
+        ]
+    );
+    assert_eq!(taken.unreadable, 0);
+    assert!(
+        queue
+            .take(&[shard_of(&ada)], 100)
+            .await
+            .unwrap()
+            .work
+            .is_empty(),
+        "taken once"
+    );
+    let for_bob = queue
+        .take(&[shard_of(&ada), shard_of(&bob)], 100)
+        .await
+        .unwrap();
+    assert_eq!(for_bob.work, vec![(bob, Wanted::Renew)]);
+    assert!(queue.take(&[], 100).await.unwrap().work.is_empty());
 }

@@ -797,7 +797,65 @@ async fn keys_and_ids_sort_by_bytes_whatever_the_database_collation(backend: Bac
     );
 }
 
+async fn a_notification_s_subscription_names_its_person_in_its_source(backend: Backend) {
+    let alice = person("tenant-a", "alice@example.com");
+    let bob = person("tenant-b", "bob@example.com");
+    let store = store_with(&backend, &alice).await;
+    add(&*store, &bob).await;
+    for (key, id) in [(&alice, "sub-a"), (&bob, "sub-b")] {
+        let state = SyncState {
+            subscription_id: Some(id.to_string()),
+            ..SyncState::default()
+        };
+        store.set_sync_state(key, &state).await.unwrap();
+    }
+    let tenant_a = alice.source.clone();
+    assert_eq!(
+        store
+            .person_with_subscription(&tenant_a, "sub-a")
+            .await
+            .unwrap(),
+        Some(alice.clone())
+    );
+    // Another source's subscription, or one nobody holds, names nobody.
+    assert_eq!(
+        store
+            .person_with_subscription(&tenant_a, "sub-b")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .person_with_subscription(&tenant_a, "sub-x")
+            .await
+            .unwrap(),
+        None
+    );
+    // A renewed-anew subscription replaces the old id.
+    let renewed = SyncState {
+        subscription_id: Some("sub-a2".to_string()),
+        ..SyncState::default()
+    };
+    store.set_sync_state(&alice, &renewed).await.unwrap();
+    assert_eq!(
+        store
+            .person_with_subscription(&tenant_a, "sub-a")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .person_with_subscription(&tenant_a, "sub-a2")
+            .await
+            .unwrap(),
+        Some(alice)
+    );
+}
+
 on_each_backend!(
+    a_notification_s_subscription_names_its_person_in_its_source,
     an_upserted_person_reads_back_as_pending_with_the_directory_fields,
     re_reading_the_directory_keeps_the_resolution_and_updates_the_names,
     a_failed_resolution_keeps_its_error_text_for_the_admin_view,

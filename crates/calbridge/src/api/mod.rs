@@ -54,6 +54,8 @@ pub struct ApiState {
     pub webhooks: Option<Arc<calbridge_publish_webhook::WebhookPublisher>>,
     /// The instances sharing a PostgreSQL store; `None` for one instance on SQLite.
     pub cluster: Option<crate::cluster::SharedClusterView>,
+    /// Where notifications for people another instance follows go; `None` with one instance.
+    pub handed_work: Option<calbridge_store::cluster::WorkQueue>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -630,8 +632,35 @@ async fn graph_notification(
     let Some(sync) = state.syncs.get(&SourceId(source.clone())) else {
         return api_error(StatusCode::NOT_FOUND, format!("no Graph source `{source}`"));
     };
-    match sync.accept_notifications(&body) {
-        Ok(_) => StatusCode::ACCEPTED.into_response(),
-        Err(error) => api_error(StatusCode::BAD_REQUEST, error),
+    let for_others = match sync.accept_notifications(&body) {
+        Ok(for_others) => for_others,
+        Err(error) => return api_error(StatusCode::BAD_REQUEST, error),
+    };
+    // Several instances: what this one does not follow goes to the owner, durably, before
+    // Graph hears 202; if that fails Graph is asked to send again.
+    if let (Some(queue), false) = (&state.handed_work, for_others.is_empty()) {
+        let source = SourceId(source);
+        for (subscription, wanted) in for_others {
+            let handed = match state
+                .store
+                .person_with_subscription(&source, &subscription)
+                .await
+            {
+                Ok(Some(person)) => queue.hand_over(&person, wanted, state.clock.now()).await,
+                Ok(None) => {
+                    tracing::debug!(subscription = %subscription, "notification for an unknown subscription");
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = handed {
+                tracing::warn!(subscription = %subscription, "cannot hand a notification to its owner: {error}");
+                return api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the notification cannot be handed to the instance that follows this person; send it again",
+                );
+            }
+        }
     }
+    StatusCode::ACCEPTED.into_response()
 }

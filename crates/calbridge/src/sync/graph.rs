@@ -13,6 +13,7 @@ use calbridge_sources_graph::{
     parse_notifications, DeltaCursor, DeltaLink, DeltaOutcome, GraphError, GraphSource,
     Notification, RenewOutcome, SubjectFetch, SubscriptionRequest, TokenStatus,
 };
+use calbridge_store::cluster::Wanted;
 use calbridge_store::{PersonKey, Store};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::mpsc;
@@ -105,8 +106,10 @@ impl GraphSync {
     }
 
     /// A webhook POST: the validation handshake is answered by the HTTP layer; this checks
-    /// clientState and only queues work, so the answer goes back within Graph's 3 s.
-    pub fn accept_notifications(&self, body: &[u8]) -> Result<usize, String> {
+    /// clientState and only queues work, so the answer goes back within Graph's 3 s. What is
+    /// about subscriptions this instance does not hold comes back for the owner (several
+    /// instances behind one load balancer).
+    pub fn accept_notifications(&self, body: &[u8]) -> Result<Vec<(String, Wanted)>, String> {
         let source = &self.source;
         let parsed = parse_notifications(body, &source.client_state).map_err(|e| e.to_string())?;
         source
@@ -122,17 +125,19 @@ impl GraphSync {
                 "dropped notifications with a wrong clientState (forged, or for another installation)"
             );
         }
-        let accepted = parsed.accepted.len();
+        let mut for_others = Vec::new();
         for notification in parsed.accepted {
             let person = source
                 .subscriptions()
                 .get(notification.subscription_id())
                 .cloned();
             let Some(person) = person else {
-                tracing::debug!(
-                    subscription = notification.subscription_id(),
-                    "notification for an unknown subscription"
-                );
+                let wanted = match notification {
+                    Notification::Changed { .. } | Notification::Missed { .. } => Wanted::Changed,
+                    Notification::ReauthorizationRequired { .. } => Wanted::Renew,
+                    Notification::SubscriptionRemoved { .. } => Wanted::Resubscribe,
+                };
+                for_others.push((notification.subscription_id().to_string(), wanted));
                 continue;
             };
             match notification {
@@ -146,7 +151,7 @@ impl GraphSync {
                 }
             }
         }
-        Ok(accepted)
+        Ok(for_others)
     }
 }
 

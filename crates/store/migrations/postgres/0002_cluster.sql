@@ -19,3 +19,20 @@ CREATE TABLE cluster_shards (
 INSERT INTO cluster_shards (shard) SELECT generate_series(0, 255);
 
 CREATE INDEX cluster_shards_owner ON cluster_shards (owner);
+
+-- Finding the person of a change notification by its subscription.
+CREATE INDEX sync_state_subscription ON sync_state (subscription_id);
+
+-- Work handed from the instance that received it (a Graph notification reaches any instance
+-- behind the load balancer) to the owner of the person's shard. Rows are taken (deleted) by the
+-- owner; a NOTIFY on `calbridge_work` wakes it.
+CREATE TABLE cluster_work (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    shard        integer NOT NULL,
+    source_id    text COLLATE "C" NOT NULL,
+    address      text COLLATE "C" NOT NULL,
+    wanted       text NOT NULL CHECK (wanted IN ('changed', 'renew', 'resubscribe')),
+    queued_at_ms bigint NOT NULL
+);
+
+CREATE INDEX cluster_work_shard ON cluster_work (shard, id);

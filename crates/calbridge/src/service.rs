@@ -406,9 +406,13 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     } else {
         let stop = shutdown.clone();
         let publisher = Arc::new(
-            calbridge_publish_webhook::WebhookPublisher::start(
+            calbridge_publish_webhook::WebhookPublisher::start_sharing(
                 config.publish.webhooks.clone(),
                 store.clone(),
+                match &store_backend {
+                    StoreBackend::Postgres(postgres) => postgres.turns(),
+                    StoreBackend::Sqlite(_) => calbridge_store::cluster::Turns::Everyone,
+                },
                 async move { stop.wait().await },
             )
             .context("[[publish.webhooks]]")?,

@@ -172,6 +172,31 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     let group = emulator.ready().group_id.clone().expect("a group");
     let people = graph.group_members(&group).await;
     assert!(people.len() >= 20, "{people:?}");
+    // One webhook endpoint for the three: each change must reach it once, in order.
+    let received: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    sink.lock().expect("lock").push(event);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!(
+        "http://{}/hook",
+        hook_listener.local_addr().expect("address")
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(hook_listener, app).await;
+    });
     // One shared folder: the store's key file is the same for every instance.
     let data_dir = tempfile::tempdir().expect("a temp dir");
     let mut instances: Vec<(String, RunningService)> = Vec::new();
@@ -183,6 +208,10 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
         config.store.url = Some(Secret::new(database.url()));
         config.cluster.lease_seconds = LEASE_SECONDS;
         config.cluster.instance_name = Some(name.to_string());
+        config.publish.webhooks = vec![toml::from_str(&format!(
+            "name = \"crm\"\nurl = \"{hook_url}\"\nsecret = \"cluster-test-secret\"\n"
+        ))
+        .expect("webhook config")];
         instances.push((
             name.to_string(),
             start_service(config, Arc::new(SystemClock), listener).await,
@@ -368,6 +397,28 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
         "no window was read anew: {:?}",
         counters.by_kind
     );
+    // Webhooks: one instance at a time delivers the shared outbox, so every change arrived
+    // once and in order, both hand-overs included.
+    let events = wait_for("both changes at the webhook", PATIENCE, || {
+        let events = received.lock().expect("lock").clone();
+        let notes: Vec<&str> = events
+            .iter()
+            .filter_map(|event| event["note"].as_str())
+            .collect();
+        let both = ["Heard by a, read by b", "Booked while nobody followed"]
+            .iter()
+            .all(|wanted| notes.iter().any(|note| note.starts_with(wanted)));
+        both.then_some(events)
+    })
+    .await;
+    let ids: Vec<i64> = events
+        .iter()
+        .filter_map(|event| event["id"].as_i64())
+        .collect();
+    let mut once_in_order = ids.clone();
+    once_in_order.sort_unstable();
+    once_in_order.dedup();
+    assert_eq!(ids, once_in_order, "each event once, in outbox order");
     for (_, running) in instances {
         running.shutdown().await;
     }

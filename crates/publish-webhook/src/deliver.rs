@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use calbridge_net::Backoff;
+use calbridge_store::cluster::Turns;
 use calbridge_store::{OutboxEvent, OutboxId, PersonKey, Store, StoreError};
 use jiff::Timestamp;
 use tokio::sync::{watch, Notify};
@@ -26,6 +27,8 @@ const LATEST_WINDOW: u32 = 10_000;
 /// With nothing to send, the outbox is read again this often even without a wake-up, so
 /// that events appended by another process (a second instance on the same database) go out.
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// The same with several instances, whose changes reach the outbox without waking this one.
+const SHARED_IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// What the status page shows of one endpoint; written only by its delivery task.
 #[derive(Debug, Clone, Default)]
@@ -80,13 +83,43 @@ pub(crate) struct Deliverer {
     pub wake: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
     pub state: Arc<Mutex<EndpointState>>,
+    /// Whose turn it is to deliver this endpoint when several instances share the store.
+    pub turns: Turns,
 }
 
 impl Deliverer {
-    /// Runs until shutdown. Nothing an endpoint or the store does ends it: failures are
-    /// retried with backoff and shown in the status.
+    /// Runs until shutdown, delivering while it is this instance's turn for the endpoint.
+    /// Nothing an endpoint or the store does ends it: failures are retried with backoff and
+    /// shown in the status.
     pub async fn run(mut self) {
         let consumer = self.endpoint.consumer();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let turn = tokio::select! {
+                turn = self.turns.wait(&consumer) => turn,
+                _ = shutting_down(&mut shutdown) => return,
+            };
+            let mut turn = match turn {
+                Ok(turn) => turn,
+                Err(error) => {
+                    if let Wait::ShuttingDown = self.fail(store_failure(&error)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = self.deliver(&consumer) => return,
+                _ = turn.lost() => {
+                    tracing::warn!(endpoint = %self.endpoint.name, "lost the turn to deliver this endpoint (the connection to PostgreSQL broke); waiting for it again");
+                }
+            }
+        }
+    }
+
+    /// Delivers from the stored cursor on, until shutdown.
+    async fn deliver(&mut self, consumer: &str) {
+        let consumer = consumer.to_string();
         let mut cursor = loop {
             match self.store.get_outbox_cursor(&consumer).await {
                 Ok(cursor) => break cursor,
@@ -320,9 +353,14 @@ impl Deliverer {
 
     /// Waits for a new event (or the idle poll).
     async fn idle(&mut self) -> Wait {
+        // Other instances' changes do not wake this one: with several, look more often.
+        let poll = match self.turns {
+            Turns::Everyone => IDLE_POLL,
+            Turns::Exclusive(_) => SHARED_IDLE_POLL,
+        };
         tokio::select! {
             _ = self.wake.notified() => Wait::Elapsed,
-            _ = tokio::time::sleep(IDLE_POLL) => Wait::Elapsed,
+            _ = tokio::time::sleep(poll) => Wait::Elapsed,
             _ = shutting_down(&mut self.shutdown) => Wait::ShuttingDown,
         }
     }

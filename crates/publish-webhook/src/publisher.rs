@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use calbridge_net::TlsError;
+use calbridge_store::cluster::Turns;
 use calbridge_store::{NewOutboxEvent, OutboxId, Store};
 use jiff::Timestamp;
 use tokio::sync::{watch, Notify};
@@ -86,6 +87,17 @@ impl WebhookPublisher {
         store: Arc<dyn Store>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<WebhookPublisher, WebhookError> {
+        Self::start_sharing(configs, store, Turns::Everyone, shutdown)
+    }
+
+    /// [`WebhookPublisher::start`] for one of several instances on one store: each endpoint is
+    /// delivered by whichever instance holds its turn, from the shared outbox and cursor.
+    pub fn start_sharing(
+        configs: Vec<WebhookConfig>,
+        store: Arc<dyn Store>,
+        turns: Turns,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<WebhookPublisher, WebhookError> {
         let mut names = HashSet::new();
         let mut prepared = Vec::with_capacity(configs.len());
         for config in &configs {
@@ -117,6 +129,7 @@ impl WebhookPublisher {
                 wake: handle.wake.clone(),
                 shutdown: stop_receiver.clone(),
                 state: handle.state.clone(),
+                turns: turns.clone(),
             };
             tasks.push((handle.name.clone(), tokio::spawn(deliverer.run())));
             endpoints.push(handle);

@@ -508,6 +508,79 @@ impl WakeUps {
     }
 }
 
+/// Who may do a job that must run on one instance at a time (delivering one webhook endpoint,
+/// in order, from the shared outbox): everyone when there is one instance, otherwise whoever
+/// holds the job's PostgreSQL advisory lock. The lock lives on a connection of its own, so it
+/// goes with the instance however that ends, and the next one waiting takes over at once.
+#[derive(Clone)]
+pub enum Turns {
+    /// One instance: every job is always its turn.
+    Everyone,
+    /// Several instances on this database.
+    Exclusive(PgPool),
+}
+
+/// A job's turn, held until dropped.
+pub struct Turn {
+    connection: Option<sqlx::PgConnection>,
+}
+
+/// How often a held turn checks that its connection (and so its lock) is still there.
+const TURN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Turns {
+    /// Waits until it is this instance's turn for `job`.
+    pub async fn wait(&self, job: &str) -> Result<Turn, StoreError> {
+        let Turns::Exclusive(pool) = self else {
+            return Ok(Turn { connection: None });
+        };
+        let mut connection = pool
+            .acquire()
+            .await
+            .map_err(database("wait for a turn"))?
+            .detach();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(job_key(job))
+            .execute(&mut connection)
+            .await
+            .map_err(database("wait for a turn"))?;
+        Ok(Turn {
+            connection: Some(connection),
+        })
+    }
+}
+
+impl Turn {
+    /// Completes when the turn is lost: its connection broke (PostgreSQL restarted, the network
+    /// went), and with it the lock. Never completes for [`Turns::Everyone`].
+    pub async fn lost(&mut self) {
+        let Some(connection) = self.connection.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(TURN_CHECK).await;
+            if sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The advisory lock key of a job: FNV-1a (64-bit) of `calbridge:` and its name, as a signed
+/// number (what `pg_advisory_lock` takes). Fixed for the same reason as [`shard_of`].
+fn job_key(job: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"calbridge:".iter().chain(job.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,11 @@ impl PostgresStore {
     }
 
     /// The server, database and user, for messages.
+    /// Jobs that one instance at a time does on this database (see [`crate::cluster`]).
+    pub fn turns(&self) -> crate::cluster::Turns {
+        crate::cluster::Turns::Exclusive(self.pool.clone())
+    }
+
     /// Work handed between the instances on this database (see [`crate::cluster`]).
     pub fn work_queue(&self) -> crate::cluster::WorkQueue {
         crate::cluster::WorkQueue::new(self.pool.clone())

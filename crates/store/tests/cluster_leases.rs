@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use calbridge_store::cluster::{shard_of, LeaseChanges, Leases, Wanted, SHARDS};
+use calbridge_store::cluster::{shard_of, LeaseChanges, Leases, Turns, Wanted, SHARDS};
 use common::{Backend, TestStore};
 use jiff::{SignedDuration, Timestamp};
 
@@ -305,4 +305,50 @@ async fn handed_work_goes_to_the_owner_of_the_shard_once_and_wakes_it() {
         .unwrap();
     assert_eq!(for_bob.work, vec![(bob, Wanted::Renew)]);
     assert!(queue.take(&[], 100).await.unwrap().work.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_is_one_instances_turn_at_a_time_and_passes_on_when_its_holder_goes() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let postgres = store.postgres().expect("a PostgreSQL store");
+    let (first, second) = (postgres.turns(), postgres.turns());
+    let held = first.wait("webhook:crm").await.unwrap();
+    // Another job is free meanwhile.
+    let other = second.wait("webhook:wallboard").await.unwrap();
+    drop(other);
+    // The same job waits while the first holds it...
+    let mut waiting = Box::pin(second.wait("webhook:crm"));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "two instances had the same turn"
+    );
+    // ...and gets it as soon as the holder goes.
+    drop(held);
+    let mut taken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the turn passes on within 10 s")
+        .unwrap();
+    // A turn whose connection breaks (PostgreSQL restarted, the network went) knows it.
+    store
+        .database()
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), taken.lost())
+        .await
+        .expect("the lost turn is noticed within 10 s");
+    // With one instance every job is always its turn.
+    let mut always = Turns::Everyone.wait("webhook:crm").await.unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), always.lost())
+            .await
+            .is_err()
+    );
 }

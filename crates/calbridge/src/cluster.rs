@@ -106,6 +106,15 @@ pub struct ClusterView {
     pub renewed_at: Option<Timestamp>,
     /// The last failure to renew, while it lasts.
     pub error: Option<String>,
+    /// The name of the instance that holds each shard, as of the last round.
+    pub shard_owners: HashMap<u32, String>,
+}
+
+impl ClusterView {
+    /// The name of the instance that follows `person`, as of the last round.
+    pub fn owner_of(&self, person: &PersonKey) -> Option<&str> {
+        self.shard_owners.get(&shard_of(person)).map(String::as_str)
+    }
 }
 
 pub type SharedClusterView = Arc<Mutex<ClusterView>>;
@@ -148,11 +157,28 @@ pub async fn keep_leases(
                     }
                 }
                 let instances = leases.instances(now).await.unwrap_or_default();
+                let names: HashMap<&str, &str> = instances
+                    .iter()
+                    .map(|instance| (instance.instance_id.as_str(), instance.name.as_str()))
+                    .collect();
+                let shard_owners: HashMap<u32, String> = leases
+                    .shard_owners(now)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(shard, owner)| {
+                        let name = names
+                            .get(owner.as_str())
+                            .map_or(owner.clone(), |name| (*name).to_string());
+                        (shard, name)
+                    })
+                    .collect();
                 {
                     let mut shown = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     shown.instance_id = leases.instance_id().to_string();
                     shown.shards_held = leases.held().len();
                     shown.instances = instances;
+                    shown.shard_owners = shard_owners;
                     shown.renewed_at = Some(now);
                     shown.error = None;
                 }

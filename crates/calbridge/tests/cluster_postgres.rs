@@ -311,6 +311,38 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
         note.starts_with("Heard by a, read by b")
     })
     .await;
+    // Any instance's API answers for everyone: a shows b's person as b decided it, and who
+    // follows whom.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, a) = &instances[0];
+        let users: serde_json::Value = http
+            .get(format!("http://{}/api/v1/users", a.address))
+            .bearer_auth(a.api_token.expose())
+            .send()
+            .await
+            .expect("users answers")
+            .json()
+            .await
+            .expect("users JSON");
+        let list = users["users"].as_array().cloned().unwrap_or_default();
+        let of_b = list.iter().find(|user| user["address"] == at_b.as_str());
+        let shown_right = of_b.is_some_and(|user| {
+            user["instance"] == "b"
+                && user["presence"]["note"]
+                    .as_str()
+                    .is_some_and(|note| note.starts_with("Heard by a, read by b"))
+        });
+        let everyone = list.len() == people.len()
+            && list
+                .iter()
+                .all(|user| !user["presence"].is_null() && user["instance"].is_string());
+        if shown_right && everyone {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{users}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // c is killed: nothing given back. A meeting is booked for one of its people meanwhile.
     drop(refs);

@@ -320,6 +320,22 @@ impl Leases {
         Ok(())
     }
 
+    /// The owner of every shard whose lease has not expired, by instance id.
+    pub async fn shard_owners(&self, now: Timestamp) -> Result<Vec<(u32, String)>, StoreError> {
+        let rows: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT shard, owner FROM cluster_shards
+             WHERE owner IS NOT NULL AND expires_at_ms > $1 ORDER BY shard",
+        )
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("list the shard owners"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(shard, owner)| Some((u32::try_from(shard).ok()?, owner)))
+            .collect())
+    }
+
     /// Every instance that sent a heartbeat, with the shards it holds, oldest first.
     pub async fn instances(&self, now: Timestamp) -> Result<Vec<InstanceInfo>, StoreError> {
         let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(

@@ -371,6 +371,28 @@ fn presence_json(state: &ApiState, person: &PersonKey) -> Value {
     }
 }
 
+/// A presence another instance decided, as it saved it.
+fn stored_presence_json(presence: &calbridge_store::CurrentPresence) -> Value {
+    json!({
+        "activity": presence.activity,
+        "note": presence.note,
+        "until": presence.until.map(|until| until.to_string()),
+        "next_change_at": presence.next_change_at.map(|at| at.to_string()),
+        "why": presence.why,
+        "decided_at": presence.decided_at.to_string(),
+    })
+}
+
+/// With several instances: the instance that follows `person` (as of the last lease round).
+fn instance_json(state: &ApiState, person: &PersonKey) -> Value {
+    let Some(view) = &state.cluster else {
+        return Value::Null;
+    };
+    let view = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    view.owner_of(person)
+        .map_or(Value::Null, |name| json!(name))
+}
+
 async fn users(State(state): State<Arc<ApiState>>) -> Response {
     let people = match state.store.list_people().await {
         Ok(people) => people,
@@ -380,6 +402,17 @@ async fn users(State(state): State<Arc<ApiState>>) -> Response {
                 format!("cannot read the store: {error}"),
             )
         }
+    };
+    // With several instances, the people another instance follows are shown as it saved them.
+    let stored: HashMap<PersonKey, calbridge_store::CurrentPresence> = if state.cluster.is_some() {
+        state
+            .store
+            .list_presence()
+            .await
+            .map(|presences| presences.into_iter().collect())
+            .unwrap_or_default()
+    } else {
+        HashMap::new()
     };
     let users: Vec<Value> = people
         .iter()
@@ -410,7 +443,11 @@ async fn users(State(state): State<Arc<ApiState>>) -> Response {
                 "resolution": resolution,
                 "resolved_address": resolved_address,
                 "resolution_error": resolution_error,
-                "presence": presence_json(&state, &person.key),
+                "presence": match (presence_json(&state, &person.key), stored.get(&person.key)) {
+                    (Value::Null, Some(saved)) => stored_presence_json(saved),
+                    (decided, _) => decided,
+                },
+                "instance": instance_json(&state, &person.key),
                 "sync": sync,
                 "sip": sip_json(&state, &person.key),
             })
@@ -465,6 +502,12 @@ async fn presence(State(state): State<Arc<ApiState>>, Path(address): Path<String
         Err(error) => return error.into_response(),
     };
     let mut body = presence_json(&state, &person);
+    if body.is_null() && state.cluster.is_some() {
+        // Another instance follows this person: what it saved.
+        if let Ok(Some(saved)) = state.store.load_presence(&person).await {
+            body = stored_presence_json(&saved);
+        }
+    }
     if let Value::Object(map) = &mut body {
         map.insert("address".into(), json!(person.address.as_str()));
         map.insert("source".into(), json!(person.source.0));

@@ -59,7 +59,13 @@ impl Database {
                 return None;
             }
         };
-        let name = format!("calbridge_cluster_{}", std::process::id());
+        // The process id and a count: the tests of this file run side by side.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "calbridge_cluster_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut admin)
             .await;
@@ -454,5 +460,232 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     for (_, running) in instances {
         running.shutdown().await;
     }
+    drop(database);
+}
+
+/// A `calbridge run` process, killed (SIGKILL) when dropped.
+struct Process {
+    child: std::process::Child,
+    name: String,
+    address: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    fn start(
+        name: &str,
+        config: &std::path::Path,
+        address: String,
+        log: std::path::PathBuf,
+    ) -> Process {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("calbridge runs");
+        Process {
+            child,
+            name: name.to_string(),
+            address,
+            log,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "last lines of {}'s log:\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        )
+    }
+
+    async fn get(&self, http: &reqwest::Client, path: &str) -> Option<serde_json::Value> {
+        http.get(format!("http://{}{path}", self.address))
+            .bearer_auth("cluster-test-token")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+}
+
+/// A free loopback port (bound and let go: another process could take it meanwhile, which
+/// the test would report as a start failure).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_calbridge_processes_and_a_kill_9() {
+    init_logs();
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let emulator = Emulator::start(EmulatorConfig::generated(60, 6))
+        .await
+        .expect("the emulator starts");
+    let ready = emulator.ready().clone();
+    let graph = GraphClient::new(&ready).await;
+    let people = graph
+        .group_members(ready.group_id.as_deref().expect("a group"))
+        .await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let http = calbridge_net::build_http_client(None).expect("an HTTP client");
+    let mut processes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let port = free_port();
+        let config = format!(
+            r#"[presence]
+timezone = "UTC"
+
+[store]
+url = "{url}"
+key_file = "{key}"
+
+[cluster]
+lease_seconds = {LEASE_SECONDS}
+instance_name = "{name}"
+
+[api]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+token = "cluster-test-token"
+
+[[sources]]
+id = "demo"
+
+[sources.graph]
+tenant_id = "{tenant}"
+client_id = "{client}"
+credential = {{ client_secret = "{secret}" }}
+authority_url = "{base}"
+graph_url = "{base}"
+token_scope = "https://graph.microsoft.com/.default"
+extra_root_ca = "{ca}"
+
+[[directory]]
+source = "demo"
+group_id = "{group}"
+"#,
+            url = database.url(),
+            key = dir.path().join("calbridge.key").display(),
+            tenant = ready.tenant_id,
+            client = ready.client_id,
+            secret = ready.client_secret.as_deref().expect("a secret"),
+            base = ready.base_url,
+            ca = ready.ca_cert.display(),
+            group = ready.group_id.as_deref().expect("a group"),
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write the configuration");
+        let process = Process::start(
+            name,
+            &path,
+            format!("127.0.0.1:{port}"),
+            dir.path().join(format!("{name}.log")),
+        );
+        // One after the other, so that the first makes the store's key for the others.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while process.get(&http, "/api/v1/status").await.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} does not answer: {}",
+                process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        processes.push(process);
+    }
+
+    // Who follows whom, as instance `at` shows it: every person once, on a live instance.
+    async fn split(
+        http: &reqwest::Client,
+        at: &Process,
+        expected_people: usize,
+        live: &[&str],
+    ) -> Option<BTreeMap<String, String>> {
+        let users = at.get(http, "/api/v1/users").await?;
+        let list = users["users"].as_array()?;
+        let owners: BTreeMap<String, String> = list
+            .iter()
+            .filter(|user| !user["presence"].is_null())
+            .filter_map(|user| {
+                Some((
+                    user["address"].as_str()?.to_string(),
+                    user["instance"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let used: BTreeSet<&str> = owners.values().map(String::as_str).collect();
+        (owners.len() == expected_people && used.iter().all(|name| live.contains(name)))
+            .then_some(owners)
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let owners = loop {
+        if let Some(owners) = split(&http, &processes[0], people.len(), &["a", "b", "c"]).await {
+            let used: BTreeSet<&String> = owners.values().collect();
+            if used.len() == 3 {
+                break owners;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the three never shared the people: {}",
+            processes[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(owners.values().any(|owner| owner == "c"));
+    let subscriptions_before = emulator.subscription_ids().len();
+
+    // kill -9 of c: its people are followed again by a and b within the lease and a round.
+    let mut c = processes.pop().expect("c");
+    c.child.kill().expect("SIGKILL");
+    let _ = c.child.wait();
+    let killed_at = std::time::Instant::now();
+    let deadline = killed_at + Duration::from_secs(LEASE_SECONDS + 10);
+    loop {
+        if split(&http, &processes[0], people.len(), &["a", "b"])
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c's people were not taken over within {} s: {}",
+            LEASE_SECONDS + 10,
+            processes[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "kill -9: everyone followed again after {:.1} s (lease {LEASE_SECONDS} s)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        emulator.subscription_ids().len(),
+        subscriptions_before,
+        "no second subscription for a mailbox"
+    );
+    drop(c);
+    drop(processes);
     drop(database);
 }

@@ -238,6 +238,8 @@ pub fn default_instance_name() -> String {
 /// How often the owner looks for handed work without a wake-up (a NOTIFY can be missed while
 /// the listening connection reconnects).
 const HANDED_WORK_POLL: Duration = Duration::from_secs(2);
+/// Handed work taken in one statement; more is taken at once while a batch comes back full.
+const HANDED_WORK_BATCH: u32 = 500;
 
 /// Takes the work other instances handed to this one's shards and queues it on the engine of
 /// its source, until `shutdown`.
@@ -263,7 +265,10 @@ pub async fn serve_handed_work(
             }
         }
         loop {
-            let taken = match queue.take(&ownership.held_shards(), 500).await {
+            let taken = match queue
+                .take(&ownership.held_shards(), HANDED_WORK_BATCH)
+                .await
+            {
                 Ok(taken) => taken,
                 Err(error) => {
                     tracing::warn!("cannot take handed work: {error}");
@@ -290,7 +295,7 @@ pub async fn serve_handed_work(
                     }
                 }
             }
-            if n_taken < 500 {
+            if n_taken < HANDED_WORK_BATCH as usize {
                 break;
             }
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use calbridge_domain::Secret;
 use calbridge_store::{
     NewOutboxEvent, OutboxId, PersonUpsert, PostgresStore, PostgresUrl, SecretKey, Store,
-    StoreError, SyncState,
+    StoreError,
 };
 
 /// A PostgreSQL backend, or `None` when the test skips (see `Backend::postgres`).
@@ -39,32 +39,7 @@ async fn secrets_are_encrypted_in_the_database() {
         })
         .await
         .unwrap();
-    store
-        .put_secret(
-            "tenant-a/client-secret",
-            &Secret::new("Xyz~client-secret-in-clear"),
-        )
-        .await
-        .unwrap();
-    store
-        .set_sync_state(
-            &alice,
-            &SyncState {
-                client_state: Some(Secret::new("webhook-client-state-in-clear")),
-                ..SyncState::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .get_secret("tenant-a/client-secret")
-            .await
-            .unwrap()
-            .unwrap()
-            .expose(),
-        "Xyz~client-secret-in-clear"
-    );
+    write_secrets_marked_in_clear(&*store, &alice).await;
 
     // The rows as the server holds them: every column as text, the sealed bytes in hex.
     let database = store.database();

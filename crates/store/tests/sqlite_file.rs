@@ -8,10 +8,7 @@ use common::*;
 
 use std::path::Path;
 
-use calbridge_domain::Secret;
-use calbridge_store::{
-    PersonKey, PersonUpsert, SecretKey, SqliteStore, Store, StoreError, SyncState,
-};
+use calbridge_store::{PersonKey, PersonUpsert, SecretKey, SqliteStore, Store, StoreError};
 
 async fn add(store: &dyn Store, key: &PersonKey) {
     store
@@ -52,32 +49,7 @@ async fn secrets_are_encrypted_in_the_database_file() {
         .unwrap();
     let alice = person("tenant-a", "alice@example.com");
     add(&store, &alice).await;
-    store
-        .put_secret(
-            "tenant-a/client-secret",
-            &Secret::new("Xyz~client-secret-in-clear"),
-        )
-        .await
-        .unwrap();
-    store
-        .set_sync_state(
-            &alice,
-            &SyncState {
-                client_state: Some(Secret::new("webhook-client-state-in-clear")),
-                ..SyncState::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .get_secret("tenant-a/client-secret")
-            .await
-            .unwrap()
-            .unwrap()
-            .expose(),
-        "Xyz~client-secret-in-clear"
-    );
+    write_secrets_marked_in_clear(&store, &alice).await;
 
     // Read the raw bytes with the store still open, when the write-ahead log holds the rows,
     // and again after closing, when they have been merged into the main file.

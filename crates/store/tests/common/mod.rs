@@ -5,7 +5,7 @@
 use calbridge_domain::{
     Appointment, AppointmentStatus, AppointmentTime, MailboxAddress, Sensitivity, ShowAs, SourceId,
 };
-use calbridge_store::PersonKey;
+use calbridge_store::{PersonKey, Store, SyncState};
 use jiff::civil::date;
 use jiff::Timestamp;
 
@@ -64,3 +64,36 @@ pub fn private_without_subject(id: &str) -> Appointment {
 mod backends;
 #[allow(unused_imports)]
 pub use backends::*;
+
+/// Seals a named secret and a person's webhook clientState, both with "in-clear" in their
+/// text, and reads the secret back: what the at-rest tests then look for in the raw database.
+pub async fn write_secrets_marked_in_clear(store: &dyn Store, person: &PersonKey) {
+    store
+        .put_secret(
+            "tenant-a/client-secret",
+            &calbridge_domain::Secret::new("Xyz~client-secret-in-clear"),
+        )
+        .await
+        .unwrap();
+    store
+        .set_sync_state(
+            person,
+            &SyncState {
+                client_state: Some(calbridge_domain::Secret::new(
+                    "webhook-client-state-in-clear",
+                )),
+                ..SyncState::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_secret("tenant-a/client-secret")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose(),
+        "Xyz~client-secret-in-clear"
+    );
+}

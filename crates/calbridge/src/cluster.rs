@@ -14,10 +14,10 @@
 //! - With one instance (SQLite) the ownership is everyone and there are no leases.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use calbridge_store::cluster::{shard_of, HeldShard, InstanceInfo, Leases, Wanted, WorkQueue};
+use calbridge_store::cluster::{shard_of, Fence, InstanceInfo, Leases, Wanted, WorkQueue};
 use calbridge_store::PersonKey;
 use jiff::{SignedDuration, Timestamp};
 
@@ -28,8 +28,9 @@ use crate::sync::{DirectoryTarget, Work};
 /// Whom this instance follows.
 #[derive(Debug)]
 pub struct Ownership {
-    /// `None`: everyone (one instance). Otherwise the held shards and their epochs.
-    shards: Option<RwLock<HashMap<u32, i64>>>,
+    /// `None`: everyone (one instance). Otherwise the held shards and their epochs, shared
+    /// with the store's fenced writes.
+    shards: Option<Fence>,
 }
 
 impl Ownership {
@@ -38,51 +39,34 @@ impl Ownership {
         Arc::new(Ownership { shards: None })
     }
 
-    /// The people of the shards this instance leases; nobody until the first lease round.
-    pub fn by_leases() -> Arc<Ownership> {
+    /// The people of the shards this instance leases, as `fence` holds them; nobody until the
+    /// first lease round.
+    pub fn by_leases(fence: Fence) -> Arc<Ownership> {
         Arc::new(Ownership {
-            shards: Some(RwLock::new(HashMap::new())),
+            shards: Some(fence),
         })
     }
 
     pub fn owns(&self, person: &PersonKey) -> bool {
         match &self.shards {
             None => true,
-            Some(shards) => read(shards).contains_key(&shard_of(person)),
+            Some(fence) => fence.holds(person),
         }
     }
 
     /// The epoch under which this instance holds the person's shard (`None` for a single
     /// instance, or when it does not hold it).
     pub fn epoch_of(&self, person: &PersonKey) -> Option<i64> {
-        let shards = self.shards.as_ref()?;
-        read(shards).get(&shard_of(person)).copied()
+        self.shards.as_ref()?.epoch_of_shard(shard_of(person))
     }
 
     /// The shards held now (none for "everyone", which has no leases).
     pub fn held_shards(&self) -> Vec<u32> {
         match &self.shards {
             None => Vec::new(),
-            Some(shards) => read(shards).keys().copied().collect(),
+            Some(fence) => fence.held_shards(),
         }
     }
-
-    /// Replaces the held shards (no effect on "everyone").
-    pub fn set_held(&self, held: &[HeldShard]) {
-        if let Some(shards) = &self.shards {
-            let mut shards = shards
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            *shards = held.iter().map(|held| (held.shard, held.epoch)).collect();
-        }
-    }
-}
-
-fn read(shards: &RwLock<HashMap<u32, i64>>) -> std::sync::RwLockReadGuard<'_, HashMap<u32, i64>> {
-    // A poisoned lock only means a panic while the map was replaced; it is still a map.
-    shards
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a sync engine does when shards change hands.
@@ -120,9 +104,9 @@ impl ClusterView {
 pub type SharedClusterView = Arc<Mutex<ClusterView>>;
 
 /// Renews the leases every third of `lease` until `shutdown`, then gives every shard back.
+/// The leases keep their fence (which the engines' [`Ownership`] reads) up to date.
 pub async fn keep_leases(
     mut leases: Leases,
-    ownership: Arc<Ownership>,
     followers: Vec<Arc<dyn ShardFollower>>,
     clock: Arc<dyn Clock>,
     lease: Duration,
@@ -137,7 +121,6 @@ pub async fn keep_leases(
         match leases.tick(now).await {
             Ok(changes) => {
                 renewed_at = Some(now);
-                ownership.set_held(&leases.held());
                 let lost: HashSet<u32> = changes.lost.iter().copied().collect();
                 if !lost.is_empty() {
                     for follower in &followers {
@@ -199,7 +182,6 @@ pub async fn keep_leases(
                 if expired && !leases.held().is_empty() {
                     tracing::warn!("the shard leases ran out while PostgreSQL did not answer: following nobody until they are claimed again");
                     let all: HashSet<u32> = leases.held().iter().map(|held| held.shard).collect();
-                    ownership.set_held(&[]);
                     leases.forget_held();
                     for follower in &followers {
                         follower.let_go(&all).await;
@@ -212,7 +194,6 @@ pub async fn keep_leases(
             _ = tokio::time::sleep(every) => {}
         }
     }
-    ownership.set_held(&[]);
     if let Err(error) = leases.release_all().await {
         tracing::warn!("cannot give the shards back on shutdown (the others take them over when the leases run out): {error}");
     }

@@ -32,7 +32,11 @@ pub struct PresenceChange {
 #[derive(Debug, Clone)]
 pub enum HubEvent {
     Changed(PresenceChange),
+    /// Left the directory: publications are withdrawn.
     Removed(PersonKey),
+    /// Followed by another instance from now on: this one stops publishing them, leaving what
+    /// it published for the new owner to continue.
+    HandedOver(PersonKey),
 }
 
 struct PersonEntry {
@@ -187,12 +191,21 @@ impl PresenceHub {
     }
 
     pub fn remove(&self, person: &PersonKey) {
+        self.drop_person(person, HubEvent::Removed(person.clone()));
+    }
+
+    /// Stops deciding `person`'s presence here: another instance follows them now.
+    pub fn hand_over(&self, person: &PersonKey) {
+        self.drop_person(person, HubEvent::HandedOver(person.clone()));
+    }
+
+    fn drop_person(&self, person: &PersonKey, event: HubEvent) {
         let mut state = self.lock();
         if let Some(entry) = state.people.remove(person) {
             if let Some(at) = entry.timer {
                 state.timers.remove(&(at, person.clone()));
             }
-            let _ = self.events.send(HubEvent::Removed(person.clone()));
+            let _ = self.events.send(event);
         }
     }
 

@@ -101,7 +101,10 @@ impl SipAddressBook {
 }
 
 /// The SIP publishing task: every current decision at start, then every change; removed people
-/// are unpublished with `Expires: 0`.
+/// are unpublished with `Expires: 0`, people handed over to another instance are left to it.
+/// A URI this process has not published yet continues the publication saved in the store (by
+/// an earlier run, or by the instance that followed the person before), so that the presence
+/// server never holds two publications of calbridge for one person.
 pub async fn run_sip(
     publisher: Arc<SipPublisher>,
     addresses: Arc<SipAddressBook>,
@@ -110,7 +113,8 @@ pub async fn run_sip(
     shutdown: Shutdown,
 ) {
     let mut events = hub.subscribe_events();
-    publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
+    let mut saved = SavedPublications::default();
+    publish_everyone(&publisher, &addresses, &hub, store.as_ref(), &mut saved).await;
     loop {
         let event = tokio::select! {
             _ = shutdown.wait() => return,
@@ -118,16 +122,28 @@ pub async fn run_sip(
         };
         match event {
             Ok(HubEvent::Changed(change)) => {
-                let uri = addresses.uri(store.as_ref(), &change.person).await;
-                publisher.set(uri, sip_state(&change.decision));
+                publish(
+                    &publisher,
+                    &addresses,
+                    store.as_ref(),
+                    &mut saved,
+                    &change.person,
+                    &change.decision,
+                )
+                .await;
             }
             Ok(HubEvent::Removed(person)) => {
                 if let Some(uri) = addresses.forget(&person) {
                     publisher.remove(&uri);
                 }
             }
+            Ok(HubEvent::HandedOver(person)) => {
+                if let Some(uri) = addresses.forget(&person) {
+                    publisher.forget(&uri);
+                }
+            }
             Err(RecvError::Lagged(_)) => {
-                publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
+                publish_everyone(&publisher, &addresses, &hub, store.as_ref(), &mut saved).await;
             }
             Err(RecvError::Closed) => return,
         }
@@ -139,12 +155,115 @@ async fn publish_everyone(
     addresses: &SipAddressBook,
     hub: &PresenceHub,
     store: &dyn Store,
+    saved: &mut SavedPublications,
 ) {
     for person in hub.people() {
         if let Some((decision, _)) = hub.decision(&person) {
-            let uri = addresses.uri(store, &person).await;
             // Setting the same state again is free: the publisher only sends changes.
-            publisher.set(uri, sip_state(&decision));
+            publish(publisher, addresses, store, saved, &person, &decision).await;
+        }
+    }
+}
+
+async fn publish(
+    publisher: &SipPublisher,
+    addresses: &SipAddressBook,
+    store: &dyn Store,
+    saved: &mut SavedPublications,
+    person: &PersonKey,
+    decision: &Decision,
+) {
+    let uri = addresses.uri(store, person).await;
+    let state = sip_state(decision);
+    if publisher.status(&uri).is_none() {
+        if let Some((etag, expires_at)) = saved.take(store, &uri).await {
+            publisher.adopt(uri, state, etag, expires_at);
+            return;
+        }
+    }
+    publisher.set(uri, state);
+}
+
+/// How long a reading of the saved publications answers for URIs it does not hold, before a
+/// URI not published here makes it read them again (people taken over arrive in bursts).
+const SAVED_PUBLICATIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A publication this close to its expiry is not worth continuing: a new one is made.
+const ADOPTION_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
+
+/// The publications saved in the store, as last read.
+#[derive(Default)]
+struct SavedPublications {
+    by_uri: HashMap<String, (String, jiff::Timestamp)>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl SavedPublications {
+    /// The saved, living publication of `uri` (taken: it is adopted once).
+    async fn take(&mut self, store: &dyn Store, uri: &str) -> Option<(String, jiff::Timestamp)> {
+        // SIP expiry is the presence server's real time, not the service's clock.
+        let now = jiff::Timestamp::now();
+        let stale = self
+            .read_at
+            .is_none_or(|at| at.elapsed() >= SAVED_PUBLICATIONS_FRESH);
+        if !self.by_uri.contains_key(uri) && stale {
+            match store.list_sip_publications(now).await {
+                Ok(publications) => {
+                    self.by_uri = publications
+                        .into_iter()
+                        .filter_map(|saved| Some((saved.uri, (saved.etag?, saved.expires_at))))
+                        .collect();
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot read the saved SIP publications (new ones are made): {error}"
+                    );
+                }
+            }
+            self.read_at = Some(std::time::Instant::now());
+        }
+        let (etag, expires_at) = self.by_uri.remove(uri)?;
+        let worth = now
+            .checked_add(ADOPTION_MARGIN)
+            .is_ok_and(|soon| expires_at > soon);
+        worth.then_some((etag, expires_at))
+    }
+}
+
+/// Saves every change of the presence server's entity-tags (see
+/// [`calbridge_publish_sip::Publication`]), batching what queues up.
+pub async fn save_publications(
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<calbridge_publish_sip::Publication>,
+    store: Arc<dyn Store>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            change = changes.recv() => change,
+            _ = shutdown.wait() => None,
+        };
+        let mut batch: HashMap<String, calbridge_store::SipPublication> = HashMap::new();
+        let mut keep = |change: calbridge_publish_sip::Publication| {
+            let saved = calbridge_store::SipPublication {
+                expires_at: change.expires_at.unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                etag: change.etag,
+                uri: change.uri,
+            };
+            batch.insert(saved.uri.clone(), saved);
+        };
+        let last = first.is_none();
+        if let Some(first) = first {
+            keep(first);
+        }
+        while let Ok(change) = changes.try_recv() {
+            keep(change);
+        }
+        let batch: Vec<_> = batch.into_values().collect();
+        if let Err(error) = store.save_sip_publications(&batch).await {
+            tracing::warn!("cannot save {} SIP publications (after a restart or takeover they are made anew): {error}", batch.len());
+        }
+        if last {
+            return;
         }
     }
 }
@@ -175,7 +294,7 @@ pub async fn run_webhooks(
                     tracing::warn!(person = %change.person, "presence change not queued for webhooks: {error}");
                 }
             }
-            Ok(HubEvent::Removed(_)) => {}
+            Ok(HubEvent::Removed(_) | HubEvent::HandedOver(_)) => {}
             Err(RecvError::Lagged(missed)) => {
                 // The outbox missed some changes: queue everyone's current state so that the
                 // receivers end with the right presence for all.

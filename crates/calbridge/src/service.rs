@@ -202,7 +202,18 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     let clock = options.clock;
     let key = open_key(&config)?;
     let store_backend = StoreBackend::open(&config, key).await?;
-    let store = store_backend.shared();
+    // On PostgreSQL this instance's writes of a person's calendar, sync state and presence are
+    // fenced by its shard leases (see `crate::cluster`); the fence is filled by the lease rounds.
+    let fence = match &store_backend {
+        StoreBackend::Postgres(_) => Some(calbridge_store::cluster::Fence::new(
+            &crate::cluster::new_instance_id(),
+        )),
+        StoreBackend::Sqlite(_) => None,
+    };
+    let store: Arc<dyn Store> = match (&store_backend, &fence) {
+        (StoreBackend::Postgres(postgres), Some(fence)) => Arc::new(postgres.fenced(fence.clone())),
+        _ => store_backend.shared(),
+    };
     let (api_token, api_token_generated) = match (&config.api.token, &config.api.token_env) {
         (Some(token), _) => (token.clone(), false),
         (None, Some(variable)) => (
@@ -281,9 +292,10 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     // Several instances on one PostgreSQL divide the people by shard leases; the first round
     // of claims runs before the engines start, so that each begins with its own people.
-    let cluster = match &store_backend {
-        StoreBackend::Postgres(postgres) => {
-            let ownership = crate::cluster::Ownership::by_leases();
+    let cluster = match (&store_backend, &fence) {
+        (StoreBackend::Postgres(postgres), Some(fence)) => {
+            let instance_id = fence.instance_id().to_string();
+            let ownership = crate::cluster::Ownership::by_leases(fence.clone());
             let ownership_for_work = ownership.clone();
             for sync in syncs.values() {
                 sync.share_by(ownership.clone());
@@ -297,9 +309,8 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                 .instance_name
                 .clone()
                 .unwrap_or_else(crate::cluster::default_instance_name);
-            let instance_id = crate::cluster::new_instance_id();
             let mut leases = postgres.leases(
-                instance_id.clone(),
+                fence.clone(),
                 name.clone(),
                 jiff::SignedDuration::try_from(lease)
                     .unwrap_or(jiff::SignedDuration::from_secs(30)),
@@ -309,7 +320,6 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                 .tick(clock.now())
                 .await
                 .map_err(|error| anyhow::anyhow!("cannot take part in the cluster: {error}"))?;
-            ownership.set_held(&leases.held());
             tracing::info!(instance = %name, id = %instance_id, shards = first.gained.len(), "joined the cluster");
             let view: crate::cluster::SharedClusterView =
                 Arc::new(Mutex::new(crate::cluster::ClusterView {
@@ -330,7 +340,6 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                 "shard leases",
                 tokio::spawn(crate::cluster::keep_leases(
                     leases,
-                    ownership,
                     followers,
                     clock.clone(),
                     lease,
@@ -358,7 +367,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             ));
             Some((view, postgres.work_queue()))
         }
-        StoreBackend::Sqlite(_) => None,
+        _ => None,
     };
     let (cluster, handed_work) = match cluster {
         Some((view, queue)) => (Some(view), Some(queue)),
@@ -386,6 +395,14 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             );
             let addresses = Arc::new(crate::publish::SipAddressBook::new(
                 sip_config.effective_uri_template(),
+            ));
+            tasks.push((
+                "sip publications saver",
+                tokio::spawn(crate::publish::save_publications(
+                    publisher.watch_publications(),
+                    store.clone(),
+                    shutdown.clone(),
+                )),
             ));
             tasks.push((
                 "sip publisher",

@@ -1,95 +1,19 @@
 //! The service's SIP publishing end to end: calendars from the emulator become PUBLISH
-//! requests (PIDF + RPID) at a presence server. The server here is a small in-test UDP
-//! responder that records every request; the publisher itself is proven against a real
-//! Kamailio in `crates/publish-sip/tests/kamailio.rs`.
+//! requests (PIDF + RPID) at a presence server, and a restarted service continues its
+//! publications instead of adding new ones beside them. The server here is a small in-test
+//! one (`common/sip.rs`); the publisher itself is proven against a real Kamailio in
+//! `crates/publish-sip/tests/kamailio.rs`.
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use calbridge::clock::{Clock, ManualClock};
+use common::sip::PresenceServer;
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig};
-
-#[derive(Debug, Clone)]
-struct Publish {
-    request_uri: String,
-    if_match: Option<String>,
-    expires: Option<String>,
-    body: String,
-}
-
-fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
-    message.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim()
-            .eq_ignore_ascii_case(name)
-            .then_some(value.trim())
-    })
-}
-
-/// Answers every PUBLISH with 200 OK and a fresh entity tag, recording it.
-async fn presence_server() -> (String, Arc<Mutex<Vec<Publish>>>) {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind UDP");
-    let address = socket.local_addr().expect("local address").to_string();
-    let seen: Arc<Mutex<Vec<Publish>>> = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 65536];
-        let mut n_etags = 0u64;
-        loop {
-            let Ok((length, peer)) = socket.recv_from(&mut buffer).await else {
-                return;
-            };
-            let text = String::from_utf8_lossy(&buffer[..length]).to_string();
-            let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                continue;
-            };
-            let request_line = head.lines().next().unwrap_or("");
-            if !request_line.starts_with("PUBLISH ") {
-                continue;
-            }
-            let request_uri = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_string();
-            n_etags += 1;
-            let expires = header(head, "Expires").map(str::to_string);
-            let response = format!(
-                "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=server\r\nCall-ID: {}\r\nCSeq: {}\r\nSIP-ETag: etag{n_etags}\r\nExpires: {}\r\nContent-Length: 0\r\n\r\n",
-                header(head, "Via").unwrap_or(""),
-                header(head, "From").unwrap_or(""),
-                header(head, "To").unwrap_or(""),
-                header(head, "Call-ID").unwrap_or(""),
-                header(head, "CSeq").unwrap_or(""),
-                expires.clone().unwrap_or_else(|| "3600".to_string()),
-            );
-            record.lock().expect("lock").push(Publish {
-                request_uri,
-                if_match: header(head, "SIP-If-Match").map(str::to_string),
-                expires,
-                body: body.to_string(),
-            });
-            let _ = socket.send_to(response.as_bytes(), peer).await;
-        }
-    });
-    (address, seen)
-}
-
-fn latest_by_uri(seen: &Arc<Mutex<Vec<Publish>>>) -> HashMap<String, Publish> {
-    let mut latest = HashMap::new();
-    for publish in seen.lock().expect("lock").iter() {
-        if !publish.body.is_empty() {
-            latest.insert(publish.request_uri.clone(), publish.clone());
-        }
-    }
-    latest
-}
 
 fn xml_escaped(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -108,7 +32,8 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
     let ready = emulator.ready().clone();
     let data_dir = tempfile::tempdir().expect("temp dir");
     let (listener, public_url) = listen(0).await;
-    let (sip_server, seen) = presence_server().await;
+    let server = PresenceServer::start().await;
+    let sip_server = server.address.clone();
     let mut config = config_for(&ready, data_dir.path(), &public_url, None);
     let mut sip = calbridge_publish_sip::SipPublisherConfig::new(sip_server, "pbx.test");
     sip.max_requests_per_second = 1000;
@@ -143,14 +68,14 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
         })
         .collect();
     wait_for("a PUBLISH per person", Duration::from_secs(20), || {
-        let latest = latest_by_uri(&seen);
+        let latest = server.latest_by_uri();
         expected
             .keys()
             .all(|uri| latest.contains_key(uri))
             .then_some(())
     })
     .await;
-    let latest = latest_by_uri(&seen);
+    let latest = server.latest_by_uri();
     for (uri, (activity, note)) in &expected {
         let publish = &latest[uri];
         assert!(
@@ -197,8 +122,8 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
         .await;
     let uri = format!("sip:{}@pbx.test", free.address.local_part());
     let modify = wait_for("the modify PUBLISH", Duration::from_secs(20), || {
-        let published = seen.lock().expect("lock").clone();
-        published
+        server
+            .seen()
             .into_iter()
             .rev()
             .find(|publish| publish.request_uri == uri && publish.body.contains("meeting"))
@@ -240,5 +165,83 @@ async fn every_person_is_published_and_a_calendar_change_is_published_as_a_modif
     assert_eq!(row["sip"]["uri"], uri.as_str());
     assert_eq!(row["sip"]["published"], true);
     running.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_continues_its_publications_instead_of_adding_new_ones() {
+    init_logs();
+    let emulator = Emulator::start(EmulatorConfig::generated(8, 5))
+        .await
+        .expect("the emulator starts");
+    let ready = emulator.ready().clone();
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let server = PresenceServer::start().await;
+    let clock = ManualClock::new(whole_second(jiff::Timestamp::now()));
+    let config = |public_url: &str| {
+        let mut config = config_for(&ready, data_dir.path(), public_url, None);
+        let mut sip =
+            calbridge_publish_sip::SipPublisherConfig::new(server.address.clone(), "pbx.test");
+        sip.max_requests_per_second = 1000;
+        config.publish.sip = Some(sip);
+        config
+    };
+    let published_by_all = |running: &calbridge::service::RunningService| -> Vec<String> {
+        let (publisher, addresses) = running.sip.as_ref().expect("SIP is configured");
+        let uris: Vec<String> = running
+            .hub
+            .people()
+            .iter()
+            .filter_map(|person| addresses.cached(person))
+            .collect();
+        assert!(!uris.is_empty());
+        uris.into_iter()
+            .filter(|uri| {
+                publisher
+                    .status(uri)
+                    .is_some_and(|status| status.etag.is_some())
+            })
+            .collect()
+    };
+
+    let (listener, public_url) = listen(0).await;
+    let first = start_service(config(&public_url), Arc::new(clock.clone()), listener).await;
+    let people = first.hub.n_people();
+    let uris = wait_for("everyone published", PATIENCE, || {
+        let published = published_by_all(&first);
+        (published.len() == people).then_some(published)
+    })
+    .await;
+    first.shutdown().await;
+    let before = server.seen().len();
+    assert!(
+        uris.iter()
+            .all(|uri| server.live_by_uri().get(uri).map(Vec::len) == Some(1)),
+        "one publication per person before the restart"
+    );
+
+    let (listener, public_url) = listen(0).await;
+    let second = start_service(config(&public_url), Arc::new(clock.clone()), listener).await;
+    wait_for("everyone published again", PATIENCE, || {
+        (published_by_all(&second).len() == people).then_some(())
+    })
+    .await;
+    let after: Vec<_> = server.seen().split_off(before);
+    for uri in &uris {
+        let first_again = after
+            .iter()
+            .find(|publish| &publish.request_uri == uri)
+            .unwrap_or_else(|| panic!("{uri} is published after the restart"));
+        assert!(
+            first_again.if_match.is_some() && first_again.status == 200,
+            "{uri}: the restarted service modifies the publication it made before: {first_again:?}"
+        );
+        assert_eq!(
+            server.live_by_uri().get(uri).map(Vec::len),
+            Some(1),
+            "{uri} has one publication at the server, not two"
+        );
+    }
+    second.shutdown().await;
     emulator.shutdown().await;
 }

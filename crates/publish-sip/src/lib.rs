@@ -29,7 +29,9 @@ pub use config::{
     uri_for, Activity, ActivityMapping, Basic, PresenceState, RpidMapping, ShowAsCategory,
     SipPublisherConfig, Transport,
 };
-pub use publisher::{PublishCounters, PublishKind, PublishOutcome, PublishStatus, SipPublisher};
+pub use publisher::{
+    Publication, PublishCounters, PublishKind, PublishOutcome, PublishStatus, SipPublisher,
+};
 
 /// Everything that can go wrong while publishing. Messages never contain the digest password
 /// or response.

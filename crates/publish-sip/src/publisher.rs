@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use calbridge_domain::Secret;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
@@ -307,6 +307,36 @@ struct Shared {
     table: Mutex<Table>,
     wake: Notify,
     counters: Counters,
+    /// Where changes of the server's entity-tags go, once someone watches them.
+    publications: Mutex<Option<mpsc::UnboundedSender<Publication>>>,
+}
+
+/// What the presence server holds for a URI after a transaction changed it: a publication's
+/// entity-tag and expiry, or (`etag: None`) nothing. Saved, they let another process (a
+/// restart, or the instance that takes the person over) modify the same publication with
+/// [`SipPublisher::adopt`] instead of adding a second one beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub uri: String,
+    pub etag: Option<String>,
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+impl Shared {
+    fn announce(&self, uri: &str, entry: &Entry) {
+        let sender = self
+            .publications
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = sender.as_ref() {
+            // A watcher that went away only misses what it no longer wants.
+            let _ = sender.send(Publication {
+                uri: uri.to_string(),
+                etag: entry.etag.clone(),
+                expires_at: entry.etag.as_ref().and(entry.expires_at),
+            });
+        }
+    }
 }
 
 impl Shared {
@@ -371,6 +401,7 @@ impl SipPublisher {
             table: Mutex::new(Table::default()),
             wake: Notify::new(),
             counters: Counters::default(),
+            publications: Mutex::new(None),
         });
         let (shutdown, shutdown_rx) = oneshot::channel();
         let expires_seconds = config.expires_seconds;
@@ -405,6 +436,46 @@ impl SipPublisher {
             drop(table);
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Publishes `state` for `uri` by modifying the publication the server holds under
+    /// `etag` (saved from an earlier process, see [`Publication`]) rather than making a new
+    /// one. If the server no longer knows the tag (412), a new publication is made. A URI
+    /// this publisher already publishes is simply [`SipPublisher::set`].
+    pub fn adopt(
+        &self,
+        uri: String,
+        state: PresenceState,
+        etag: String,
+        expires_at: jiff::Timestamp,
+    ) {
+        let mut table = self.shared.table();
+        if !table.entries.contains_key(&uri) {
+            let mut entry = Entry::new(Desired::Publish(state.clone()), self.expires_seconds);
+            entry.etag = Some(etag);
+            entry.expires_at = Some(expires_at);
+            table.entries.insert(uri.clone(), entry);
+        }
+        drop(table);
+        self.set(uri, state);
+    }
+
+    /// Stops publishing `uri` without withdrawing its publication: another process publishes
+    /// it from now on (having adopted the saved entity-tag), or it expires on the server.
+    pub fn forget(&self, uri: &str) {
+        self.shared.table().forget(uri);
+    }
+
+    /// Changes of the server's entity-tags from now on (one watcher; a second call replaces
+    /// the first).
+    pub fn watch_publications(&self) -> mpsc::UnboundedReceiver<Publication> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self
+            .shared
+            .publications
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender);
+        receiver
     }
 
     /// Withdraws the publication for `uri` (`Expires: 0`). A URI never published is forgotten.
@@ -565,6 +636,7 @@ fn apply_result(shared: &Shared, job: Job, result: JobResult) {
         return;
     };
     entry.in_flight = false;
+    let held_before = (entry.etag.clone(), entry.expires_at);
     let status = match &result {
         JobResult::Success { .. } => Some(200),
         JobResult::ConditionalRequestFailed => Some(412),
@@ -640,6 +712,9 @@ fn apply_result(shared: &Shared, job: Job, result: JobResult) {
                 refresh_at = Some(now + retry_delay(entry.failures));
             }
         }
+    }
+    if (entry.etag.clone(), entry.expires_at) != held_before {
+        shared.announce(&job.uri, entry);
     }
     let failures = entry.failures;
     let needs_publish = entry.needs_publish();

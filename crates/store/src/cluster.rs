@@ -15,7 +15,8 @@
 //! - Time is the caller's injected clock, compared only with values the same kind of clock
 //!   wrote. Instances' clocks must agree to well within a lease (NTP does).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::{SignedDuration, Timestamp};
 use sqlx::PgPool;
@@ -56,6 +57,118 @@ pub struct HeldShard {
     pub epoch: i64,
 }
 
+/// The shards (and their epochs) an instance believes it holds, shared between its lease
+/// upkeep, which replaces them after every round, its engines, which ask whom they follow, and
+/// its store, which writes a person's calendar, sync state and presence only while the
+/// database agrees (see [`crate::PostgresStore::fenced`]).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    instance_id: Arc<str>,
+    held: Arc<RwLock<HashMap<u32, i64>>>,
+}
+
+impl Fence {
+    /// Holding nothing until the first [`Fence::set_held`].
+    pub fn new(instance_id: &str) -> Fence {
+        Fence {
+            instance_id: Arc::from(instance_id),
+            held: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<u32, i64>> {
+        // A poisoned lock only means a panic while the map was replaced; it is still a map.
+        self.held
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the held shards (after each lease round).
+    pub fn set_held(&self, held: &[HeldShard]) {
+        let mut shards = self
+            .held
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *shards = held.iter().map(|held| (held.shard, held.epoch)).collect();
+    }
+
+    pub fn epoch_of_shard(&self, shard: u32) -> Option<i64> {
+        self.read().get(&shard).copied()
+    }
+
+    pub fn holds(&self, person: &PersonKey) -> bool {
+        self.read().contains_key(&shard_of(person))
+    }
+
+    pub fn held_shards(&self) -> Vec<u32> {
+        self.read().keys().copied().collect()
+    }
+
+    /// In one transaction, before writing `people`'s rows: locks the lease rows of their shards
+    /// (`FOR SHARE`, so that no other instance can claim them until the write commits) and
+    /// checks that this instance still holds each under the epoch it believes. Those it does
+    /// not are returned in a [`StoreError::Fenced`], and the caller writes nothing.
+    pub(crate) async fn check<'k>(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        people: impl IntoIterator<Item = &'k PersonKey>,
+    ) -> Result<(), StoreError> {
+        let mut wanted: BTreeMap<u32, i64> = BTreeMap::new();
+        let mut not_held: Vec<PersonKey> = Vec::new();
+        let people: Vec<&PersonKey> = people.into_iter().collect();
+        {
+            let held = self.read();
+            for person in &people {
+                let shard = shard_of(person);
+                match held.get(&shard) {
+                    Some(epoch) => {
+                        wanted.insert(shard, *epoch);
+                    }
+                    None => not_held.push((*person).clone()),
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            let shards: Vec<i32> = wanted
+                .keys()
+                .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
+                .collect();
+            let epochs: Vec<i64> = wanted.values().copied().collect();
+            let confirmed: Vec<(i32,)> = sqlx::query_as(
+                "SELECT s.shard FROM cluster_shards AS s
+                 JOIN UNNEST($1::int4[], $2::int8[]) AS f(shard, epoch)
+                   ON s.shard = f.shard AND s.epoch = f.epoch
+                 WHERE s.owner = $3
+                 FOR SHARE OF s",
+            )
+            .bind(&shards)
+            .bind(&epochs)
+            .bind(&*self.instance_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(database("check the shard leases before a write"))?;
+            for (shard,) in confirmed {
+                wanted.remove(&u32::try_from(shard).unwrap_or(u32::MAX));
+            }
+            not_held.extend(
+                people
+                    .iter()
+                    .filter(|person| wanted.contains_key(&shard_of(person)))
+                    .map(|person| (*person).clone()),
+            );
+        }
+        if not_held.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { people: not_held })
+        }
+    }
+}
+
 /// What one round of lease upkeep changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseChanges {
@@ -89,7 +202,9 @@ pub struct InstanceInfo {
 /// One instance's leases.
 pub struct Leases {
     pool: PgPool,
-    instance_id: String,
+    /// What the engines and the fenced store see; kept equal to `held`, and shrunk before
+    /// shards are given back, so that no write starts for a shard being handed on.
+    fence: Fence,
     name: String,
     lease: SignedDuration,
     started_at: Timestamp,
@@ -115,14 +230,15 @@ impl Leases {
     /// Leases for a new instance; nothing is written until [`Leases::tick`].
     pub fn new(
         pool: PgPool,
-        instance_id: String,
+        fence: Fence,
         name: String,
         lease: SignedDuration,
         now: Timestamp,
     ) -> Leases {
+        fence.set_held(&[]);
         Leases {
             pool,
-            instance_id,
+            fence,
             name,
             lease,
             started_at: now,
@@ -131,7 +247,12 @@ impl Leases {
     }
 
     pub fn instance_id(&self) -> &str {
-        &self.instance_id
+        self.fence.instance_id()
+    }
+
+    /// Shows `held` to the engines and the fenced store.
+    fn publish_held(&self) {
+        self.fence.set_held(&self.held());
     }
 
     /// The shards held after the last round, with their epochs.
@@ -149,6 +270,7 @@ impl Leases {
     /// next round claims afresh (with new epochs) whatever is free by then.
     pub fn forget_held(&mut self) {
         self.held.clear();
+        self.publish_held();
     }
 
     /// The epoch under which this instance holds `shard`, if it does (as of the last round).
@@ -166,7 +288,7 @@ impl Leases {
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at_ms = EXCLUDED.heartbeat_at_ms",
         )
-        .bind(&self.instance_id)
+        .bind(self.fence.instance_id())
         .bind(&self.name)
         .bind(millis(self.started_at))
         .bind(millis(now))
@@ -180,7 +302,7 @@ impl Leases {
              WHERE owner = $1 AND expires_at_ms > $3
              RETURNING shard, epoch",
         )
-        .bind(&self.instance_id)
+        .bind(self.fence.instance_id())
         .bind(millis(expires))
         .bind(millis(now))
         .fetch_all(&self.pool)
@@ -203,6 +325,7 @@ impl Leases {
                 .collect(),
         };
         self.held = still;
+        self.publish_held();
 
         let fair = self.fair_share(now).await?;
         let held = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
@@ -215,19 +338,29 @@ impl Leases {
                 .take((held - fair) as usize)
                 .map(|shard| i32::try_from(*shard).unwrap_or(i32::MAX))
                 .collect();
-            sqlx::query(
+            // Fenced first: a write already past its check holds the rows, and the update
+            // below waits for it; no new one starts.
+            let before = self.held.clone();
+            for shard in &surplus {
+                self.held.remove(&u32::try_from(*shard).unwrap_or(u32::MAX));
+            }
+            self.publish_held();
+            let given_back = sqlx::query(
                 "UPDATE cluster_shards SET owner = NULL, expires_at_ms = 0
                  WHERE owner = $1 AND shard = ANY($2)",
             )
-            .bind(&self.instance_id)
+            .bind(self.fence.instance_id())
             .bind(&surplus)
             .execute(&self.pool)
-            .await
-            .map_err(database("give back shards beyond the fair share"))?;
+            .await;
+            if let Err(error) = given_back {
+                // Still ours in the database: keep following them.
+                self.held = before;
+                self.publish_held();
+                return Err(database("give back shards beyond the fair share")(error));
+            }
             for shard in surplus {
-                let shard = u32::try_from(shard).unwrap_or(u32::MAX);
-                self.held.remove(&shard);
-                changes.lost.push(shard);
+                changes.lost.push(u32::try_from(shard).unwrap_or(u32::MAX));
             }
         } else if held < fair {
             let claimed: Vec<(i32, i64)> = sqlx::query_as(
@@ -243,7 +376,7 @@ impl Leases {
                  FROM free WHERE s.shard = free.shard
                  RETURNING s.shard, s.epoch",
             )
-            .bind(&self.instance_id)
+            .bind(self.fence.instance_id())
             .bind(millis(expires))
             .bind(millis(now))
             .bind(i64::from(fair - held))
@@ -255,6 +388,7 @@ impl Leases {
                 self.held.insert(shard, epoch);
                 changes.gained.push(HeldShard { shard, epoch });
             }
+            self.publish_held();
         }
         changes.lost.sort_unstable();
         changes.gained.sort_unstable();
@@ -269,7 +403,7 @@ impl Leases {
             "SELECT count(*) FROM cluster_instances WHERE heartbeat_at_ms > $1 OR instance_id = $2",
         )
         .bind(millis(alive_since))
-        .bind(&self.instance_id)
+        .bind(self.fence.instance_id())
         .fetch_one(&self.pool)
         .await
         .map_err(database("count the live instances"))?;
@@ -285,7 +419,7 @@ impl Leases {
              WHERE shard = $1 AND owner = $2 AND epoch = $3 AND expires_at_ms > $4",
         )
         .bind(i32::try_from(shard).unwrap_or(i32::MAX))
-        .bind(&self.instance_id)
+        .bind(self.fence.instance_id())
         .bind(epoch)
         .bind(millis(now))
         .fetch_optional(&self.pool)
@@ -297,27 +431,27 @@ impl Leases {
     /// Gives back every shard and leaves: the others claim them at their next round instead of
     /// waiting for the leases to expire.
     pub async fn release_all(&mut self) -> Result<(), StoreError> {
+        self.held.clear();
+        self.publish_held();
         let mut transaction = self
             .pool
             .begin()
             .await
             .map_err(database("release the shards"))?;
         sqlx::query("UPDATE cluster_shards SET owner = NULL, expires_at_ms = 0 WHERE owner = $1")
-            .bind(&self.instance_id)
+            .bind(self.fence.instance_id())
             .execute(&mut *transaction)
             .await
             .map_err(database("release the shards"))?;
         sqlx::query("DELETE FROM cluster_instances WHERE instance_id = $1")
-            .bind(&self.instance_id)
+            .bind(self.fence.instance_id())
             .execute(&mut *transaction)
             .await
             .map_err(database("remove the instance"))?;
         transaction
             .commit()
             .await
-            .map_err(database("release the shards"))?;
-        self.held.clear();
-        Ok(())
+            .map_err(database("release the shards"))
     }
 
     /// The owner of every shard whose lease has not expired, by instance id.

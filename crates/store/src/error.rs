@@ -121,6 +121,13 @@ pub enum StoreError {
         person: PersonKey,
     },
 
+    #[error(
+        "store: {} belong to shards this instance no longer holds (another instance claimed \
+         them); nothing was written, their new owner writes them",
+        people_list(people)
+    )]
+    Fenced { people: Vec<PersonKey> },
+
     #[error("store: {what} holds an unreadable {field} value: {reason}")]
     InvalidRow {
         what: String,
@@ -199,6 +206,17 @@ fn is_busy_or_locked(error: &sqlx::Error) -> bool {
                 Some(SQLITE_BUSY | SQLITE_LOCKED)
             ) || postgres_code(other).is_some_and(|code| POSTGRES_RETRYABLE.contains(&code))
         }
+    }
+}
+
+/// "ada@… (mail)" for one person, "3 people (ada@…, …)" for more; a few names at most.
+fn people_list(people: &[PersonKey]) -> String {
+    const NAMED: usize = 3;
+    let named: Vec<String> = people.iter().take(NAMED).map(ToString::to_string).collect();
+    match people.len() {
+        1 => named.join(""),
+        n if n <= NAMED => format!("{n} people ({})", named.join(", ")),
+        n => format!("{n} people ({}, …)", named.join(", ")),
     }
 }
 

@@ -33,8 +33,8 @@ pub use error::{StoreError, StoreLocation};
 pub use postgres::{redact_url, PostgresStore, PostgresUrl};
 pub use records::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
-    PersonUpsert, Removal, Resolution, SourceCounters, SourceState, SyncError, SyncState,
-    TokenState, WindowReplacement,
+    PersonUpsert, Removal, Resolution, SipPublication, SourceCounters, SourceState, SyncError,
+    SyncState, TokenState, WindowReplacement,
 };
 pub use sqlite::SqliteStore;
 
@@ -243,6 +243,20 @@ pub trait Store: Send + Sync {
     /// The last event id `consumer` has handled; `OutboxId(0)` for a new consumer.
     async fn get_outbox_cursor(&self, consumer: &str) -> Result<OutboxId, StoreError>;
     async fn set_outbox_cursor(&self, consumer: &str, cursor: OutboxId) -> Result<(), StoreError>;
+
+    // SIP publications.
+
+    /// Saves what the presence server holds for each URI: a publication's entity-tag and
+    /// expiry, or (`etag: None`) none any more.
+    async fn save_sip_publications(
+        &self,
+        publications: &[SipPublication],
+    ) -> Result<(), StoreError>;
+    /// The saved publications that have not expired at `now`, by URI.
+    async fn list_sip_publications(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<SipPublication>, StoreError>;
 }
 
 /// For the default batch methods: fails with `PersonNotFound` for the first key that names no

@@ -34,8 +34,8 @@ use crate::codec::{
 use crate::migrations::{self, latest_version, EmbeddedMigrations};
 use crate::{
     CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey, PersonUpsert,
-    Removal, Resolution, SecretKey, SourceState, Store, StoreError, StoreLocation, SyncState,
-    WindowReplacement,
+    Removal, Resolution, SecretKey, SipPublication, SourceState, Store, StoreError, StoreLocation,
+    SyncState, WindowReplacement,
 };
 pub use url::{redact_url, PostgresUrl};
 
@@ -79,6 +79,9 @@ pub struct PostgresStore {
     key: SecretKey,
     /// For error messages only; never the URL, which may hold a password.
     location: StoreLocation,
+    /// When set, a person's calendar, sync state and presence are written only while this
+    /// instance holds their shard's lease under the epoch it believes.
+    fence: Option<crate::cluster::Fence>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -131,7 +134,34 @@ impl PostgresStore {
             pool,
             key,
             location,
+            fence: None,
         })
+    }
+
+    /// The same database, with every write of a person's calendar, sync state or presence
+    /// fenced by `fence`: in the write's transaction, the lease rows of the people's shards
+    /// are locked against claims and checked to be this instance's under the epochs `fence`
+    /// holds. A write for anyone whose shard another instance has claimed since fails as a
+    /// whole with [`StoreError::Fenced`], naming them, so that an instance that stalled past
+    /// its lease cannot overwrite what the new owner wrote.
+    pub fn fenced(&self, fence: crate::cluster::Fence) -> PostgresStore {
+        PostgresStore {
+            pool: self.pool.clone(),
+            key: self.key.clone(),
+            location: self.location.clone(),
+            fence: Some(fence),
+        }
+    }
+
+    async fn check_fence<'k>(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        people: impl IntoIterator<Item = &'k PersonKey>,
+    ) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(fence) => fence.check(tx, people).await,
+            None => Ok(()),
+        }
     }
 
     /// The server, database and user, for messages.
@@ -145,15 +175,16 @@ impl PostgresStore {
         crate::cluster::WorkQueue::new(self.pool.clone())
     }
 
-    /// The shard leases of one instance on this database (see [`crate::cluster`]).
+    /// The shard leases of one instance on this database (see [`crate::cluster`]); they keep
+    /// `fence` (which names the instance) equal to what they hold.
     pub fn leases(
         &self,
-        instance_id: String,
+        fence: crate::cluster::Fence,
         name: String,
         lease: jiff::SignedDuration,
         now: jiff::Timestamp,
     ) -> crate::cluster::Leases {
-        crate::cluster::Leases::new(self.pool.clone(), instance_id, name, lease, now)
+        crate::cluster::Leases::new(self.pool.clone(), fence, name, lease, now)
     }
 
     pub fn location(&self) -> &StoreLocation {
@@ -799,6 +830,8 @@ impl Store for PostgresStore {
             _ => format!("replace the appointments of {} people", windows.len()),
         };
         let mut tx = self.begin(&operation).await?;
+        self.check_fence(&mut tx, windows.iter().map(|window| &window.key))
+            .await?;
         write_windows(&mut tx, &windows).await?;
         commit(tx, &operation).await
     }
@@ -812,6 +845,7 @@ impl Store for PostgresStore {
         let operation = || format!("apply appointment changes of {key}");
         let failed = |source| StoreError::database(operation(), source);
         let mut tx = self.begin(&operation).await?;
+        self.check_fence(&mut tx, [key]).await?;
         let person_id = lock_person_id(&mut tx, key, "apply appointment changes").await?;
         // Upserted in order; an id listed twice ends as its later entry.
         for run in runs_without_repeats(&upserts, |appointment| &appointment.id) {
@@ -948,6 +982,8 @@ impl Store for PostgresStore {
             _ => format!("save the sync states of {} people", states.len()),
         };
         let mut tx = self.begin(&operation).await?;
+        self.check_fence(&mut tx, states.iter().map(|(key, _)| key))
+            .await?;
         let ids = lock_person_ids(
             &mut tx,
             states.iter().map(|(key, _)| key),
@@ -1036,6 +1072,8 @@ impl Store for PostgresStore {
             _ => format!("save the presences of {} people", presences.len()),
         };
         let mut tx = self.begin(&operation).await?;
+        self.check_fence(&mut tx, presences.iter().map(|(key, _)| key))
+            .await?;
         let ids = lock_person_ids(
             &mut tx,
             presences.iter().map(|(key, _)| key),
@@ -1183,6 +1221,65 @@ impl Store for PostgresStore {
             StoreError::database(format!("save the outbox cursor of {consumer}"), source)
         })?;
         Ok(())
+    }
+
+    async fn save_sip_publications(
+        &self,
+        publications: &[SipPublication],
+    ) -> Result<(), StoreError> {
+        if publications.is_empty() {
+            return Ok(());
+        }
+        let operation = || format!("save {} SIP publications", publications.len());
+        let failed = |source| StoreError::database(operation(), source);
+        let mut tx = self.begin(&operation).await?;
+        for publication in publications {
+            match &publication.etag {
+                Some(etag) => sqlx::query(
+                    "INSERT INTO sip_publications (uri, etag, expires_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (uri) DO UPDATE SET etag = excluded.etag, \
+                     expires_at_ms = excluded.expires_at_ms",
+                )
+                .bind(&publication.uri)
+                .bind(etag)
+                .bind(publication.expires_at.as_millisecond()),
+                None => sqlx::query("DELETE FROM sip_publications WHERE uri = $1")
+                    .bind(&publication.uri),
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        commit(tx, &operation).await
+    }
+
+    async fn list_sip_publications(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<SipPublication>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT uri, etag, expires_at_ms FROM sip_publications WHERE expires_at_ms > $1 ORDER BY uri",
+        )
+        .bind(now.as_millisecond())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database("list the SIP publications".into(), source))?;
+        rows.into_iter()
+            .map(|(uri, etag, expires_at_ms)| {
+                let expires_at = Timestamp::from_millisecond(expires_at_ms).map_err(|error| {
+                    StoreError::InvalidRow {
+                        what: format!("the SIP publication of {uri}"),
+                        field: "expires_at_ms",
+                        reason: error.to_string(),
+                    }
+                })?;
+                Ok(SipPublication {
+                    uri,
+                    etag: Some(etag),
+                    expires_at,
+                })
+            })
+            .collect()
     }
 }
 

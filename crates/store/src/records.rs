@@ -181,3 +181,13 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     pub created_at: Timestamp,
 }
+
+/// A presentity's publication at the SIP presence server (RFC 3903), as the publisher last saw
+/// it: whoever publishes the URI next modifies it with `SIP-If-Match: etag` while it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipPublication {
+    pub uri: String,
+    /// `None`: the server holds nothing for this URI (removed, or it forgot the tag).
+    pub etag: Option<String>,
+    pub expires_at: Timestamp,
+}

@@ -28,8 +28,8 @@ use crate::error::{sqlite_primary_code, SQLITE_CORRUPT, SQLITE_NOTADB};
 use crate::migrations::{self, latest_version, EmbeddedMigrations};
 use crate::{
     CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey, PersonUpsert,
-    Removal, Resolution, SecretKey, SourceState, Store, StoreError, StoreLocation, SyncState,
-    WindowReplacement,
+    Removal, Resolution, SecretKey, SipPublication, SourceState, Store, StoreError, StoreLocation,
+    SyncState, WindowReplacement,
 };
 use lock::DatabaseLock;
 
@@ -1175,5 +1175,65 @@ impl Store for SqliteStore {
             StoreError::database(format!("save the outbox cursor of {consumer}"), source)
         })?;
         Ok(())
+    }
+
+    async fn save_sip_publications(
+        &self,
+        publications: &[SipPublication],
+    ) -> Result<(), StoreError> {
+        if publications.is_empty() {
+            return Ok(());
+        }
+        let operation = || format!("save {} SIP publications", publications.len());
+        let failed = |source| StoreError::database(operation(), source);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        for publication in publications {
+            match &publication.etag {
+                Some(etag) => sqlx::query(
+                    "INSERT INTO sip_publications (uri, etag, expires_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT (uri) DO UPDATE SET etag = excluded.etag, \
+                     expires_at_ms = excluded.expires_at_ms",
+                )
+                .bind(&publication.uri)
+                .bind(etag)
+                .bind(publication.expires_at.as_millisecond()),
+                None => {
+                    sqlx::query("DELETE FROM sip_publications WHERE uri = ?").bind(&publication.uri)
+                }
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn list_sip_publications(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<SipPublication>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT uri, etag, expires_at_ms FROM sip_publications WHERE expires_at_ms > ? ORDER BY uri",
+        )
+        .bind(now.as_millisecond())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::database("list the SIP publications".into(), source))?;
+        rows.into_iter()
+            .map(|(uri, etag, expires_at_ms)| {
+                let expires_at = Timestamp::from_millisecond(expires_at_ms).map_err(|error| {
+                    StoreError::InvalidRow {
+                        what: format!("the SIP publication of {uri}"),
+                        field: "expires_at_ms",
+                        reason: error.to_string(),
+                    }
+                })?;
+                Ok(SipPublication {
+                    uri,
+                    etag: Some(etag),
+                    expires_at,
+                })
+            })
+            .collect()
     }
 }

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
-    PersonUpsert, Removal, Resolution, SourceState, Store, StoreError, SyncError, SyncState,
-    WindowReplacement,
+    PersonUpsert, Removal, Resolution, SipPublication, SourceState, Store, StoreError, SyncError,
+    SyncState, WindowReplacement,
 };
 use jiff::Timestamp;
 
@@ -135,6 +135,18 @@ impl Store for SingleItemsOnly {
     }
     async fn set_outbox_cursor(&self, consumer: &str, cursor: OutboxId) -> Result<(), StoreError> {
         self.0.set_outbox_cursor(consumer, cursor).await
+    }
+    async fn save_sip_publications(
+        &self,
+        publications: &[SipPublication],
+    ) -> Result<(), StoreError> {
+        self.0.save_sip_publications(publications).await
+    }
+    async fn list_sip_publications(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<SipPublication>, StoreError> {
+        self.0.list_sip_publications(now).await
     }
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use calbridge_store::cluster::{shard_of, LeaseChanges, Leases, Turns, Wanted, SHARDS};
+use calbridge_store::cluster::{shard_of, Fence, LeaseChanges, Leases, Turns, Wanted, SHARDS};
+use calbridge_store::{Store, StoreError};
 use common::{Backend, TestStore};
 use jiff::{SignedDuration, Timestamp};
 
@@ -23,7 +24,7 @@ async fn database() -> Option<TestStore> {
 
 fn leases(store: &TestStore, name: &str) -> Leases {
     store.postgres().expect("a PostgreSQL store").leases(
-        name.to_string(),
+        Fence::new(name),
         format!("{name}-host:1"),
         LEASE,
         t(0),
@@ -351,4 +352,132 @@ async fn a_job_is_one_instances_turn_at_a_time_and_passes_on_when_its_holder_goe
             .await
             .is_err()
     );
+}
+
+fn presence(activity: &str) -> calbridge_store::CurrentPresence {
+    calbridge_store::CurrentPresence {
+        activity: activity.to_string(),
+        note: None,
+        until: None,
+        why: "test".to_string(),
+        next_change_at: None,
+        decided_at: t(0),
+        published_fingerprint: None,
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_owner_s_writes_are_fenced_out_once_another_instance_claimed_the_shard() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let postgres = store.postgres().expect("a PostgreSQL store");
+    let ada = common::person("graph", "ada@x.example");
+    let bob = common::person("graph", "bob@x.example");
+    assert_ne!(shard_of(&ada), shard_of(&bob), "the test needs two shards");
+    for key in [&ada, &bob] {
+        store
+            .upsert_person(&calbridge_store::PersonUpsert {
+                key: key.clone(),
+                display_name: None,
+                sip_uri: None,
+            })
+            .await
+            .unwrap();
+    }
+    let (fence_a, fence_b) = (Fence::new("a"), Fence::new("b"));
+    let (store_a, store_b) = (
+        postgres.fenced(fence_a.clone()),
+        postgres.fenced(fence_b.clone()),
+    );
+    let mut a = postgres.leases(fence_a.clone(), "a-host:1".into(), LEASE, t(0));
+    a.tick(t(0)).await.unwrap();
+    assert!(
+        fence_a.holds(&ada) && fence_a.holds(&bob),
+        "the fence follows the leases"
+    );
+    store_a
+        .save_presence(&ada, &presence("busy"))
+        .await
+        .unwrap();
+
+    // b writes nothing for people whose shards it does not hold.
+    let refused = store_b.save_presence(&ada, &presence("away")).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Fenced { people }) if people == &vec![ada.clone()]),
+        "{refused:?}"
+    );
+
+    // a stalls past its lease; b claims everything. a still believes it holds Ada's shard, but
+    // the database says otherwise: its writes are refused, whole batches included.
+    let mut b = postgres.leases(fence_b.clone(), "b-host:1".into(), LEASE, t(40));
+    b.tick(t(40)).await.unwrap();
+    assert!(fence_b.holds(&ada));
+    assert!(fence_a.holds(&ada), "a has not noticed yet");
+    let refused = store_a
+        .save_presences(&[
+            (ada.clone(), presence("away")),
+            (bob.clone(), presence("away")),
+        ])
+        .await;
+    match refused {
+        Err(StoreError::Fenced { mut people }) => {
+            people.sort_by_key(|person| person.address.to_string());
+            assert_eq!(people, vec![ada.clone(), bob.clone()]);
+        }
+        other => panic!("expected a fenced write, got {other:?}"),
+    }
+    let refused = store_a
+        .set_sync_state(&ada, &calbridge_store::SyncState::default())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        refused.unwrap_err().to_string().contains("ada@x.example"),
+        "the message names the person"
+    );
+    assert_eq!(
+        store
+            .load_presence(&ada)
+            .await
+            .unwrap()
+            .map(|saved| saved.activity),
+        Some("busy".to_string()),
+        "nothing of the refused writes was stored"
+    );
+    store_b
+        .save_presence(&ada, &presence("away"))
+        .await
+        .unwrap();
+
+    // a's next round notices: its fence empties.
+    let changes = a.tick(t(41)).await.unwrap();
+    assert!(!changes.lost.is_empty());
+    assert!(!fence_a.holds(&ada));
+}
+
+#[tokio::test]
+async fn shards_given_back_leave_the_fence_before_the_database() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let postgres = store.postgres().expect("a PostgreSQL store");
+    let fence_a = Fence::new("a");
+    let mut a = postgres.leases(fence_a.clone(), "a-host:1".into(), LEASE, t(0));
+    let mut b = leases(&store, "b");
+    a.tick(t(0)).await.unwrap();
+    b.tick(t(1)).await.unwrap();
+    assert_eq!(fence_a.held_shards().len(), SHARDS as usize);
+    let changes = a.tick(t(2)).await.unwrap();
+    assert_eq!(changes.lost.len(), (SHARDS / 2) as usize);
+    let mut held = fence_a.held_shards();
+    held.sort_unstable();
+    let mut kept: Vec<u32> = a.held().iter().map(|held| held.shard).collect();
+    kept.sort_unstable();
+    assert_eq!(held, kept);
+    for shard in &changes.lost {
+        assert_eq!(fence_a.epoch_of_shard(*shard), None);
+    }
 }

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
     AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxId, PersonKey, PersonUpsert, Removal,
-    Resolution, SecretKey, SourceCounters, SourceState, Store, StoreError, SyncError, SyncState,
-    TokenState,
+    Resolution, SecretKey, SipPublication, SourceCounters, SourceState, Store, StoreError,
+    SyncError, SyncState, TokenState,
 };
 use jiff::civil::date;
 
@@ -854,7 +854,50 @@ async fn a_notification_s_subscription_names_its_person_in_its_source(backend: B
     );
 }
 
+async fn sip_publications_are_saved_replaced_removed_and_listed_while_they_live(backend: Backend) {
+    let store = backend.fresh_store().await;
+    let store: &dyn Store = &*store;
+    let publication = |uri: &str, etag: Option<&str>, expires: &str| SipPublication {
+        uri: uri.to_string(),
+        etag: etag.map(str::to_string),
+        expires_at: at(expires),
+    };
+    store
+        .save_sip_publications(&[
+            publication("sip:ada@x", Some("e1"), "2026-12-03T10:00:00Z"),
+            publication("sip:bob@x", Some("e2"), "2026-12-03T11:00:00Z"),
+            publication("sip:cy@x", Some("e3"), "2026-12-03T09:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    // A modify's new tag replaces the old; a removal deletes the row.
+    store
+        .save_sip_publications(&[
+            publication("sip:ada@x", Some("e4"), "2026-12-03T10:30:00Z"),
+            publication("sip:bob@x", None, "2026-12-03T09:30:00Z"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_sip_publications(at("2026-12-03T09:30:00Z"))
+            .await
+            .unwrap(),
+        vec![publication("sip:ada@x", Some("e4"), "2026-12-03T10:30:00Z")],
+        "Cy's publication expired at 09:00 and Bob's was removed"
+    );
+    assert_eq!(
+        store
+            .list_sip_publications(at("2026-12-03T08:00:00Z"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 on_each_backend!(
+    sip_publications_are_saved_replaced_removed_and_listed_while_they_live,
     a_notification_s_subscription_names_its_person_in_its_source,
     an_upserted_person_reads_back_as_pending_with_the_directory_fields,
     re_reading_the_directory_keeps_the_resolution_and_updates_the_names,

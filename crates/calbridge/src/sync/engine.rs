@@ -561,7 +561,7 @@ impl<S: CalendarSource> Engine<S> {
                 lock(&self.by_user).remove(user);
             }
             self.source.let_go(person, health);
-            self.hub.remove(person);
+            self.hub.hand_over(person);
         }
     }
 
@@ -879,9 +879,24 @@ impl<S: CalendarSource> Engine<S> {
             .iter()
             .map(|window| (window.window_start, window.window_end))
             .collect();
-        if let Err(error) = self.store.replace_appointments_many(windows).await {
-            tracing::warn!(source = %self.source_id, "cannot store {} calendars: {error}", keys.len());
-            return;
+        match self.store.replace_appointments_many(windows).await {
+            Ok(()) => {}
+            Err(calbridge_store::StoreError::Fenced { people }) => {
+                // Nothing was stored: some of these people now belong to another instance.
+                // Whoever of the others is still ours is read again.
+                let fenced: HashSet<&PersonKey> = people.iter().collect();
+                tracing::info!(source = %self.source_id, "{} calendars read here belong to another instance now and were not stored", fenced.len());
+                for person in keys.iter().filter(|person| !fenced.contains(person)) {
+                    if self.owns(person) {
+                        self.enqueue(Work::Changed(person.clone()));
+                    }
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(source = %self.source_id, "cannot store {} calendars: {error}", keys.len());
+                return;
+            }
         }
         for (person, appointments) in &decided {
             stored_reads.insert(person.clone(), read_number);
@@ -998,9 +1013,16 @@ impl<S: CalendarSource> Engine<S> {
                 return;
             }
         };
-        if let Err(error) = stored {
-            tracing::warn!(person = %person, "cannot store calendar changes: {error}");
-            return;
+        match stored {
+            Ok(()) => {}
+            Err(calbridge_store::StoreError::Fenced { .. }) => {
+                tracing::info!(person = %person, "calendar changes read here not stored: the person belongs to another instance now");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(person = %person, "cannot store calendar changes: {error}");
+                return;
+            }
         }
         let update = self.update_health(person, |health| {
             health.change_cursor = Some(next_cursor);
@@ -1022,8 +1044,25 @@ impl<S: CalendarSource> Engine<S> {
             .iter()
             .map(|(person, health)| (person.clone(), sync_state_of(health)))
             .collect();
-        if let Err(error) = self.store.set_sync_states(&states).await {
-            tracing::warn!(source = %self.source_id, "cannot store the sync state of {} people: {error}", states.len());
+        let mut states = states;
+        // Fenced out people (another instance's now) are dropped and the rest stored again,
+        // once: a second refusal means the leases are changing hands right now.
+        for attempt in 0..2 {
+            match self.store.set_sync_states(&states).await {
+                Ok(()) => return,
+                Err(calbridge_store::StoreError::Fenced { people }) if attempt == 0 => {
+                    let fenced: HashSet<PersonKey> = people.into_iter().collect();
+                    tracing::info!(source = %self.source_id, "the sync state of {} people not stored: they belong to another instance now", fenced.len());
+                    states.retain(|(person, _)| !fenced.contains(person));
+                    if states.is_empty() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(source = %self.source_id, "cannot store the sync state of {} people: {error}", states.len());
+                    return;
+                }
+            }
         }
     }
 
@@ -1033,7 +1072,11 @@ impl<S: CalendarSource> Engine<S> {
             .set_sync_state(person, &sync_state_of(health))
             .await
         {
-            tracing::warn!(person = %person, "cannot store the sync state: {error}");
+            if matches!(error, calbridge_store::StoreError::Fenced { .. }) {
+                tracing::info!(person = %person, "sync state not stored: the person belongs to another instance now");
+            } else {
+                tracing::warn!(person = %person, "cannot store the sync state: {error}");
+            }
         }
     }
 

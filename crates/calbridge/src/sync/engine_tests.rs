@@ -494,8 +494,9 @@ async fn an_instance_follows_only_its_shards_takes_over_gained_ones_and_lets_los
     let fake = Arc::new(FakeSource::default());
     lock(&fake.calendars).insert(ada.into(), vec![meeting("a1", now)]);
     lock(&fake.calendars).insert(bob.into(), vec![meeting("b1", now)]);
-    let ownership = Ownership::by_leases();
-    ownership.set_held(&held(&[ada]));
+    let fence = calbridge_store::cluster::Fence::new("this-instance");
+    let ownership = Ownership::by_leases(fence.clone());
+    fence.set_held(&held(&[ada]));
     let rig = rig_owning(fake, &[ada, bob], now, ownership.clone()).await;
 
     // Only Ada's shard is held: Bob is neither read nor watched, nor followed.
@@ -514,7 +515,7 @@ async fn an_instance_follows_only_its_shards_takes_over_gained_ones_and_lets_los
     assert!(rig.fake.reads_of(bob).is_empty());
 
     // Bob's shard is gained: he is taken over, read and watched.
-    ownership.set_held(&held(&[ada, bob]));
+    fence.set_held(&held(&[ada, bob]));
     rig.engine.take_over(&shards(&[bob])).await;
     assert_eq!(stored_ids(&rig.store, bob).await, vec!["b1"]);
     assert!(rig.engine.health(&key(bob)).is_some());
@@ -527,7 +528,7 @@ async fn an_instance_follows_only_its_shards_takes_over_gained_ones_and_lets_los
     assert_eq!(rig.fake.reads_of(bob).len(), reads_of_bob);
 
     // Ada's shard is lost: she is let go, and her changes are no longer read here.
-    ownership.set_held(&held(&[bob]));
+    fence.set_held(&held(&[bob]));
     rig.engine.let_go(&shards(&[ada])).await;
     assert!(rig.engine.health(&key(ada)).is_none());
     let reads_of_ada = rig.fake.reads_of(ada).len();

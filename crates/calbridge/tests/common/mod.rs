@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sip;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

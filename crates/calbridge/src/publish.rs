@@ -113,8 +113,7 @@ pub async fn run_sip(
     shutdown: Shutdown,
 ) {
     let mut events = hub.subscribe_events();
-    let mut saved = SavedPublications::default();
-    publish_everyone(&publisher, &addresses, &hub, store.as_ref(), &mut saved).await;
+    publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
     loop {
         let event = tokio::select! {
             _ = shutdown.wait() => return,
@@ -126,7 +125,7 @@ pub async fn run_sip(
                     &publisher,
                     &addresses,
                     store.as_ref(),
-                    &mut saved,
+                    &mut SavedPublications::OneByOne,
                     &change.person,
                     &change.decision,
                 )
@@ -143,7 +142,7 @@ pub async fn run_sip(
                 }
             }
             Err(RecvError::Lagged(_)) => {
-                publish_everyone(&publisher, &addresses, &hub, store.as_ref(), &mut saved).await;
+                publish_everyone(&publisher, &addresses, &hub, store.as_ref()).await;
             }
             Err(RecvError::Closed) => return,
         }
@@ -155,12 +154,12 @@ async fn publish_everyone(
     addresses: &SipAddressBook,
     hub: &PresenceHub,
     store: &dyn Store,
-    saved: &mut SavedPublications,
 ) {
+    let mut saved = SavedPublications::all(store).await;
     for person in hub.people() {
         if let Some((decision, _)) = hub.decision(&person) {
             // Setting the same state again is free: the publisher only sends changes.
-            publish(publisher, addresses, store, saved, &person, &decision).await;
+            publish(publisher, addresses, store, &mut saved, &person, &decision).await;
         }
     }
 }
@@ -184,46 +183,53 @@ async fn publish(
     publisher.set(uri, state);
 }
 
-/// How long a reading of the saved publications answers for URIs it does not hold, before a
-/// URI not published here makes it read them again (people taken over arrive in bursts).
-const SAVED_PUBLICATIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// A publication this close to its expiry is not worth continuing: a new one is made.
 const ADOPTION_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 
-/// The publications saved in the store, as last read.
-#[derive(Default)]
-struct SavedPublications {
-    by_uri: HashMap<String, (String, jiff::Timestamp)>,
-    read_at: Option<std::time::Instant>,
+/// The publications saved in the store: for a pass over everyone, all of them read at once;
+/// otherwise (people taken over from another instance, who arrive while that instance's last
+/// tags are being saved) each read when it is needed, so that none is stale.
+enum SavedPublications {
+    All(HashMap<String, (String, jiff::Timestamp)>),
+    OneByOne,
 }
 
 impl SavedPublications {
-    /// The saved, living publication of `uri` (taken: it is adopted once).
+    async fn all(store: &dyn Store) -> SavedPublications {
+        match store.list_sip_publications(jiff::Timestamp::now()).await {
+            Ok(publications) => SavedPublications::All(
+                publications
+                    .into_iter()
+                    .filter_map(|saved| Some((saved.uri, (saved.etag?, saved.expires_at))))
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(
+                    "cannot read the saved SIP publications (new ones are made): {error}"
+                );
+                SavedPublications::All(HashMap::new())
+            }
+        }
+    }
+
+    /// The saved publication of `uri`, if it lives long enough to be continued.
     async fn take(&mut self, store: &dyn Store, uri: &str) -> Option<(String, jiff::Timestamp)> {
-        // SIP expiry is the presence server's real time, not the service's clock.
-        let now = jiff::Timestamp::now();
-        let stale = self
-            .read_at
-            .is_none_or(|at| at.elapsed() >= SAVED_PUBLICATIONS_FRESH);
-        if !self.by_uri.contains_key(uri) && stale {
-            match store.list_sip_publications(now).await {
-                Ok(publications) => {
-                    self.by_uri = publications
-                        .into_iter()
-                        .filter_map(|saved| Some((saved.uri, (saved.etag?, saved.expires_at))))
-                        .collect();
-                }
+        let saved = match self {
+            SavedPublications::All(by_uri) => by_uri.remove(uri),
+            SavedPublications::OneByOne => match store.load_sip_publication(uri).await {
+                Ok(saved) => saved.and_then(|saved| Some((saved.etag?, saved.expires_at))),
                 Err(error) => {
                     tracing::warn!(
-                        "cannot read the saved SIP publications (new ones are made): {error}"
+                        uri,
+                        "cannot read the saved SIP publication (a new one is made): {error}"
                     );
+                    None
                 }
-            }
-            self.read_at = Some(std::time::Instant::now());
-        }
-        let (etag, expires_at) = self.by_uri.remove(uri)?;
-        let worth = now
+            },
+        };
+        let (etag, expires_at) = saved?;
+        // SIP expiry is the presence server's real time, not the service's clock.
+        let worth = jiff::Timestamp::now()
             .checked_add(ADOPTION_MARGIN)
             .is_ok_and(|soon| expires_at > soon);
         worth.then_some((etag, expires_at))

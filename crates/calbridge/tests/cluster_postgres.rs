@@ -16,6 +16,7 @@ use std::time::Duration;
 use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
 use calbridge_domain::Secret;
+use common::sip::PresenceServer;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
 use m365_emulator::{Emulator, EmulatorConfig};
@@ -548,6 +549,14 @@ async fn three_calbridge_processes_and_a_kill_9() {
         .await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let http = calbridge_net::build_http_client(None).expect("an HTTP client");
+    // Every instance publishes its people's presence to one SIP presence server.
+    let sip = PresenceServer::start().await;
+    let uri_of = |address: &str| {
+        format!(
+            "sip:{}@pbx.test",
+            address.split('@').next().unwrap_or(address)
+        )
+    };
     let mut processes = Vec::new();
     for name in ["a", "b", "c"] {
         let port = free_port();
@@ -567,6 +576,11 @@ instance_name = "{name}"
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 token = "cluster-test-token"
+
+[publish.sip]
+server = "{sip}"
+domain = "pbx.test"
+max_requests_per_second = 1000
 
 [[sources]]
 id = "demo"
@@ -592,6 +606,7 @@ group_id = "{group}"
             base = ready.base_url,
             ca = ready.ca_cert.display(),
             group = ready.group_id.as_deref().expect("a group"),
+            sip = sip.address,
         );
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("write the configuration");
@@ -654,6 +669,34 @@ group_id = "{group}"
     };
     assert!(owners.values().any(|owner| owner == "c"));
     let subscriptions_before = emulator.subscription_ids().len();
+    // Everyone is published once, by the instance that follows them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !people
+        .iter()
+        .all(|person| sip.live_by_uri().get(&uri_of(person)).map(Vec::len) == Some(1))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not everyone has one publication: {:?}",
+            sip.live_by_uri()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher_of = |address: &str| sip.live_by_uri()[&uri_of(address)][0];
+    let c_people: Vec<&String> = owners
+        .iter()
+        .filter(|(_, owner)| owner.as_str() == "c")
+        .map(|(address, _)| address)
+        .collect();
+    let c_sends_from = publisher_of(c_people[0]);
+    for (address, owner) in &owners {
+        assert_eq!(
+            publisher_of(address) == c_sends_from,
+            owner == "c",
+            "{address}, followed by {owner}, is published by its instance only"
+        );
+    }
+    let seen_before_kill = sip.seen().len();
 
     // kill -9 of c: its people are followed again by a and b within the lease and a round.
     let mut c = processes.pop().expect("c");
@@ -685,6 +728,44 @@ group_id = "{group}"
         subscriptions_before,
         "no second subscription for a mailbox"
     );
+    // At the SIP presence server: each of c's people is published by a or b now, which
+    // continued c's publication (SIP-If-Match with the entity-tag c saved) instead of adding a
+    // second one, so that no presentity holds a dead instance's stale state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = sip.live_by_uri();
+        let moved = c_people.iter().all(|person| {
+            live.get(&uri_of(person))
+                .is_some_and(|peers| peers.len() == 1 && peers[0] != c_sends_from)
+        });
+        if moved {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c's people are not published by the others alone: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = sip.live_by_uri();
+    for person in &people {
+        assert_eq!(
+            live.get(&uri_of(person)).map(Vec::len),
+            Some(1),
+            "{person} has one publication"
+        );
+    }
+    let after_kill = sip.seen().split_off(seen_before_kill);
+    for person in &c_people {
+        let first = after_kill
+            .iter()
+            .find(|publish| publish.request_uri == uri_of(person))
+            .expect("c's person is published again");
+        assert!(
+            first.if_match.is_some() && first.status == 200,
+            "{person}: the new owner continues c's publication: {first:?}"
+        );
+    }
     drop(c);
     drop(processes);
     drop(database);

@@ -222,11 +222,13 @@ async fn a_restarted_service_continues_its_publications_instead_of_adding_new_on
 
     let (listener, public_url) = listen(0).await;
     let second = start_service(config(&public_url), Arc::new(clock.clone()), listener).await;
-    wait_for("everyone published again", PATIENCE, || {
-        (published_by_all(&second).len() == people).then_some(())
+    let after = wait_for("everyone published again", PATIENCE, || {
+        let after = server.seen().split_off(before);
+        uris.iter()
+            .all(|uri| after.iter().any(|publish| &publish.request_uri == uri))
+            .then_some(after)
     })
     .await;
-    let after: Vec<_> = server.seen().split_off(before);
     for uri in &uris {
         let first_again = after
             .iter()

@@ -324,17 +324,21 @@ pub struct Publication {
 
 impl Shared {
     fn announce(&self, uri: &str, entry: &Entry) {
+        self.tell(Publication {
+            uri: uri.to_string(),
+            etag: entry.etag.clone(),
+            expires_at: entry.etag.as_ref().and(entry.expires_at),
+        });
+    }
+
+    fn tell(&self, publication: Publication) {
         let sender = self
             .publications
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(sender) = sender.as_ref() {
             // A watcher that went away only misses what it no longer wants.
-            let _ = sender.send(Publication {
-                uri: uri.to_string(),
-                etag: entry.etag.clone(),
-                expires_at: entry.etag.as_ref().and(entry.expires_at),
-            });
+            let _ = sender.send(publication);
         }
     }
 }
@@ -633,6 +637,28 @@ fn apply_result(shared: &Shared, job: Job, result: JobResult) {
     let mut table = shared.table();
     let now = Instant::now();
     let Some(entry) = table.entries.get_mut(&job.uri) else {
+        // Forgotten while in flight (handed over): what the server holds now is still told,
+        // so that whoever publishes the URI next continues this publication.
+        if let JobResult::Success { etag, granted } = result {
+            let held = match (job.kind, etag) {
+                (PublishKind::Remove, _) => Some((None, None)),
+                (_, Some(etag)) => {
+                    let granted = if granted == 0 { job.expires } else { granted };
+                    let expires_at = jiff::Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_secs(i64::from(granted)))
+                        .ok();
+                    Some((Some(etag), expires_at))
+                }
+                (_, None) => None,
+            };
+            if let Some((etag, expires_at)) = held {
+                shared.tell(Publication {
+                    uri: job.uri,
+                    etag,
+                    expires_at,
+                });
+            }
+        }
         return;
     };
     entry.in_flight = false;

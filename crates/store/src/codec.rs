@@ -715,3 +715,22 @@ pub(crate) fn people_range(verb: &str, first: &PersonKey, last: &PersonKey) -> S
         format!("{verb} of the people from {first} to {last}")
     }
 }
+
+/// A row of `sip_publications`.
+pub(crate) fn sip_publication(
+    uri: String,
+    etag: String,
+    expires_at_ms: i64,
+) -> Result<crate::SipPublication, StoreError> {
+    let expires_at =
+        Timestamp::from_millisecond(expires_at_ms).map_err(|error| StoreError::InvalidRow {
+            what: format!("the SIP publication of {uri}"),
+            field: "expires_at_ms",
+            reason: error.to_string(),
+        })?;
+    Ok(crate::SipPublication {
+        uri,
+        etag: Some(etag),
+        expires_at,
+    })
+}

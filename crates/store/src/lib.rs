@@ -252,6 +252,8 @@ pub trait Store: Send + Sync {
         &self,
         publications: &[SipPublication],
     ) -> Result<(), StoreError>;
+    /// The saved publication of `uri`, expired or not.
+    async fn load_sip_publication(&self, uri: &str) -> Result<Option<SipPublication>, StoreError>;
     /// The saved publications that have not expired at `now`, by URI.
     async fn list_sip_publications(
         &self,

@@ -29,7 +29,7 @@ use crate::codec::{
     count_to_i64, decode_appointment, decode_appointment_list, decode_outbox_event, decode_person,
     decode_person_key, decode_presence, decode_source_state, decode_sync_state, has_repeats,
     ids_in_order, open_named_secret, opt_seconds, people_range, resolution_columns,
-    seal_client_state, seal_named_secret, token_columns, AppointmentRow, StoreRow,
+    seal_client_state, seal_named_secret, sip_publication, token_columns, AppointmentRow, StoreRow,
 };
 use crate::migrations::{self, latest_version, EmbeddedMigrations};
 use crate::{
@@ -1253,6 +1253,19 @@ impl Store for PostgresStore {
         commit(tx, &operation).await
     }
 
+    async fn load_sip_publication(&self, uri: &str) -> Result<Option<SipPublication>, StoreError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT etag, expires_at_ms FROM sip_publications WHERE uri = $1")
+                .bind(uri)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| {
+                    StoreError::database(format!("read the SIP publication of {uri}"), source)
+                })?;
+        row.map(|(etag, expires_at_ms)| sip_publication(uri.to_string(), etag, expires_at_ms))
+            .transpose()
+    }
+
     async fn list_sip_publications(
         &self,
         now: Timestamp,
@@ -1265,20 +1278,7 @@ impl Store for PostgresStore {
         .await
         .map_err(|source| StoreError::database("list the SIP publications".into(), source))?;
         rows.into_iter()
-            .map(|(uri, etag, expires_at_ms)| {
-                let expires_at = Timestamp::from_millisecond(expires_at_ms).map_err(|error| {
-                    StoreError::InvalidRow {
-                        what: format!("the SIP publication of {uri}"),
-                        field: "expires_at_ms",
-                        reason: error.to_string(),
-                    }
-                })?;
-                Ok(SipPublication {
-                    uri,
-                    etag: Some(etag),
-                    expires_at,
-                })
-            })
+            .map(|(uri, etag, expires_at_ms)| sip_publication(uri, etag, expires_at_ms))
             .collect()
     }
 }

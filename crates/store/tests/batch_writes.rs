@@ -142,6 +142,9 @@ impl Store for SingleItemsOnly {
     ) -> Result<(), StoreError> {
         self.0.save_sip_publications(publications).await
     }
+    async fn load_sip_publication(&self, uri: &str) -> Result<Option<SipPublication>, StoreError> {
+        self.0.load_sip_publication(uri).await
+    }
     async fn list_sip_publications(
         &self,
         now: Timestamp,

@@ -894,6 +894,12 @@ async fn sip_publications_are_saved_replaced_removed_and_listed_while_they_live(
             .len(),
         2
     );
+    assert_eq!(
+        store.load_sip_publication("sip:cy@x").await.unwrap(),
+        Some(publication("sip:cy@x", Some("e3"), "2026-12-03T09:00:00Z")),
+        "one URI's publication reads back expired or not"
+    );
+    assert_eq!(store.load_sip_publication("sip:bob@x").await.unwrap(), None);
 }
 
 on_each_backend!(

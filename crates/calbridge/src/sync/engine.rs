@@ -630,6 +630,11 @@ impl<S: CalendarSource> Engine<S> {
                 }
                 Resolution::Pending => to_resolve.push(person.key.clone()),
             }
+            if !self.owns(&person.key) {
+                // Its shard went to another instance while the people before were restored:
+                // following them here too would make two followers.
+                continue;
+            }
             self.source.restored(&person.key, &health);
             // A window read today is still good: resume from it (and its change cursor)
             // instead of re-reading everything after a restart.
@@ -686,11 +691,13 @@ impl<S: CalendarSource> Engine<S> {
                 Ok(resolved) => {
                     let user = resolved.user();
                     lock(&self.by_user).insert(user.clone(), person.clone());
-                    let mut people = self.people();
-                    let health = people.entry(person.clone()).or_default();
-                    health.resolved_address = Some(resolved.primary_smtp.to_string());
-                    health.user = Some(user);
-                    health.resolution_error = None;
+                    // Only who is still followed here: someone let go meanwhile is another
+                    // instance's now, and an entry made here would follow them twice.
+                    if let Some(health) = self.people().get_mut(&person) {
+                        health.resolved_address = Some(resolved.primary_smtp.to_string());
+                        health.user = Some(user);
+                        health.resolution_error = None;
+                    }
                     Resolution::Resolved {
                         primary_smtp: resolved.primary_smtp,
                         source_user_id: resolved.source_user_id,
@@ -700,11 +707,12 @@ impl<S: CalendarSource> Engine<S> {
                     let message = format!("cannot resolve {}: {}", person.address, trouble.message);
                     {
                         let mut people = self.people();
-                        let health = people.entry(person.clone()).or_default();
-                        health.resolution_error = Some(message.clone());
-                        health.user = None;
-                        if trouble.retryable || trouble.credentials {
-                            health.consecutive_failures += 1;
+                        if let Some(health) = people.get_mut(&person) {
+                            health.resolution_error = Some(message.clone());
+                            health.user = None;
+                            if trouble.retryable || trouble.credentials {
+                                health.consecutive_failures += 1;
+                            }
                         }
                     }
                     self.log_trouble(None, &trouble, &message);
@@ -854,14 +862,20 @@ impl<S: CalendarSource> Engine<S> {
             self.record_failure(&person, &trouble, None).await;
         }
         let mut stored_reads = self.stored_reads.lock().await;
-        let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) =
+        // Windows of people let go to another instance during the read are dropped too: they
+        // are the new owner's now. `let_go` waits for `stored_reads` before it clears the hub,
+        // so nothing set below for someone still followed at this point outlives it.
+        let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) = {
+            let followed = self.people();
             windows.into_iter().partition(|window| {
-                stored_reads
-                    .get(&window.key)
-                    .is_none_or(|stored| *stored < read_number)
-            });
+                followed.contains_key(&window.key)
+                    && stored_reads
+                        .get(&window.key)
+                        .is_none_or(|stored| *stored < read_number)
+            })
+        };
         if !stale.is_empty() {
-            tracing::debug!(source = %self.source_id, "{} windows read before a newer read of the same people were dropped", stale.len());
+            tracing::debug!(source = %self.source_id, "{} windows dropped: read before a newer read of the same people, or of people let go meanwhile", stale.len());
             if let Some(progress) = progress {
                 progress.done.fetch_add(stale.len(), Ordering::Relaxed);
             }
@@ -895,15 +909,15 @@ impl<S: CalendarSource> Engine<S> {
             let mut people = self.people();
             keys.iter()
                 .zip(bounds)
-                .map(|(person, bounds)| {
-                    let health = people.entry(person.clone()).or_default();
+                .filter_map(|(person, bounds)| {
+                    let health = people.get_mut(person)?;
                     health.window = Some(bounds);
                     health.last_full_sync_at = Some(now);
                     // A new window invalidates the change cursor, which is bound to the old one.
                     health.change_cursor = None;
                     health.last_error = None;
                     health.consecutive_failures = 0;
-                    (person.clone(), health.clone())
+                    Some((person.clone(), health.clone()))
                 })
                 .collect()
         };
@@ -962,6 +976,11 @@ impl<S: CalendarSource> Engine<S> {
                     .is_some_and(|stored| *stored > read_number)
                 {
                     // A newer read was stored meanwhile; these changes are older than it.
+                    return;
+                }
+                if !self.people().contains_key(person) {
+                    // Let go to another instance during the read: its changes are the new
+                    // owner's to read (see `save_windows`).
                     return;
                 }
                 stored_reads.insert(person.clone(), read_number);

@@ -554,13 +554,30 @@ impl<S: CalendarSource> Engine<S> {
             return;
         }
         tracing::info!(source = %self.source_id, people = released.len(), "letting people go to another instance");
-        let mut stored_reads = self.stored_reads.lock().await;
+        // No waiting for reads in flight: one may hang on a store that does not answer (which
+        // is when leases run out), and presence must stop here now. A read that finishes
+        // later looks again before it leaves anything in the hub (`hub_unless_let_go`).
         for (person, health) in &released {
-            stored_reads.remove(person);
             if let Some(user) = &health.user {
                 lock(&self.by_user).remove(user);
             }
             self.source.let_go(person, health);
+            self.hub.remove(person);
+        }
+        // Their read numbers only keep older reads out; later reads have higher numbers, so
+        // an entry left while a read holds the lock does no harm.
+        if let Ok(mut stored_reads) = self.stored_reads.try_lock() {
+            for (person, _) in &released {
+                stored_reads.remove(person);
+            }
+        }
+    }
+
+    /// Takes `person` out of the hub again if they were let go while their calendar was set
+    /// there: `let_go` removes the person from `people` before the hub, so either it removed
+    /// what was set, or this sees that they are gone.
+    fn hub_unless_let_go(&self, person: &PersonKey) {
+        if !self.people().contains_key(person) {
             self.hub.remove(person);
         }
     }
@@ -630,24 +647,29 @@ impl<S: CalendarSource> Engine<S> {
                 }
                 Resolution::Pending => to_resolve.push(person.key.clone()),
             }
-            if !self.owns(&person.key) {
-                // Its shard went to another instance while the people before were restored:
-                // following them here too would make two followers.
-                continue;
-            }
-            self.source.restored(&person.key, &health);
             // A window read today is still good: resume from it (and its change cursor)
             // instead of re-reading everything after a restart.
             let resumable = self.source.resumes_after_restart()
                 && health.window.is_some_and(|(start, _)| start >= today_start);
+            {
+                let mut followed = self.people();
+                if !self.owns(&person.key) {
+                    // Its shard went to another instance while the people before were
+                    // restored: following them here too would make two followers. Checked
+                    // under the lock `let_go` takes, so it cannot slip in between.
+                    continue;
+                }
+                self.source.restored(&person.key, &health);
+                followed.insert(person.key.clone(), health);
+            }
             if resumable {
                 let appointments = stored_appointments.remove(&person.key).unwrap_or_default();
                 self.hub.set_appointments(&person.key, &appointments);
+                self.hub_unless_let_go(&person.key);
                 to_catch_up.push(person.key.clone());
             } else {
                 to_read.push(person.key.clone());
             }
-            self.people().insert(person.key.clone(), health);
         }
         drop(stored_appointments);
         if let Some(progress) = progress {
@@ -900,6 +922,7 @@ impl<S: CalendarSource> Engine<S> {
         for (person, appointments) in &decided {
             stored_reads.insert(person.clone(), read_number);
             self.hub.set_appointments(person, appointments);
+            self.hub_unless_let_go(person);
         }
         drop(stored_reads);
         if let Some(progress) = progress {
@@ -1000,10 +1023,12 @@ impl<S: CalendarSource> Engine<S> {
                 let stored = match stored {
                     Ok(Some(complete)) => {
                         self.hub.set_appointments(person, &complete);
+                        self.hub_unless_let_go(person);
                         Ok(())
                     }
                     Ok(None) => {
                         self.hub.refresh(person).await;
+                        self.hub_unless_let_go(person);
                         Ok(())
                     }
                     Err(error) => Err(error),

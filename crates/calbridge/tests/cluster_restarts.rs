@@ -64,7 +64,10 @@ impl Cluster<'_> {
         let lives = self.dir.read_dir().map_or(0, |entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|entry| entry.file_name().to_string_lossy().starts_with(name))
+                .filter(|entry| {
+                    let file = entry.file_name().to_string_lossy().to_string();
+                    file.starts_with(&format!("{name}.")) && file.ends_with(".log")
+                })
                 .count()
         });
         let process = Process::start(
@@ -259,7 +262,7 @@ fn expected_activities(events: &[ViewEvent], at: Timestamp) -> Option<BTreeSet<&
 
 /// Waits until every person's follower shows the presence their calendar gives (as Graph's
 /// calendar view shows it) at the moment of looking; returns how many were checked (people
-/// at an appointment's edge just then are not) and how many had overlapping appointments.
+/// at an appointment's edge just then are not).
 async fn wait_right_presence(
     cluster: &Cluster<'_>,
     graph: &GraphClient,

@@ -885,8 +885,8 @@ impl<S: CalendarSource> Engine<S> {
         }
         let mut stored_reads = self.stored_reads.lock().await;
         // Windows of people let go to another instance during the read are dropped too: they
-        // are the new owner's now. `let_go` waits for `stored_reads` before it clears the hub,
-        // so nothing set below for someone still followed at this point outlives it.
+        // are the new owner's now. Someone let go after this point is taken out of the hub
+        // again below (`hub_unless_let_go`).
         let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) = {
             let followed = self.people();
             windows.into_iter().partition(|window| {

@@ -118,7 +118,22 @@ pub async fn keep_leases(
     let mut renewed_at: Option<Timestamp> = None;
     loop {
         let now = clock.now();
-        match leases.tick(now).await {
+        // While PostgreSQL is gone the pool keeps retrying a refused connection until its own
+        // timeout (30 s), far past the lease: a round may take only as long as the leases it
+        // renews still hold, so that the check below lets everyone go in time.
+        let patience = renewed_at
+            .and_then(|at| at.checked_add(lease).ok())
+            .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
+            .unwrap_or_default()
+            .max(every);
+        let round = match tokio::time::timeout(patience, leases.tick(now)).await {
+            Ok(round) => round.map_err(|error| error.to_string()),
+            Err(_) => Err(format!(
+                "PostgreSQL did not answer within {:.1} s",
+                patience.as_secs_f64()
+            )),
+        };
+        match round {
             Ok(changes) => {
                 renewed_at = Some(now);
                 let lost: HashSet<u32> = changes.lost.iter().copied().collect();
@@ -139,15 +154,13 @@ pub async fn keep_leases(
                         tokio::spawn(follower.clone().take_over(gained.clone()));
                     }
                 }
-                let instances = leases.instances(now).await.unwrap_or_default();
+                let instances = within(every, leases.instances(now)).await;
                 let names: HashMap<&str, &str> = instances
                     .iter()
                     .map(|instance| (instance.instance_id.as_str(), instance.name.as_str()))
                     .collect();
-                let shard_owners: HashMap<u32, String> = leases
-                    .shard_owners(now)
+                let shard_owners: HashMap<u32, String> = within(every, leases.shard_owners(now))
                     .await
-                    .unwrap_or_default()
                     .into_iter()
                     .map(|(shard, owner)| {
                         let name = names
@@ -166,8 +179,7 @@ pub async fn keep_leases(
                     shown.error = None;
                 }
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err(message) => {
                 {
                     let mut shown = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     if shown.error.as_deref() != Some(message.as_str()) {
@@ -196,6 +208,18 @@ pub async fn keep_leases(
     }
     if let Err(error) = leases.release_all().await {
         tracing::warn!("cannot give the shards back on shutdown (the others take them over when the leases run out): {error}");
+    }
+}
+
+/// What the status page shows of the cluster, read for at most `patience`: empty when
+/// PostgreSQL does not answer (the next round shows it again).
+async fn within<T: Default>(
+    patience: Duration,
+    read: impl std::future::Future<Output = Result<T, calbridge_store::StoreError>>,
+) -> T {
+    match tokio::time::timeout(patience, read).await {
+        Ok(Ok(value)) => value,
+        _ => T::default(),
     }
 }
 

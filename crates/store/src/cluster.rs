@@ -309,14 +309,20 @@ impl Leases {
         .await
         .map_err(database("renew the shard leases"))?;
         let mut still: BTreeMap<u32, i64> = BTreeMap::new();
+        let mut gained = Vec::new();
         for (shard, epoch) in renewed {
             let shard = u32::try_from(shard).unwrap_or(u32::MAX);
-            if self.held.get(&shard) == Some(&epoch) {
-                still.insert(shard, epoch);
+            if self.held.get(&shard) != Some(&epoch) {
+                // A claim whose answer never arrived (the connection broke after the commit,
+                // or the caller gave the round up): the lease is this instance's all the same,
+                // and left unknown it would be renewed for ever with nobody following its
+                // people.
+                gained.push(HeldShard { shard, epoch });
             }
+            still.insert(shard, epoch);
         }
         let mut changes = LeaseChanges {
-            gained: Vec::new(),
+            gained,
             lost: self
                 .held
                 .keys()

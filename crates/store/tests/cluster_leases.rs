@@ -94,6 +94,23 @@ async fn a_lone_instance_claims_every_shard_and_keeps_them_by_renewing() {
 }
 
 #[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_known_again_at_the_next_round() {
+    let Some(store) = database().await else {
+        return;
+    };
+    // The claim committed, but its round never learnt it (the connection broke after the
+    // commit, or the round was given up): the same instance with no memory of it.
+    let mut claimed = leases(&store, "a");
+    claimed.tick(t(0)).await.unwrap();
+    let mut a = leases(&store, "a");
+    let changes = a.tick(t(10)).await.unwrap();
+    assert_eq!(changes.gained.len(), SHARDS as usize, "{changes:?}");
+    assert!(changes.gained.iter().all(|held| held.epoch == 1));
+    assert_covered_once(&store, t(11), &[&a]).await;
+    assert!(a.holds(7, 1, t(11)).await.unwrap());
+}
+
+#[tokio::test]
 async fn instances_that_join_get_a_fair_share_and_together_cover_every_shard() {
     let Some(store) = database().await else {
         return;

@@ -554,14 +554,31 @@ impl<S: CalendarSource> Engine<S> {
             return;
         }
         tracing::info!(source = %self.source_id, people = released.len(), "letting people go to another instance");
-        let mut stored_reads = self.stored_reads.lock().await;
+        // No waiting for reads in flight: one may hang on a store that does not answer (which
+        // is when leases run out), and presence must stop here now. A read that finishes
+        // later looks again before it leaves anything in the hub (`hub_unless_let_go`).
         for (person, health) in &released {
-            stored_reads.remove(person);
             if let Some(user) = &health.user {
                 lock(&self.by_user).remove(user);
             }
             self.source.let_go(person, health);
             self.hub.hand_over(person);
+        }
+        // Their read numbers only keep older reads out; later reads have higher numbers, so
+        // an entry left while a read holds the lock does no harm.
+        if let Ok(mut stored_reads) = self.stored_reads.try_lock() {
+            for (person, _) in &released {
+                stored_reads.remove(person);
+            }
+        }
+    }
+
+    /// Takes `person` out of the hub again if they were let go while their calendar was set
+    /// there: `let_go` removes the person from `people` before the hub, so either it removed
+    /// what was set, or this sees that they are gone.
+    fn hub_unless_let_go(&self, person: &PersonKey) {
+        if !self.people().contains_key(person) {
+            self.hub.remove(person);
         }
     }
 
@@ -630,19 +647,29 @@ impl<S: CalendarSource> Engine<S> {
                 }
                 Resolution::Pending => to_resolve.push(person.key.clone()),
             }
-            self.source.restored(&person.key, &health);
             // A window read today is still good: resume from it (and its change cursor)
             // instead of re-reading everything after a restart.
             let resumable = self.source.resumes_after_restart()
                 && health.window.is_some_and(|(start, _)| start >= today_start);
+            {
+                let mut followed = self.people();
+                if !self.owns(&person.key) {
+                    // Its shard went to another instance while the people before were
+                    // restored: following them here too would make two followers. Checked
+                    // under the lock `let_go` takes, so it cannot slip in between.
+                    continue;
+                }
+                self.source.restored(&person.key, &health);
+                followed.insert(person.key.clone(), health);
+            }
             if resumable {
                 let appointments = stored_appointments.remove(&person.key).unwrap_or_default();
                 self.hub.set_appointments(&person.key, &appointments);
+                self.hub_unless_let_go(&person.key);
                 to_catch_up.push(person.key.clone());
             } else {
                 to_read.push(person.key.clone());
             }
-            self.people().insert(person.key.clone(), health);
         }
         drop(stored_appointments);
         if let Some(progress) = progress {
@@ -686,11 +713,13 @@ impl<S: CalendarSource> Engine<S> {
                 Ok(resolved) => {
                     let user = resolved.user();
                     lock(&self.by_user).insert(user.clone(), person.clone());
-                    let mut people = self.people();
-                    let health = people.entry(person.clone()).or_default();
-                    health.resolved_address = Some(resolved.primary_smtp.to_string());
-                    health.user = Some(user);
-                    health.resolution_error = None;
+                    // Only who is still followed here: someone let go meanwhile is another
+                    // instance's now, and an entry made here would follow them twice.
+                    if let Some(health) = self.people().get_mut(&person) {
+                        health.resolved_address = Some(resolved.primary_smtp.to_string());
+                        health.user = Some(user);
+                        health.resolution_error = None;
+                    }
                     Resolution::Resolved {
                         primary_smtp: resolved.primary_smtp,
                         source_user_id: resolved.source_user_id,
@@ -700,11 +729,12 @@ impl<S: CalendarSource> Engine<S> {
                     let message = format!("cannot resolve {}: {}", person.address, trouble.message);
                     {
                         let mut people = self.people();
-                        let health = people.entry(person.clone()).or_default();
-                        health.resolution_error = Some(message.clone());
-                        health.user = None;
-                        if trouble.retryable || trouble.credentials {
-                            health.consecutive_failures += 1;
+                        if let Some(health) = people.get_mut(&person) {
+                            health.resolution_error = Some(message.clone());
+                            health.user = None;
+                            if trouble.retryable || trouble.credentials {
+                                health.consecutive_failures += 1;
+                            }
                         }
                     }
                     self.log_trouble(None, &trouble, &message);
@@ -854,14 +884,20 @@ impl<S: CalendarSource> Engine<S> {
             self.record_failure(&person, &trouble, None).await;
         }
         let mut stored_reads = self.stored_reads.lock().await;
-        let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) =
+        // Windows of people let go to another instance during the read are dropped too: they
+        // are the new owner's now. Someone let go after this point is taken out of the hub
+        // again below (`hub_unless_let_go`).
+        let (windows, stale): (Vec<WindowReplacement>, Vec<WindowReplacement>) = {
+            let followed = self.people();
             windows.into_iter().partition(|window| {
-                stored_reads
-                    .get(&window.key)
-                    .is_none_or(|stored| *stored < read_number)
-            });
+                followed.contains_key(&window.key)
+                    && stored_reads
+                        .get(&window.key)
+                        .is_none_or(|stored| *stored < read_number)
+            })
+        };
         if !stale.is_empty() {
-            tracing::debug!(source = %self.source_id, "{} windows read before a newer read of the same people were dropped", stale.len());
+            tracing::debug!(source = %self.source_id, "{} windows dropped: read before a newer read of the same people, or of people let go meanwhile", stale.len());
             if let Some(progress) = progress {
                 progress.done.fetch_add(stale.len(), Ordering::Relaxed);
             }
@@ -901,6 +937,7 @@ impl<S: CalendarSource> Engine<S> {
         for (person, appointments) in &decided {
             stored_reads.insert(person.clone(), read_number);
             self.hub.set_appointments(person, appointments);
+            self.hub_unless_let_go(person);
         }
         drop(stored_reads);
         if let Some(progress) = progress {
@@ -910,15 +947,15 @@ impl<S: CalendarSource> Engine<S> {
             let mut people = self.people();
             keys.iter()
                 .zip(bounds)
-                .map(|(person, bounds)| {
-                    let health = people.entry(person.clone()).or_default();
+                .filter_map(|(person, bounds)| {
+                    let health = people.get_mut(person)?;
                     health.window = Some(bounds);
                     health.last_full_sync_at = Some(now);
                     // A new window invalidates the change cursor, which is bound to the old one.
                     health.change_cursor = None;
                     health.last_error = None;
                     health.consecutive_failures = 0;
-                    (person.clone(), health.clone())
+                    Some((person.clone(), health.clone()))
                 })
                 .collect()
         };
@@ -979,6 +1016,11 @@ impl<S: CalendarSource> Engine<S> {
                     // A newer read was stored meanwhile; these changes are older than it.
                     return;
                 }
+                if !self.people().contains_key(person) {
+                    // Let go to another instance during the read: its changes are the new
+                    // owner's to read (see `save_windows`).
+                    return;
+                }
                 stored_reads.insert(person.clone(), read_number);
                 let stored = match cursor {
                     // Changes from the window's start list the whole window: they replace.
@@ -996,10 +1038,12 @@ impl<S: CalendarSource> Engine<S> {
                 let stored = match stored {
                     Ok(Some(complete)) => {
                         self.hub.set_appointments(person, &complete);
+                        self.hub_unless_let_go(person);
                         Ok(())
                     }
                     Ok(None) => {
                         self.hub.refresh(person).await;
+                        self.hub_unless_let_go(person);
                         Ok(())
                     }
                     Err(error) => Err(error),

@@ -196,14 +196,20 @@ impl GraphCalendars {
         for ((person, _), result) in targets.into_iter().zip(results) {
             match result {
                 Ok(subscription) => {
+                    let id = subscription.id.clone();
                     self.subscriptions()
                         .insert(subscription.id.clone(), person.clone());
                     let update = engine.update_health(&person, |health| {
                         health.subscription_id = Some(subscription.id);
                         health.subscription_expires_at = Some(subscription.expires_at);
                     });
-                    if let Some(update) = update {
-                        updates.push((person, update));
+                    match update {
+                        Some(update) => updates.push((person, update)),
+                        // Let go to another instance meanwhile: its notifications are handed
+                        // to the owner, not kept here for someone nobody here follows.
+                        None => {
+                            self.subscriptions().remove(&id);
+                        }
                     }
                 }
                 Err(error) => engine.record_failure(&person, &trouble(&error), None).await,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod sip;
 
 use std::path::Path;
@@ -350,23 +351,88 @@ impl GraphClient {
             .collect()
     }
 
-    /// Mail addresses of a group's members.
+    /// Mail addresses of a group's members, every page of them (Graph gives at most 999 a page).
     pub async fn group_members(&self, group: &str) -> Vec<String> {
-        let answer = self
-            .send(
-                reqwest::Method::GET,
-                &format!("/groups/{group}/members?$top=999&$select=mail"),
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, 200, "group members: {}", answer.body);
-        answer.body["value"]
-            .as_array()
-            .expect("a value array")
-            .iter()
-            .filter_map(|member| member["mail"].as_str().map(str::to_lowercase))
-            .collect()
+        let mut members = Vec::new();
+        let mut next = Some(format!("/groups/{group}/members?$top=999&$select=mail"));
+        while let Some(path) = next.take() {
+            let answer = self.send_patiently(reqwest::Method::GET, &path, None).await;
+            assert_eq!(answer.status, 200, "group members: {}", answer.body);
+            members.extend(
+                answer.body["value"]
+                    .as_array()
+                    .expect("a value array")
+                    .iter()
+                    .filter_map(|member| member["mail"].as_str().map(str::to_lowercase)),
+            );
+            next = answer.body["@odata.nextLink"]
+                .as_str()
+                .and_then(|link| link.strip_prefix(self.graph_url.as_str()))
+                .map(str::to_string);
+        }
+        members
     }
+
+    /// What Graph's calendar view shows for a user in `[from, to)`, in UTC as calbridge asks for
+    /// it (all-day events come back as floating dates at midnight), every page of it.
+    pub async fn calendar_view(
+        &self,
+        user: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Vec<ViewEvent> {
+        let mut events = Vec::new();
+        let mut next = Some(format!(
+            "/users/{user}/calendarView?startDateTime={}Z&endDateTime={}Z\
+             &$select=subject,start,end,showAs,isAllDay,isCancelled&$top=200",
+            graph_time(from),
+            graph_time(to)
+        ));
+        let mut attempts = 0;
+        while let Some(path) = next.take() {
+            let answer = self
+                .http
+                .get(format!("{}{path}", self.graph_url))
+                .bearer_auth(&self.token)
+                .header("Prefer", "outlook.timezone=\"UTC\"")
+                .send()
+                .await
+                .expect("Graph answers");
+            let status = answer.status().as_u16();
+            if matches!(status, 429 | 503 | 504) && attempts < 20 {
+                attempts += 1;
+                next = Some(path);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let body: Value = answer.json().await.expect("calendar view JSON");
+            assert_eq!(status, 200, "calendar view of {user}: {body}");
+            for event in body["value"].as_array().expect("a value array") {
+                events.push(ViewEvent {
+                    subject: event["subject"].as_str().unwrap_or_default().to_string(),
+                    start: parse_graph_time(&event["start"]),
+                    end: parse_graph_time(&event["end"]),
+                    show_as: event["showAs"].as_str().unwrap_or("busy").to_string(),
+                    cancelled: event["isCancelled"].as_bool().unwrap_or(false),
+                });
+            }
+            next = body["@odata.nextLink"]
+                .as_str()
+                .and_then(|link| link.strip_prefix(self.graph_url.as_str()))
+                .map(str::to_string);
+        }
+        events
+    }
+}
+
+/// An event as Graph's calendar view shows it (in UTC).
+#[derive(Debug, Clone)]
+pub struct ViewEvent {
+    pub subject: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub show_as: String,
+    pub cancelled: bool,
 }
 
 pub fn graph_time(at: Timestamp) -> String {

@@ -33,6 +33,11 @@ pub(crate) const SQLITE: Migrations = &[
         "cluster",
         include_str!("../migrations/sqlite/0002_cluster.sql"),
     ),
+    (
+        3,
+        "presence_feed",
+        include_str!("../migrations/sqlite/0003_presence_feed.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Migrations = &[
@@ -45,6 +50,11 @@ pub(crate) const POSTGRES: Migrations = &[
         2,
         "cluster",
         include_str!("../migrations/postgres/0002_cluster.sql"),
+    ),
+    (
+        3,
+        "presence_feed",
+        include_str!("../migrations/postgres/0003_presence_feed.sql"),
     ),
 ];
 

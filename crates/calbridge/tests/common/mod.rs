@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod sse;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

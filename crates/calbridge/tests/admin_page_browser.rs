@@ -204,13 +204,16 @@ async fn admin_page(ews: bool, storage: Storage<'_>, screenshot: &str) -> Option
         let deadline = Instant::now() + PATIENCE;
         loop {
             let users = api.get_authorized("/api/v1/users").await;
-            let all_owned = users["users"].as_array().is_some_and(|users| {
-                users.iter().all(|user| user["instance"] == INSTANCE)
-            });
+            let all_owned = users["users"]
+                .as_array()
+                .is_some_and(|users| users.iter().all(|user| user["instance"] == INSTANCE));
             if all_owned {
                 break;
             }
-            assert!(Instant::now() < deadline, "every user has an instance: {users}");
+            assert!(
+                Instant::now() < deadline,
+                "every user has an instance: {users}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -403,7 +406,11 @@ async fn browse(
         instanceColumn: getComputedStyle(document.querySelector('#users th[data-col=instance]')).display,
         clusterPanel: !document.getElementById('cluster-panel').hidden };", "args": []});
     let layout = driver
-        .call(reqwest::Method::POST, &path("/execute/sync"), Some(layout_probe))
+        .call(
+            reqwest::Method::POST,
+            &path("/execute/sync"),
+            Some(layout_probe),
+        )
         .await;
     let screenshot = driver
         .call(reqwest::Method::GET, &path("/screenshot"), None)

@@ -48,7 +48,8 @@ fn about<'e>(event: &'e ServerEvent, address: &str) -> Option<&'e Value> {
 
 /// Whether `data` is busy with a note that begins with `subject`.
 fn busy_with(data: &Value, subject: &str) -> bool {
-    data["activity"] == "busy" && note_text(data["note"].as_str().unwrap_or_default()).starts_with(subject)
+    data["activity"] == "busy"
+        && note_text(data["note"].as_str().unwrap_or_default()).starts_with(subject)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -156,11 +157,8 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     let start = now - SignedDuration::from_mins(1);
     let end = start + SignedDuration::from_mins(45);
 
-    let mut stream = EventStream::connect(
-        &format!("http://{}", a.address),
-        a.api_token.expose(),
-    )
-    .await;
+    let mut stream =
+        EventStream::connect(&format!("http://{}", a.address), a.api_token.expose()).await;
 
     // A change b decides reaches a's stream, though a does not follow the person.
     let followed_by_b = "Decided by b, streamed by a";
@@ -198,7 +196,10 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     let key_a = key(&at_a);
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let saved = store.load_presence(&key_a).await.expect("the store answers");
+        let saved = store
+            .load_presence(&key_a)
+            .await
+            .expect("the store answers");
         if saved.as_ref().is_some_and(|saved| {
             saved.activity == "busy"
                 && note_text(saved.note.as_deref().unwrap_or_default()).starts_with(followed_by_a)
@@ -217,9 +218,11 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     // commit order).
     graph.delete_event(&at_b, &event_id).await;
     stream
-        .wait_for(&format!("{at_b} free again on a's stream"), PATIENCE, |event| {
-            about(event, &at_b).is_some_and(|data| data["activity"] == "available")
-        })
+        .wait_for(
+            &format!("{at_b} free again on a's stream"),
+            PATIENCE,
+            |event| about(event, &at_b).is_some_and(|data| data["activity"] == "available"),
+        )
         .await;
     let count = |address: &str, subject: &str| {
         stream
@@ -319,7 +322,10 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     let shards_b = sample("calbridge_cluster_instance_shards{instance=\"b\"}");
     assert_eq!(shards_a + shards_b, 256.0, "{metrics}");
     assert!(sample("calbridge_cluster_instance_heartbeat_age_seconds{instance=\"b\"}") >= 0.0);
-    assert!(sample("calbridge_presence_relayed_total") >= 2.0, "{metrics}");
+    assert!(
+        sample("calbridge_presence_relayed_total") >= 2.0,
+        "{metrics}"
+    );
 
     drop(stream);
     for (_, running) in instances {

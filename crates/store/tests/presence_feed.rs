@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use calbridge_store::feed::Heard;
-use calbridge_store::{CurrentPresence, PersonKey, PersonUpsert, Store};
+use calbridge_store::{CurrentPresence, PersonKey, PersonUpsert};
 use common::{person, Backend, TestStore};
 use jiff::Timestamp;
 
@@ -115,7 +115,7 @@ async fn a_changed_presence_is_heard_by_every_listener_and_an_unchanged_one_by_n
         .unwrap();
     assert_eq!(heard(&mut first).await, Heard::Changed(vec![carol.clone()]));
 
-    let loaded = feed.load(&[bob.clone()]).await.unwrap();
+    let loaded = feed.load(std::slice::from_ref(&bob)).await.unwrap();
     assert_eq!(loaded, vec![(bob.clone(), presence("busy", "Call", t(10)))]);
     let since: Vec<PersonKey> = feed
         .decided_since(t(6))

@@ -637,19 +637,20 @@ fn streamed_json(change: &StreamedChange) -> Value {
 async fn stream(
     State(state): State<Arc<ApiState>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let changes = BroadcastStream::new(state.hub.subscribe_stream()).filter_map(|item| async move {
-        match item {
-            Ok(change) => Some(Ok(Event::default()
-                .event("presence")
-                .data(streamed_json(&change).to_string()))),
-            // A slow client that fell behind gets told so and can re-read /api/v1/users.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                Some(Ok(Event::default()
-                    .event("lagged")
-                    .data(json!({ "missed": missed }).to_string())))
+    let changes =
+        BroadcastStream::new(state.hub.subscribe_stream()).filter_map(|item| async move {
+            match item {
+                Ok(change) => Some(Ok(Event::default()
+                    .event("presence")
+                    .data(streamed_json(&change).to_string()))),
+                // A slow client that fell behind gets told so and can re-read /api/v1/users.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                    Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(json!({ "missed": missed }).to_string())))
+                }
             }
-        }
-    });
+        });
     Sse::new(changes).keep_alive(KeepAlive::default())
 }
 

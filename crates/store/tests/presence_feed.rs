@@ -127,3 +127,48 @@ async fn a_changed_presence_is_heard_by_every_listener_and_an_unchanged_one_by_n
     assert_eq!(since.len(), 3, "{since:?}");
     assert!(feed.decided_since(t(12)).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_listener_whose_connection_is_cut_says_so_and_then_hears_again() {
+    let Some(store) = database().await else {
+        return;
+    };
+    let feed = store.postgres().expect("PostgreSQL").presence_feed();
+    let ada = person("m365", "ada@contoso.example");
+    store
+        .upsert_person(&PersonUpsert {
+            key: ada.clone(),
+            display_name: None,
+            sip_uri: None,
+        })
+        .await
+        .unwrap();
+    let mut listener = feed.listen().await.unwrap();
+    // What a PostgreSQL restart does to the listening connection.
+    let cut = store
+        .database()
+        .rows_as_text(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .await;
+    assert_eq!(cut, vec![vec![Some("true".to_string())]], "one listener cut");
+    // The listener says it lost the connection: either sqlx made it again at once (`Lost`),
+    // or it could not and the caller listens anew.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("the cut is noticed within 10 s");
+    match outcome {
+        Ok(Heard::Lost) => {}
+        Err(_) => listener = feed.listen().await.unwrap(),
+        Ok(other) => panic!("expected the cut, heard {other:?}"),
+    }
+    store
+        .save_presence(&ada, &presence("busy", "After the cut", t(20)))
+        .await
+        .unwrap();
+    assert_eq!(heard(&mut listener).await, Heard::Changed(vec![ada.clone()]));
+    // What was decided while it was cut is read again by instant.
+    let since = feed.decided_since(t(20)).await.unwrap();
+    assert_eq!(since, vec![(ada, presence("busy", "After the cut", t(20)))]);
+}

@@ -22,6 +22,7 @@ use common::*;
 use jiff::{SignedDuration, Timestamp};
 use m365_emulator::{Emulator, EmulatorConfig};
 use serde_json::Value;
+use sqlx::Connection;
 
 const LEASE_SECONDS: u64 = 3;
 
@@ -325,6 +326,54 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     assert!(
         sample("calbridge_presence_relayed_total") >= 2.0,
         "{metrics}"
+    );
+
+    // PostgreSQL cuts the connections that listen to the feed, as a restart does: a listens
+    // again, and reads what was decided meanwhile, so its stream still shows b's next change,
+    // once (what it relayed before the cut is not relayed again).
+    let mut admin = sqlx::PgConnection::connect(&database.url())
+        .await
+        .expect("connect to the test database");
+    let cut: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query = 'LISTEN \"calbridge_presence\"'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("cut the listeners");
+    assert_eq!(cut.len(), 2, "both instances listen: {cut:?}");
+    let _ = admin.close().await;
+    let after_cut = "After the cut";
+    let event_id = graph
+        .create_event(&at_b, after_cut, start, end, "busy")
+        .await;
+    stream
+        .wait_for(&format!("{at_b} busy after the cut"), PATIENCE, |event| {
+            about(event, &at_b).is_some_and(|data| busy_with(data, after_cut))
+        })
+        .await;
+    graph.delete_event(&at_b, &event_id).await;
+    let n_seen = stream.seen.len();
+    stream
+        .wait_for(&format!("{at_b} free after the cut"), PATIENCE, |event| {
+            about(event, &at_b).is_some_and(|data| data["activity"] == "available")
+        })
+        .await;
+    let after: Vec<&ServerEvent> = stream.seen[n_seen..].iter().collect();
+    let count = |subject: &str| {
+        stream
+            .seen
+            .iter()
+            .filter(|event| about(event, &at_b).is_some_and(|data| busy_with(data, subject)))
+            .count()
+    };
+    assert_eq!(count(after_cut), 1, "{:#?}", stream.seen);
+    assert_eq!(count(followed_by_b), 1, "{:#?}", stream.seen);
+    assert!(
+        after
+            .iter()
+            .all(|event| about(event, &at_a).is_none()),
+        "nothing about {at_a}, who did not change: {after:#?}"
     );
 
     drop(stream);

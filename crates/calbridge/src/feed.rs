@@ -9,13 +9,15 @@
 //! **Invariants:**
 //! - A change of a person this instance follows reaches the stream once, from the hub's own
 //!   decision; the feed skips it.
-//! - The same saved presence is relayed once, however often it is heard or read again (after a
-//!   reconnect, or when two notifications for the person arrive before it is read).
+//! - A person's saved presence is relayed only when it differs, in what people see, from what
+//!   the stream last showed for them: however often it is heard or read again (after a
+//!   reconnect, or two notifications before one read), and when a new owner saves it again.
 //!
 //! What the stream can miss: when several changes of one person are saved before the feed
-//! reads them, only the newest is relayed (the stream shows presence, not history). After the
-//! listening connection was lost, everything decided since shortly before the last sign of
-//! life is read again, so nothing newer than that is lost.
+//! reads them, only the newest is relayed (the stream shows presence, not history); a change
+//! saved in the moment between the start-up read and the first `LISTEN` shows with the next
+//! one. After the listening connection was lost, everything decided since shortly before the
+//! last sign of life is read again, so nothing newer than that is lost.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -41,15 +43,14 @@ const LISTEN_RETRY: Duration = Duration::from_secs(2);
 /// the instances' clocks differ a little.
 const CATCH_UP_MARGIN: SignedDuration = SignedDuration::from_secs(60);
 
-/// What was last relayed for a person: a digest of the saved presence people see and when it
-/// was decided. A new decision has a new instant, so a change back to an earlier presence is
-/// still relayed.
+/// A digest of what people see of a saved presence (what the engine's `same_presence`
+/// compares, and what the store's trigger NOTIFYs for): the same presence saved again by a
+/// new owner is not news.
 fn digest(presence: &CurrentPresence) -> u64 {
     let mut hasher = DefaultHasher::new();
     presence.activity.hash(&mut hasher);
     presence.note.hash(&mut hasher);
     presence.until.hash(&mut hasher);
-    presence.decided_at.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -66,10 +67,16 @@ impl Relay {
         if people.is_empty() {
             return;
         }
-        let others: Vec<PersonKey> = people
-            .into_iter()
-            .filter(|person| !self.ownership.owns(person))
-            .collect();
+        let mut others = Vec::with_capacity(people.len());
+        for person in people {
+            if self.ownership.owns(&person) {
+                // Its change went on the stream from the hub: what was relayed before is no
+                // longer what the stream last showed.
+                self.relayed.remove(&person);
+            } else {
+                others.push(person);
+            }
+        }
         match self.feed.load(&others).await {
             Ok(presences) => self.relay_presences(presences),
             Err(error) => tracing::warn!(
@@ -83,6 +90,7 @@ impl Relay {
         for (person, presence) in presences {
             // Followed here: the hub's own decision is on the stream already.
             if self.ownership.owns(&person) {
+                self.relayed.remove(&person);
                 continue;
             }
             let digest = digest(&presence);
@@ -90,6 +98,23 @@ impl Relay {
                 continue;
             }
             self.hub.relay(person, presence);
+        }
+    }
+
+    /// Remembers, without relaying, the presence decided since `since`: what a catch-up after
+    /// a lost connection reads again from before this instance listened is not news.
+    async fn remember(&mut self, since: Timestamp) {
+        match self.feed.decided_since(since).await {
+            Ok(presences) => {
+                for (person, presence) in presences {
+                    if !self.ownership.owns(&person) {
+                        self.relayed.insert(person, digest(&presence));
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(
+                "cannot read the recent presence (a reconnect may show some unchanged presences again): {error}"
+            ),
         }
     }
 
@@ -132,14 +157,21 @@ pub async fn relay_presence(
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) {
-    let (heard_tx, mut heard) = mpsc::unbounded_channel();
-    let listening = tokio::spawn(listen(feed.clone(), clock, heard_tx, shutdown.clone()));
     let mut relay = Relay {
-        feed,
+        feed: feed.clone(),
         ownership,
         hub,
         relayed: HashMap::new(),
     };
+    // Before listening: a change saved after this read is heard, and is news even when it
+    // lands in the window of this read.
+    let since = clock
+        .now()
+        .checked_sub(CATCH_UP_MARGIN)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    relay.remember(since).await;
+    let (heard_tx, mut heard) = mpsc::unbounded_channel();
+    let listening = tokio::spawn(listen(feed, clock, heard_tx, shutdown.clone()));
     loop {
         let first = tokio::select! {
             _ = shutdown.wait() => break,

@@ -370,9 +370,7 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     assert_eq!(count(after_cut), 1, "{:#?}", stream.seen);
     assert_eq!(count(followed_by_b), 1, "{:#?}", stream.seen);
     assert!(
-        after
-            .iter()
-            .all(|event| about(event, &at_a).is_none()),
+        after.iter().all(|event| about(event, &at_a).is_none()),
         "nothing about {at_a}, who did not change: {after:#?}"
     );
 

@@ -152,7 +152,11 @@ async fn a_listener_whose_connection_is_cut_says_so_and_then_hears_again() {
              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
         )
         .await;
-    assert_eq!(cut, vec![vec![Some("true".to_string())]], "one listener cut");
+    assert_eq!(
+        cut,
+        vec![vec![Some("true".to_string())]],
+        "one listener cut"
+    );
     // The listener says it lost the connection: either sqlx made it again at once (`Lost`),
     // or it could not and the caller listens anew.
     let outcome = tokio::time::timeout(Duration::from_secs(10), listener.next())
@@ -167,7 +171,10 @@ async fn a_listener_whose_connection_is_cut_says_so_and_then_hears_again() {
         .save_presence(&ada, &presence("busy", "After the cut", t(20)))
         .await
         .unwrap();
-    assert_eq!(heard(&mut listener).await, Heard::Changed(vec![ada.clone()]));
+    assert_eq!(
+        heard(&mut listener).await,
+        Heard::Changed(vec![ada.clone()])
+    );
     // What was decided while it was cut is read again by instant.
     let since = feed.decided_since(t(20)).await.unwrap();
     assert_eq!(since, vec![(ada, presence("busy", "After the cut", t(20)))]);

@@ -147,9 +147,9 @@ enum Pumped {
 const MAX_BATCH: usize = 500;
 
 /// Relays the presence changes other instances decide onto this instance's live stream, until
-/// `shutdown`. A task of its own listens (and listens again when the connection is lost), so
-/// that while the relay reads one change from the store the next ones queue up and are read
-/// together.
+/// `shutdown`. Listening (and listening again when the connection is lost) runs beside the
+/// relay, so that while the relay reads one change from the store the next ones queue up and
+/// are read together.
 pub async fn relay_presence(
     feed: PresenceFeed,
     ownership: Arc<Ownership>,
@@ -171,43 +171,47 @@ pub async fn relay_presence(
         .unwrap_or(Timestamp::UNIX_EPOCH);
     relay.remember(since).await;
     let (heard_tx, mut heard) = mpsc::unbounded_channel();
-    let listening = tokio::spawn(listen(feed, clock, heard_tx, shutdown.clone()));
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.wait() => break,
-            first = heard.recv() => first,
-        };
-        let Some(first) = first else {
-            break;
-        };
-        let mut people = Vec::new();
-        let mut seen = HashSet::new();
-        let mut missed_since: Option<Timestamp> = None;
-        let mut next = Some(first);
-        while let Some(pumped) = next.take() {
-            match pumped {
-                Pumped::Changed(changed) => {
-                    for person in changed {
-                        if seen.insert(person.clone()) {
-                            people.push(person);
+    // Both halves run in this one task, so that they end together, also when the task is
+    // aborted; each ends on `shutdown`, the relay also when the listener has ended.
+    let listening = listen(feed, clock, heard_tx, shutdown.clone());
+    let relaying = async move {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait() => return,
+                first = heard.recv() => first,
+            };
+            let Some(first) = first else {
+                return;
+            };
+            let mut people = Vec::new();
+            let mut seen = HashSet::new();
+            let mut missed_since: Option<Timestamp> = None;
+            let mut next = Some(first);
+            while let Some(pumped) = next.take() {
+                match pumped {
+                    Pumped::Changed(changed) => {
+                        for person in changed {
+                            if seen.insert(person.clone()) {
+                                people.push(person);
+                            }
                         }
                     }
+                    Pumped::Missed { since } => {
+                        missed_since =
+                            Some(missed_since.map_or(since, |earlier| earlier.min(since)));
+                    }
                 }
-                Pumped::Missed { since } => {
-                    missed_since = Some(missed_since.map_or(since, |earlier| earlier.min(since)));
+                if people.len() < MAX_BATCH {
+                    next = heard.try_recv().ok();
                 }
             }
-            if people.len() < MAX_BATCH {
-                next = heard.try_recv().ok();
+            if let Some(since) = missed_since {
+                relay.catch_up(since).await;
             }
+            relay.relay_people(people).await;
         }
-        if let Some(since) = missed_since {
-            relay.catch_up(since).await;
-        }
-        relay.relay_people(people).await;
-    }
-    // The listener ends on the same shutdown.
-    let _ = listening.await;
+    };
+    tokio::join!(listening, relaying);
 }
 
 /// Listens to the feed until `shutdown`, handing what it hears to the relay; listens again

@@ -5,13 +5,23 @@
 //! decision when it differs from the last one, and sets the person's timer. A single task
 //! ([`PresenceHub::run_timers`]) sleeps until the earliest timer: there is no loop over all
 //! users, and presence flips at the boundary itself, not at the next poll.
+//!
+//! Three kinds of listeners follow the hub, and they see different things:
+//! - publishers (SIP, webhooks) and the store writer see only the decisions made here, for the
+//!   people this instance follows ([`PresenceHub::subscribe_events`]);
+//! - the live stream (SSE) sees those and also the changes other instances decided, relayed
+//!   from the store by the presence feed ([`PresenceHub::subscribe_stream`],
+//!   [`PresenceHub::relay`]).
+//!
+//! **Invariant:** a relayed change never reaches a publisher or the store: publishing a person
+//! belongs to the instance that follows them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use calbridge_domain::Appointment;
 use calbridge_presence::{decide, Decision, Locale, Rules};
-use calbridge_store::{PersonKey, Store};
+use calbridge_store::{CurrentPresence, PersonKey, Store};
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -26,6 +36,22 @@ pub struct PresenceChange {
     pub decision: Arc<Decision>,
     /// When the engine decided it (the service clock).
     pub decided_at: Timestamp,
+}
+
+/// A change another instance decided, as it saved it, relayed by the presence feed.
+#[derive(Debug, Clone)]
+pub struct RelayedChange {
+    pub person: PersonKey,
+    pub presence: Arc<CurrentPresence>,
+}
+
+/// What the live stream shows: every presence change, whoever follows the person.
+#[derive(Debug, Clone)]
+pub enum StreamedChange {
+    /// Decided here: this instance follows the person.
+    Decided(PresenceChange),
+    /// Decided by the instance that follows the person.
+    Relayed(RelayedChange),
 }
 
 /// What publishers follow: changes, and people who left the directory.
@@ -65,6 +91,8 @@ pub struct PresenceHub {
     timers_changed: Notify,
     changes: broadcast::Sender<PresenceChange>,
     events: broadcast::Sender<HubEvent>,
+    /// Every change decided here and every change relayed from other instances.
+    stream: broadcast::Sender<StreamedChange>,
     /// Changes for the store's writer task, which persists them off the hot path.
     persist: mpsc::UnboundedSender<PresenceChange>,
     counters: HubCounters,
@@ -75,6 +103,8 @@ pub struct HubCounters {
     pub decisions: std::sync::atomic::AtomicU64,
     pub changes: std::sync::atomic::AtomicU64,
     pub timer_fires: std::sync::atomic::AtomicU64,
+    /// Changes other instances decided, put on the live stream here.
+    pub relayed: std::sync::atomic::AtomicU64,
 }
 
 /// Timers due at the same instant (09:00 for half the company) load their appointments this
@@ -91,6 +121,7 @@ impl PresenceHub {
     ) -> (Arc<PresenceHub>, mpsc::UnboundedReceiver<PresenceChange>) {
         let (changes, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(4096);
+        let (stream, _) = broadcast::channel(4096);
         let (persist, persist_rx) = mpsc::unbounded_channel();
         let hub = PresenceHub {
             rules,
@@ -104,6 +135,7 @@ impl PresenceHub {
             timers_changed: Notify::new(),
             changes,
             events,
+            stream,
             persist,
             counters: HubCounters::default(),
         };
@@ -125,6 +157,22 @@ impl PresenceHub {
     /// Changes and removals, for publishers.
     pub fn subscribe_events(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
+    }
+
+    /// Every change for the live stream: those decided here and those relayed.
+    pub fn subscribe_stream(&self) -> broadcast::Receiver<StreamedChange> {
+        self.stream.subscribe()
+    }
+
+    /// Puts a change another instance decided on the live stream, and nowhere else.
+    pub fn relay(&self, person: PersonKey, presence: CurrentPresence) {
+        self.counters
+            .relayed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.stream.send(StreamedChange::Relayed(RelayedChange {
+            person,
+            presence: Arc::new(presence),
+        }));
     }
 
     pub fn counters(&self) -> &HubCounters {
@@ -264,6 +312,7 @@ impl PresenceHub {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // No subscriber is not an error: the API may simply have no stream open.
             let _ = self.changes.send(change.clone());
+            let _ = self.stream.send(StreamedChange::Decided(change.clone()));
             let _ = self.events.send(HubEvent::Changed(change.clone()));
             let _ = self.persist.send(change);
         }

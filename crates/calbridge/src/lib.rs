@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod directory;
+pub mod feed;
 pub mod hub;
 pub mod memory;
 pub mod publish;

@@ -297,6 +297,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             let instance_id = fence.instance_id().to_string();
             let ownership = crate::cluster::Ownership::by_leases(fence.clone());
             let ownership_for_work = ownership.clone();
+            let ownership_for_feed = ownership.clone();
             for sync in syncs.values() {
                 sync.share_by(ownership.clone());
             }
@@ -362,6 +363,17 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                     postgres.work_queue(),
                     ownership_for_work,
                     engines,
+                    shutdown.clone(),
+                )),
+            ));
+            // Every instance's live stream shows the changes the others decide.
+            tasks.push((
+                "presence feed",
+                tokio::spawn(crate::feed::relay_presence(
+                    postgres.presence_feed(),
+                    ownership_for_feed,
+                    hub.clone(),
+                    clock.clone(),
                     shutdown.clone(),
                 )),
             ));

@@ -11,7 +11,8 @@
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`.ci/services/chromium.sh install`);
 //! without them the test says it skipped, unless `CALBRIDGE_REQUIRE_SERVICES=1` makes that a
-//! failure.
+//! failure. The test on PostgreSQL (a cluster of one instance) also needs the server of
+//! `CALBRIDGE_TEST_POSTGRES`, and skips alike without it.
 
 mod common;
 
@@ -33,25 +34,79 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// otherwise chromedriver and the browsers it started are killed and the test fails.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// Where the service under test keeps its state.
+enum Storage<'d> {
+    /// One instance, alone: no cluster, so no instances panel and no instance column.
+    Sqlite,
+    /// An instance of a cluster (of one) on this database, named [`INSTANCE`].
+    Postgres(&'d common::postgres::Database),
+}
+
+/// The name of the instance on PostgreSQL.
+const INSTANCE: &str = "admin-page-instance";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_user() {
-    let Some(dom) = admin_page(false, "admin-page.png").await else {
+    let Some(page) = admin_page(false, Storage::Sqlite, "admin-page.png").await else {
         return;
     };
     assert!(
-        dom.contains("token valid"),
+        page.dom.contains("token valid"),
         "the Graph card shows its token"
     );
+    assert_eq!(
+        page.layout["instanceColumn"], "none",
+        "one instance: no instance column"
+    );
+    assert_eq!(
+        page.layout["clusterPanel"], false,
+        "one instance: no instances panel"
+    );
+}
+
+/// With PostgreSQL the page shows the instances panel, and an instance column naming for
+/// every user the instance that follows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_in_chromium_shows_the_instance_that_follows_each_user() {
+    let Some(database) = common::postgres::Database::create("calbridge_admin_page").await else {
+        return;
+    };
+    let Some(page) = admin_page(
+        false,
+        Storage::Postgres(&database),
+        "admin-page-cluster.png",
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(page.layout["clusterPanel"], true, "{}", page.layout);
+    assert_ne!(page.layout["instanceColumn"], "none", "{}", page.layout);
+    let instances = page
+        .dom
+        .split("id=\"instance-rows\"")
+        .nth(1)
+        .expect("the instances table");
+    assert!(
+        instances.contains(&format!("data-instance=\"{INSTANCE}\"")),
+        "the instance is listed: {instances}"
+    );
+    let cells = table_cells(&page.dom, "instance");
+    assert!(!cells.is_empty());
+    for (address, instance) in cells {
+        assert_eq!(instance, INSTANCE, "the instance that follows {address}");
+    }
 }
 
 /// The same on an EWS source: every user's presence, and the source card naming the EWS URL
 /// in use and how it was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_an_ews_source_and_its_users() {
-    let Some(dom) = admin_page(true, "admin-page-ews.png").await else {
+    let Some(page) = admin_page(true, Storage::Sqlite, "admin-page-ews.png").await else {
         return;
     };
-    let card = dom
+    let card = page
+        .dom
         .split("data-source=\"onprem\"")
         .nth(1)
         .expect("the EWS source card");
@@ -66,10 +121,16 @@ async fn admin_page_in_chromium_shows_an_ews_source_and_its_users() {
     );
 }
 
+/// What the browser showed: the DOM, and what the page laid out (see [`browse`]).
+struct Page {
+    dom: String,
+    layout: Value,
+}
+
 /// Runs the service on a generated organisation (Graph, or EWS with `ews`), opens the admin
-/// page in Chromium and checks every user's row against the API; returns the DOM, or None
+/// page in Chromium and checks every user's row against the API; returns the page, or None
 /// when Chromium is not installed (and not required).
-async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
+async fn admin_page(ews: bool, storage: Storage<'_>, screenshot: &str) -> Option<Page> {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|program| !Path::new(program).exists())
@@ -122,6 +183,12 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
         config.sources = vec![source];
         config.directory = vec![directory];
     }
+    if let Storage::Postgres(database) = &storage {
+        config.store.path = None;
+        config.store.key_file = Some(data_dir.path().join("calbridge.key"));
+        config.store.url = Some(calbridge_domain::Secret::new(database.url()));
+        config.cluster.instance_name = Some(INSTANCE.to_string());
+    }
     let running = start_service(config, Arc::new(clock), listener).await;
     let api = Api::new(&running);
     let page_url = format!(
@@ -133,6 +200,24 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
         .join("../../target")
         .join(screenshot);
 
+    if matches!(storage, Storage::Postgres(_)) {
+        // The owners of the shards are known from the first lease round on.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let users = api.get_authorized("/api/v1/users").await;
+            let all_owned = users["users"]
+                .as_array()
+                .is_some_and(|users| users.iter().all(|user| user["instance"] == INSTANCE));
+            if all_owned {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "every user has an instance: {users}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let before = api_activities(&api).await;
     assert!(before.len() >= 20, "a generated organisation: {before:?}");
     let driver = ChromeDriver::start(data_dir.path()).await;
@@ -141,7 +226,7 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
         browse(&driver, data_dir.path(), &page_url, before.len()),
     )
     .await;
-    let (dom, png) = match browsed {
+    let (dom, png, layout) = match browsed {
         Ok(result) => result,
         Err(_) => driver.fail(&format!(
             "the browser session did not finish within {BROWSER_TIMEOUT:?}"
@@ -211,17 +296,19 @@ async fn admin_page(ews: bool, screenshot: &str) -> Option<String> {
     eprintln!("screenshot: {}", screenshot_path.display());
     running.shutdown().await;
     emulator.shutdown().await;
-    Some(dom)
+    Some(Page { dom, layout })
 }
 
 /// Opens the page in a fresh headless Chromium, waits until the table has `n_users` rows
-/// whose activity cells are filled, and returns the DOM and a PNG screenshot.
+/// whose activity cells are filled, and returns the DOM, a PNG screenshot, and what the page
+/// laid out: `instanceColumn` (the CSS display of the instance column's header) and
+/// `clusterPanel` (whether the instances panel shows).
 async fn browse(
     driver: &ChromeDriver,
     scratch: &Path,
     page_url: &str,
     n_users: usize,
-) -> (String, Vec<u8>) {
+) -> (String, Vec<u8>, Value) {
     // The first start of a freshly installed Chromium builds its font and profile caches and
     // can miss chromedriver's start-up deadline ("DevToolsActivePort file doesn't exist"); one
     // more try with a fresh profile is what a person at the keyboard would do too. What the
@@ -316,12 +403,22 @@ async fn browse(
         .as_str()
         .expect("the page source")
         .to_string();
+    let layout_probe = json!({"script": "return {
+        instanceColumn: getComputedStyle(document.querySelector('#users th[data-col=instance]')).display,
+        clusterPanel: !document.getElementById('cluster-panel').hidden };", "args": []});
+    let layout = driver
+        .call(
+            reqwest::Method::POST,
+            &path("/execute/sync"),
+            Some(layout_probe),
+        )
+        .await;
     let screenshot = driver
         .call(reqwest::Method::GET, &path("/screenshot"), None)
         .await;
     let png = base64_decode(screenshot.as_str().expect("a base64 screenshot"));
     driver.call(reqwest::Method::DELETE, &path(""), None).await;
-    (dom, png)
+    (dom, png, layout)
 }
 
 /// chromedriver on a free loopback port, in its own process group so that the browsers it
@@ -490,6 +587,12 @@ fn base64_decode(text: &str) -> Vec<u8> {
 /// `(address, activity)` of every `tr[data-address]` in the dumped DOM, in table order; the
 /// activity is the text of the row's `td[data-col="activity"]`.
 fn table_activities(dom: &str) -> Vec<(String, String)> {
+    table_cells(dom, "activity")
+}
+
+/// `(address, text)` of every `tr[data-address]` in the dumped DOM, in table order; the text
+/// is that of the row's `td[data-col="{column}"]`.
+fn table_cells(dom: &str, column: &str) -> Vec<(String, String)> {
     let body_start = dom
         .find("id=\"rows\"")
         .unwrap_or_else(|| panic!("no tbody#rows in the DOM:\n{dom}"));
@@ -509,8 +612,8 @@ fn table_activities(dom: &str) -> Vec<(String, String)> {
             continue; // a detail row
         };
         let cell_start = row_html
-            .find("data-col=\"activity\"")
-            .unwrap_or_else(|| panic!("row of {address} has no activity cell: {row_html}"));
+            .find(&format!("data-col=\"{column}\""))
+            .unwrap_or_else(|| panic!("row of {address} has no {column} cell: {row_html}"));
         let cell = &row_html[cell_start..];
         let cell = &cell[cell.find('>').map_or(0, |end| end + 1)..];
         let cell = &cell[..cell.find("</td>").unwrap_or(cell.len())];

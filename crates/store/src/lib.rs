@@ -17,6 +17,7 @@ pub mod cluster;
 mod codec;
 mod crypto;
 mod error;
+pub mod feed;
 mod migrations;
 mod postgres;
 mod records;

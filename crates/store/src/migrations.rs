@@ -38,6 +38,11 @@ pub(crate) const SQLITE: Migrations = &[
         "sip_publications",
         include_str!("../migrations/sqlite/0003_sip_publications.sql"),
     ),
+    (
+        4,
+        "presence_feed",
+        include_str!("../migrations/sqlite/0004_presence_feed.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Migrations = &[
@@ -55,6 +60,11 @@ pub(crate) const POSTGRES: Migrations = &[
         3,
         "sip_publications",
         include_str!("../migrations/postgres/0003_sip_publications.sql"),
+    ),
+    (
+        4,
+        "presence_feed",
+        include_str!("../migrations/postgres/0004_presence_feed.sql"),
     ),
 ];
 

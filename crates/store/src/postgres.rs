@@ -175,6 +175,11 @@ impl PostgresStore {
         crate::cluster::WorkQueue::new(self.pool.clone())
     }
 
+    /// The presence changes saved on this database, as they happen (see [`crate::feed`]).
+    pub fn presence_feed(&self) -> crate::feed::PresenceFeed {
+        crate::feed::PresenceFeed::new(self.pool.clone())
+    }
+
     /// The shard leases of one instance on this database (see [`crate::cluster`]); they keep
     /// `fence` (which names the instance) equal to what they hold.
     pub fn leases(

@@ -20,6 +20,15 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+/// `{name="value"}`, the value escaped as the exposition format wants.
+fn label(name: &str, value: &str) -> String {
+    let value = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("{{{name}=\"{value}\"}}")
+}
+
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let mut out = String::with_capacity(4096);
     let counters = state.hub.counters();
@@ -57,17 +66,37 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "calbridge_presence_timer_fires_total",
         "counter",
         "Timers that fired at a boundary.",
-        &[(none, counters.timer_fires.load(Relaxed) as f64)],
+        &[(none.clone(), counters.timer_fires.load(Relaxed) as f64)],
+    );
+    metric(
+        &mut out,
+        "calbridge_presence_relayed_total",
+        "counter",
+        "Presence changes other instances decided, put on this instance's SSE stream.",
+        &[(none, counters.relayed.load(Relaxed) as f64)],
     );
     if let Some(view) = &state.cluster {
-        let (held, alive) = {
+        let now = state.clock.now();
+        let (held, alive, shards, heartbeat_ages) = {
             let view = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let by_instance = |value: &dyn Fn(&calbridge_store::cluster::InstanceInfo) -> f64| {
+                view.instances
+                    .iter()
+                    .map(|instance| (label("instance", &instance.name), value(instance)))
+                    .collect::<Vec<(String, f64)>>()
+            };
             (
                 view.shards_held,
                 view.instances
                     .iter()
                     .filter(|instance| instance.alive)
                     .count(),
+                by_instance(&|instance| f64::from(instance.shards)),
+                by_instance(&|instance| {
+                    now.duration_since(instance.heartbeat_at)
+                        .as_secs_f64()
+                        .max(0.0)
+                }),
             )
         };
         metric(
@@ -83,6 +112,20 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "gauge",
             "Instances sharing the PostgreSQL store whose heartbeat is younger than a lease.",
             &[(String::new(), alive as f64)],
+        );
+        metric(
+            &mut out,
+            "calbridge_cluster_instance_shards",
+            "gauge",
+            "Shards each instance holds, as of this instance's last lease round.",
+            &shards,
+        );
+        metric(
+            &mut out,
+            "calbridge_cluster_instance_heartbeat_age_seconds",
+            "gauge",
+            "Seconds since each instance's last heartbeat, as of this instance's last lease round.",
+            &heartbeat_ages,
         );
     }
     let mut requests = Vec::new();

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::clock::Clock;
-use crate::hub::{PresenceChange, PresenceHub};
+use crate::hub::{PresenceChange, PresenceHub, StreamedChange};
 use crate::sync::graph::GraphSync;
 
 mod metrics;
@@ -616,22 +616,41 @@ pub fn change_json(change: &PresenceChange) -> Value {
     })
 }
 
+/// A change as the live stream shows it: the same fields whether this instance decided it or
+/// another one did (then as that one saved it).
+fn streamed_json(change: &StreamedChange) -> Value {
+    match change {
+        StreamedChange::Decided(change) => change_json(change),
+        StreamedChange::Relayed(relayed) => {
+            let mut body = stored_presence_json(&relayed.presence);
+            if let Value::Object(map) = &mut body {
+                map.insert("address".into(), json!(relayed.person.address.as_str()));
+                map.insert("source".into(), json!(relayed.person.source.0));
+            }
+            body
+        }
+    }
+}
+
+/// Every presence change, whoever follows the person: with several instances the hub's stream
+/// also carries what the others decided (see `crate::feed`).
 async fn stream(
     State(state): State<Arc<ApiState>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let changes = BroadcastStream::new(state.hub.subscribe()).filter_map(|item| async move {
-        match item {
-            Ok(change) => Some(Ok(Event::default()
-                .event("presence")
-                .data(change_json(&change).to_string()))),
-            // A slow client that fell behind gets told so and can re-read /api/v1/users.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                Some(Ok(Event::default()
-                    .event("lagged")
-                    .data(json!({ "missed": missed }).to_string())))
+    let changes =
+        BroadcastStream::new(state.hub.subscribe_stream()).filter_map(|item| async move {
+            match item {
+                Ok(change) => Some(Ok(Event::default()
+                    .event("presence")
+                    .data(streamed_json(&change).to_string()))),
+                // A slow client that fell behind gets told so and can re-read /api/v1/users.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                    Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(json!({ "missed": missed }).to_string())))
+                }
             }
-        }
-    });
+        });
     Sse::new(changes).keep_alive(KeepAlive::default())
 }
 

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod postgres;
 pub mod sip;
+pub mod sse;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
 use calbridge_domain::Secret;
-use common::cluster::{free_port, Database, Process};
+use common::cluster::{free_port, Process};
+use common::postgres::Database;
 use common::sip::PresenceServer;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -84,7 +85,7 @@ async fn subscriptions_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     init_logs();
-    let Some(database) = Database::create().await else {
+    let Some(database) = Database::create("calbridge_cluster").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(30, 5))
@@ -382,7 +383,7 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_calbridge_processes_and_a_kill_9() {
     init_logs();
-    let Some(database) = Database::create().await else {
+    let Some(database) = Database::create("calbridge_cluster").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(60, 6))

@@ -352,3 +352,79 @@ async fn removal_publishes_expires_zero_and_the_watcher_sees_it_go() {
     assert_eq!(publisher.counters().failures, 0);
     publisher.shutdown().await;
 }
+
+/// What a second process (a restarted calbridge, or the instance that took a person over)
+/// sends for a URI the first one published and left: with the first's saved entity-tag it
+/// continues that publication; without it, Kamailio keeps both, and its watchers go on seeing
+/// the first's stale state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_publisher_continues_a_saved_publication_instead_of_adding_one() {
+    let Some(server) = kamailio() else { return };
+    let _shared = SERVER.read().await;
+    for adopting in [true, false] {
+        let uri = format!(
+            "sip:{}@{DOMAIN}",
+            unique_user(if adopting { "adopted" } else { "doubled" })
+        );
+        let first = SipPublisher::start(config(server, Transport::Udp, 3600))
+            .await
+            .expect("start");
+        let mut tags = first.watch_publications();
+        first.set(uri.clone(), busy_meeting("Old state #busy", 1_795_428_000));
+        published(&first, &uri, "Old state #busy").await;
+        let saved = tokio::time::timeout(Duration::from_secs(5), tags.recv())
+            .await
+            .expect("the new entity-tag is told")
+            .expect("a publication");
+        assert_eq!(saved.uri, uri);
+        assert_eq!(
+            saved.etag,
+            first.status(&uri).and_then(|status| status.etag)
+        );
+        // The first process goes away without withdrawing anything (as on a crash or a
+        // restart).
+        first.shutdown().await;
+
+        let second = SipPublisher::start(config(server, Transport::Udp, 3600))
+            .await
+            .expect("start");
+        let new_state = busy_meeting("New state #busy", 1_795_431_600);
+        if adopting {
+            second.adopt(
+                uri.clone(),
+                new_state,
+                saved.etag.clone().expect("an entity-tag"),
+                saved.expires_at.expect("an expiry"),
+            );
+        } else {
+            second.set(uri.clone(), new_state);
+        }
+        published(&second, &uri, "New state #busy").await;
+        let status = second.status(&uri).expect("status");
+        let mut watcher = Watcher::new(server, &uri).await;
+        watcher.subscribe(60).await;
+        if adopting {
+            let notify = watcher
+                .notify_where(Duration::from_secs(5), has_note("New state #busy"))
+                .await;
+            assert_eq!(
+                status.last_result.as_ref().map(|r| (r.kind, r.status)),
+                Some((PublishKind::Modify, Some(200))),
+                "{status:?}"
+            );
+            assert_eq!(second.counters().conditional_request_failed, 0);
+            assert!(
+                !notify.body.contains("Old state"),
+                "one publication: the old state is gone: {}",
+                notify.body
+            );
+        } else {
+            // Kamailio keeps both publications and shows its watchers the older one.
+            watcher
+                .notify_where(Duration::from_secs(5), has_note("Old state #busy"))
+                .await;
+        }
+        second.remove(&uri);
+        second.shutdown().await;
+    }
+}

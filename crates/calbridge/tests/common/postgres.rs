@@ -14,6 +14,11 @@ pub fn server_url() -> String {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// Whether a missing service fails the test instead of skipping it.
+pub fn services_required() -> bool {
+    std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
 pub struct Database {
     server: String,
     name: String,
@@ -23,7 +28,12 @@ impl Database {
     /// A new, empty database named `{prefix}_{pid}_{n}`; `None` (the test skips) when the
     /// server does not answer and services are not required.
     pub async fn create(prefix: &str) -> Option<Database> {
-        let server = server_url();
+        Database::create_on(&server_url(), prefix).await
+    }
+
+    /// The same on the server of `server` (a test's own server).
+    pub async fn create_on(server: &str, prefix: &str) -> Option<Database> {
+        let server = server.to_string();
         let connected =
             tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&server))
                 .await;
@@ -35,7 +45,7 @@ impl Database {
                     _ => "no answer within 5 s".to_string(),
                 };
                 assert!(
-                    std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    !services_required(),
                     "CALBRIDGE_REQUIRE_SERVICES=1 but PostgreSQL does not answer: {why}"
                 );
                 eprintln!(
@@ -81,7 +91,12 @@ impl Drop for Database {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                let connected = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::PgConnection::connect(&server),
+                )
+                .await;
+                if let Ok(Ok(mut admin)) = connected {
                     let _ =
                         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .execute(&mut admin)

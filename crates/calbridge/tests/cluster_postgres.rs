@@ -19,94 +19,8 @@ use calbridge_domain::Secret;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
 use m365_emulator::{Emulator, EmulatorConfig};
-use sqlx::Connection;
 
 const LEASE_SECONDS: u64 = 3;
-
-fn server_url() -> String {
-    std::env::var("CALBRIDGE_TEST_POSTGRES")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// A database of its own, dropped when the test ends (also when it fails).
-struct Database {
-    server: String,
-    name: String,
-}
-
-impl Database {
-    async fn create() -> Option<Database> {
-        let server = server_url();
-        let connected =
-            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&server))
-                .await;
-        let mut admin = match connected {
-            Ok(Ok(connection)) => connection,
-            other => {
-                let why = match other {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "no answer within 5 s".to_string(),
-                };
-                assert!(
-                    std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                    "CALBRIDGE_REQUIRE_SERVICES=1 but PostgreSQL does not answer: {why}"
-                );
-                eprintln!(
-                    "skipped: PostgreSQL does not answer ({why}); set CALBRIDGE_TEST_POSTGRES"
-                );
-                return None;
-            }
-        };
-        // The process id and a count: the tests of this file run side by side.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "calbridge_cluster_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
-        let _ = admin.close().await;
-        Some(Database { server, name })
-    }
-
-    fn url(&self) -> String {
-        let (base, _) = self.server.rsplit_once('/').expect("a URL with a database");
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        // Dropped on a thread of its own: the test's runtime may be going away.
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// Who each instance follows, by address.
 fn followed(instances: &[(&str, &RunningService)]) -> BTreeMap<String, Vec<String>> {
@@ -168,7 +82,7 @@ async fn subscriptions_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     init_logs();
-    let Some(database) = Database::create().await else {
+    let Some(database) = scratch_database().await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(30, 5))
@@ -535,7 +449,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_calbridge_processes_and_a_kill_9() {
     init_logs();
-    let Some(database) = Database::create().await else {
+    let Some(database) = scratch_database().await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(60, 6))

@@ -20,6 +20,7 @@ mod error;
 mod migrations;
 mod postgres;
 mod records;
+pub mod scratch;
 mod sqlite;
 
 use std::collections::HashMap;

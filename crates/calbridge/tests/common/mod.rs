@@ -430,3 +430,22 @@ impl Api {
         body
     }
 }
+
+/// A PostgreSQL database of the test's own on the server of `CALBRIDGE_TEST_POSTGRES`, dropped
+/// when the test ends (also when it fails). `None`, after saying so, when the server does not
+/// answer, unless `CALBRIDGE_REQUIRE_SERVICES=1`: then the test fails.
+pub async fn scratch_database() -> Option<calbridge_store::scratch::ScratchDatabase> {
+    use calbridge_store::scratch::{server_url_from_env, ScratchDatabase, ScratchError};
+    match ScratchDatabase::create(&server_url_from_env(), "calbridge_test").await {
+        Ok(database) => Some(database),
+        Err(error @ ScratchError::Unreachable { .. }) => {
+            assert!(
+                std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "CALBRIDGE_REQUIRE_SERVICES=1 but {error}"
+            );
+            eprintln!("skipped: {error}");
+            None
+        }
+        Err(error) => panic!("{error}"),
+    }
+}

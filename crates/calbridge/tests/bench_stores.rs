@@ -115,8 +115,11 @@ async fn one_instance_on_sqlite_and_three_on_postgres_are_measured_side_by_side(
     }
     assert_eq!(sqlite[8], "-", "no failover with one instance: {stdout}");
     let failover = number(postgres[8], "failover", &stdout);
+    // Leases are renewed every third of their length, so a killed instance's last renewal
+    // runs out between two thirds of the lease and the whole lease after the kill; a failover
+    // quicker than that would mean the instance gave its shards back, i.e. was not killed.
     assert!(
-        failover >= 3.0,
+        failover >= 2.0,
         "a killed instance's people wait for its lease (3 s) to run out, not {failover} s: {stdout}"
     );
     // One resident size per instance: "a / b / c".

@@ -195,11 +195,11 @@ pub async fn run_instance(args: BenchInstanceArgs) -> anyhow::Result<()> {
             _ = every.tick() => {
                 // Counted under the engine's lock without copying anyone: this runs ten times
                 // a second beside the work being measured.
-                let state = (
-                    sync.progress.finished.load(std::sync::atomic::Ordering::Relaxed),
-                    sync.people().len(),
-                    sync.n_subscriptions(),
-                );
+                // The guard of `people()` must end before `n_subscriptions` takes the lock.
+                let followed = sync.people().len();
+                let subscribed = sync.n_subscriptions();
+                let first_sync = sync.progress.finished.load(std::sync::atomic::Ordering::Relaxed);
+                let state = (first_sync, followed, subscribed);
                 if last_state != Some(state) {
                     last_state = Some(state);
                     let (first_sync, followed, subscribed) = state;

@@ -151,10 +151,14 @@ async fn an_unreachable_postgres_server_is_named_in_a_clear_error() {
     .await;
     assert!(!success, "{stdout}");
     assert!(
-        stderr.contains("PostgreSQL at postgres://postgres:***@127.0.0.1:1/postgres does not answer"),
+        stderr
+            .contains("PostgreSQL at postgres://postgres:***@127.0.0.1:1/postgres does not answer"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hunter2"), "the password is shown: {stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is shown: {stderr}"
+    );
 }
 
 #[tokio::test]

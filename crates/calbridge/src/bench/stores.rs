@@ -286,15 +286,15 @@ pub async fn run(args: &BenchArgs, store: BenchStore) -> anyhow::Result<()> {
     );
     for &users in &args.users {
         for &setup in &setups {
-            let row = tokio::select! {
-                row = measure(setup, users, args, &server) => row.with_context(|| {
-                    format!("{} × {} with {users} users", setup.instances, setup.store.name())
-                })?,
-                _ = tokio::signal::ctrl_c() => {
-                    // Leaving `measure` drops its instances and its database.
-                    bail!("interrupted");
-                }
-            };
+            let row = measure(setup, users, args, &server)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{} × {} with {users} users",
+                        setup.instances,
+                        setup.store.name()
+                    )
+                })?;
             print_row(&row);
         }
     }
@@ -346,14 +346,18 @@ async fn measure(
         std::process::id(),
         setup.store.name()
     ));
-    let measured = measure_in(
-        setup,
-        users,
-        args,
-        &data_dir,
-        database.as_ref().map(ScratchDatabase::url),
-    )
-    .await;
+    let measured = tokio::select! {
+        measured = measure_in(
+            setup,
+            users,
+            args,
+            &data_dir,
+            database.as_ref().map(ScratchDatabase::url),
+        ) => measured,
+        // Leaving `measure_in` kills its instances and its emulator; the folder and the
+        // database go below.
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let _ = std::fs::remove_dir_all(&data_dir);
     if let Some(database) = database {
         database.drop_now().await;

@@ -5,6 +5,13 @@
 //!
 //! The emulator runs in a child process (this same binary, hidden subcommand
 //! `bench-emulator`) so that the memory measured is the service's alone.
+//!
+//! With `--store`, [`stores`] compares one instance on SQLite with several on PostgreSQL,
+//! each instance a process of its own.
+
+mod stores;
+
+pub use stores::{run_instance, BenchInstanceArgs, BenchStore};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +73,23 @@ pub struct BenchArgs {
     /// free/busy), Graph and EWS, or all three.
     #[arg(long, value_enum, default_value_t = BenchSource::Both)]
     pub source: BenchSource,
+    /// Compare the stores instead: one instance on a SQLite file (`sqlite`), `--instances`
+    /// instances sharing one PostgreSQL database (`postgres`), or both side by side, each
+    /// instance a process of its own; adds the failover time after one of several instances is
+    /// killed. Graph source only.
+    #[arg(long, value_enum)]
+    pub store: Option<BenchStore>,
+    /// How many instances share the PostgreSQL database with `--store postgres|both` (SQLite
+    /// serves one instance: its file is locked).
+    #[arg(long, default_value_t = 3)]
+    pub instances: usize,
+    /// The PostgreSQL server on which `--store` makes a database of its own (and drops it at
+    /// the end). Default: CALBRIDGE_TEST_POSTGRES, or postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long)]
+    pub postgres_url: Option<String>,
+    /// `[cluster] lease_seconds` of the PostgreSQL instances: bounds the failover time.
+    #[arg(long, default_value_t = 30)]
+    pub lease_seconds: u64,
     /// Print only the rows (used for the fresh process each row of `--source both` runs in).
     #[arg(long, hide = true)]
     pub rows_only: bool,
@@ -100,7 +124,12 @@ pub async fn run_emulator(args: BenchEmulatorArgs) -> anyhow::Result<()> {
 }
 
 fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    resident_memory_bytes_at("self")
+}
+
+/// `VmRSS` of `/proc/{process}/status` (`self` or a process id).
+fn resident_memory_bytes_at(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kilobytes * 1024)
@@ -115,6 +144,9 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(store) = args.store {
+        return stores::run(&args, store).await;
+    }
     let kinds = args.source.kinds();
     let ews = kinds.iter().any(|kind| kind.starts_with("ews"));
     if !args.rows_only {

@@ -32,6 +32,9 @@ pub enum Command {
     /// The emulator child process of `bench` (internal).
     #[command(hide = true)]
     BenchEmulator(crate::bench::BenchEmulatorArgs),
+    /// An instance process of `bench --store` (internal).
+    #[command(hide = true)]
+    BenchInstance(crate::bench::BenchInstanceArgs),
     /// Work with the presence engine.
     #[command(subcommand)]
     Presence(PresenceCommand),

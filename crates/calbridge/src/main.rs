@@ -8,9 +8,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         // The demo and the benchmark print their own progress; keep the log to problems.
-        Command::Demo(_) | Command::Bench(_) | Command::BenchEmulator(_) | Command::Check(_) => {
-            "warn"
-        }
+        Command::Demo(_)
+        | Command::Bench(_)
+        | Command::BenchEmulator(_)
+        | Command::BenchInstance(_)
+        | Command::Check(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Check(args) => block_on(calbridge::check::run(args)),
         Command::Bench(args) => block_on(calbridge::bench::run(args)),
         Command::BenchEmulator(args) => block_on(calbridge::bench::run_emulator(args)),
+        Command::BenchInstance(args) => block_on(calbridge::bench::run_instance(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

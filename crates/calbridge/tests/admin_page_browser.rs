@@ -68,7 +68,7 @@ async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_use
 /// every user the instance that follows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_the_instance_that_follows_each_user() {
-    let Some(database) = common::postgres::Database::create("calbridge_admin_page").await else {
+    let Some(database) = common::postgres::database("calbridge_admin_page").await else {
         return;
     };
     let Some(page) = admin_page(

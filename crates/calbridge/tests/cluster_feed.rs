@@ -16,7 +16,6 @@ use std::time::Duration;
 use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
 use calbridge_domain::Secret;
-use common::postgres::Database;
 use common::sse::{EventStream, ServerEvent};
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -56,7 +55,7 @@ fn busy_with(data: &Value, subject: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_decides() {
     init_logs();
-    let Some(database) = Database::create("calbridge_feed").await else {
+    let Some(database) = common::postgres::database("calbridge_feed").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(20, 7))

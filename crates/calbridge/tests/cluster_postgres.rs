@@ -17,7 +17,6 @@ use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
 use calbridge_domain::Secret;
 use common::cluster::{free_port, Process};
-use common::postgres::Database;
 use common::sip::PresenceServer;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -85,7 +84,7 @@ async fn subscriptions_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     init_logs();
-    let Some(database) = Database::create("calbridge_cluster").await else {
+    let Some(database) = common::postgres::database("calbridge_cluster").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(30, 5))
@@ -383,7 +382,7 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_calbridge_processes_and_a_kill_9() {
     init_logs();
-    let Some(database) = Database::create("calbridge_cluster").await else {
+    let Some(database) = common::postgres::database("calbridge_cluster").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(60, 6))

@@ -21,7 +21,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{free_port, Balancer, OwnPostgres, Process, ProcessConfig};
-use common::postgres::Database;
 use common::*;
 use futures_util::StreamExt;
 use jiff::{SignedDuration, Timestamp};
@@ -321,7 +320,7 @@ async fn wait_right_presence(
 async fn a_thousand_people_on_three_processes_survive_a_rolling_restart() {
     init_logs();
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(database) = Database::create("calbridge_cluster").await else {
+    let Some(database) = common::postgres::database("calbridge_cluster").await else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(1000, 11))
@@ -491,7 +490,8 @@ async fn the_processes_reconnect_after_postgres_restarts_and_lose_nothing() {
     let Some(server) = OwnPostgres::start() else {
         return;
     };
-    let Some(database) = Database::create_on(&server.url(), "calbridge_cluster").await else {
+    let Some(database) = common::postgres::database_on(&server.url(), "calbridge_cluster").await
+    else {
         return;
     };
     let emulator = Emulator::start(EmulatorConfig::generated(60, 12))

@@ -21,6 +21,7 @@ pub mod feed;
 mod migrations;
 mod postgres;
 mod records;
+pub mod scratch;
 mod sqlite;
 
 use std::collections::HashMap;

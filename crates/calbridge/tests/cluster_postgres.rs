@@ -331,6 +331,18 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
         note.starts_with("Booked while nobody followed")
     })
     .await;
+    // The new owner's own timer flips the person back at the meeting's end (nothing else is
+    // booked from an hour ago to three hours on), not a poll's.
+    let (decision, _) = running
+        .hub
+        .decision(&key(changed))
+        .expect("the new owner decided");
+    let ends = start + SignedDuration::from_mins(45);
+    let next = decision.next_change_at.expect("a next change");
+    assert!(
+        next.duration_since(ends).abs() < SignedDuration::from_secs(1),
+        "the next change is the meeting's end {ends}, not {next}"
+    );
     let ids = subscriptions_of(&owners, &refs).await;
     let live: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
     assert_eq!(ids, live, "still one live subscription per mailbox");

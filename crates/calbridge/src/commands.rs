@@ -423,17 +423,40 @@ async fn serve_until_interrupted(
     running: RunningService,
     print_changes: bool,
 ) -> anyhow::Result<()> {
-    show_progress(&running).await;
-    print_summary(&running);
+    // Listening from the start: a service manager that stops calbridge during its first sync
+    // gets a graceful stop too (the shard leases given back, the store closed), not a kill.
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let interrupted = tokio::select! {
+        _ = &mut stop => true,
+        _ = show_progress(&running) => false,
+    };
+    if !interrupted {
+        follow_changes(&running, print_changes, &mut stop).await;
+    }
+    eprintln!("Stopping…");
+    let report = running.shutdown().await;
+    for (task, ended) in &report {
+        eprintln!("  {task}: {ended}");
+    }
+    Ok(())
+}
+
+/// After the first sync: the presence summary, then (with `print_changes`) every change as
+/// it happens, until `stop`.
+async fn follow_changes(
+    running: &RunningService,
+    print_changes: bool,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
+    print_summary(running);
     let mut changes = running.hub.subscribe();
     if print_changes {
         eprintln!("Presence changes as they happen (Ctrl-C to stop):");
     }
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.as_mut() => break,
             change = changes.recv(), if print_changes => {
                 match change {
                     Ok(change) => {
@@ -454,10 +477,4 @@ async fn serve_until_interrupted(
             }
         }
     }
-    eprintln!("Stopping…");
-    let report = running.shutdown().await;
-    for (task, ended) in &report {
-        eprintln!("  {task}: {ended}");
-    }
-    Ok(())
 }

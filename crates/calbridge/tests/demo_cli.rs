@@ -70,3 +70,59 @@ fn the_demo_syncs_everyone_on_graph_on_ews_and_on_both() {
         assert_eq!(doubled, Some(2 * count), "{activity}: {both:?}");
     }
 }
+
+/// A service manager may stop calbridge while its first sync is still running (a large tenant
+/// takes minutes): SIGTERM then stops it gracefully, as it does later, instead of killing it.
+#[test]
+fn sigterm_during_the_first_sync_stops_gracefully() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calbridge"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--users", "5000"])
+        .args(["--at", AT])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the calbridge binary runs");
+    // Read on the side, so that a full pipe never holds the process up.
+    let stderr = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    // The service is up (its token printed) once the first sync has begun.
+    let started = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("api-token:"));
+    assert!(started, "the demo never started");
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = stderr.join().expect("stderr read");
+    assert!(
+        !stderr.contains("presence now:"),
+        "the first sync ended before the signal, so this proves nothing: use more users"
+    );
+    assert!(
+        status.success(),
+        "SIGTERM during the first sync is a graceful stop, not a kill: {status}\n{stderr}"
+    );
+    assert!(stderr.contains("Stopping"), "{stderr}");
+}

@@ -125,4 +125,8 @@ fn sigterm_during_the_first_sync_stops_gracefully() {
         "SIGTERM during the first sync is a graceful stop, not a kill: {status}\n{stderr}"
     );
     assert!(stderr.contains("Stopping"), "{stderr}");
+    assert!(
+        !stderr.contains("did not stop"),
+        "every task, the sync engine in its first sync included, stops when asked: {stderr}"
+    );
 }

@@ -423,7 +423,15 @@ impl<S: CalendarSource> Engine<S> {
 
     /// The task: restore, resolve, read, watch, then serve work and timers until shutdown.
     pub async fn run(self: Arc<Self>, mut work: mpsc::UnboundedReceiver<Work>, shutdown: Shutdown) {
-        self.start().await;
+        // A stop during the first sync abandons it: what was stored stays (each write is one
+        // transaction), and the next start resumes from the store and reads the rest.
+        tokio::select! {
+            () = self.start() => {}
+            _ = shutdown.wait() => {
+                self.source.shutdown().await;
+                return;
+            }
+        }
         self.progress.finished.store(true, Ordering::Relaxed);
         crate::memory::release_free_memory();
         let limiter = Arc::new(Semaphore::new(self.source.parallel_people()));

@@ -65,6 +65,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     }
+    // Listening before anything starts: a stop asked during start-up is not lost.
+    let stop = stop_signal();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let running = service::start(
         config,
@@ -81,7 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "(generated because calbridge.toml sets no [api] token; it is kept encrypted in the store)"
         );
     }
-    serve_until_interrupted(running, false).await
+    serve_until_interrupted(running, false, stop).await
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -91,6 +93,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let stop = stop_signal();
     eprintln!(
         "Starting the Microsoft 365 emulator with {} generated people…",
         args.users
@@ -161,7 +164,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         report_tasks(&report);
         Ok(())
     } else {
-        serve_until_interrupted(running, true).await
+        serve_until_interrupted(running, true, stop).await
     };
     emulator.shutdown().await;
     outcome
@@ -402,31 +405,40 @@ fn report_tasks(report: &[(&'static str, String)]) {
     }
 }
 
-/// Ctrl-C, or SIGTERM from a service manager (systemd, Docker), both stop gracefully.
-async fn stop_signal() {
+/// Resolves when calbridge is asked to stop.
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Ctrl-C, or SIGTERM from a service manager (systemd, Docker), both stop gracefully. The
+/// signals are caught from this call on (not from the first poll), so that one arriving while
+/// the service starts is not lost to the default action, which kills the process.
+fn stop_signal() -> StopSignal {
     #[cfg(unix)]
     {
-        if let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            return;
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            });
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn serve_until_interrupted(
     running: RunningService,
     print_changes: bool,
+    mut stop: StopSignal,
 ) -> anyhow::Result<()> {
-    // Listening from the start: a service manager that stops calbridge during its first sync
-    // gets a graceful stop too (the shard leases given back, the store closed), not a kill.
-    let stop = stop_signal();
-    tokio::pin!(stop);
+    // A service manager that stops calbridge during its first sync gets a graceful stop too
+    // (the shard leases given back, the store closed), not a kill.
     let interrupted = tokio::select! {
         _ = &mut stop => true,
         _ = show_progress(&running) => false,
@@ -444,11 +456,7 @@ async fn serve_until_interrupted(
 
 /// After the first sync: the presence summary, then (with `print_changes`) every change as
 /// it happens, until `stop`.
-async fn follow_changes(
-    running: &RunningService,
-    print_changes: bool,
-    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) {
+async fn follow_changes(running: &RunningService, print_changes: bool, stop: &mut StopSignal) {
     print_summary(running);
     let mut changes = running.hub.subscribe();
     if print_changes {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
 use calbridge_domain::Secret;
-use common::cluster::{free_port, Process};
+use common::cluster::{free_port, Process, ProcessConfig};
 use common::sip::PresenceServer;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -418,54 +418,20 @@ async fn three_calbridge_processes_and_a_kill_9() {
     let mut processes = Vec::new();
     for name in ["a", "b", "c"] {
         let port = free_port();
-        let config = format!(
-            r#"[presence]
-timezone = "UTC"
-
-[store]
-url = "{url}"
-key_file = "{key}"
-
-[cluster]
-lease_seconds = {LEASE_SECONDS}
-instance_name = "{name}"
-
-[api]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-token = "cluster-test-token"
-
-[publish.sip]
-server = "{sip}"
-domain = "pbx.test"
-max_requests_per_second = 1000
-
-[[sources]]
-id = "demo"
-
-[sources.graph]
-tenant_id = "{tenant}"
-client_id = "{client}"
-credential = {{ client_secret = "{secret}" }}
-authority_url = "{base}"
-graph_url = "{base}"
-token_scope = "https://graph.microsoft.com/.default"
-extra_root_ca = "{ca}"
-
-[[directory]]
-source = "demo"
-group_id = "{group}"
-"#,
-            url = database.url(),
-            key = dir.path().join("calbridge.key").display(),
-            tenant = ready.tenant_id,
-            client = ready.client_id,
-            secret = ready.client_secret.as_deref().expect("a secret"),
-            base = ready.base_url,
-            ca = ready.ca_cert.display(),
-            group = ready.group_id.as_deref().expect("a group"),
-            sip = sip.address,
-        );
+        let key_file = dir.path().join("calbridge.key");
+        let public_url = format!("http://127.0.0.1:{port}");
+        let store_url = database.url();
+        let config = ProcessConfig {
+            name,
+            port,
+            public_url: &public_url,
+            store_url: &store_url,
+            key_file: &key_file,
+            lease_seconds: LEASE_SECONDS,
+            ready: &ready,
+            sip_server: Some(&sip.address),
+        }
+        .to_toml();
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("write the configuration");
         let process = Process::start(

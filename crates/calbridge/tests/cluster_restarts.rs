@@ -56,6 +56,7 @@ impl Cluster<'_> {
             key_file: &self.dir.join("calbridge.key"),
             lease_seconds: LEASE_SECONDS,
             ready: self.ready,
+            sip_server: None,
         };
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config.to_toml()).expect("write the configuration");

@@ -281,11 +281,21 @@ pub struct ProcessConfig<'a> {
     pub key_file: &'a Path,
     pub lease_seconds: u64,
     pub ready: &'a ReadyInfo,
+    /// A SIP presence server (`host:port`) to publish to, domain `pbx.test`.
+    pub sip_server: Option<&'a str>,
 }
 
 impl ProcessConfig<'_> {
     pub fn to_toml(&self) -> String {
         let ready = self.ready;
+        let sip = self
+            .sip_server
+            .map(|server| {
+                format!(
+                    "\n[publish.sip]\nserver = \"{server}\"\ndomain = \"pbx.test\"\nmax_requests_per_second = 1000\n"
+                )
+            })
+            .unwrap_or_default();
         format!(
             r#"[presence]
 timezone = "UTC"
@@ -302,7 +312,7 @@ instance_name = "{name}"
 listen = "127.0.0.1:{port}"
 public_url = "{public_url}"
 token = "cluster-test-token"
-
+{sip}
 [[sources]]
 id = "demo"
 

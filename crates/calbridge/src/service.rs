@@ -288,6 +288,16 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         syncs.insert(source.id.clone(), sync.clone());
         queues.push((sync, queue));
     }
+    // Every sync engine, as the directory and handed-over work reach them.
+    let targets: Vec<Arc<dyn DirectoryTarget>> = syncs
+        .values()
+        .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>)
+        .chain(
+            ews_syncs
+                .values()
+                .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>),
+        )
+        .collect();
     let problems: Problems = Arc::new(Mutex::new(Vec::new()));
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     // Several instances on one PostgreSQL divide the people by shard leases; the first round
@@ -348,21 +358,12 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                     shutdown.clone(),
                 )),
             ));
-            let engines: Vec<Arc<dyn DirectoryTarget>> = syncs
-                .values()
-                .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>)
-                .chain(
-                    ews_syncs
-                        .values()
-                        .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>),
-                )
-                .collect();
             tasks.push((
                 "handed work",
                 tokio::spawn(crate::cluster::serve_handed_work(
                     postgres.work_queue(),
                     ownership_for_work,
-                    engines,
+                    targets.clone(),
                     shutdown.clone(),
                 )),
             ));
@@ -487,15 +488,6 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
 
     // The directory goes first so that the sources start with everyone in the store.
     let mut directory_state = DirectoryState::default();
-    let targets: Vec<Arc<dyn DirectoryTarget>> = syncs
-        .values()
-        .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>)
-        .chain(
-            ews_syncs
-                .values()
-                .map(|sync| sync.clone() as Arc<dyn DirectoryTarget>),
-        )
-        .collect();
     for sync in targets {
         let entries: Vec<DirectoryConfig> = config
             .directory

@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
-use calbridge_domain::Secret;
 use common::sse::{EventStream, ServerEvent};
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -93,24 +91,16 @@ async fn an_sse_client_of_one_instance_sees_once_a_change_the_other_instance_dec
     });
     // One shared folder: the store's key file is the same for both instances.
     let data_dir = tempfile::tempdir().expect("a temp dir");
-    let mut instances: Vec<(String, RunningService)> = Vec::new();
-    for name in ["a", "b"] {
-        let (listener, public_url) = listen(0).await;
-        let mut config = config_for(emulator.ready(), data_dir.path(), &public_url, None);
-        config.store.path = None;
-        config.store.key_file = Some(data_dir.path().join("calbridge.key"));
-        config.store.url = Some(Secret::new(database.url()));
-        config.cluster.lease_seconds = LEASE_SECONDS;
-        config.cluster.instance_name = Some(name.to_string());
-        config.publish.webhooks = vec![toml::from_str(&format!(
-            "name = \"crm\"\nurl = \"{hook_url}\"\nsecret = \"feed-test-secret\"\n"
-        ))
-        .expect("webhook config")];
-        instances.push((
-            name.to_string(),
-            start_service(config, Arc::new(SystemClock), listener).await,
-        ));
-    }
+    let instances = common::cluster::start_instances(
+        &["a", "b"],
+        emulator.ready(),
+        data_dir.path(),
+        &database.url(),
+        LEASE_SECONDS,
+        &hook_url,
+        "feed-test-secret",
+    )
+    .await;
     let refs: Vec<(&str, &RunningService)> = instances
         .iter()
         .map(|(name, running)| (name.as_str(), running))

@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use calbridge::clock::SystemClock;
 use calbridge::service::RunningService;
-use calbridge_domain::Secret;
 use common::cluster::{free_port, Process, ProcessConfig};
 use common::sip::PresenceServer;
 use common::*;
@@ -121,24 +119,16 @@ async fn three_instances_share_the_people_and_take_over_a_killed_ones() {
     });
     // One shared folder: the store's key file is the same for every instance.
     let data_dir = tempfile::tempdir().expect("a temp dir");
-    let mut instances: Vec<(String, RunningService)> = Vec::new();
-    for name in ["a", "b", "c"] {
-        let (listener, public_url) = listen(0).await;
-        let mut config = config_for(emulator.ready(), data_dir.path(), &public_url, None);
-        config.store.path = None;
-        config.store.key_file = Some(data_dir.path().join("calbridge.key"));
-        config.store.url = Some(Secret::new(database.url()));
-        config.cluster.lease_seconds = LEASE_SECONDS;
-        config.cluster.instance_name = Some(name.to_string());
-        config.publish.webhooks = vec![toml::from_str(&format!(
-            "name = \"crm\"\nurl = \"{hook_url}\"\nsecret = \"cluster-test-secret\"\n"
-        ))
-        .expect("webhook config")];
-        instances.push((
-            name.to_string(),
-            start_service(config, Arc::new(SystemClock), listener).await,
-        ));
-    }
+    let mut instances = common::cluster::start_instances(
+        &["a", "b", "c"],
+        emulator.ready(),
+        data_dir.path(),
+        &database.url(),
+        LEASE_SECONDS,
+        &hook_url,
+        "cluster-test-secret",
+    )
+    .await;
     let refs: Vec<(&str, &RunningService)> = instances
         .iter()
         .map(|(name, running)| (name.as_str(), running))

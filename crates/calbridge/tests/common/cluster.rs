@@ -412,3 +412,36 @@ impl Balancer {
             .retain(|backend, _| backend == name);
     }
 }
+
+/// In-process instances named `names` on the database of `store_url`, sharing one store key in
+/// `dir`, each posting every presence change to the webhook `hook_url` (HMAC key
+/// `hook_secret`), on the real clock.
+pub async fn start_instances(
+    names: &[&str],
+    ready: &ReadyInfo,
+    dir: &Path,
+    store_url: &str,
+    lease_seconds: u64,
+    hook_url: &str,
+    hook_secret: &str,
+) -> Vec<(String, calbridge::service::RunningService)> {
+    let mut instances = Vec::new();
+    for name in names {
+        let (listener, public_url) = super::listen(0).await;
+        let mut config = super::config_for(ready, dir, &public_url, None);
+        config.store.path = None;
+        config.store.key_file = Some(dir.join("calbridge.key"));
+        config.store.url = Some(calbridge_domain::Secret::new(store_url.to_string()));
+        config.cluster.lease_seconds = lease_seconds;
+        config.cluster.instance_name = Some(name.to_string());
+        config.publish.webhooks = vec![toml::from_str(&format!(
+            "name = \"crm\"\nurl = \"{hook_url}\"\nsecret = \"{hook_secret}\"\n"
+        ))
+        .expect("webhook config")];
+        instances.push((
+            name.to_string(),
+            super::start_service(config, Arc::new(calbridge::clock::SystemClock), listener).await,
+        ));
+    }
+    instances
+}

@@ -452,11 +452,20 @@ async fn measure_in(
     latencies.sort_by(f64::total_cmp);
 
     let failover_seconds = if setup.instances > 1 {
+        // All instances start at once, so the first to claim may hold every shard when the
+        // first sync is done; the others take their fair share over the next renewals. The
+        // failover is measured on an instance that follows people, not on an idle one.
+        fleet
+            .wait_until(
+                &format!("{label} every instance following people"),
+                Duration::from_secs(args.lease_seconds * 4 + 120),
+                |fleet| fleet.live().all(|instance| instance.followed > 0),
+            )
+            .await?;
+        let (killed_at, name, followed) = fleet.kill_busiest().await;
         eprintln!(
-            "{label} killing instance {} (SIGKILL) and waiting for the others to follow its people…",
-            fleet.instances[setup.instances - 1].name
+            "{label} killed instance {name} (SIGKILL), which followed {followed} people; waiting for the others to follow them…"
         );
-        let killed_at = fleet.kill_last().await;
         fleet
             .wait_until(
                 &format!("{label} failover"),
@@ -748,14 +757,21 @@ impl Fleet {
         Ok(people)
     }
 
-    /// Kills the last instance with SIGKILL, as a machine that fails: no shard is given back.
-    async fn kill_last(&mut self) -> Instant {
-        if let Some(instance) = self.instances.iter_mut().rev().find(|i| i.alive) {
-            let _ = instance.child.start_kill();
-            let _ = instance.child.wait().await;
-            instance.alive = false;
-        }
-        Instant::now()
+    /// Kills the live instance that follows the most people with SIGKILL, as a machine that
+    /// fails: no shard is given back. Says when, which instance, and how many it followed.
+    async fn kill_busiest(&mut self) -> (Instant, String, usize) {
+        let Some(instance) = self
+            .instances
+            .iter_mut()
+            .filter(|i| i.alive)
+            .max_by_key(|i| i.followed)
+        else {
+            return (Instant::now(), String::new(), 0);
+        };
+        let _ = instance.child.start_kill();
+        let _ = instance.child.wait().await;
+        instance.alive = false;
+        (Instant::now(), instance.name.clone(), instance.followed)
     }
 
     /// Closes every instance's input (a graceful stop that gives the shards back) and waits

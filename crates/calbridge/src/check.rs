@@ -22,6 +22,9 @@ pub struct CheckArgs {
     /// The mailbox to try; default: the first person of the source's directory.
     #[arg(long)]
     pub user: Option<String>,
+    /// Also print the log (requests, retries) on stderr; the step report alone by default.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// One line of the report.

@@ -38,6 +38,9 @@ pub enum Command {
     /// Work with the presence engine.
     #[command(subcommand)]
     Presence(PresenceCommand),
+    /// Tell a running service to read its configuration file again (as SIGHUP does) and print
+    /// what was applied and what waits for a restart.
+    Reload(crate::commands::ReloadArgs),
     /// Check a configuration file and print what it resolves to.
     CheckConfig {
         #[arg(long, default_value = "calbridge.toml")]

@@ -65,8 +65,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     }
-    // Listening before anything starts: a stop asked during start-up is not lost.
+    // Listening before anything starts: a stop asked during start-up is not lost, and a
+    // SIGHUP then (whose default action ends the process) waits for the service to be up.
     let stop = stop_signal();
+    let hangups = hangup_signal();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let running = service::start(
         config,
@@ -76,6 +78,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    running.reloader.read_from(args.config.clone());
+    let reloads =
+        hangups.map(|hangups| tokio::spawn(reload_on_hangup(hangups, running.reloader.clone())));
     eprintln!("calbridge listens on http://{}", running.address);
     if running.api_token_generated {
         println!("api-token: {}", running.api_token.expose());
@@ -83,8 +88,117 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "(generated because calbridge.toml sets no [api] token; it is kept encrypted in the store)"
         );
     }
-    serve_until_interrupted(running, false, stop).await
+    let served = serve_until_interrupted(running, false, stop).await;
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
+    served
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// The running service's configuration file: its `[api]` says where the service listens
+    /// and its token. The service reads its own file again, the one it was started with.
+    #[arg(long, default_value = "calbridge.toml")]
+    pub config: PathBuf,
+    /// The service's address when the file does not say it (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The API token, when calbridge.toml sets none (calbridge printed the one it generated at
+    /// its first start). Also from the environment.
+    #[arg(long, env = "CALBRIDGE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `calbridge reload`: asks the running service to read its configuration again.
+pub async fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config).map_err(|error| {
+        anyhow::anyhow!(
+            "{error}\n(the running service would refuse this file too: fix it, then reload)"
+        )
+    })?;
+    let url = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", local_address(&config.api.listen)),
+    };
+    let token = match (&args.token, &config.api.token, &config.api.token_env) {
+        (Some(token), _, _) => token.clone(),
+        (None, Some(token), _) => token.expose().to_string(),
+        (None, None, Some(variable)) => std::env::var(variable).with_context(|| {
+            format!("api.token_env names the environment variable {variable}, which is not set here")
+        })?,
+        (None, None, None) => bail!(
+            "{} sets no [api] token: pass the one calbridge generated with --token (or CALBRIDGE_API_TOKEN), or send the service SIGHUP (kill -HUP <pid>)",
+            args.config.display()
+        ),
+    };
+    let response = calbridge_net::build_http_client(None)?
+        .post(format!("{url}/api/v1/reload"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the service at {url}: is it running?"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.with_context(|| {
+        format!("the service at {url} gave an answer that is not JSON (HTTP {status})")
+    })?;
+    if !status.is_success() {
+        bail!(
+            "the service refused the reload (HTTP {status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let report: crate::reload::ReloadReport = serde_json::from_value(body)
+        .with_context(|| format!("the answer of {url} is not a reload report"))?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Where to reach a listen address from this machine: a wildcard address means loopback.
+fn local_address(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(address) if address.ip().is_unspecified() => {
+            let loopback: std::net::IpAddr = if address.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(loopback, address.port()).to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
+/// SIGHUP, caught from this call on; `None` where there is no such signal.
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<std::convert::Infallible> {
+    None
+}
+
+/// Reads the configuration again at every SIGHUP; the reloader logs what it did.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: Arc<crate::reload::Reloader>,
+) {
+    while hangups.recv().await.is_some() {
+        // What was applied is logged by the reloader, line by line.
+        if let Err(error) = reloader.reload().await {
+            tracing::error!("reload: {error}");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: std::convert::Infallible, _: Arc<crate::reload::Reloader>) {}
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {

@@ -17,7 +17,7 @@
 //! belongs to the instance that follows them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use calbridge_domain::Appointment;
 use calbridge_presence::{decide, Decision, Locale, Rules};
@@ -83,8 +83,8 @@ struct Timeline {
 /// which the hub reads when a timer fires. That keeps memory per person small (a decision is a
 /// few hundred bytes; a day of Graph events with their long ids is kilobytes).
 pub struct PresenceHub {
-    rules: Rules,
-    locale: Locale,
+    /// Replaced as a whole when the configuration is reloaded ([`PresenceHub::set_rules`]).
+    rules: RwLock<(Arc<Rules>, Arc<Locale>)>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
     state: Mutex<Timeline>,
@@ -124,8 +124,7 @@ impl PresenceHub {
         let (stream, _) = broadcast::channel(4096);
         let (persist, persist_rx) = mpsc::unbounded_channel();
         let hub = PresenceHub {
-            rules,
-            locale,
+            rules: RwLock::new((Arc::new(rules), Arc::new(locale))),
             clock,
             store,
             state: Mutex::new(Timeline {
@@ -179,12 +178,38 @@ impl PresenceHub {
         &self.counters
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules_and_locale().0
     }
 
-    pub fn locale(&self) -> &Locale {
-        &self.locale
+    pub fn locale(&self) -> Arc<Locale> {
+        self.rules_and_locale().1
+    }
+
+    fn rules_and_locale(&self) -> (Arc<Rules>, Arc<Locale>) {
+        let guard = self
+            .rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (guard.0.clone(), guard.1.clone())
+    }
+
+    /// New rules and locale from a reloaded configuration: everyone is decided anew with
+    /// them (from the stored appointments), so that a changed mapping, keyword or time zone
+    /// shows at once. Returns how many people were decided.
+    pub async fn set_rules(&self, rules: Rules, locale: Locale) -> usize {
+        *self
+            .rules
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (Arc::new(rules), Arc::new(locale));
+        let people = self.people();
+        let n = people.len();
+        futures_util::stream::iter(people)
+            .for_each_concurrent(PARALLEL_TIMER_LOADS, |person| async move {
+                self.refresh(&person).await;
+            })
+            .await;
+        n
     }
 
     /// Decides a person's presence from their complete, already stored appointments (after a
@@ -287,7 +312,8 @@ impl PresenceHub {
         let Some(entry) = state.people.get_mut(person) else {
             return;
         };
-        let decision = decide(appointments, &self.rules, &self.locale, now);
+        let (rules, locale) = self.rules_and_locale();
+        let decision = decide(appointments, &rules, &locale, now);
         self.counters
             .decisions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

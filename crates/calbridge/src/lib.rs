@@ -17,6 +17,7 @@ pub mod feed;
 pub mod hub;
 pub mod memory;
 pub mod publish;
+pub mod reload;
 pub mod service;
 pub mod shutdown;
 pub mod simulate;

@@ -6,13 +6,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
+    let default_level = match &cli.command {
+        // `check` reports every step itself; its log only with --verbose (or RUST_LOG).
+        Command::Check(args) if !args.verbose => "off",
         // The demo and the benchmark print their own progress; keep the log to problems.
         Command::Demo(_)
         | Command::Bench(_)
         | Command::BenchEmulator(_)
         | Command::BenchInstance(_)
-        | Command::Check(_) => "warn",
+        | Command::Check(_)
+        | Command::Reload(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::Run(args) => block_on(calbridge::commands::run(args)),
+        Command::Reload(args) => block_on(calbridge::commands::reload(args)),
         Command::Demo(args) => block_on(calbridge::commands::demo(args)),
         Command::Check(args) => block_on(calbridge::check::run(args)),
         Command::Bench(args) => block_on(calbridge::bench::run(args)),

@@ -22,6 +22,7 @@ use crate::clock::{Clock, GraphClockAdapter};
 use crate::config::{Config, DirectoryConfig, StoreTarget};
 use crate::directory::{self, DirectoryPerson};
 use crate::hub::{PresenceChange, PresenceHub};
+use crate::reload::Reloader;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::sync::ews::EwsSync;
 use crate::sync::graph::GraphSync;
@@ -40,6 +41,8 @@ pub struct ServiceOptions {
 pub type Problems = Arc<Mutex<Vec<(Timestamp, String)>>>;
 
 pub struct RunningService {
+    /// Re-reads the configuration file (SIGHUP, `calbridge reload`) once told where it is.
+    pub reloader: Arc<Reloader>,
     pub address: SocketAddr,
     pub api_token: Secret,
     /// True when calbridge made the token up (none configured): `run` prints it then.
@@ -457,6 +460,27 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         ));
         Some(publisher)
     };
+    // Each source's directory entries, which a reload of the configuration can replace.
+    let mut directory_channels = Vec::new();
+    let mut directory_entries = HashMap::new();
+    for sync in targets {
+        let entries: Vec<DirectoryConfig> = config
+            .directory
+            .iter()
+            .filter(|entry| &entry.source == sync.source_id())
+            .cloned()
+            .collect();
+        let (entries_tx, entries_rx) = tokio::sync::watch::channel(entries);
+        directory_entries.insert(sync.source_id().clone(), entries_tx);
+        directory_channels.push((sync, entries_rx));
+    }
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        hub.clone(),
+        syncs.clone(),
+        ews_syncs.clone(),
+        directory_entries,
+    ));
     let state = Arc::new(ApiState {
         hub: hub.clone(),
         store: store.clone(),
@@ -471,6 +495,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         webhooks: webhooks.clone(),
         cluster: cluster.clone(),
         handed_work,
+        reloader: reloader.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();
@@ -488,13 +513,8 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
 
     // The directory goes first so that the sources start with everyone in the store.
     let mut directory_state = DirectoryState::default();
-    for sync in targets {
-        let entries: Vec<DirectoryConfig> = config
-            .directory
-            .iter()
-            .filter(|entry| &entry.source == sync.source_id())
-            .cloned()
-            .collect();
+    for (sync, entries_rx) in directory_channels {
+        let entries = entries_rx.borrow().clone();
         refresh_directory(
             sync.as_ref(),
             store.as_ref(),
@@ -502,30 +522,20 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             &mut directory_state,
             &problems,
             clock.as_ref(),
-            false,
+            Refresh::Start,
         )
         .await;
-        let sync = sync.clone();
-        let store = store.clone();
-        let problems = problems.clone();
-        let clock = clock.clone();
-        let shutdown = shutdown.clone();
-        let mut directory_state = directory_state.clone();
         tasks.push((
             "directory",
-            tokio::spawn(async move {
-                let seconds = entries.iter().map(|entry| entry.refresh_seconds).min().unwrap_or(30).max(1);
-                let mut every = tokio::time::interval(Duration::from_secs(seconds));
-                every.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = shutdown.wait() => return,
-                        _ = every.tick() => {
-                            refresh_directory(sync.as_ref(), store.as_ref(), &entries, &mut directory_state, &problems, clock.as_ref(), true).await;
-                        }
-                    }
-                }
-            }),
+            tokio::spawn(follow_directory(
+                sync.clone(),
+                store.clone(),
+                entries_rx,
+                directory_state.clone(),
+                problems.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            )),
         ));
     }
     for (sync, queue) in ews_queues {
@@ -538,6 +548,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         ));
     }
     Ok(RunningService {
+        reloader,
         address,
         api_token,
         api_token_generated,
@@ -551,6 +562,68 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         tasks,
         store_backend,
     })
+}
+
+/// Re-reads one source's directory entries every `refresh_seconds` (the shortest of them),
+/// and at once when a reload of the configuration changed them.
+async fn follow_directory(
+    sync: Arc<dyn DirectoryTarget>,
+    store: Arc<dyn Store>,
+    mut entries_rx: tokio::sync::watch::Receiver<Vec<DirectoryConfig>>,
+    mut state: DirectoryState,
+    problems: Problems,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) {
+    let period = |entries: &[DirectoryConfig]| {
+        let seconds = entries
+            .iter()
+            .map(|entry| entry.refresh_seconds)
+            .min()
+            .unwrap_or(30)
+            .max(1);
+        Duration::from_secs(seconds)
+    };
+    let mut entries = entries_rx.borrow_and_update().clone();
+    let mut every = tokio::time::interval(period(&entries));
+    every.tick().await;
+    loop {
+        let how = tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = every.tick() => Refresh::Periodic,
+            changed = entries_rx.changed() => {
+                if changed.is_err() {
+                    // The reloader is gone: the service is stopping.
+                    return;
+                }
+                entries = entries_rx.borrow_and_update().clone();
+                every = tokio::time::interval(period(&entries));
+                every.tick().await;
+                Refresh::Reloaded
+            }
+        };
+        refresh_directory(
+            sync.as_ref(),
+            store.as_ref(),
+            &entries,
+            &mut state,
+            &problems,
+            clock.as_ref(),
+            how,
+        )
+        .await;
+    }
+}
+
+/// Why the directory is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    /// At start-up, before the engines run: they start with everyone in the store.
+    Start,
+    /// The periodic check: a file is applied when it changed, a group when it is due.
+    Periodic,
+    /// The entries changed in a reloaded configuration: everything is read and applied now.
+    Reloaded,
 }
 
 /// What the directory task remembers between refreshes: file times and the last listing, so
@@ -584,13 +657,15 @@ async fn refresh_directory(
     state: &mut DirectoryState,
     problems: &Problems,
     clock: &dyn Clock,
-    is_refresh: bool,
+    how: Refresh,
 ) {
+    let is_refresh = how != Refresh::Start;
+    let forced = how != Refresh::Periodic;
     let now = clock.now();
     let mut listed: Vec<DirectoryPerson> = Vec::new();
     let mut resolved = Vec::new();
     let mut complete = true;
-    let mut changed = !is_refresh;
+    let mut changed = forced;
     for entry in entries {
         if let Some(path) = &entry.file {
             let modified = std::fs::metadata(path)
@@ -624,10 +699,11 @@ async fn refresh_directory(
             }
         }
         if let Some(group) = &entry.group_id {
-            let due = state
-                .group_checked_at
-                .get(group)
-                .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH);
+            let due = forced
+                || state
+                    .group_checked_at
+                    .get(group)
+                    .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH);
             if !due {
                 complete = false;
                 continue;

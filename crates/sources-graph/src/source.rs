@@ -180,6 +180,33 @@ fn check_https(setting: &'static str, value: &str) -> Result<String, ConfigError
     Ok(trimmed.to_string())
 }
 
+/// Checks and loads the app's credential: a non-empty secret, or a certificate and key that
+/// can be read and sign.
+fn app_credential(credential: &GraphCredential) -> Result<AppCredential, ConfigError> {
+    Ok(match credential {
+        GraphCredential::ClientSecret(secret) => {
+            if secret.is_empty() {
+                return Err(ConfigError::Empty {
+                    setting: "credential.client_secret",
+                });
+            }
+            AppCredential::ClientSecret(secret.clone())
+        }
+        GraphCredential::Certificate {
+            certificate_pem,
+            private_key_pem,
+        } => AppCredential::Certificate(Box::new(
+            CertificateSigner::from_pem_files(certificate_pem, private_key_pem).map_err(
+                |error| ConfigError::File {
+                    setting: error.setting,
+                    path: error.path,
+                    problem: error.problem,
+                },
+            )?,
+        )),
+    })
+}
+
 impl GraphSource {
     pub fn new(config: &GraphSourceConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
         Self::with_options(config, clock, SourceOptions::default())
@@ -222,28 +249,7 @@ impl GraphSource {
             }
             None => format!("{graph_url}/.default"),
         };
-        let credential = match &config.credential {
-            GraphCredential::ClientSecret(secret) => {
-                if secret.is_empty() {
-                    return Err(ConfigError::Empty {
-                        setting: "credential.client_secret",
-                    });
-                }
-                AppCredential::ClientSecret(secret.clone())
-            }
-            GraphCredential::Certificate {
-                certificate_pem,
-                private_key_pem,
-            } => AppCredential::Certificate(Box::new(
-                CertificateSigner::from_pem_files(certificate_pem, private_key_pem).map_err(
-                    |error| ConfigError::File {
-                        setting: error.setting,
-                        path: error.path,
-                        problem: error.problem,
-                    },
-                )?,
-            )),
-        };
+        let credential = app_credential(&config.credential)?;
         let tenant_id = config.tenant_id.trim();
         let tokens = Arc::new(TokenProvider::new(
             &TokenProvider::entra_token_url(&authority_url, tenant_id),
@@ -268,6 +274,14 @@ impl GraphSource {
                 options,
             }),
         })
+    }
+
+    /// Takes a new secret or certificate from a reloaded configuration: checked and loaded
+    /// first (a bad one changes nothing), then used from the next token request on.
+    pub fn replace_credential(&self, credential: &GraphCredential) -> Result<(), ConfigError> {
+        let loaded = app_credential(credential)?;
+        self.inner.tokens.replace_credential(loaded);
+        Ok(())
     }
 
     /// Token state for the admin page.

@@ -56,6 +56,8 @@ pub struct ApiState {
     pub cluster: Option<crate::cluster::SharedClusterView>,
     /// Where notifications for people another instance follows go; `None` with one instance.
     pub handed_work: Option<calbridge_store::cluster::WorkQueue>,
+    /// Re-reads the configuration file (`POST /api/v1/reload`, as SIGHUP does).
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -65,6 +67,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/users/{address}/presence", get(presence))
         .route("/api/v1/users/{address}/calendar", get(calendar))
         .route("/api/v1/presence/stream", get(stream))
+        .route("/api/v1/reload", post(reload))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -83,6 +86,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .merge(api)
         .with_state(state)
+}
+
+/// Reads the configuration file again, as SIGHUP does: the answer says what was applied and
+/// what waits for a restart; an invalid file is a 422 and changes nothing.
+async fn reload(State(state): State<Arc<ApiState>>) -> Response {
+    match state.reloader.reload().await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => api_error(StatusCode::UNPROCESSABLE_ENTITY, error),
+    }
 }
 
 fn api_error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -610,7 +610,8 @@ impl<S: CalendarSource> Engine<S> {
             HashMap::new()
         };
         let today_start = {
-            let zone = self.hub.locale().zone.zone();
+            let locale = self.hub.locale();
+            let zone = locale.zone.zone();
             calbridge_domain::start_of_day(zone.to_datetime(self.clock.now()).date(), zone)
         };
         let mut to_read = Vec::new();

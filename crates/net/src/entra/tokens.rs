@@ -262,7 +262,8 @@ pub struct TokenProvider {
     scope: String,
     tenant_id: String,
     client_id: String,
-    credential: AppCredential,
+    /// Replaced when the configuration is reloaded with a new secret or certificate.
+    credential: Mutex<Arc<AppCredential>>,
     clock: Arc<dyn Clock>,
     state: Mutex<TokenState>,
     /// Held while one task asks Entra ID, so concurrent callers share that one answer.
@@ -295,7 +296,7 @@ impl TokenProvider {
             scope: scope.to_string(),
             tenant_id: tenant_id.to_string(),
             client_id: client_id.to_string(),
-            credential,
+            credential: Mutex::new(Arc::new(credential)),
             clock,
             state: Mutex::new(TokenState::default()),
             refresh_in_flight: tokio::sync::Mutex::new(()),
@@ -402,6 +403,14 @@ impl TokenProvider {
         }
     }
 
+    /// Takes a new credential (a reloaded configuration with a rotated secret or certificate).
+    /// A credential failure's back-off ends: the next call asks Entra ID with the new one at
+    /// once. A token already issued stays in use until it is due for refresh.
+    pub fn replace_credential(&self, credential: AppCredential) {
+        *lock(&self.credential) = Arc::new(credential);
+        lock(&self.state).failure = None;
+    }
+
     /// Drops the cached token after Graph answered 401 with it, so the next call asks anew.
     pub fn forget_token(&self, rejected: &Secret) {
         let mut state = lock(&self.state);
@@ -477,7 +486,8 @@ impl TokenProvider {
         now: Timestamp,
     ) -> Result<(Secret, SignedDuration), AuthError> {
         let assertion;
-        let credential = match &self.credential {
+        let current = Arc::clone(&lock(&self.credential));
+        let credential = match current.as_ref() {
             AppCredential::ClientSecret(secret) => super::ClientCredential::Secret(secret.expose()),
             AppCredential::Certificate(signer) => {
                 assertion = signer
@@ -513,7 +523,7 @@ impl TokenProvider {
         }
         // Entra ID never repeats the secret, but a proxy or another token service in front of
         // it might: what is kept of the answer must not carry it.
-        let body = match &self.credential {
+        let body = match current.as_ref() {
             AppCredential::ClientSecret(secret) if !secret.is_empty() => {
                 String::from_utf8_lossy(&answer.body)
                     .replace(secret.expose(), "<redacted>")

@@ -522,8 +522,12 @@ async fn decided_at(
     at: Timestamp,
 ) -> Option<(String, String, Option<Timestamp>)> {
     let appointments = running.store.load_appointments(&key(address)).await.ok()?;
-    let decision =
-        calbridge_presence::decide(&appointments, running.hub.rules(), running.hub.locale(), at);
+    let decision = calbridge_presence::decide(
+        &appointments,
+        &running.hub.rules(),
+        &running.hub.locale(),
+        at,
+    );
     Some((
         decision.activity.as_str().to_string(),
         decision.note,

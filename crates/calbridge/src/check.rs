@@ -76,7 +76,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
     }
     if failures > 0 {
-        bail!("{failures} source(s) failed the check");
+        bail!(
+            "{} failed the check",
+            crate::counted(failures, "source", "sources")
+        );
     }
     println!("all checks passed");
     Ok(())
@@ -154,8 +157,8 @@ async fn check_graph_source(
             true,
             "calendar read",
             &format!(
-                "{} appointment(s) in the next {} h",
-                appointments.len(),
+                "{} in the next {} h",
+                crate::counted(appointments.len(), "appointment", "appointments"),
                 config.sync.window_hours
             ),
         ),
@@ -258,8 +261,8 @@ async fn first_directory_person(
                         true,
                         "directory group",
                         &format!(
-                            "group {group} has {} member(s) with a mailbox",
-                            members.len()
+                            "group {group} has {} with a mailbox",
+                            crate::counted(members.len(), "member", "members")
                         ),
                     );
                     if let Some(member) = members.into_iter().next() {
@@ -443,7 +446,8 @@ async fn check_ews_source(
             true,
             "calendar read",
             &format!(
-                "{count} appointment(s) of {mailbox} in the next {} h ({how})",
+                "{} of {mailbox} in the next {} h ({how})",
+                crate::counted(count, "appointment", "appointments"),
                 config.sync.window_hours
             ),
         ),

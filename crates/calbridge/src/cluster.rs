@@ -225,8 +225,8 @@ async fn within<T: Default>(
 
 /// A new instance's id: random, so that a restarted process is a new instance and never
 /// mistakes the leases of its previous life for its own.
-pub fn new_instance_id() -> String {
-    crate::service::random_token().chars().take(16).collect()
+pub fn new_instance_id() -> anyhow::Result<String> {
+    Ok(crate::service::random_token()?.chars().take(16).collect())
 }
 
 /// `host:pid`, for the operator.

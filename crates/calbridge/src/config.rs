@@ -13,10 +13,11 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
+    /// The reason is part of the message, not a `source`: `{error:#}` would show it twice.
+    #[error("cannot read configuration file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("configuration file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -230,6 +231,9 @@ pub struct ApiConfig {
     /// without it, it reads changes by delta polling every `sync.poll_interval_seconds`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Live streams (`/api/v1/presence/stream`) open at once; one more is answered 503.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 impl Default for ApiConfig {
@@ -239,8 +243,13 @@ impl Default for ApiConfig {
             token: None,
             token_env: None,
             public_url: None,
+            max_streams: default_max_streams(),
         }
     }
+}
+
+fn default_max_streams() -> usize {
+    256
 }
 
 fn default_listen() -> String {
@@ -347,9 +356,9 @@ fn default_directory_refresh() -> u64 {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -360,9 +369,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; the error is toml's, which names the key and shows the line.
+    /// Parses TOML text; the error names the key and shows the line, with the value of a
+    /// secret hidden ([`toml_error`]).
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|error| error.to_string())?;
+        let config: Config = toml::from_str(text).map_err(|error| toml_error(text, &error))?;
         config.check()?;
         Ok(config)
     }
@@ -434,6 +444,28 @@ impl Config {
         if self.api.token.is_some() && self.api.token_env.is_some() {
             return Err("api: set either `token` or `token_env`, not both".to_string());
         }
+        if let Some(token) = &self.api.token {
+            check_api_token(token.expose(), "api.token")?;
+        }
+        if !(1..=100_000).contains(&self.api.max_streams) {
+            return Err(format!(
+                "api.max_streams = {} is out of range: use 1 to 100000 (default 256)",
+                self.api.max_streams
+            ));
+        }
+        if !(1..=86_400).contains(&self.sync.poll_interval_seconds) {
+            return Err(format!(
+                "sync.poll_interval_seconds = {} is out of range: use 1 to 86400 (default 120)",
+                self.sync.poll_interval_seconds
+            ));
+        }
+        for source in &self.sources {
+            if let Some(graph) = &source.graph {
+                graph
+                    .check()
+                    .map_err(|error| format!("[[sources]] `{}`: {error}", source.id))?;
+            }
+        }
         if self.store.key_file.is_some() && self.store.key_env.is_some() {
             return Err("store: set either `key_file` or `key_env`, not both".to_string());
         }
@@ -487,6 +519,136 @@ impl Config {
                 }
             }
         }
+    }
+}
+
+/// The API token guards every calendar and subject: an empty or short one is refused, never
+/// taken as "no authentication".
+pub fn check_api_token(token: &str, setting: &str) -> Result<(), String> {
+    const MIN_LEN: usize = 16;
+    let advice = "use at least 16 characters (for example the output of `openssl rand -hex 24`), or remove the setting and calbridge generates a token and prints it at its first start";
+    if token.trim().is_empty() {
+        return Err(format!("{setting} is empty: {advice}"));
+    }
+    if token.trim() != token {
+        return Err(format!(
+            "{setting} starts or ends with white space, which no client sends back: remove it"
+        ));
+    }
+    if token.chars().count() < MIN_LEN {
+        return Err(format!(
+            "{setting} is too short ({} characters): {advice}",
+            token.chars().count()
+        ));
+    }
+    Ok(())
+}
+
+/// Keys whose values are secrets (`api.token`, a Graph `client_secret`, the EWS and SIP
+/// `password`, an EWS `fixed_token`, a webhook `secret`, the store `url` with its password).
+/// A webhook `url` often carries a token too, so every `url` counts.
+const SECRET_KEYS: [&str; 6] = [
+    "token",
+    "fixed_token",
+    "client_secret",
+    "password",
+    "secret",
+    "url",
+];
+
+/// Where the value of a secret key starts on a line (`client_secret = "…"`, also inside an
+/// inline table), or `None` when the line sets no secret.
+fn secret_value_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    SECRET_KEYS
+        .iter()
+        .flat_map(|key| line.match_indices(key).map(move |(at, _)| (at, key.len())))
+        .filter(|&(at, len)| {
+            let before = at.checked_sub(1).map(|i| bytes[i]);
+            let starts_key =
+                before.is_none_or(|b| b.is_ascii_whitespace() || b"{,.\"".contains(&b));
+            let rest = line[at + len..].trim_start_matches([' ', '\t', '"']);
+            starts_key && rest.starts_with('=')
+        })
+        .map(|(at, len)| {
+            let rest = &line[at + len..];
+            at + len + rest.find('=').map_or(0, |eq| eq + 1)
+        })
+        .min()
+}
+
+/// The values of secret keys as written in the file (without quotes), to be hidden wherever
+/// an error message would repeat them.
+fn secret_values(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let value = line[secret_value_start(line)?..].trim();
+            let value = value.split(['#', ',', '}']).next().unwrap_or(value).trim();
+            let value = value.trim_matches(['"', '\'']);
+            (value.chars().count() >= 3).then(|| value.to_string())
+        })
+        .collect()
+}
+
+/// toml's own error shows the offending line, value and all, and serde's messages can quote a
+/// value (`invalid type: string "…"`): with a secret on that line, the reader would see the
+/// secret in a terminal or a log. The error is written here instead, in toml's layout, with
+/// the value of every secret key replaced by `***`.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let mut message = error.message().trim_end().to_string();
+    let mut out = String::new();
+    if let Some(span) = error.span() {
+        let start = span.start.min(text.len());
+        let before = text.get(..start).unwrap_or("");
+        let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+        let line_number = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let end = span.end.clamp(start, text.len());
+        let last_line_end = text[end..].find('\n').map_or(text.len(), |at| end + at);
+        let lines = text.get(line_start..last_line_end).unwrap_or("");
+        let secret = lines.lines().any(|line| secret_value_start(line).is_some());
+        out.push_str(&format!(
+            "TOML parse error at line {line_number}, column {column}\n"
+        ));
+        let width = line_number.to_string().len();
+        let line = text[line_start..].lines().next().unwrap_or("");
+        let shown = match secret_value_start(line) {
+            Some(at) => format!("{} ***", &line[..at]),
+            None => clip_line(line),
+        };
+        out.push_str(&format!("{:width$} |\n{line_number} | {shown}\n", ""));
+        if !secret {
+            let caret = " ".repeat(column.saturating_sub(1).min(200));
+            out.push_str(&format!("{:width$} | {caret}^\n", ""));
+        } else {
+            // A message about a secret's own value may quote it.
+            message = hide_quoted(&message);
+        }
+    }
+    out.push_str(&message);
+    for value in secret_values(text) {
+        out = out.replace(&value, "***");
+    }
+    out
+}
+
+/// Replaces what stands between double quotes with `***`.
+fn hide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (index, part) in message.split('"').enumerate() {
+        if index > 0 {
+            out.push('"');
+        }
+        out.push_str(if index % 2 == 1 { "***" } else { part });
+    }
+    out
+}
+
+/// A line as an error shows it: at most 200 characters.
+fn clip_line(line: &str) -> String {
+    match line.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line.to_string(),
     }
 }
 
@@ -632,7 +794,7 @@ mod tests {
 
     #[test]
     fn cross_table_mistakes_are_named() {
-        let graph = "[sources.graph]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { client_secret = \"s\" }\n";
+        let graph = "[sources.graph]\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-1111-1111-1111-111111111111\"\ncredential = { client_secret = \"s\" }\n";
         let text = format!(
             "[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"b\"\nfile = \"x.csv\"\n"
         );
@@ -652,6 +814,109 @@ mod tests {
         let error = Config::parse(&format!("[[sources]]\nid = \"a\"\n{graph}credentail = 1\n"))
             .unwrap_err();
         assert!(error.contains("unknown field `credentail`"), "{error}");
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_secret_line_never_shows_the_secret() {
+        let graph = |credential: &str| {
+            format!(
+                "[[sources]]\nid = \"a\"\n[sources.graph]\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-1111-1111-1111-111111111111\"\n{credential}\n"
+            )
+        };
+        for (text, line) in [
+            // An unterminated string.
+            (
+                graph("credential = { client_secret = \"Sup3r-S3cret-Value }"),
+                6,
+            ),
+            // Something after the value.
+            (
+                graph("credential = { client_secret = \"Sup3r-S3cret-Value\" } extra"),
+                6,
+            ),
+            // The wrong type: serde's message quotes the value.
+            (
+                graph("credential = { client_secret = { value = \"Sup3r-S3cret-Value\" } }"),
+                6,
+            ),
+            (
+                "[api]\ntoken = \"Sup3r-S3cret-Value\" \"again\"\n".to_string(),
+                2,
+            ),
+            ("[api]\ntoken = [\"Sup3r-S3cret-Value\"]\n".to_string(), 2),
+            (
+                "[store]\nurl = \"postgres://cb:Sup3r-S3cret-Value@db/x\" x\n".to_string(),
+                2,
+            ),
+            (
+                "[publish.sip]\npassword = \"Sup3r-S3cret-Value\n".to_string(),
+                2,
+            ),
+        ] {
+            let error = Config::parse(&text).unwrap_err();
+            assert!(!error.contains("S3cret"), "{text}\n→ {error}");
+            assert!(
+                error.contains(&format!("line {line}")),
+                "the line is named: {error}"
+            );
+        }
+        // A line that holds no secret is shown as it is, with the caret.
+        let error = Config::parse("[sync]\nwindow_hours = \"many\"\n").unwrap_err();
+        assert!(error.contains("window_hours = \"many\""), "{error}");
+        assert!(error.contains('^'), "{error}");
+    }
+
+    #[test]
+    fn an_empty_or_short_api_token_and_a_zero_poll_interval_are_refused() {
+        for (token, expected) in [
+            ("", "api.token is empty"),
+            ("  ", "api.token is empty"),
+            ("change-me", "api.token is too short (9 characters)"),
+            (" long-enough-token-value", "white space"),
+        ] {
+            let error = Config::parse(&format!("[api]\ntoken = \"{token}\"\n")).unwrap_err();
+            assert!(error.contains(expected), "{token:?}: {error}");
+            assert!(
+                error.contains("16 characters") || error.contains("white space"),
+                "{error}"
+            );
+        }
+        Config::parse("[api]\ntoken = \"sixteen-chars-ok\"\n").unwrap();
+        let error = Config::parse("[sync]\npoll_interval_seconds = 0\n").unwrap_err();
+        assert!(
+            error.contains("sync.poll_interval_seconds = 0 is out of range"),
+            "{error}"
+        );
+        let error = Config::parse("[api]\nmax_streams = 0\n").unwrap_err();
+        assert!(error.contains("api.max_streams = 0"), "{error}");
+    }
+
+    #[test]
+    fn graph_ids_and_an_empty_secret_are_checked_by_check_config() {
+        let source = |tenant: &str, secret: &str| {
+            format!(
+                "[[sources]]\nid = \"a\"\n[sources.graph]\ntenant_id = \"{tenant}\"\nclient_id = \"11111111-1111-1111-1111-111111111111\"\ncredential = {{ client_secret = \"{secret}\" }}\n"
+            )
+        };
+        let error = Config::parse(&source("my tenant", "s3cret")).unwrap_err();
+        assert!(error.contains("[[sources]] `a`: Graph source: `tenant_id` = `my tenant` is not the Directory (tenant) ID"), "{error}");
+        let error = Config::parse(&source("contoso.onmicrosoft.com", "")).unwrap_err();
+        assert!(
+            error.contains("`credential.client_secret` must not be empty"),
+            "{error}"
+        );
+        Config::parse(&source("00000000-0000-0000-0000-000000000001", "s3cret")).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_is_named_once() {
+        let error = Config::load(Path::new("/nonexistent/calbridge.toml")).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(
+            shown.matches("No such file").count(),
+            1,
+            "the operating system's error once: {shown}"
+        );
     }
 
     #[test]

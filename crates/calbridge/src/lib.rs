@@ -15,6 +15,7 @@ pub mod config;
 pub mod directory;
 pub mod feed;
 pub mod hub;
+pub mod log_gate;
 pub mod memory;
 pub mod publish;
 pub mod reload;
@@ -22,3 +23,8 @@ pub mod service;
 pub mod shutdown;
 pub mod simulate;
 pub mod sync;
+
+/// "1 source", "3 sources", "0 directory entries": a count with its word, for messages.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

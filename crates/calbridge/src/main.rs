@@ -33,13 +33,13 @@ fn main() -> ExitCode {
             .and_then(|config| {
                 let store = config.store.target().map_err(anyhow::Error::msg)?;
                 println!(
-                    "configuration is valid: language {}, time zone {} ({}), subjects {}, {} source(s), {} directory entr(ies), store {}",
+                    "configuration is valid: language {}, time zone {} ({}), subjects {}, {}, {}, store {}",
                     config.presence.language.code(),
                     config.presence.timezone,
                     config.presence.timezone.iana(),
                     if config.presence.show_subject { "shown" } else { "hidden" },
-                    config.sources.len(),
-                    config.directory.len(),
+                    calbridge::counted(config.sources.len(), "source", "sources"),
+                    calbridge::counted(config.directory.len(), "directory entry", "directory entries"),
                     store,
                 );
                 Ok(())

@@ -206,14 +206,25 @@ impl Reloader {
                             .source
                             .graph
                             .replace_credential(&is.credential)
+                            // Whoever failed (with the old credential, most likely) is tried
+                            // again now rather than after their back-off.
+                            .map(|()| sync.retry_failed_now())
                             .map_err(|error| error.to_string()),
                         None => Err("the source does not run".to_string()),
                     };
                     match taken {
-                        Ok(()) => {
+                        Ok(retried) => {
                             report.applied.push(format!(
-                                "[sources.graph] of `{id}`: the new {} is used from the next token request",
-                                credential_kind(&is.credential)
+                                "[sources.graph] of `{id}`: the new {} is used from the next token request{}",
+                                credential_kind(&is.credential),
+                                if retried > 0 {
+                                    format!(
+                                        "; {} that failed tried again now",
+                                        crate::counted(retried, "person", "people")
+                                    )
+                                } else {
+                                    String::new()
+                                }
                             ));
                             if let Some(graph) = &mut source.graph {
                                 graph.credential = is.credential.clone();

@@ -165,18 +165,16 @@ impl RunningService {
     }
 }
 
-pub(crate) fn random_token() -> String {
+/// 24 random bytes from the operating system, as hex. There is no fallback: a token made
+/// from anything guessable (a clock) would open every calendar to whoever guesses it.
+pub(crate) fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
-    // The system RNG only fails on a broken OS; a token made of zeros would then be guessable,
-    // so fall back to something unpredictable enough rather than panic.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default();
-        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
-    }
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "the operating system's random number generator failed, so no secret token can be made; set [api] token in calbridge.toml"
+        )
+    })?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 fn open_key(config: &Config) -> anyhow::Result<SecretKey> {
@@ -196,7 +194,7 @@ async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret,
     if let Some(secret) = store.get_secret(name).await? {
         return Ok((secret, false));
     }
-    let secret = Secret::new(random_token());
+    let secret = Secret::new(random_token()?);
     store.put_secret(name, &secret).await?;
     Ok((secret, true))
 }
@@ -209,7 +207,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     // fenced by its shard leases (see `crate::cluster`); the fence is filled by the lease rounds.
     let fence = match &store_backend {
         StoreBackend::Postgres(_) => Some(calbridge_store::cluster::Fence::new(
-            &crate::cluster::new_instance_id(),
+            &crate::cluster::new_instance_id()?,
         )),
         StoreBackend::Sqlite(_) => None,
     };
@@ -218,13 +216,22 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         _ => store_backend.shared(),
     };
     let (api_token, api_token_generated) = match (&config.api.token, &config.api.token_env) {
-        (Some(token), _) => (token.clone(), false),
-        (None, Some(variable)) => (
-            Secret::new(std::env::var(variable).with_context(|| {
+        (Some(token), _) => {
+            crate::config::check_api_token(token.expose(), "api.token")
+                .map_err(anyhow::Error::msg)?;
+            (token.clone(), false)
+        }
+        (None, Some(variable)) => {
+            let token = Secret::new(std::env::var(variable).with_context(|| {
                 format!("api.token_env names the environment variable {variable}, which is not set")
-            })?),
-            false,
-        ),
+            })?);
+            crate::config::check_api_token(
+                token.expose(),
+                &format!("the environment variable {variable} (api.token_env)"),
+            )
+            .map_err(anyhow::Error::msg)?;
+            (token, false)
+        }
         (None, None) => secret_or_new(store.as_ref(), "api.token").await?,
     };
     let (trigger, shutdown) = shutdown::channel();
@@ -496,6 +503,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         cluster: cluster.clone(),
         handed_work,
         reloader: reloader.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_streams.max(1))),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();
@@ -588,9 +596,15 @@ async fn follow_directory(
     let mut every = tokio::time::interval(period(&entries));
     every.tick().await;
     loop {
+        // A group whose read failed is tried again after its back-off, which can come before
+        // the next periodic check.
+        let retry_in = state
+            .next_retry()
+            .map(|at| Duration::try_from(at.duration_since(clock.now())).unwrap_or(Duration::ZERO));
         let how = tokio::select! {
             _ = shutdown.wait() => return,
             _ = every.tick() => Refresh::Periodic,
+            _ = tokio::time::sleep(retry_in.unwrap_or(Duration::MAX)), if retry_in.is_some() => Refresh::Periodic,
             changed = entries_rx.changed() => {
                 if changed.is_err() {
                     // The reloader is gone: the service is stopping.
@@ -632,10 +646,24 @@ enum Refresh {
 struct DirectoryState {
     file_times: HashMap<PathBuf, SystemTime>,
     group_checked_at: HashMap<String, Timestamp>,
+    /// A group whose read failed (no token yet, Graph busy): when to try again, and how many
+    /// reads failed in a row. A failing group is read again after the back-off, not after
+    /// [`GROUP_REFRESH`]: at start-up, nobody is followed until it is read.
+    group_retry: HashMap<String, (Timestamp, u32)>,
+}
+
+impl DirectoryState {
+    /// The earliest retry of a failed group read, if any.
+    fn next_retry(&self) -> Option<Timestamp> {
+        self.group_retry.values().map(|(at, _)| *at).min()
+    }
 }
 
 /// Groups are re-read at most this often: every read costs Graph requests.
 const GROUP_REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+/// A failed group read is tried again after 1 s, doubling up to the regular refresh.
+const GROUP_RETRY: calbridge_net::Backoff =
+    calbridge_net::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(300));
 
 fn note_problem(problems: &Problems, now: Timestamp, message: String) {
     tracing::warn!("{message}");
@@ -700,10 +728,13 @@ async fn refresh_directory(
         }
         if let Some(group) = &entry.group_id {
             let due = forced
-                || state
-                    .group_checked_at
-                    .get(group)
-                    .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH);
+                || match state.group_retry.get(group) {
+                    Some((retry_at, _)) => now >= *retry_at,
+                    None => state
+                        .group_checked_at
+                        .get(group)
+                        .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH),
+                };
             if !due {
                 complete = false;
                 continue;
@@ -711,6 +742,7 @@ async fn refresh_directory(
             state.group_checked_at.insert(group.clone(), now);
             match sync.group_members(group).await {
                 Ok(members) => {
+                    state.group_retry.remove(group);
                     changed = true;
                     for member in members {
                         listed.push(DirectoryPerson {
@@ -724,12 +756,21 @@ async fn refresh_directory(
                 }
                 Err(error) => {
                     complete = false;
+                    let failures = state.group_retry.get(group).map_or(0, |(_, n)| *n) + 1;
+                    let delay = GROUP_RETRY.delay_for(failures);
+                    let retry_at = now
+                        .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(GROUP_REFRESH))
+                        .unwrap_or(now);
+                    state
+                        .group_retry
+                        .insert(group.clone(), (retry_at, failures));
                     note_problem(
                         problems,
                         now,
                         format!(
-                            "directory group {group} of source {}: {error}",
-                            sync.source_id()
+                            "directory group {group} of source {}: {error} (tried again in {} s)",
+                            sync.source_id(),
+                            delay.as_secs().max(1)
                         ),
                     );
                 }

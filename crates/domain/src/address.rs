@@ -13,6 +13,21 @@ pub enum AddressError {
     Empty,
     #[error("mailbox address `{0}` must look like name@domain")]
     NotAnAddress(String),
+    /// An SMTP address has at most 320 characters (64 before the `@`, 255 after it); a longer
+    /// value is refused at the edge, and shown only by its start.
+    #[error("mailbox address `{start}` is {length} characters long: an address has at most {MAX_ADDRESS_LEN}")]
+    TooLong { start: String, length: usize },
+}
+
+/// The longest SMTP address (RFC 5321's 64-character local part, `@`, 255-character domain).
+pub const MAX_ADDRESS_LEN: usize = 320;
+
+/// At most 80 characters of a value, for an error message; never an unbounded value.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 impl MailboxAddress {
@@ -27,15 +42,22 @@ impl MailboxAddress {
         if trimmed.is_empty() {
             return Err(AddressError::Empty);
         }
+        let length = trimmed.chars().count();
+        if length > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLong {
+                start: shown(trimmed),
+                length,
+            });
+        }
         let (local, domain) = trimmed
             .split_once('@')
-            .ok_or_else(|| AddressError::NotAnAddress(trimmed.to_string()))?;
+            .ok_or_else(|| AddressError::NotAnAddress(shown(trimmed)))?;
         let well_formed = !local.is_empty()
             && !domain.is_empty()
             && !domain.contains('@')
             && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control());
         if !well_formed {
-            return Err(AddressError::NotAnAddress(trimmed.to_string()));
+            return Err(AddressError::NotAnAddress(shown(trimmed)));
         }
         Ok(MailboxAddress(trimmed.to_lowercase()))
     }
@@ -82,6 +104,33 @@ impl<'de> serde::Deserialize<'de> for MailboxAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_longer_than_smtp_allows_is_refused_and_shown_only_by_its_start() {
+        let longest = format!("{}@{}.com", "a".repeat(64), "b".repeat(251));
+        assert_eq!(longest.len(), MAX_ADDRESS_LEN);
+        assert!(MailboxAddress::parse(&longest).is_ok());
+        let huge = format!("{}@example.com", "x".repeat(5_000_000));
+        let error = MailboxAddress::parse(&huge).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AddressError::TooLong {
+                    length: 5_000_012,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().len() < 300, "{error}");
+        let error = MailboxAddress::parse(&"y".repeat(300))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("must look like name@domain") && error.len() < 200,
+            "{error}"
+        );
+    }
 
     #[test]
     fn address_is_lower_cased_and_trimmed() {

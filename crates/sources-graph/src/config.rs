@@ -90,6 +90,103 @@ impl GraphSourceConfig {
     }
 }
 
+impl GraphSourceConfig {
+    /// The checks that need no file and no network, for `check-config` and at start: the ids
+    /// look like Entra's, the secret is not empty, the limits are at least 1.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let tenant = self.tenant_id.trim();
+        if tenant.is_empty() {
+            return Err(ConfigError::Empty {
+                setting: "tenant_id",
+            });
+        }
+        if ["common", "organizations", "consumers"].contains(&tenant.to_ascii_lowercase().as_str())
+        {
+            return Err(ConfigError::BadId {
+                setting: "tenant_id",
+                value: tenant.to_string(),
+                expected: "the tenant's own id or domain: app-only sign-in needs a tenant-specific authority, not `common`, `organizations` or `consumers`",
+            });
+        }
+        if !is_guid(tenant) && !is_domain_name(tenant) {
+            return Err(ConfigError::BadId {
+                setting: "tenant_id",
+                value: clipped(tenant),
+                expected: "the Directory (tenant) ID, a GUID like 00000000-0000-0000-0000-000000000000 (Entra ID → Overview), or a verified domain such as contoso.onmicrosoft.com",
+            });
+        }
+        let client = self.client_id.trim();
+        if client.is_empty() {
+            return Err(ConfigError::Empty {
+                setting: "client_id",
+            });
+        }
+        if !is_guid(client) {
+            return Err(ConfigError::BadId {
+                setting: "client_id",
+                value: clipped(client),
+                expected: "the Application (client) ID of the app registration, a GUID like 11111111-1111-1111-1111-111111111111",
+            });
+        }
+        if matches!(&self.credential, GraphCredential::ClientSecret(secret) if secret.expose().trim().is_empty())
+        {
+            return Err(ConfigError::Empty {
+                setting: "credential.client_secret",
+            });
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::ZeroLimit {
+                setting: "max_concurrent_requests",
+            });
+        }
+        if self.per_mailbox_concurrency == 0 {
+            return Err(ConfigError::ZeroLimit {
+                setting: "per_mailbox_concurrency",
+            });
+        }
+        if matches!(&self.token_scope, Some(scope) if scope.trim().is_empty()) {
+            return Err(ConfigError::Empty {
+                setting: "token_scope",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `8-4-4-4-12` hexadecimal digits, as Entra writes tenant and application ids.
+fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A DNS name with at least two labels (`contoso.onmicrosoft.com`, `example.com`).
+fn is_domain_name(text: &str) -> bool {
+    let labels: Vec<&str> = text.split('.').collect();
+    text.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A value as an error may show it: at most 80 characters.
+fn clipped(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// A configuration that cannot be used, naming the setting and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -101,6 +198,12 @@ pub enum ConfigError {
     },
     #[error("Graph source: `{setting}` must not be empty")]
     Empty { setting: &'static str },
+    #[error("Graph source: `{setting}` = `{value}` is not {expected}")]
+    BadId {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("Graph source: `{setting}` must be at least 1")]
     ZeroLimit { setting: &'static str },
     #[error("Graph source: cannot read `{setting}` file {path}: {problem}")]
@@ -155,6 +258,63 @@ mod tests {
             other => panic!("expected a client secret, got {other:?}"),
         }
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn ids_that_entra_would_not_know_are_named_before_any_request() {
+        let config = |tenant: &str, client: &str, secret: &str| -> GraphSourceConfig {
+            serde_json::from_value(serde_json::json!({
+                "tenant_id": tenant, "client_id": client, "credential": {"client_secret": secret}
+            }))
+            .unwrap()
+        };
+        let client = "11111111-1111-1111-1111-111111111111";
+        for tenant in [
+            "00000000-0000-0000-0000-00000000000a",
+            "contoso.onmicrosoft.com",
+            "example.com",
+        ] {
+            config(tenant, client, "s3cret").check().unwrap();
+        }
+        for (tenant, expected) in [
+            ("not a tenant", "is not the Directory (tenant) ID"),
+            ("contoso", "is not the Directory (tenant) ID"),
+            ("0000-0000", "is not the Directory (tenant) ID"),
+            ("common", "tenant-specific authority"),
+            ("  ", "`tenant_id` must not be empty"),
+        ] {
+            let error = config(tenant, client, "s3cret")
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{tenant}: {error}");
+        }
+        let error = config("example.com", "my-app", "s3cret")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`client_id` = `my-app` is not the Application (client) ID"),
+            "{error}"
+        );
+        let error = config("example.com", client, " ")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`credential.client_secret` must not be empty"),
+            "{error}"
+        );
+        let long = "x".repeat(5000);
+        let error = config(&long, client, "s3cret")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.len() < 400,
+            "an unbounded value is clipped: {} characters",
+            error.len()
+        );
     }
 
     #[test]

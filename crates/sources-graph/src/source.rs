@@ -185,7 +185,7 @@ fn check_https(setting: &'static str, value: &str) -> Result<String, ConfigError
 fn app_credential(credential: &GraphCredential) -> Result<AppCredential, ConfigError> {
     Ok(match credential {
         GraphCredential::ClientSecret(secret) => {
-            if secret.is_empty() {
+            if secret.expose().trim().is_empty() {
                 return Err(ConfigError::Empty {
                     setting: "credential.client_secret",
                 });
@@ -217,36 +217,12 @@ impl GraphSource {
         clock: Arc<dyn Clock>,
         options: SourceOptions,
     ) -> Result<Self, ConfigError> {
-        if config.tenant_id.trim().is_empty() {
-            return Err(ConfigError::Empty {
-                setting: "tenant_id",
-            });
-        }
-        if config.client_id.trim().is_empty() {
-            return Err(ConfigError::Empty {
-                setting: "client_id",
-            });
-        }
-        if config.max_concurrent_requests == 0 {
-            return Err(ConfigError::ZeroLimit {
-                setting: "max_concurrent_requests",
-            });
-        }
-        if config.per_mailbox_concurrency == 0 {
-            return Err(ConfigError::ZeroLimit {
-                setting: "per_mailbox_concurrency",
-            });
-        }
+        config.check()?;
         let authority_url = check_https("authority_url", &config.authority_url)?;
         let graph_url = check_https("graph_url", &config.graph_url)?;
         let client = build_http_client(config.extra_root_ca.as_deref())?;
         let scope = match &config.token_scope {
-            Some(scope) if !scope.trim().is_empty() => scope.trim().to_string(),
-            Some(_) => {
-                return Err(ConfigError::Empty {
-                    setting: "token_scope",
-                })
-            }
+            Some(scope) => scope.trim().to_string(),
             None => format!("{graph_url}/.default"),
         };
         let credential = app_credential(&config.credential)?;

@@ -133,6 +133,7 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let mut retries = Vec::new();
     let mut notifications = Vec::new();
     let mut token_ok = Vec::new();
+    let mut rejected = Vec::new();
     let mut subscriptions = Vec::new();
     let mut first_sync = Vec::new();
     for (id, sync) in &state.syncs {
@@ -147,6 +148,10 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         notifications.push((
             label.clone(),
             sync.source.notifications_received.load(Relaxed) as f64,
+        ));
+        rejected.push((
+            label.clone(),
+            sync.source.notifications_rejected.load(Relaxed) as f64,
         ));
         token_ok.push((
             label.clone(),
@@ -188,6 +193,13 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "counter",
         "Change notifications accepted from Graph.",
         &notifications,
+    );
+    metric(
+        &mut out,
+        "calbridge_notifications_rejected_total",
+        "counter",
+        "Notifications dropped for a wrong clientState (forged, or meant for another installation).",
+        &rejected,
     );
     metric(
         &mut out,

@@ -1,10 +1,14 @@
 //! The HTTP face of the service: the REST + Server-Sent-Events API, the admin page, health and
 //! metrics, and the Graph notification webhook.
 //!
-//! `/api/v1/*` needs the bearer token from the configuration (also accepted as
-//! `?access_token=` because browsers' EventSource cannot send headers). The webhook is
-//! authenticated by Graph's `clientState` instead; `/healthz` and `/metrics` are open so that
-//! load balancers and Prometheus can reach them.
+//! `/api/v1/*` needs the bearer token from the configuration (on the live stream also
+//! accepted as `?access_token=`, because browsers' EventSource cannot send headers). The
+//! webhook is authenticated by Graph's `clientState` instead; `/healthz`, `/readyz` and
+//! `/metrics` are open so that load balancers and Prometheus can reach them.
+//!
+//! Every route has its own body limit (the webhook takes what Graph sends, the rest next to
+//! nothing) and, but for the live stream, a time limit; live streams are capped by
+//! `[api] max_streams`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,6 +32,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::clock::Clock;
 use crate::hub::{PresenceChange, PresenceHub, StreamedChange};
@@ -58,24 +63,43 @@ pub struct ApiState {
     pub handed_work: Option<calbridge_store::cluster::WorkQueue>,
     /// Re-reads the configuration file (`POST /api/v1/reload`, as SIGHUP does).
     pub reloader: Arc<crate::reload::Reloader>,
+    /// One permit per open live stream (`[api] max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
+/// The most a Graph notification POST may carry. Graph batches basic change notifications
+/// (without resource data, about 700 bytes each) in one `value` array; its documentation
+/// names no maximum, and 1 MiB holds well over a thousand of them.
+pub const NOTIFICATION_BODY_LIMIT: usize = 1024 * 1024;
+/// The most any other route takes: they are all GETs but for the reload, which has no body.
+pub const OTHER_BODY_LIMIT: usize = 16 * 1024;
+/// How long a request other than the live stream may take before it is answered 408.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The live stream's path, the one route that accepts `?access_token=`.
+const STREAM_PATH: &str = "/api/v1/presence/stream";
+
 pub fn router(state: Arc<ApiState>) -> Router {
+    let timeout = || {
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        )
+    };
     let api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", get(users))
         .route("/api/v1/users/{address}/presence", get(presence))
         .route("/api/v1/users/{address}/calendar", get(calendar))
-        .route("/api/v1/presence/stream", get(stream))
         .route("/api/v1/reload", post(reload))
+        .layer(timeout())
+        // A stream lasts as long as its reader wants: no time limit.
+        .route(STREAM_PATH, get(stream))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
-        ));
-    Router::new()
-        .route("/", get(|| async { Html(ADMIN_PAGE) }))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
+        ))
+        .layer(RequestBodyLimitLayer::new(OTHER_BODY_LIMIT));
+    let notifications = Router::new()
         .route(
             "/notifications/graph/{source}",
             post(graph_notification).get(graph_validation),
@@ -84,6 +108,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/notifications/graph/{source}/lifecycle",
             post(graph_notification).get(graph_validation),
         )
+        .layer(RequestBodyLimitLayer::new(NOTIFICATION_BODY_LIMIT));
+    Router::new()
+        .route("/", get(|| async { Html(ADMIN_PAGE) }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .layer(RequestBodyLimitLayer::new(OTHER_BODY_LIMIT))
+        .merge(notifications)
+        .layer(timeout())
         .merge(api)
         .with_state(state)
 }
@@ -121,11 +154,17 @@ async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::to_string);
-    let from_query = request.uri().query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("access_token=").map(decode_form_value))
-    });
+    // Only the live stream takes the token from the query (EventSource sends no headers):
+    // elsewhere a token in a URL would end up in proxies' and browsers' histories for nothing.
+    let from_query = request
+        .uri()
+        .query()
+        .filter(|_| request.uri().path() == STREAM_PATH)
+        .and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("access_token=").map(decode_form_value))
+        });
     let presented = from_header.or(from_query);
     let accepted = presented.is_some_and(|token| {
         // Constant time, so response times do not tell how much of a guessed token was right.
@@ -139,6 +178,73 @@ async fn require_token(
             "missing or wrong API token: send `Authorization: Bearer <token>` with the token from calbridge.toml [api] (calbridge prints it at start when it generated one)",
         )
     }
+}
+
+/// Readiness, for a load balancer or an orchestrator: 200 when the store answers, every
+/// source has a working token and its first sync done, and someone is followed; otherwise
+/// 503 with what is wrong, one line each. (`/healthz` is liveness: the process serves.)
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut problems: Vec<String> = Vec::new();
+    let mut ids: Vec<&SourceId> = state.syncs.keys().chain(state.ews_syncs.keys()).collect();
+    ids.sort();
+    for id in &ids {
+        if let Err(error) = state.store.get_source_state(id).await {
+            problems.push(format!("the store does not answer: {error}"));
+            break;
+        }
+    }
+    for (id, sync) in &state.syncs {
+        match sync.token_status() {
+            TokenStatus::Valid { .. } => {}
+            TokenStatus::NotRequested => {
+                problems.push(format!("source {id}: no access token yet"));
+            }
+            TokenStatus::Failing {
+                error,
+                next_attempt_at,
+                ..
+            } => problems.push(format!(
+                "source {id}: no access token: {error} (next attempt at {next_attempt_at})"
+            )),
+        }
+        if !sync.progress.finished.load(Relaxed) {
+            problems.push(format!("source {id}: first sync not done"));
+        }
+    }
+    for (id, sync) in &state.ews_syncs {
+        if !sync.progress.finished.load(Relaxed) {
+            problems.push(format!("source {id}: first sync not done"));
+        }
+    }
+    if !ids.is_empty() && state.hub.n_people() == 0 {
+        problems.push(
+            "nobody is followed: the directory listed no one (see /api/v1/status for its errors)"
+                .to_string(),
+        );
+    }
+    if let Some(view) = &state.cluster {
+        let view = view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(error) = &view.error {
+            problems.push(format!("cluster: {error}"));
+        }
+    }
+    problems.sort();
+    let ready = problems.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "people": state.hub.n_people(),
+            "problems": problems,
+        })),
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
@@ -646,24 +752,35 @@ fn streamed_json(change: &StreamedChange) -> Value {
 
 /// Every presence change, whoever follows the person: with several instances the hub's stream
 /// also carries what the others decided (see `crate::feed`).
-async fn stream(
-    State(state): State<Arc<ApiState>>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let changes =
-        BroadcastStream::new(state.hub.subscribe_stream()).filter_map(|item| async move {
+async fn stream(State(state): State<Arc<ApiState>>) -> Response {
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live streams are open: close one, or raise [api] max_streams",
+        );
+    };
+    let changes = BroadcastStream::new(state.hub.subscribe_stream()).filter_map(move |item| {
+        // The permit lives as long as the stream: dropped with it when the client goes.
+        let _permit = &permit;
+        async move {
             match item {
                 Ok(change) => Some(Ok(Event::default()
                     .event("presence")
                     .data(streamed_json(&change).to_string()))),
                 // A slow client that fell behind gets told so and can re-read /api/v1/users.
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                    Some(Ok(Event::default()
-                        .event("lagged")
-                        .data(json!({ "missed": missed }).to_string())))
+                    Some(Ok::<_, Infallible>(
+                        Event::default()
+                            .event("lagged")
+                            .data(json!({ "missed": missed }).to_string()),
+                    ))
                 }
             }
-        });
-    Sse::new(changes).keep_alive(KeepAlive::default())
+        }
+    });
+    Sse::new(changes)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -675,17 +792,26 @@ struct ValidationQuery {
 /// Graph's validation handshake: echo the token as text/plain within 10 s.
 async fn graph_validation(Query(query): Query<ValidationQuery>) -> Response {
     match query.validation_token {
-        Some(token) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain")],
-            token,
-        )
-            .into_response(),
+        Some(token) => validation_echo(token),
         None => api_error(
             StatusCode::BAD_REQUEST,
             "expected a validationToken query parameter",
         ),
     }
+}
+
+/// The validation token echoed as plain text, as Graph asks. The text comes from whoever
+/// calls, so browsers are told not to sniff it into HTML.
+fn validation_echo(token: String) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        token,
+    )
+        .into_response()
 }
 
 async fn graph_notification(
@@ -696,12 +822,7 @@ async fn graph_notification(
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(token) = query.validation_token {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain")],
-            token,
-        )
-            .into_response();
+        return validation_echo(token);
     }
     let Some(sync) = state.syncs.get(&SourceId(source.clone())) else {
         return api_error(StatusCode::NOT_FOUND, format!("no Graph source `{source}`"));

@@ -38,7 +38,7 @@ use crate::service::{self, ServiceOptions};
 /// command line, where any user of the machine could read a password in it).
 const STORE_URL_ENV: &str = "CALBRIDGE_BENCH_STORE_URL";
 /// The API token of the benchmark's instances (they listen on loopback only).
-const API_TOKEN: &str = "calbridge-bench";
+const API_TOKEN: &str = "calbridge-bench-token";
 /// How often an instance looks at its first-sync state.
 const STATE_EVERY: Duration = Duration::from_millis(100);
 /// How often the benchmark says how far a long wait has come.

@@ -401,6 +401,24 @@ impl<S: CalendarSource> Engine<S> {
     }
 
     /// Queues work unless the same work is already waiting.
+    /// After the source's credential was replaced (a reload): everyone whose last attempt
+    /// failed is tried now, not when their back-off ends (five minutes after refused
+    /// credentials). Returns how many were queued.
+    pub fn retry_failed_now(&self) -> usize {
+        let failed: Vec<PersonKey> = self
+            .people()
+            .iter()
+            .filter(|(_, health)| {
+                health.consecutive_failures > 0 || health.resolution_error.is_some()
+            })
+            .map(|(person, _)| person.clone())
+            .collect();
+        for person in &failed {
+            self.enqueue(Work::Added(person.clone()));
+        }
+        failed.len()
+    }
+
     pub fn enqueue(&self, work: Work) {
         let fresh = lock(&self.pending).insert(work.clone());
         if fresh {
@@ -963,6 +981,7 @@ impl<S: CalendarSource> Engine<S> {
                     // A new window invalidates the change cursor, which is bound to the old one.
                     health.change_cursor = None;
                     health.last_error = None;
+                    health.last_error_at = None;
                     health.consecutive_failures = 0;
                     Some((person.clone(), health.clone()))
                 })
@@ -1082,6 +1101,7 @@ impl<S: CalendarSource> Engine<S> {
             health.last_delta_at = Some(now);
             health.window = Some(window);
             health.last_error = None;
+            health.last_error_at = None;
             health.consecutive_failures = 0;
         });
         if let Some(update) = update {

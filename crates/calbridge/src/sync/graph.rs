@@ -24,6 +24,7 @@ use super::engine::{
 use crate::clock::Clock;
 use crate::config::SyncConfig;
 use crate::hub::PresenceHub;
+use crate::log_gate::LogGate;
 
 /// One Graph tenant's people, kept fresh by the engine.
 pub type GraphSync = Engine<GraphCalendars>;
@@ -47,6 +48,8 @@ pub struct GraphCalendars {
     by_subscription: Mutex<HashMap<String, PersonKey>>,
     pub notifications_received: AtomicU64,
     pub notifications_rejected: AtomicU64,
+    /// The warning about rejected notifications, at most once a minute.
+    rejected_warning: LogGate,
     pub secret_expires_on: Option<jiff::civil::Date>,
 }
 
@@ -92,6 +95,7 @@ impl GraphSync {
             by_subscription: Mutex::new(HashMap::new()),
             notifications_received: AtomicU64::new(0),
             notifications_rejected: AtomicU64::new(0),
+            rejected_warning: LogGate::new(std::time::Duration::from_secs(60)),
             secret_expires_on,
         };
         Engine::with_source(source_id, source, store, hub, clock, settings)
@@ -119,11 +123,21 @@ impl GraphSync {
             source
                 .notifications_rejected
                 .fetch_add(parsed.rejected_client_state.len() as u64, Ordering::Relaxed);
-            tracing::warn!(
-                source = %self.source_id,
-                subscriptions = ?parsed.rejected_client_state,
-                "dropped notifications with a wrong clientState (forged, or for another installation)"
-            );
+            // Anyone can POST here: the warning is rate-limited, the metric counts them all.
+            if let Some(held) = source.rejected_warning.pass(self.now()) {
+                let shown: Vec<&str> = parsed
+                    .rejected_client_state
+                    .iter()
+                    .take(3)
+                    .map(|id| id.get(..64).unwrap_or(id))
+                    .collect();
+                tracing::warn!(
+                    source = %self.source_id,
+                    subscriptions = ?shown,
+                    held_back = held,
+                    "dropped notifications with a wrong clientState (forged, or for another installation); at most one such warning a minute, all of them counted in calbridge_notifications_rejected_total"
+                );
+            }
         }
         let mut for_others = Vec::new();
         for notification in parsed.accepted {

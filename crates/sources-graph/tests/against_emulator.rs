@@ -512,6 +512,106 @@ async fn delta_reports_created_updated_and_deleted_events_then_410_means_resync(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_reads_of_many_users_go_twenty_to_a_batch_and_continue_from_their_links() {
+    let n_users = 45;
+    let emulator = start(n_users).await;
+    let source = source(&emulator);
+    let (start, end) = window();
+    let reads: Vec<(usize, String, DeltaCursor)> = (0..n_users)
+        .map(|index| (index, user_address(index), DeltaCursor::Start))
+        .collect();
+    let first = source
+        .delta_many(&reads, start, end, SubjectFetch::Fetch)
+        .await;
+    assert_eq!(first.len(), n_users);
+    // 45 reads: three $batch requests (20, 20, 5), and one token.
+    assert_eq!(emulator.counters().by_kind.get("batch").copied(), Some(3));
+    assert_eq!(source.counters().requests_sent, 3);
+    let mut links = Vec::new();
+    for (index, outcome) in first {
+        let Ok(DeltaOutcome::Changes {
+            upserts,
+            removed_ids,
+            next,
+        }) = outcome
+        else {
+            panic!("user {index}: {outcome:?}");
+        };
+        assert_eq!(upserts.len(), index % 4, "user {index}");
+        assert!(removed_ids.is_empty());
+        links.push((index, user_address(index), DeltaCursor::Link(next)));
+    }
+
+    // One new meeting for user 7 and one deleted for user 10: only they change.
+    let meeting_start = Timestamp::now() + SignedDuration::from_hours(6);
+    graph_call(
+        &emulator,
+        reqwest::Method::POST,
+        &format!("/users/{}/events", user_address(7)),
+        Some(json!({
+            "subject": "Added later",
+            "showAs": "busy",
+            "start": {"dateTime": meeting_start.strftime("%Y-%m-%dT%H:%M:%S").to_string(), "timeZone": "UTC"},
+            "end": {"dateTime": (meeting_start + SignedDuration::from_mins(30)).strftime("%Y-%m-%dT%H:%M:%S").to_string(), "timeZone": "UTC"},
+        })),
+    )
+    .await;
+    let events = graph_call(
+        &emulator,
+        reqwest::Method::GET,
+        &format!("/users/{}/events?$select=id", user_address(10)),
+        None,
+    )
+    .await;
+    let deleted = events["value"][0]["id"]
+        .as_str()
+        .expect("an event")
+        .to_string();
+    graph_call(
+        &emulator,
+        reqwest::Method::DELETE,
+        &format!("/users/{}/events/{deleted}", user_address(10)),
+        None,
+    )
+    .await;
+    let second = source
+        .delta_many(&links, start, end, SubjectFetch::Fetch)
+        .await;
+    for (index, outcome) in &second {
+        let Ok(DeltaOutcome::Changes {
+            upserts,
+            removed_ids,
+            ..
+        }) = outcome
+        else {
+            panic!("user {index}: {outcome:?}");
+        };
+        match index {
+            7 => {
+                assert_eq!(upserts.len(), 1, "{upserts:?}");
+                assert_eq!(upserts[0].subject.as_deref(), Some("Added later"));
+            }
+            10 => assert_eq!(removed_ids, &vec![deleted.clone()]),
+            _ => assert!(upserts.is_empty() && removed_ids.is_empty(), "user {index}"),
+        }
+    }
+    assert_eq!(emulator.counters().by_kind.get("batch").copied(), Some(6));
+
+    // Graph forgets the delta tokens: every read says so, none fails.
+    emulator.expire_delta_tokens();
+    let third = source
+        .delta_many(&links[..3], start, end, SubjectFetch::Skip)
+        .await;
+    for (index, outcome) in third {
+        assert_eq!(
+            outcome.ok(),
+            Some(DeltaOutcome::ResyncRequired),
+            "user {index}"
+        );
+    }
+}
+
 /// A plain-HTTP webhook on loopback that answers Graph's validation handshake with
 /// [`calbridge_sources_graph::validation_response`] and forwards notification bodies.
 async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {

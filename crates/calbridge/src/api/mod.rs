@@ -261,6 +261,21 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     .into_response()
 }
 
+/// What the reconciliation sweep costs: every calendar is re-checked by a delta read once per
+/// interval, [`RECONCILE_BATCH`](crate::sync::engine::RECONCILE_BATCH) people per `$batch`.
+fn reconcile_json(interval_minutes: u64, people_read: u64) -> Value {
+    let per_person_per_minute = if interval_minutes == 0 {
+        0.0
+    } else {
+        1.0 / (crate::sync::engine::RECONCILE_BATCH as f64 * interval_minutes as f64)
+    };
+    json!({
+        "interval_minutes": interval_minutes,
+        "requests_per_person_per_minute": (per_person_per_minute * 10_000.0).round() / 10_000.0,
+        "people_read": people_read,
+    })
+}
+
 fn token_json(status: TokenStatus) -> Value {
     match status {
         TokenStatus::NotRequested => {
@@ -347,6 +362,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             "retries": counters.retries,
             "notifications_received": sync.source.notifications_received.load(Relaxed),
             "notifications_rejected": sync.source.notifications_rejected.load(Relaxed),
+            "reconcile": reconcile_json(sync.settings.reconcile_interval_minutes, sync.reconciled.load(Relaxed)),
         }));
     }
     for (at, message) in state

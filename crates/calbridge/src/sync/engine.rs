@@ -137,6 +137,17 @@ pub enum ChangeRead {
     ReadWindowAgain,
 }
 
+/// One person's change read, as the engine hands it to [`CalendarSource::read_changes_many`].
+pub struct ChangeReadJob {
+    pub person: PersonKey,
+    pub user: String,
+    pub window: (Timestamp, Timestamp),
+    pub cursor: Option<String>,
+}
+
+/// People per reconciliation step: one Graph `$batch` holds 20 requests.
+pub const RECONCILE_BATCH: usize = 20;
+
 /// What a kind of source (Graph, EWS) does its own way. Everything else is the engine's.
 #[async_trait::async_trait]
 pub trait CalendarSource: Send + Sync + Sized + 'static {
@@ -180,6 +191,27 @@ pub trait CalendarSource: Send + Sync + Sized + 'static {
         window: (Timestamp, Timestamp),
         cursor: Option<&str>,
     ) -> Result<ChangeRead, Trouble>;
+    /// Reads what changed for several people at once (the reconciliation sweep, polling);
+    /// one result per read, in input order. Sources that can combine reads (Graph's
+    /// `$batch`) do; the default reads one person after the other.
+    async fn read_changes_many(
+        &self,
+        reads: Vec<ChangeReadJob>,
+    ) -> Vec<(PersonKey, Result<ChangeRead, Trouble>)> {
+        let mut results = Vec::with_capacity(reads.len());
+        for read in reads {
+            let outcome = self
+                .read_changes(
+                    &read.person,
+                    &read.user,
+                    read.window,
+                    read.cursor.as_deref(),
+                )
+                .await;
+            results.push((read.person, outcome));
+        }
+        results
+    }
     /// Starts watching people (subscriptions, streams) who are not watched yet.
     async fn watch(self: Arc<Self>, engine: &Arc<Engine<Self>>, people: Vec<PersonKey>);
     /// Watches a person anew whose watch the source lost (a removed subscription).
@@ -290,6 +322,13 @@ pub struct Engine<S: CalendarSource> {
     pub polled_people: Arc<AtomicUsize>,
     /// Whom this instance follows: everyone, or the people of the shards it leases.
     ownership: Mutex<Arc<Ownership>>,
+    /// People whose changes the reconciliation sweep or polling read (batched), for the
+    /// status page's cost figures.
+    pub reconciled: AtomicU64,
+    /// A reconciliation step or a poll round is running: the next tick of the same kind is
+    /// skipped rather than piling up.
+    reconciling: Arc<AtomicBool>,
+    polling: Arc<AtomicBool>,
 }
 
 /// A group of people read every `sync.poll_interval_seconds` while the source cannot watch
@@ -338,6 +377,9 @@ impl<S: CalendarSource> Engine<S> {
             pending: Mutex::new(HashSet::new()),
             progress: Progress::default(),
             source_wide_logged: Mutex::new(None),
+            reconciled: AtomicU64::new(0),
+            reconciling: Arc::new(AtomicBool::new(false)),
+            polling: Arc::new(AtomicBool::new(false)),
             read_numbers: AtomicU64::new(1),
             stored_reads: tokio::sync::Mutex::new(HashMap::new()),
             group_reads: Semaphore::new(1),
@@ -487,10 +529,10 @@ impl<S: CalendarSource> Engine<S> {
                     tokio::spawn(async move { me.midnight().await });
                 }
                 _ = poll.tick(), if polls => {
+                    // Everyone's changes, in batched reads (one request per 20 people on
+                    // Graph), a chunk at a time so that results reach the store as they come.
                     let people: Vec<PersonKey> = self.people().keys().cloned().collect();
-                    for person in people {
-                        self.enqueue(Work::Changed(person));
-                    }
+                    self.sweep(people, self.source.read_chunk().max(RECONCILE_BATCH), &self.polling);
                 }
                 _ = reconcile.tick(), if reconcile_step.is_some() => {
                     let people: Vec<PersonKey> = {
@@ -500,8 +542,15 @@ impl<S: CalendarSource> Engine<S> {
                     };
                     if !people.is_empty() {
                         reconcile_cursor %= people.len();
-                        self.enqueue(Work::Changed(people[reconcile_cursor].clone()));
-                        reconcile_cursor += 1;
+                        let step: Vec<PersonKey> = people
+                            .iter()
+                            .cycle()
+                            .skip(reconcile_cursor)
+                            .take(RECONCILE_BATCH.min(people.len()))
+                            .cloned()
+                            .collect();
+                        reconcile_cursor += step.len();
+                        self.sweep(step, RECONCILE_BATCH, &self.reconciling);
                     }
                 }
                 _ = housekeeping.tick() => self.source.housekeeping(&self),
@@ -509,14 +558,32 @@ impl<S: CalendarSource> Engine<S> {
         }
     }
 
-    /// One person per step, so that every person is checked once per reconcile interval.
+    /// [`RECONCILE_BATCH`] people per step, so that every person is checked once per
+    /// reconcile interval, with one batched request per step.
     fn reconcile_step(&self) -> Option<Duration> {
         if self.settings.reconcile_interval_minutes == 0 || !self.source.reconciles() {
             return None;
         }
-        let n_people = self.people().len().max(1) as u64;
+        let steps = self.people().len().div_ceil(RECONCILE_BATCH).max(1) as u64;
         let period_ms = self.settings.reconcile_interval_minutes * 60_000;
-        Some(Duration::from_millis((period_ms / n_people).max(100)))
+        Some(Duration::from_millis((period_ms / steps).max(100)))
+    }
+
+    /// Reads the changes of `people` in the background, `chunk` at a time, unless the last
+    /// sweep of the same kind (`running`) is not done (then this one is skipped: the next
+    /// tick comes soon enough).
+    fn sweep(self: &Arc<Self>, people: Vec<PersonKey>, chunk: usize, running: &Arc<AtomicBool>) {
+        if people.is_empty() || running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let running = running.clone();
+        tokio::spawn(async move {
+            for part in people.chunks(chunk.max(1)) {
+                me.read_changes_of(part).await;
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 
     /// The first sync: everyone this instance owns, taken over from the store.
@@ -992,24 +1059,78 @@ impl<S: CalendarSource> Engine<S> {
 
     /// Reads what changed for one person and applies it.
     async fn read_changes(&self, person: &PersonKey) {
-        let Some(user) = self.user_of(person) else {
+        let Some((job, read_number)) = self.change_read_job(person) else {
             return;
         };
+        let outcome = self
+            .source
+            .read_changes(person, &job.user, job.window, job.cursor.as_deref())
+            .await;
+        self.apply_change_read(person, job.window, job.cursor, read_number, outcome)
+            .await;
+    }
+
+    /// Reads what changed for several people with as few requests as the source can (the
+    /// reconciliation sweep and polling), and applies each result as [`Engine::read_changes`]
+    /// does.
+    pub(crate) async fn read_changes_of(&self, people: &[PersonKey]) {
+        let mut jobs = Vec::with_capacity(people.len());
+        let mut numbers = HashMap::with_capacity(people.len());
+        for person in people {
+            if let Some((job, read_number)) = self.change_read_job(person) {
+                numbers.insert(
+                    person.clone(),
+                    (job.window, job.cursor.clone(), read_number),
+                );
+                jobs.push(job);
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        self.reconciled
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for (person, outcome) in self.source.read_changes_many(jobs).await {
+            if let Some((window, cursor, read_number)) = numbers.remove(&person) {
+                self.apply_change_read(&person, window, cursor, read_number, outcome)
+                    .await;
+            }
+        }
+    }
+
+    /// What a change read of `person` needs (the source's user, the window, the cursor) and
+    /// its number; `None` for someone not followed or not resolved.
+    fn change_read_job(&self, person: &PersonKey) -> Option<(ChangeReadJob, u64)> {
+        let user = self.user_of(person)?;
         let (window, cursor) = {
             let people = self.people();
-            let Some(health) = people.get(person) else {
-                return;
-            };
+            let health = people.get(person)?;
             (
                 health.window.unwrap_or_else(|| self.window_now()),
                 health.change_cursor.clone(),
             )
         };
         let read_number = self.read_numbers.fetch_add(1, Ordering::Relaxed);
-        let outcome = self
-            .source
-            .read_changes(person, &user, window, cursor.as_deref())
-            .await;
+        Some((
+            ChangeReadJob {
+                person: person.clone(),
+                user,
+                window,
+                cursor,
+            },
+            read_number,
+        ))
+    }
+
+    /// Stores what a change read found (or records its failure) and moves the person's cursor.
+    async fn apply_change_read(
+        &self,
+        person: &PersonKey,
+        window: (Timestamp, Timestamp),
+        cursor: Option<String>,
+        read_number: u64,
+        outcome: Result<ChangeRead, Trouble>,
+    ) {
         let now = self.clock.now();
         let (stored, next_cursor) = match outcome {
             Ok(ChangeRead::Window(appointments)) => {

@@ -19,7 +19,8 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::mpsc;
 
 use super::engine::{
-    fan_out, CalendarSource, ChangeRead, Engine, PersonHealth, Resolved, Trouble, Work,
+    fan_out, CalendarSource, ChangeRead, ChangeReadJob, Engine, PersonHealth, Resolved, Trouble,
+    Work,
 };
 use crate::clock::Clock;
 use crate::config::SyncConfig;
@@ -51,6 +52,23 @@ pub struct GraphCalendars {
     /// The warning about rejected notifications, at most once a minute.
     rejected_warning: LogGate,
     pub secret_expires_on: Option<jiff::civil::Date>,
+}
+
+/// A delta read's outcome as the engine takes it.
+fn change_read(outcome: Result<DeltaOutcome, GraphError>) -> Result<ChangeRead, Trouble> {
+    match outcome {
+        Ok(DeltaOutcome::Changes {
+            upserts,
+            removed_ids,
+            next,
+        }) => Ok(ChangeRead::Changes {
+            upserts,
+            removed_ids,
+            cursor: next.as_str().to_string(),
+        }),
+        Ok(DeltaOutcome::ResyncRequired) => Ok(ChangeRead::ReadWindowAgain),
+        Err(error) => Err(trouble(&error)),
+    }
 }
 
 /// How the engine weighs a Graph error.
@@ -317,23 +335,48 @@ impl CalendarSource for GraphCalendars {
             Some(link) => DeltaCursor::Link(DeltaLink::from_stored(link.to_string())),
             None => DeltaCursor::Start,
         };
-        match self
-            .graph
-            .delta(user, window.0, window.1, &cursor, self.subjects)
-            .await
-        {
-            Ok(DeltaOutcome::Changes {
-                upserts,
-                removed_ids,
-                next,
-            }) => Ok(ChangeRead::Changes {
-                upserts,
-                removed_ids,
-                cursor: next.as_str().to_string(),
-            }),
-            Ok(DeltaOutcome::ResyncRequired) => Ok(ChangeRead::ReadWindowAgain),
-            Err(error) => Err(trouble(&error)),
+        change_read(
+            self.graph
+                .delta(user, window.0, window.1, &cursor, self.subjects)
+                .await,
+        )
+    }
+
+    /// Many people's changes in `$batch` requests of 20 delta reads. The reads share one
+    /// window, so people whose window differs (read on another day) are grouped by it.
+    async fn read_changes_many(
+        &self,
+        reads: Vec<ChangeReadJob>,
+    ) -> Vec<(PersonKey, Result<ChangeRead, Trouble>)> {
+        let mut by_window: Vec<(
+            (Timestamp, Timestamp),
+            Vec<(PersonKey, String, DeltaCursor)>,
+        )> = Vec::new();
+        for read in reads {
+            let cursor = match read.cursor {
+                Some(link) => DeltaCursor::Link(DeltaLink::from_stored(link)),
+                None => DeltaCursor::Start,
+            };
+            let entry = (read.person, read.user, cursor);
+            match by_window
+                .iter_mut()
+                .find(|(window, _)| *window == read.window)
+            {
+                Some((_, group)) => group.push(entry),
+                None => by_window.push((read.window, vec![entry])),
+            }
         }
+        let mut results = Vec::new();
+        for ((start, end), group) in by_window {
+            for (person, outcome) in self
+                .graph
+                .delta_many(&group, start, end, self.subjects)
+                .await
+            {
+                results.push((person, change_read(outcome)));
+            }
+        }
+        results
     }
 
     /// Subscribes whoever Graph knows and has no live subscription.

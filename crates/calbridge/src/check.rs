@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use calbridge_domain::MailboxAddress;
-use calbridge_sources_ews::{EwsError, EwsSource, EwsSourceConfig, StreamEvent, WindowRead};
+use calbridge_sources_ews::{
+    EwsError, EwsSource, EwsSourceConfig, LogonProbe, StreamEvent, WindowRead,
+};
 use calbridge_sources_graph::{GraphError, GraphSource, SubjectFetch};
 use jiff::{SignedDuration, Timestamp};
 
@@ -318,6 +320,53 @@ fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
         EwsError::BadAnswer { .. } => {
             "check that the URL is Exchange's EWS endpoint (…/EWS/Exchange.asmx); `protocol_log = true` logs the exchange (credentials redacted)".to_string()
         }
+        EwsError::AnswerTooLarge { .. } => {
+            "check that the URL is Exchange's EWS or Autodiscover endpoint and that no proxy answers in its place; `protocol_log = true` logs the exchange (credentials redacted)".to_string()
+        }
+    }
+}
+
+/// What to say after Exchange refused an NTLM logon that carried a channel binding.
+///
+/// Since Exchange 2019 CU14, Extended Protection is on by default, and IIS answers a channel
+/// binding it refuses with the same plain 401 as a wrong password: nothing in the answer tells
+/// them apart. calbridge binds its logons to the certificate it sees, so a refused binding
+/// almost always means that certificate is not Exchange's own: a TLS-terminating load
+/// balancer, reverse proxy or TLS-inspecting firewall sits in between. One more logon, without
+/// the binding, tells the cases apart as far as they can be told from outside:
+/// - accepted: the password is right and Extended Protection (`Allow`) refused the binding;
+/// - refused: a wrong password, or `Require` with a binding that cannot match; both are named,
+///   with the certificate calbridge saw, so that an administrator can compare it with the one
+///   `Get-ExchangeCertificate` shows for IIS, and IIS's log tells them apart.
+///
+/// The extra logon costs one more failed attempt towards the account lockout threshold when
+/// the password is wrong; the check runs once, by hand, so that is one attempt, and it is
+/// the difference between "check the password" and the actual cause.
+async fn explain_refused_ntlm_logon(
+    ews: &EwsSource,
+    error: &EwsError,
+    config: &EwsSourceConfig,
+    thumbprint: &str,
+) -> String {
+    match ews.probe_ntlm_without_channel_binding().await {
+        Ok(LogonProbe::Accepted) => {
+            step(
+                false,
+                "Extended Protection",
+                &format!(
+                    "Exchange accepted '{}' without a channel binding but refused the one calbridge sent for the TLS certificate it was shown (thumbprint {thumbprint}): that is not the certificate of Exchange's IIS site",
+                    config.user
+                ),
+            );
+            format!(
+                "Extended Protection is on: a TLS-terminating load balancer, reverse proxy or TLS-inspecting firewall between calbridge and Exchange shows calbridge its own certificate (thumbprint {thumbprint}), which breaks channel binding. Point ews_url (or Autodiscover) at Exchange directly or through a load balancer that passes TLS through, or let the proxy present Exchange's own certificate (compare with Get-ExchangeCertificate); Microsoft's \"Configure Windows Extended Protection in Exchange Server\" lists SSL offloading as unsupported with Extended Protection. Turning Extended Protection off for EWS is the last resort"
+            )
+        }
+        Ok(LogonProbe::Refused) => format!(
+            "{}. If the password is right, Extended Protection may be refusing the channel binding: Exchange 2019 CU14 and later check it by default, and a TLS-terminating load balancer or proxy in front of Exchange shows calbridge another certificate than Exchange's (calbridge saw thumbprint {thumbprint}; Get-ExchangeCertificate shows the one bound to IIS). Exchange answers both with the same 401; the IIS log of the refused request tells them apart (SEC_E_BAD_BINDINGS for a refused binding)",
+            ews_advice(error, config)
+        ),
+        Ok(LogonProbe::NotNtlm) | Err(_) => ews_advice(error, config),
     }
 }
 
@@ -409,6 +458,13 @@ async fn check_ews_source(
         }
         Err(error) => {
             ews_step_failed("user lookup", &error);
+            if let EwsError::Unauthorized {
+                bound_to: Some(thumbprint),
+                ..
+            } = &error
+            {
+                return Err(explain_refused_ntlm_logon(&ews, &error, ews_config, thumbprint).await);
+            }
             return Err(ews_advice(&error, ews_config));
         }
     };

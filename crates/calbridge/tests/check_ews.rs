@@ -1,11 +1,27 @@
-//! `calbridge check` on an EWS source, run as the real binary against the emulator: a good
-//! configuration (found through Autodiscover) passes every step; a wrong password fails the
-//! sign-in step with advice and without printing the password.
+//! `calbridge check` on an EWS source, run as the real binary against the emulator with
+//! Extended Protection required (Exchange's default since 2019 CU14): a good configuration
+//! (found through Autodiscover) passes every step; a wrong password fails the sign-in step with
+//! advice and without printing the password; behind a TLS-terminating load balancer the check
+//! says that Extended Protection refused the channel binding, and names the certificate.
 
 use std::path::Path;
 use std::time::Duration;
 
-use m365_emulator::{Emulator, EmulatorConfig, ReadyInfo};
+use m365_emulator::{
+    Emulator, EmulatorConfig, ExtendedProtection, FaultSettings, ReadyInfo, RunningEmulator,
+};
+
+/// A generated organisation whose EWS requires Extended Protection, with a TLS-terminating load
+/// balancer in front (`tls_offload_url`).
+async fn start_emulator(seed: u64) -> RunningEmulator {
+    let mut config = EmulatorConfig::generated(6, seed);
+    config.faults = Some(FaultSettings {
+        ews_extended_protection: ExtendedProtection::Require,
+        ..FaultSettings::default()
+    });
+    config.tls_offload_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    Emulator::start(config).await.expect("the emulator starts")
+}
 
 const WRONG_PASSWORD: &str = "Not-The-Right-0ne!";
 
@@ -115,9 +131,7 @@ async fn group_mail(ready: &ReadyInfo) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_walks_every_ews_step_and_names_a_wrong_password() {
-    let emulator = Emulator::start(EmulatorConfig::generated(6, 31))
-        .await
-        .expect("the emulator starts");
+    let emulator = start_emulator(31).await;
     let ready = emulator.ready().clone();
     let people = group_mail(&ready).await;
     assert!(!people.is_empty(), "the generated group has people");
@@ -165,5 +179,57 @@ async fn check_walks_every_ews_step_and_names_a_wrong_password() {
         "the password is printed:\n{output}"
     );
     assert!(!output.contains(&password), "{output}");
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tls_terminating_proxy_check_says_extended_protection_refused_the_binding() {
+    let emulator = start_emulator(33).await;
+    let ready = emulator.ready().clone();
+    let people = group_mail(&ready).await;
+    let password = ready.ews_password.clone().expect("its password");
+    let behind_proxy = format!(
+        "ews_url = \"{}/EWS/Exchange.asmx\"",
+        ready.tls_offload_url.as_deref().expect("the load balancer")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &ready, &password, &behind_proxy, &people);
+
+    // `Allow`: the logon without a binding gets in, so the check knows the binding was refused.
+    emulator.set_faults(FaultSettings {
+        ews_extended_protection: ExtendedProtection::Allow,
+        ..FaultSettings::default()
+    });
+    let (success, output) = run_check(&config).await;
+    assert!(!success, "check should fail:\n{output}");
+    assert!(output.contains("FAIL sign-in"), "{output}");
+    assert!(output.contains("FAIL Extended Protection"), "{output}");
+    assert!(output.contains("Extended Protection is on: "), "{output}");
+    assert!(output.contains("TLS-terminating"), "{output}");
+    assert!(output.contains("thumbprint "), "{output}");
+    assert!(
+        !output.contains(&password),
+        "the password is printed:\n{output}"
+    );
+
+    // `Require`: a binding that cannot match and a wrong password look the same from outside;
+    // the check names both.
+    emulator.set_faults(FaultSettings {
+        ews_extended_protection: ExtendedProtection::Require,
+        ..FaultSettings::default()
+    });
+    let (success, output) = run_check(&config).await;
+    assert!(!success, "check should fail:\n{output}");
+    assert!(output.contains("FAIL sign-in"), "{output}");
+    assert!(!output.contains("Extended Protection is on"), "{output}");
+    assert!(
+        output.contains("Extended Protection may be refusing the channel binding"),
+        "{output}"
+    );
+    assert!(output.contains("lockout"), "{output}");
+    assert!(
+        !output.contains(&password),
+        "the password is printed:\n{output}"
+    );
     emulator.shutdown().await;
 }

@@ -2,6 +2,10 @@
 //! impersonation, resolution of the directory's addresses (a wrong one is reported, not
 //! dropped), the first window read, and a calendar change reaching presence through the
 //! streaming connection. The EWS client itself is proven in `crates/sources-ews/tests`.
+//!
+//! Every emulator here requires Extended Protection on EWS, as Exchange 2019 CU14 and later do
+//! by default ([`exchange_defaults`]): the service's NTLM logons pass only with a correct
+//! channel binding, and each test asserts at its end that none was refused.
 
 mod common;
 
@@ -14,13 +18,40 @@ use calbridge::config::{DirectoryConfig, SourceConfig};
 use calbridge::service::RunningService;
 use calbridge_domain::SourceId;
 use common::*;
-use m365_emulator::{Emulator, EmulatorConfig, FaultSettings, ReadyInfo, RunningEmulator};
+use m365_emulator::{
+    Emulator, EmulatorConfig, ExtendedProtection, FaultSettings, ReadyInfo, RunningEmulator,
+};
+
+/// Exchange's settings as it ships since 2019 CU14: Extended Protection required on EWS.
+fn exchange_defaults() -> FaultSettings {
+    FaultSettings {
+        ews_extended_protection: ExtendedProtection::Require,
+        ..FaultSettings::default()
+    }
+}
+
+/// An emulator configuration with [`exchange_defaults`].
+fn hardened(mut config: EmulatorConfig) -> EmulatorConfig {
+    config.faults = Some(exchange_defaults());
+    config
+}
+
+/// No NTLM logon was refused for its channel binding.
+fn assert_no_channel_binding_refused(emulator: &RunningEmulator) {
+    let counters = emulator.counters();
+    assert_eq!(
+        counters.by_kind.get("ews.channel_binding_refusals"),
+        None,
+        "{:?}",
+        counters.by_kind
+    );
+}
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
     init_logs();
-    let emulator = Emulator::start(EmulatorConfig::generated(8, 21))
+    let emulator = Emulator::start(hardened(EmulatorConfig::generated(8, 21)))
         .await
         .expect("the emulator starts");
     let ready = emulator.ready().clone();
@@ -135,6 +166,7 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
     );
     assert_eq!(card["ews"]["configured_url"], true, "{card}");
     running.shutdown().await;
+    assert_no_channel_binding_refused(&emulator);
     emulator.shutdown().await;
 }
 
@@ -180,7 +212,7 @@ impl Organisation {
     async fn start(n_users: usize, seed: u64, faults: Option<FaultSettings>) -> Organisation {
         init_logs();
         let mut config = EmulatorConfig::generated(n_users, seed);
-        config.faults = faults;
+        config.faults = Some(faults.unwrap_or_else(exchange_defaults));
         let emulator = Emulator::start(config).await.expect("the emulator starts");
         let ready = emulator.ready().clone();
         let graph = GraphClient::new(&ready).await;
@@ -346,6 +378,7 @@ async fn resolution_goes_through_further_addresses() {
     )
     .await;
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -353,7 +386,7 @@ async fn resolution_goes_through_further_addresses() {
 async fn a_cut_stream_is_reestablished_and_nothing_is_lost() {
     let faults = FaultSettings {
         ews_connection_timeout_seconds: 1,
-        ..FaultSettings::default()
+        ..exchange_defaults()
     };
     let org = Organisation::start(4, 32, Some(faults)).await;
     let people: Vec<String> = org.people.iter().take(3).cloned().collect();
@@ -382,6 +415,7 @@ async fn a_cut_stream_is_reestablished_and_nothing_is_lost() {
         "the subscriptions survive the reconnects"
     );
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -410,14 +444,14 @@ async fn error_server_busy_storms_are_ridden_out() {
     org.emulator.set_faults(FaultSettings {
         ews_server_busy_rate: 0.6,
         ews_back_off_milliseconds: 10,
-        ..FaultSettings::default()
+        ..exchange_defaults()
     });
     let running = org.service(None, 300).await;
     assert!(
         org.counter("faults.ews_server_busy") > 0,
         "the storm happened"
     );
-    org.emulator.set_faults(FaultSettings::default());
+    org.emulator.set_faults(exchange_defaults());
     wait_for(
         "everyone's presence as on a fault-free read",
         PATIENCE,
@@ -433,6 +467,7 @@ async fn error_server_busy_storms_are_ridden_out() {
     let card = wait_for_card(&api, org.people.len()).await;
     assert_eq!(card["kind"], "ews", "{card}");
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -491,6 +526,7 @@ async fn wrong_passwords_are_reported_once_and_not_retried_in_a_tight_loop() {
     let (_, metrics) = api.get("/metrics", Some(running.api_token.expose())).await;
     assert!(!metrics.to_string().contains(wrong));
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -515,6 +551,7 @@ async fn a_person_added_to_the_directory_streams_changes() {
     org.meeting(&newcomer, "First day meeting").await;
     wait_for_meeting(&running, &newcomer, "First day meeting").await;
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -597,6 +634,7 @@ async fn free_busy_reads_a_hundred_mailboxes_per_request_and_hides_subjects() {
         "one more, for one mailbox"
     );
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }
 
@@ -657,7 +695,7 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
     init_logs();
     let scenario =
         m365_emulator::Scenario::from_toml_str(DISCOVERY_SCENARIO).expect("the scenario parses");
-    let emulator = Emulator::start(EmulatorConfig::scenario(scenario))
+    let emulator = Emulator::start(hardened(EmulatorConfig::scenario(scenario)))
         .await
         .expect("the emulator starts");
     let ready = emulator.ready().clone();
@@ -737,6 +775,7 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
         "{card}"
     );
     running.shutdown().await;
+    assert_no_channel_binding_refused(&emulator);
     emulator.shutdown().await;
 }
 
@@ -758,7 +797,7 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
     // and this Exchange allows it one.
     let faults = FaultSettings {
         ews_hanging_connection_limit: 1,
-        ..FaultSettings::default()
+        ..exchange_defaults()
     };
     let org = Organisation::start(4, 37, Some(faults)).await;
     let people: Vec<String> = org.people.iter().take(4).cloned().collect();
@@ -818,7 +857,7 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
     // Exchange allows more: the refused connection opens and polling stops.
     org.emulator.set_faults(FaultSettings {
         ews_hanging_connection_limit: 0,
-        ..FaultSettings::default()
+        ..exchange_defaults()
     });
     wait_for("streaming for everyone", PATIENCE * 4, || {
         (polled() == 0).then_some(())
@@ -835,5 +874,6 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
         "both connections are open"
     );
     running.shutdown().await;
+    assert_no_channel_binding_refused(&org.emulator);
     org.emulator.shutdown().await;
 }

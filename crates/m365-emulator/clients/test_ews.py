@@ -1,6 +1,10 @@
 """exchangelib against the emulator's EWS, configured as it would be for an on-premises Exchange:
 NTLM credentials, the EWS URL (or Autodiscover), impersonation for the service account; and as
-for Exchange Online / hybrid: an app-only OAuth token from msal with full_access_as_app."""
+for Exchange Online / hybrid: an app-only OAuth token from msal with full_access_as_app.
+
+Every test here runs with Extended Protection set to `require`, as Exchange 2019 CU14 and later
+do by default: exchangelib's NTLM (requests_ntlm on pyspnego) sends the TLS channel binding and a
+MIC, and the emulator checks both."""
 
 import base64
 import json
@@ -23,12 +27,26 @@ from exchangelib import (
     close_connections,
 )
 from exchangelib.errors import ErrorImpersonateUserDenied, ErrorNameResolutionNoResults, UnauthorizedError
+from requests_ntlm import HttpNtlmAuth
 
 from conftest import ADA_PASSWORD, EWS_APP_ID, EWS_APP_SECRET, SERVICE_PASSWORD, SERVICE_USER
 
 UTC = EWSTimeZone("UTC")
 EXCHANGE_ONLINE_SCOPE = ["https://outlook.office365.com/.default"]
 GRAPH_SCOPE = ["https://graph.microsoft.com/.default"]
+
+
+def set_faults(emulator, faults):
+    reply = requests.post(f"{emulator['admin_url']}/faults", json=faults, verify=emulator["ca_cert"])
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def extended_protection_required(emulator):
+    assert set_faults(emulator, {"ews_extended_protection": "require"})["ews_extended_protection"] == "require"
+    yield
+    set_faults(emulator, {"ews_extended_protection": "none"})
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +158,26 @@ def test_wrong_password_is_refused(emulator):
     with pytest.raises(Exception) as raised:
         list(account.calendar.view(start=start, end=end))
     assert "401" in str(raised.value) or "Unauthorized" in type(raised.value).__name__ or "credentials" in str(raised.value).lower()
+
+
+def test_ntlm_with_channel_binding_passes_and_without_it_is_refused_when_required(emulator):
+    body = '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>'
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    refusals_before = counter(emulator, "ews.channel_binding_refusals")
+    bound = requests.post(emulator["ews_url"], data=body, headers=headers, auth=HttpNtlmAuth("CONTOSO\\ada", ADA_PASSWORD), verify=emulator["ca_cert"])
+    assert bound.status_code == 200, bound.text
+    # The same client with its channel binding switched off, as an NTLM stack from before
+    # Extended Protection: refused with a plain 401, as IIS does.
+    unbound = requests.post(emulator["ews_url"], data=body, headers=headers, auth=HttpNtlmAuth("CONTOSO\\ada", ADA_PASSWORD, send_cbt=False), verify=emulator["ca_cert"])
+    assert unbound.status_code == 401
+    assert counter(emulator, "ews.channel_binding_refusals") == refusals_before + 1
+    # With `allow`, a client without a binding gets in.
+    set_faults(emulator, {"ews_extended_protection": "allow"})
+    try:
+        allowed = requests.post(emulator["ews_url"], data=body, headers=headers, auth=HttpNtlmAuth("CONTOSO\\ada", ADA_PASSWORD, send_cbt=False), verify=emulator["ca_cert"])
+        assert allowed.status_code == 200, allowed.text
+    finally:
+        set_faults(emulator, {"ews_extended_protection": "require"})
 
 
 def test_basic_auth_and_case_insensitive_path_work_with_requests(emulator):

@@ -56,6 +56,23 @@ pub struct FaultSettings {
     pub ews_connection_timeout_seconds: u64,
     /// Seconds between `ConnectionStatus` OK keep-alive envelopes on a streaming connection.
     pub ews_heartbeat_seconds: u64,
+    /// Extended Protection for Authentication on EWS and Autodiscover (IIS's
+    /// `extendedProtection tokenChecking`): how the channel binding of an NTLM logon over
+    /// HTTPS is checked against the emulator's certificate.
+    pub ews_extended_protection: ExtendedProtection,
+}
+
+/// IIS's `tokenChecking` values, as Exchange's `ExtendedProtectionTokenChecking` names them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtendedProtection {
+    /// Channel bindings are not checked.
+    #[default]
+    None,
+    /// A wrong channel binding is refused; a logon without one is accepted.
+    Allow,
+    /// A logon without a channel binding, or with a wrong one, is refused.
+    Require,
 }
 
 impl Default for FaultSettings {
@@ -79,6 +96,7 @@ impl Default for FaultSettings {
             ews_hanging_connection_limit: 10,
             ews_connection_timeout_seconds: 0,
             ews_heartbeat_seconds: 30,
+            ews_extended_protection: ExtendedProtection::None,
         }
     }
 }

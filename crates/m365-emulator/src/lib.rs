@@ -49,9 +49,11 @@ pub use clock::{Clock, ClockIsSystem};
 
 /// The client side of NTLM (NEGOTIATE and an NTLMv2 AUTHENTICATE), for tests of the EWS endpoint.
 pub mod ntlm_client {
-    pub use crate::ews::ntlm::{client_authenticate, client_negotiate};
+    pub use crate::ews::ntlm::{
+        channel_binding_hash, client_authenticate, client_authenticate_bound, client_negotiate,
+    };
 }
-pub use faults::{CountersSnapshot, FaultSettings};
+pub use faults::{CountersSnapshot, ExtendedProtection, FaultSettings};
 pub use graph::subscriptions::{LifecycleError, LifecycleEvent};
 pub use scenario::{Scenario, ScenarioError};
 
@@ -86,6 +88,11 @@ pub struct EmulatorConfig {
     pub notification_retry_delays: Vec<Duration>,
     /// A second, plain-http listener (Autodiscover's http:// steps); `None` = no http port.
     pub http_listen: Option<SocketAddr>,
+    /// A listener that plays a TLS-terminating load balancer in front of the emulator: same
+    /// routes, but another certificate (from the same CA), so NTLM channel bindings made from
+    /// what a client sees there do not match the site's certificate, as with SSL offloading
+    /// in front of Exchange. `None` (the default) = no such listener.
+    pub tls_offload_listen: Option<SocketAddr>,
 }
 
 impl EmulatorConfig {
@@ -100,6 +107,7 @@ impl EmulatorConfig {
             trusted_notification_ca_files: vec![],
             notification_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls_offload_listen: None,
         }
     }
 
@@ -148,6 +156,10 @@ pub struct ReadyInfo {
     /// `http://127.0.0.1:PORT2` (plain http, same routes), when `http_listen` is set.
     #[serde(default)]
     pub http_url: Option<String>,
+    /// `https://127.0.0.1:PORT3`, the TLS-terminating load balancer, when `tls_offload_listen`
+    /// is set (its EWS URL is this followed by `/EWS/Exchange.asmx`).
+    #[serde(default)]
+    pub tls_offload_url: Option<String>,
     /// An on-premises account with ApplicationImpersonation rights (generated organisations:
     /// `svc.calbridge@contoso.example`; scenarios: the first account with `impersonation` and a password).
     #[serde(default)]
@@ -281,6 +293,7 @@ impl Emulator {
             ews_url: format!("{base_url}/EWS/Exchange.asmx"),
             autodiscover_url: format!("{base_url}/autodiscover/autodiscover.xml"),
             http_url: None,
+            tls_offload_url: None,
             ews_user: world
                 .exchange
                 .ready_impersonation
@@ -308,6 +321,19 @@ impl Emulator {
                     .local_addr()
                     .map_err(|source| StartError::Listen { address, source })?;
                 ready.http_url = Some(format!("http://{host}:{}", local.port()));
+                Some(listener)
+            }
+            None => None,
+        };
+        let offload_listener = match config.tls_offload_listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Listen { address, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { address, source })?;
+                ready.tls_offload_url = Some(format!("https://{host}:{}", local.port()));
                 Some(listener)
             }
             None => None,
@@ -344,10 +370,20 @@ impl Emulator {
         let server_task = tokio::spawn(server::serve(
             listener,
             acceptor,
+            identity.channel_binding,
             router.clone(),
             shutdown_receiver.clone(),
         ));
         let mut tasks = Vec::new();
+        if let Some(listener) = offload_listener {
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                tokio_rustls::TlsAcceptor::from(Arc::clone(&identity.offload_config)),
+                identity.channel_binding,
+                router.clone(),
+                shutdown_receiver.clone(),
+            )));
+        }
         if let Some(listener) = http_listener {
             tasks.push(tokio::spawn(server::serve_plain(
                 listener,

@@ -257,10 +257,13 @@ fn normalize_uri(uri: &Uri) -> Uri {
         .unwrap_or_else(|_| uri.clone())
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections until `shutdown` turns true. `channel_binding` is the binding hash of
+/// the certificate the EWS site has (Extended Protection checks logons against it); behind a
+/// TLS-terminating load balancer that is not the certificate `acceptor` shows.
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    channel_binding: [u8; 16],
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -278,7 +281,14 @@ pub async fn serve(
             else {
                 return;
             };
-            serve_connection(tls_stream, router, false, connection_shutdown).await;
+            serve_connection(
+                tls_stream,
+                router,
+                ConnectionState::over_tls(channel_binding),
+                false,
+                connection_shutdown,
+            )
+            .await;
         });
     }
 }
@@ -296,6 +306,7 @@ pub async fn serve_plain(
         tokio::spawn(serve_connection(
             stream,
             router.clone(),
+            ConnectionState::default(),
             true,
             shutdown.clone(),
         ));
@@ -328,12 +339,13 @@ async fn accept(
 async fn serve_connection<Io>(
     io: Io,
     router: Router,
+    connection_state: ConnectionState,
     plain: bool,
     mut shutdown: watch::Receiver<bool>,
 ) where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connection_state = Arc::new(ConnectionState::default());
+    let connection_state = Arc::new(connection_state);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         let connection_state = Arc::clone(&connection_state);

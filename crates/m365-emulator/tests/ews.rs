@@ -6,14 +6,17 @@ mod support;
 
 use std::time::Duration;
 
-use m365_emulator::{EmulatorConfig, FaultSettings, Scenario};
+use m365_emulator::{EmulatorConfig, ExtendedProtection, FaultSettings, Scenario};
 use serde_json::json;
 use support::ews::{
     autodiscover, basic, calendar_view, count, envelope, ews, get_streaming_events, impersonating,
     subscribe_calendar, subscription_id, GET_CALENDAR_FOLDER,
 };
 use support::latency::{latency, timed};
-use support::raw_connection::{ntlm_authenticate, ntlm_exchange, ntlm_negotiate, Connection};
+use support::raw_connection::{
+    ntlm_authenticate, ntlm_authenticate_bound, ntlm_exchange, ntlm_negotiate,
+    tls_server_end_point_binding, Connection,
+};
 use support::streaming::{admitted, assert_refused, open_stream, read_until, wait_for_connections};
 use support::{manual_clock, start_with, Harness, APP_ID};
 
@@ -594,6 +597,148 @@ async fn ntlm_v2_handshake_authenticates_the_connection() {
         ntlm_exchange(&harness, "ada", "CONTOSO", "wrong").await,
         (401, 401)
     );
+}
+
+/// How the AUTHENTICATE leg binds the logon: nothing, the certificate the connection saw, or
+/// another one.
+#[derive(Debug, Clone, Copy)]
+enum Binding {
+    Absent,
+    OfThisConnection,
+    Wrong,
+}
+
+/// One NTLM handshake as Ada on a new TLS connection to `url`, bound as `binding` says;
+/// returns the AUTHENTICATE leg's status.
+async fn bound_logon(harness: &Harness, url: &str, binding: Binding) -> u16 {
+    let mut connection = Connection::open_at(harness, url).await;
+    let seen =
+        tls_server_end_point_binding(connection.peer_certificate.as_deref().unwrap_or_default());
+    let (status, challenge) = ntlm_negotiate(&mut connection).await;
+    assert_eq!(status, 401);
+    let sent = match binding {
+        Binding::Absent => None,
+        Binding::OfThisConnection => Some(seen),
+        Binding::Wrong => Some([0x42; 16]),
+    };
+    ntlm_authenticate_bound(
+        &mut connection,
+        &challenge,
+        ("ada", "CONTOSO", "ada-password"),
+        sent,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn extended_protection_checks_the_channel_binding_as_its_setting_says() {
+    let mut config = EmulatorConfig::scenario(scenario());
+    config.clock = manual_clock();
+    config.tls_offload_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let harness = start_with(config).await;
+    let ready = harness.emulator.ready().clone();
+    let direct = ready.ews_url.clone();
+    let behind_offload = format!(
+        "{}/EWS/Exchange.asmx",
+        ready.tls_offload_url.clone().unwrap_or_default()
+    );
+    let set = |protection| {
+        harness.emulator.set_faults(FaultSettings {
+            ews_extended_protection: protection,
+            ..FaultSettings::default()
+        })
+    };
+    // (setting, binding, the load balancer in between, expected status)
+    let cases = [
+        (ExtendedProtection::None, Binding::Absent, false, 200),
+        (ExtendedProtection::None, Binding::Wrong, false, 200),
+        (ExtendedProtection::Allow, Binding::Absent, false, 200),
+        (
+            ExtendedProtection::Allow,
+            Binding::OfThisConnection,
+            false,
+            200,
+        ),
+        (ExtendedProtection::Allow, Binding::Wrong, false, 401),
+        (ExtendedProtection::Require, Binding::Absent, false, 401),
+        (
+            ExtendedProtection::Require,
+            Binding::OfThisConnection,
+            false,
+            200,
+        ),
+        (ExtendedProtection::Require, Binding::Wrong, false, 401),
+        // Behind a TLS-terminating load balancer the client binds to the balancer's
+        // certificate, which is not the site's.
+        (
+            ExtendedProtection::Require,
+            Binding::OfThisConnection,
+            true,
+            401,
+        ),
+        (
+            ExtendedProtection::Allow,
+            Binding::OfThisConnection,
+            true,
+            401,
+        ),
+        (ExtendedProtection::Allow, Binding::Absent, true, 200),
+        (
+            ExtendedProtection::None,
+            Binding::OfThisConnection,
+            true,
+            200,
+        ),
+    ];
+    for (protection, binding, offloaded, expected) in cases {
+        set(protection);
+        harness.emulator.reset_counters();
+        let url = if offloaded { &behind_offload } else { &direct };
+        let status = bound_logon(&harness, url, binding).await;
+        assert_eq!(
+            status, expected,
+            "{protection:?} with {binding:?} (load balancer: {offloaded})"
+        );
+        let refusals = harness
+            .emulator
+            .counters()
+            .by_kind
+            .get("ews.channel_binding_refusals")
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            refusals,
+            u64::from(expected == 401),
+            "{protection:?} {binding:?}"
+        );
+    }
+    // A wrong password stays a credentials refusal, whatever the binding.
+    set(ExtendedProtection::Require);
+    harness.emulator.reset_counters();
+    let mut connection = Connection::open(&harness).await;
+    let seen =
+        tls_server_end_point_binding(connection.peer_certificate.as_deref().unwrap_or_default());
+    let (_, challenge) = ntlm_negotiate(&mut connection).await;
+    let status = ntlm_authenticate_bound(
+        &mut connection,
+        &challenge,
+        ("ada", "CONTOSO", "wrong"),
+        Some(seen),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let counters = harness.emulator.counters();
+    assert_eq!(counters.by_kind.get("ews.auth_failures"), Some(&1));
+    assert_eq!(counters.by_kind.get("ews.channel_binding_refusals"), None);
+    // Basic is not covered by Extended Protection.
+    let reply = ews(
+        &harness,
+        &basic(SERVICE, SERVICE_PASSWORD),
+        "",
+        GET_CALENDAR_FOLDER,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
 #[tokio::test]

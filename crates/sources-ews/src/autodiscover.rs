@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::config::ServerSide;
 use crate::error::{shorten, EwsError};
-use crate::transport::{Auth, Transport};
+use crate::transport::{Auth, Transport, AUTODISCOVER_ANSWER_LIMIT};
 use crate::xml::{self, escape};
 
 const MAX_REDIRECTS: usize = 10;
@@ -184,7 +184,17 @@ pub async fn discover(
             } else {
                 (Method::GET, Auth::Anonymous, Bytes::new())
             };
-            let answer = match transport.request(method, &url, &headers, body, auth).await {
+            let answer = match transport
+                .request(
+                    method,
+                    &url,
+                    &headers,
+                    body,
+                    auth,
+                    AUTODISCOVER_ANSWER_LIMIT,
+                )
+                .await
+            {
                 Ok(answer) => answer,
                 Err(error @ EwsError::Unauthorized { .. }) => return Err(error),
                 Err(EwsError::Network { detail, .. }) => {

@@ -21,6 +21,9 @@ pub enum EwsError {
         detail: String,
         /// How long calbridge will not try again (credential back-off).
         retry_in: Duration,
+        /// For an NTLM logon over TLS: the SHA-1 thumbprint of the certificate its channel
+        /// binding named (Extended Protection compares it with Exchange's own).
+        bound_to: Option<String>,
     },
     /// `ErrorImpersonateUserDenied`.
     #[error("'{user}' may not impersonate {mailbox} (ErrorImpersonateUserDenied): grant it the ApplicationImpersonation role (New-ManagementRoleAssignment -Role ApplicationImpersonation -User {user}) or use access = \"delegate\"")]
@@ -52,6 +55,13 @@ pub enum EwsError {
     /// Autodiscover found nothing usable.
     #[error("Autodiscover for {address} failed: {detail}. Set `autodiscover_url` or `ews_url`")]
     Autodiscover { address: String, detail: String },
+    /// An answer larger than calbridge reads for its kind; reading stopped at the limit.
+    #[error("the answer from {url} is larger than the {} calbridge reads for {what}, so calbridge stopped reading it: check that this URL is Exchange (a wrong URL, a proxy or a load balancer can answer with something else)", size(*limit_bytes))]
+    AnswerTooLarge {
+        url: String,
+        what: &'static str,
+        limit_bytes: usize,
+    },
     /// An answer calbridge does not understand, or an EWS error code without its own variant.
     #[error("unexpected answer from Exchange for {what}: {detail}")]
     BadAnswer { what: String, detail: String },
@@ -87,6 +97,18 @@ impl EwsError {
     /// as opposed to one mailbox.
     pub fn is_credential_error(&self) -> bool {
         matches!(self, EwsError::Unauthorized { .. })
+    }
+}
+
+/// A size in the unit that reads best: "32 MiB", "256 KiB".
+fn size(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 

@@ -13,8 +13,14 @@
 //!   [`EwsError::is_connection_limit`]) is reported and retried with the back-off (doubling to
 //!   a minute) until a slot frees.
 //! - NTLMv2, Basic or Bearer, on connections this crate owns (NTLM authenticates a socket).
+//!   NTLM logons over TLS carry the channel binding and MIC that Exchange's Extended
+//!   Protection checks.
+//! - Every answer is read up to a limit by kind ([`SOAP_ANSWER_LIMIT`],
+//!   [`AUTODISCOVER_ANSWER_LIMIT`], [`STREAMING_ENVELOPE_LIMIT`]); a bigger one is
+//!   [`EwsError::AnswerTooLarge`], never read whole.
 
 mod autodiscover;
+mod channel_binding;
 mod config;
 mod error;
 mod ntlm;
@@ -31,5 +37,9 @@ pub use config::{
 };
 pub use error::EwsError;
 pub use source::{EwsSource, FreeBusy, SubscriptionId};
+pub use streaming::STREAMING_ENVELOPE_LIMIT;
 pub use streaming::{StreamEvent, StreamingConnection};
-pub use transport::{FIRST_CREDENTIAL_BACKOFF, MAX_CREDENTIAL_BACKOFF};
+pub use transport::{
+    AnswerLimit, LogonProbe, AUTODISCOVER_ANSWER_LIMIT, FIRST_CREDENTIAL_BACKOFF,
+    MAX_CREDENTIAL_BACKOFF, SOAP_ANSWER_LIMIT,
+};

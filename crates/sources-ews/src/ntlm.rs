@@ -1,5 +1,11 @@
 //! The client side of NTLMv2 (MS-NLMP): NEGOTIATE, then AUTHENTICATE answering the server's
 //! CHALLENGE. No signing or sealing: EWS runs inside TLS, and Exchange asks for neither.
+//!
+//! The AUTHENTICATE carries what Extended Protection for Authentication checks (on by default
+//! since Exchange 2019 CU14): the TLS channel binding in `MsvAvChannelBindings` and a MIC over
+//! the three messages ([MS-NLMP] 2.2.2.1, 3.1.5.1.2, 3.2.5.1.2). It is written here rather than
+//! taken from a crate: the one maintained Rust NTLM implementation with channel bindings
+//! (Devolutions' `sspi`) brings a whole SSPI/Kerberos/CredSSP stack for these hundred lines.
 
 use hmac::{Hmac, Mac};
 use md4::{Digest, Md4};
@@ -13,6 +19,7 @@ const NEGOTIATE_NTLM: u32 = 0x0000_0200;
 const NEGOTIATE_ALWAYS_SIGN: u32 = 0x0000_8000;
 const NEGOTIATE_EXTENDED_SESSIONSECURITY: u32 = 0x0008_0000;
 const NEGOTIATE_TARGET_INFO: u32 = 0x0080_0000;
+const NEGOTIATE_VERSION: u32 = 0x0200_0000;
 const NEGOTIATE_128: u32 = 0x2000_0000;
 const NEGOTIATE_56: u32 = 0x8000_0000;
 
@@ -22,12 +29,31 @@ const CLIENT_FLAGS: u32 = NEGOTIATE_UNICODE
     | NEGOTIATE_NTLM
     | NEGOTIATE_ALWAYS_SIGN
     | NEGOTIATE_EXTENDED_SESSIONSECURITY
+    | NEGOTIATE_VERSION
     | NEGOTIATE_128
     | NEGOTIATE_56;
 
-/// The NEGOTIATE message (type 1), without domain or workstation.
+/// [MS-NLMP] 2.2.2.10: the VERSION structure; what it says is informational only (here
+/// Windows 10.0 build 17763 and NTLM revision 15, the revision that carries a MIC).
+const VERSION: [u8; 8] = [10, 0, 0x63, 0x45, 0, 0, 0, 15];
+
+/// AV pair ids of [MS-NLMP] 2.2.2.1.
+const AV_EOL: u16 = 0;
+const AV_TIMESTAMP: u16 = 7;
+const AV_FLAGS: u16 = 6;
+const AV_TARGET_NAME: u16 = 9;
+const AV_CHANNEL_BINDINGS: u16 = 10;
+/// `MsvAvFlags` bit: the AUTHENTICATE message carries a MIC.
+const AV_FLAG_MIC_PROVIDED: u32 = 0x0000_0002;
+
+/// Offsets of the AUTHENTICATE message ([MS-NLMP] 2.2.1.3): six fields, the flags, VERSION at
+/// 64 and the MIC at 72; the payload follows at 88.
+const MIC_OFFSET: usize = 72;
+const AUTHENTICATE_HEADER: usize = 88;
+
+/// The NEGOTIATE message (type 1), without domain or workstation, with VERSION.
 pub fn negotiate() -> Vec<u8> {
-    let mut message = Vec::with_capacity(32);
+    let mut message = Vec::with_capacity(40);
     message.extend_from_slice(SIGNATURE);
     message.extend_from_slice(&1u32.to_le_bytes());
     message.extend_from_slice(&CLIENT_FLAGS.to_le_bytes());
@@ -35,8 +61,9 @@ pub fn negotiate() -> Vec<u8> {
     for _ in 0..2 {
         message.extend_from_slice(&0u16.to_le_bytes());
         message.extend_from_slice(&0u16.to_le_bytes());
-        message.extend_from_slice(&32u32.to_le_bytes());
+        message.extend_from_slice(&40u32.to_le_bytes());
     }
+    message.extend_from_slice(&VERSION);
     message
 }
 
@@ -46,6 +73,8 @@ pub struct Challenge {
     pub server_challenge: [u8; 8],
     pub flags: u32,
     pub target_info: Vec<u8>,
+    /// The whole message as received: the MIC covers it.
+    pub message: Vec<u8>,
 }
 
 fn field(message: &[u8], at: usize) -> Option<&[u8]> {
@@ -73,6 +102,7 @@ pub fn parse_challenge(message: &[u8]) -> Option<Challenge> {
         server_challenge,
         flags,
         target_info,
+        message: message.to_vec(),
     })
 }
 
@@ -98,20 +128,58 @@ fn ntowf_v2(password: &str, user: &str, domain: &str) -> [u8; 16] {
     hmac_md5(&nt_hash, &[&utf16(&user.to_uppercase()), &utf16(domain)])
 }
 
-/// The `MsvAvTimestamp` of the target info, if the server sent one.
-fn target_timestamp(target_info: &[u8]) -> Option<[u8; 8]> {
+/// The AV pairs of a target info ([MS-NLMP] 2.2.2.1), up to `MsvAvEOL`; `None` when they run
+/// past the end.
+fn av_pairs(target_info: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    let mut pairs = Vec::new();
     let mut at = 0;
     while at + 4 <= target_info.len() {
         let id = u16::from_le_bytes([target_info[at], target_info[at + 1]]);
         let length = u16::from_le_bytes([target_info[at + 2], target_info[at + 3]]) as usize;
         let value = target_info.get(at + 4..at + 4 + length)?;
-        match id {
-            0 => return None,
-            7 => return value.try_into().ok(),
-            _ => at += 4 + length,
+        if id == AV_EOL {
+            return Some(pairs);
+        }
+        pairs.push((id, value));
+        at += 4 + length;
+    }
+    Some(pairs)
+}
+
+/// The target info the client sends back inside its NTLMv2 response ([MS-NLMP] 3.1.5.1.2):
+/// the server's pairs, `MsvAvFlags` with "MIC provided", `MsvAvTargetName` (the SPN) and, on
+/// TLS, `MsvAvChannelBindings`.
+fn client_target_info(
+    server_pairs: &[(u16, &[u8])],
+    spn: &str,
+    channel_binding: Option<&[u8; 16]>,
+) -> Vec<u8> {
+    let mut target_info = Vec::new();
+    let mut pair = |id: u16, value: &[u8]| {
+        target_info.extend_from_slice(&id.to_le_bytes());
+        target_info.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        target_info.extend_from_slice(value);
+    };
+    let mut av_flags = AV_FLAG_MIC_PROVIDED;
+    for (id, value) in server_pairs {
+        match *id {
+            AV_FLAGS => {
+                if let Ok(bytes) = <[u8; 4]>::try_from(*value) {
+                    av_flags |= u32::from_le_bytes(bytes);
+                }
+            }
+            // The client supplies its own.
+            AV_TARGET_NAME | AV_CHANNEL_BINDINGS => {}
+            _ => pair(*id, value),
         }
     }
-    None
+    pair(AV_FLAGS, &av_flags.to_le_bytes());
+    pair(AV_TARGET_NAME, &utf16(spn));
+    if let Some(binding) = channel_binding {
+        pair(AV_CHANNEL_BINDINGS, binding);
+    }
+    pair(AV_EOL, &[]);
+    target_info
 }
 
 /// Splits `DOMAIN\user` into (user, domain); `user@domain` and bare names keep an empty domain,
@@ -123,35 +191,48 @@ pub fn split_user(logon: &str) -> (&str, &str) {
     }
 }
 
-/// The AUTHENTICATE message (type 3) answering `challenge` with NTLMv2.
-pub fn authenticate(
-    logon: &str,
-    password: &str,
-    challenge: &Challenge,
-    client_challenge: [u8; 8],
-    now_filetime: u64,
-) -> Vec<u8> {
-    let (user, domain) = split_user(logon);
-    let timestamp = target_timestamp(&challenge.target_info);
+/// What the AUTHENTICATE answers and what it is bound to.
+pub struct Logon<'a> {
+    pub logon: &'a str,
+    pub password: &'a str,
+    /// The NEGOTIATE message as sent: the MIC covers it.
+    pub negotiate: &'a [u8],
+    pub challenge: &'a Challenge,
+    /// `HTTP/<host>`: Extended Protection's service binding when no channel binding can be checked.
+    pub spn: &'a str,
+    /// The MD5 of the TLS channel bindings ([`crate::channel_binding`]); `None` on plain http.
+    pub channel_binding: Option<&'a [u8; 16]>,
+    pub client_challenge: [u8; 8],
+    pub now_filetime: u64,
+}
+
+/// The AUTHENTICATE message (type 3) answering the challenge with NTLMv2, with a MIC.
+pub fn authenticate(logon: &Logon<'_>) -> Vec<u8> {
+    let challenge = logon.challenge;
+    let (user, domain) = split_user(logon.logon);
+    let server_pairs = av_pairs(&challenge.target_info).unwrap_or_default();
+    let timestamp: Option<[u8; 8]> = server_pairs
+        .iter()
+        .find(|(id, _)| *id == AV_TIMESTAMP)
+        .and_then(|(_, value)| (*value).try_into().ok());
+    let target_info = client_target_info(&server_pairs, logon.spn, logon.channel_binding);
+    // [MS-NLMP] 3.3.2: the NTLMv2 client challenge structure ("temp").
     let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
-    blob.extend_from_slice(&timestamp.unwrap_or(now_filetime.to_le_bytes()));
-    blob.extend_from_slice(&client_challenge);
+    blob.extend_from_slice(&timestamp.unwrap_or(logon.now_filetime.to_le_bytes()));
+    blob.extend_from_slice(&logon.client_challenge);
     blob.extend_from_slice(&[0; 4]);
-    blob.extend_from_slice(&challenge.target_info);
+    blob.extend_from_slice(&target_info);
     blob.extend_from_slice(&[0; 4]);
-    let key = ntowf_v2(password, user, domain);
+    let key = ntowf_v2(logon.password, user, domain);
     let proof = hmac_md5(&key, &[&challenge.server_challenge, &blob]);
     let mut nt_response = proof.to_vec();
     nt_response.extend_from_slice(&blob);
-    // With a server timestamp MS-NLMP asks for an all-zero LM response.
-    let lm_response = if timestamp.is_some() {
-        vec![0u8; 24]
-    } else {
-        let mut lm = hmac_md5(&key, &[&challenge.server_challenge, &client_challenge]).to_vec();
-        lm.extend_from_slice(&client_challenge);
-        lm
-    };
-    let flags = CLIENT_FLAGS & (challenge.flags | NEGOTIATE_UNICODE);
+    // With a MIC, [MS-NLMP] 3.1.5.1.2 asks for an all-zero LM response.
+    let lm_response = vec![0u8; 24];
+    // [MS-NLMP] 3.3.2: for NTLMv2 the key exchange key is the session base key; without
+    // NEGOTIATE_KEY_EXCH it is also the exported session key that keys the MIC.
+    let session_key = hmac_md5(&key, &[&proof]);
+    let flags = CLIENT_FLAGS & (challenge.flags | NEGOTIATE_UNICODE | NEGOTIATE_VERSION);
     let domain_bytes = utf16(domain);
     let user_bytes = utf16(user);
     let workstation = utf16("CALBRIDGE");
@@ -161,13 +242,14 @@ pub fn authenticate(
         &domain_bytes,
         &user_bytes,
         &workstation,
+        // EncryptedRandomSessionKey: empty without key exchange.
         &[],
     ];
-    let header = 64usize;
-    let mut message = Vec::with_capacity(header + payloads.iter().map(|p| p.len()).sum::<usize>());
+    let mut message =
+        Vec::with_capacity(AUTHENTICATE_HEADER + payloads.iter().map(|p| p.len()).sum::<usize>());
     message.extend_from_slice(SIGNATURE);
     message.extend_from_slice(&3u32.to_le_bytes());
-    let mut offset = header;
+    let mut offset = AUTHENTICATE_HEADER;
     for payload in payloads {
         let length = payload.len() as u16;
         message.extend_from_slice(&length.to_le_bytes());
@@ -176,9 +258,18 @@ pub fn authenticate(
         offset += payload.len();
     }
     message.extend_from_slice(&flags.to_le_bytes());
+    message.extend_from_slice(&VERSION);
+    // The MIC is computed over the message with a zero MIC, then written in ([MS-NLMP]
+    // 3.1.5.1.2: HMAC_MD5(ExportedSessionKey, NEGOTIATE | CHALLENGE | AUTHENTICATE)).
+    message.extend_from_slice(&[0; 16]);
     for payload in payloads {
         message.extend_from_slice(payload);
     }
+    let mic = hmac_md5(
+        &session_key,
+        &[logon.negotiate, &challenge.message, &message],
+    );
+    message[MIC_OFFSET..MIC_OFFSET + 16].copy_from_slice(&mic);
     message
 }
 
@@ -219,5 +310,105 @@ mod tests {
     fn split_user_reads_down_level_names() {
         assert_eq!(split_user("CONTOSO\\svc"), ("svc", "CONTOSO"));
         assert_eq!(split_user("svc@contoso.com"), ("svc@contoso.com", ""));
+    }
+    fn challenge_with_timestamp() -> Challenge {
+        // MS-NLMP 4.2.4's target info (domain "Domain", server "Server") plus a timestamp.
+        let mut target_info = Vec::new();
+        for (id, value) in [
+            (2u16, utf16("Domain")),
+            (1, utf16("Server")),
+            (7, vec![0; 8]),
+        ] {
+            target_info.extend_from_slice(&id.to_le_bytes());
+            target_info.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            target_info.extend_from_slice(&value);
+        }
+        target_info.extend_from_slice(&[0; 4]);
+        Challenge {
+            server_challenge: [1, 2, 3, 4, 5, 6, 7, 8],
+            flags: 0xe28a_8233,
+            target_info,
+            message: b"NTLMSSP\0\x02\0\0\0 the challenge as received".to_vec(),
+        }
+    }
+
+    fn logon<'a>(
+        challenge: &'a Challenge,
+        binding: Option<&'a [u8; 16]>,
+        negotiate: &'a [u8],
+    ) -> Logon<'a> {
+        Logon {
+            logon: "CONTOSO\\svc",
+            password: "Passw0rd",
+            negotiate,
+            challenge,
+            spn: "HTTP/mail.contoso.example",
+            channel_binding: binding,
+            client_challenge: [0xaa; 8],
+            now_filetime: 0,
+        }
+    }
+
+    /// The AV pairs inside the NTLMv2 response of an AUTHENTICATE message.
+    fn sent_pairs(message: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let nt_response = field(message, 20).unwrap_or_default();
+        av_pairs(nt_response.get(44..).unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, value)| (id, value.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn authenticate_carries_the_channel_binding_the_spn_and_the_mic_flag() {
+        let challenge = challenge_with_timestamp();
+        let binding = [0x5a; 16];
+        let negotiate = negotiate();
+        let message = authenticate(&logon(&challenge, Some(&binding), &negotiate));
+        let pairs = sent_pairs(&message);
+        assert!(
+            pairs.contains(&(AV_CHANNEL_BINDINGS, binding.to_vec())),
+            "{pairs:?}"
+        );
+        assert!(pairs.contains(&(AV_FLAGS, AV_FLAG_MIC_PROVIDED.to_le_bytes().to_vec())));
+        assert!(pairs.contains(&(AV_TARGET_NAME, utf16("HTTP/mail.contoso.example"))));
+        // The server's pairs are kept, timestamp included.
+        assert!(pairs.contains(&(7, vec![0; 8])));
+        assert!(pairs.contains(&(1, utf16("Server"))));
+        // On plain http there is nothing to bind to.
+        let message = authenticate(&logon(&challenge, None, &negotiate));
+        assert!(!sent_pairs(&message)
+            .iter()
+            .any(|(id, _)| *id == AV_CHANNEL_BINDINGS));
+    }
+
+    #[test]
+    fn the_mic_covers_all_three_messages_with_the_session_base_key() {
+        let challenge = challenge_with_timestamp();
+        let negotiate = negotiate();
+        let message = authenticate(&logon(&challenge, Some(&[1; 16]), &negotiate));
+        let mic: [u8; 16] = message[72..88].try_into().unwrap_or_default();
+        assert_ne!(mic, [0; 16]);
+        // Recomputed as a server would: the session base key from the password and the proof.
+        let nt_response = field(&message, 20).unwrap_or_default();
+        let key = ntowf_v2("Passw0rd", "svc", "CONTOSO");
+        let session_key = hmac_md5(&key, &[&nt_response[..16]]);
+        let mut zeroed = message.clone();
+        zeroed[72..88].copy_from_slice(&[0; 16]);
+        assert_eq!(
+            hmac_md5(&session_key, &[&negotiate, &challenge.message, &zeroed]),
+            mic
+        );
+        // Another NEGOTIATE (a man in the middle dropping flags) gives another MIC.
+        let mut altered = negotiate.clone();
+        altered[12] ^= 0x01;
+        assert_ne!(
+            hmac_md5(&session_key, &[&altered, &challenge.message, &zeroed]),
+            mic
+        );
+        // The payload starts after VERSION and MIC.
+        let lm_offset = u32::from_le_bytes(message[16..20].try_into().unwrap_or_default());
+        assert_eq!(lm_offset, 88);
+        assert_eq!(&message[64..72], &VERSION);
     }
 }

@@ -16,7 +16,9 @@ use crate::autodiscover::{self, Discovered};
 use crate::config::{validate_ews_url, AuthMethod, ConfigError, EwsSourceConfig, MailboxAccess};
 use crate::error::{shorten, EwsError};
 use crate::soap::{self, Subject};
-use crate::transport::{self, Auth, BearerToken, Credentials, Transport};
+use crate::transport::{
+    self, Auth, BearerToken, Credentials, LogonProbe, Transport, SOAP_ANSWER_LIMIT,
+};
 use crate::xml::{escape, Element};
 
 /// A streaming subscription id as Exchange issued it.
@@ -297,6 +299,17 @@ impl EwsSource {
     /// replaced when EWS fails and Autodiscover then names another).
     pub async fn ews_url(&self) -> Result<Url, EwsError> {
         self.target().await.map(|target| target.url)
+    }
+
+    /// Logs on once more at the EWS URL with NTLM, without a TLS channel binding, and says
+    /// whether Exchange accepted that. For `calbridge check` after a refused NTLM logon: if
+    /// this one is accepted, Exchange's Extended Protection refused the channel binding, not
+    /// the password (see [`Transport::probe_ntlm_without_channel_binding`]).
+    pub async fn probe_ntlm_without_channel_binding(&self) -> Result<LogonProbe, EwsError> {
+        let url = self.ews_url().await?;
+        self.transport
+            .probe_ntlm_without_channel_binding(&url)
+            .await
     }
 
     /// What Autodiscover found last (None before the first run or with `ews_url`).
@@ -658,6 +671,7 @@ impl EwsSource {
                     headers,
                     envelope.clone(),
                     Auth::Authenticated,
+                    SOAP_ANSWER_LIMIT,
                 )
                 .await
             {

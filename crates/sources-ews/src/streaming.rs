@@ -329,7 +329,10 @@ async fn hold_connection(
     };
     let status = response.status().as_u16();
     let mut body = response.into_body();
-    let mut buffer = String::new();
+    // Bytes, not text: a character may be split between two chunks.
+    let mut buffer: Vec<u8> = Vec::new();
+    // How far the search for an envelope's end has got in `buffer`.
+    let mut searched = 0;
     let mut announced = false;
     // Whether a whole envelope arrived on this connection.
     let mut answered = false;
@@ -355,9 +358,11 @@ async fn hold_connection(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buffer.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = envelope_end(&buffer) {
-            let envelope: String = buffer.drain(..end).collect();
+        buffer.extend_from_slice(&data);
+        while let Some(end) = envelope_end(&buffer, searched) {
+            let envelope_bytes: Vec<u8> = buffer.drain(..end).collect();
+            searched = 0;
+            let envelope = String::from_utf8_lossy(&envelope_bytes);
             answered = true;
             let messages = match soap::response_messages(status, envelope.trim(), &subject) {
                 Ok(messages) => messages,
@@ -428,11 +433,27 @@ async fn hold_connection(
                 }
             }
         }
+        // What is left is the start of an envelope still arriving; one that outgrows the limit
+        // is not Exchange's (its notification envelopes are kilobytes).
+        if buffer.len() > STREAMING_ENVELOPE_LIMIT {
+            return Ended::Failed(EwsError::AnswerTooLarge {
+                url: transport::shown_url(&url),
+                what: "one streaming notification envelope",
+                limit_bytes: STREAMING_ENVELOPE_LIMIT,
+            });
+        }
+        // The end tag may straddle the next chunk: search again from a little before the end.
+        searched = buffer.len().saturating_sub(16);
         if events.is_closed() {
             return Ended::ReceiverGone;
         }
     }
 }
+
+/// The most of one streaming envelope calbridge keeps while waiting for its end: Exchange sends
+/// a notification envelope per batch of events, kilobytes each; this leaves room for hundreds
+/// of events in one.
+pub const STREAMING_ENVELOPE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Opens the connection at the current EWS URL. When that URL cannot be reached and came from
 /// Autodiscover, Autodiscover is asked again (see [`EwsSource`]) and the connection opened once
@@ -472,7 +493,10 @@ async fn open_at(
     }
     // Anything else is a whole answer (a SOAP fault, a proxy's error page), read like the
     // answer of any other request.
-    let answer = source.transport.collect(url, response).await?;
+    let answer = source
+        .transport
+        .collect(url, response, transport::SOAP_ANSWER_LIMIT)
+        .await?;
     let text = answer.text();
     let root = match read_answer(url, status, &text, subject, Duration::ZERO) {
         Ok(root) => root,
@@ -487,14 +511,20 @@ async fn open_at(
     })
 }
 
-/// The end (exclusive) of the first complete SOAP envelope in `buffer`.
-fn envelope_end(buffer: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(found) = buffer[from..].find("Envelope>") {
+/// The end (exclusive) of the first complete SOAP envelope in `buffer`, searching for its end
+/// tag from `from` on (what an earlier search already passed need not be searched again).
+fn envelope_end(buffer: &[u8], from: usize) -> Option<usize> {
+    const END: &[u8] = b"Envelope>";
+    let mut from = from;
+    while let Some(found) = buffer
+        .get(from..)?
+        .windows(END.len())
+        .position(|window| window == END)
+    {
         let at = from + found;
-        let tag_start = buffer[..at].rfind('<')?;
-        if buffer[tag_start..].starts_with("</") {
-            return Some(at + "Envelope>".len());
+        let tag_start = buffer[..at].iter().rposition(|byte| *byte == b'<')?;
+        if buffer[tag_start..].starts_with(b"</") {
+            return Some(at + END.len());
         }
         from = at + 1;
     }
@@ -504,10 +534,11 @@ fn envelope_end(buffer: &str) -> Option<usize> {
 /// Parses a stream's text for tests of the framing.
 #[cfg(test)]
 fn split_envelopes(text: &str) -> Vec<String> {
-    let mut buffer = text.to_string();
+    let mut buffer = text.as_bytes().to_vec();
     let mut out = Vec::new();
-    while let Some(end) = envelope_end(&buffer) {
-        out.push(buffer.drain(..end).collect::<String>().trim().to_string());
+    while let Some(end) = envelope_end(&buffer, 0) {
+        let envelope: Vec<u8> = buffer.drain(..end).collect();
+        out.push(String::from_utf8_lossy(&envelope).trim().to_string());
     }
     out
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use calbridge_domain::Secret;
 use calbridge_net::Backoff;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -29,6 +29,7 @@ use url::Url;
 use calbridge_net::clock::SystemClock;
 use calbridge_net::entra::{AppCredential, AuthError, PostedAnswer, TokenPoster, TokenProvider};
 
+use crate::channel_binding::ChannelBinding;
 use crate::config::{BearerConfig, ConfigError};
 use crate::error::{shorten, EwsError};
 use crate::ntlm;
@@ -43,6 +44,38 @@ pub const MAX_CREDENTIAL_BACKOFF: Duration = Duration::from_secs(3600);
 /// No jitter: one credential has one retry loop, so there is nothing to spread out.
 const CREDENTIAL_BACKOFF: Backoff =
     Backoff::doubling(FIRST_CREDENTIAL_BACKOFF, MAX_CREDENTIAL_BACKOFF);
+
+/// The most calbridge reads of one answer, by what the answer is. Exchange's answers are far
+/// smaller; a bigger one is a wrong URL, a proxy's page or a hostile server, and reading it
+/// whole would let the server decide how much memory calbridge uses.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerLimit {
+    pub bytes: usize,
+    /// What the answer is, for the error message.
+    pub what: &'static str,
+}
+
+/// A SOAP answer: a `FindItem` of a full calendar window or a `GetUserAvailability` of many
+/// mailboxes stays well below this.
+pub const SOAP_ANSWER_LIMIT: AnswerLimit = AnswerLimit {
+    bytes: 32 * 1024 * 1024,
+    what: "a SOAP answer",
+};
+/// An Autodiscover answer (POX XML, JSON or a redirect) is a few kilobytes.
+pub const AUTODISCOVER_ANSWER_LIMIT: AnswerLimit = AnswerLimit {
+    bytes: 1024 * 1024,
+    what: "an Autodiscover answer",
+};
+/// Entra ID's token answer is a few kilobytes.
+const TOKEN_ANSWER_LIMIT: AnswerLimit = AnswerLimit {
+    bytes: 1024 * 1024,
+    what: "a token answer",
+};
+/// The body of a 401 (IIS's error page) read before the next handshake leg.
+const ERROR_ANSWER_LIMIT: AnswerLimit = AnswerLimit {
+    bytes: 256 * 1024,
+    what: "an HTTP 401 answer",
+};
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -124,6 +157,8 @@ impl Credentials {
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     authenticated: bool,
+    /// Over TLS: the binding to the certificate the server presented on this connection.
+    channel_binding: Option<ChannelBinding>,
 }
 
 #[derive(Default)]
@@ -153,6 +188,46 @@ impl Answer {
             .and_then(|value| value.to_str().ok())
             .map(str::to_string)
     }
+}
+
+/// Whether an NTLM logon carries the connection's TLS channel binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelBindingUse {
+    Send,
+    /// Only to tell a refused binding from refused credentials (`calbridge check`).
+    Omit,
+}
+
+/// One request sent through an NTLM handshake.
+#[derive(Clone, Copy)]
+struct NtlmRequest<'a> {
+    method: &'a Method,
+    url: &'a Url,
+    headers: &'a [(String, String)],
+    body: &'a Bytes,
+    user: &'a str,
+    password: &'a Secret,
+}
+
+/// How an NTLM handshake ended.
+enum NtlmOutcome {
+    /// The AUTHENTICATE was accepted: the request's answer.
+    Accepted(Response<Incoming>),
+    /// The server answered the NEGOTIATE leg itself (no authentication asked here).
+    NotAsked(Response<Incoming>),
+    /// 401 without an NTLM challenge: the schemes offered.
+    NoChallenge(String),
+    /// 401 to the AUTHENTICATE: the schemes offered.
+    Refused(String),
+}
+
+/// What [`Transport::probe_ntlm_without_channel_binding`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogonProbe {
+    Accepted,
+    Refused,
+    /// The source does not log on with NTLM; nothing was tried.
+    NotNtlm,
 }
 
 /// Whether a request carries credentials.
@@ -256,7 +331,7 @@ impl Transport {
         self.credentials.user()
     }
 
-    async fn connect(&self, url: &Url) -> Result<SendRequest<Full<Bytes>>, EwsError> {
+    async fn connect(&self, url: &Url) -> Result<Connection, EwsError> {
         let host = url
             .host_str()
             .ok_or_else(|| network(url, "the URL has no host"))?
@@ -299,9 +374,24 @@ impl Transport {
                 .await
                 .map_err(|_| network(url, "the TLS handshake timed out"))?
                 .map_err(|error| network(url, format!("TLS: {error}")))?;
-            self.handshake(url, TokioIo::new(tls)).await
+            // The leaf comes first (RFC 8446 4.4.2); a verified connection always has one.
+            let channel_binding = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(<[_]>::first)
+                .map(|leaf| ChannelBinding::for_certificate(leaf.as_ref()));
+            Ok(Connection {
+                sender: self.handshake(url, TokioIo::new(tls)).await?,
+                authenticated: false,
+                channel_binding,
+            })
         } else {
-            self.handshake(url, TokioIo::new(tcp)).await
+            Ok(Connection {
+                sender: self.handshake(url, TokioIo::new(tcp)).await?,
+                authenticated: false,
+                channel_binding: None,
+            })
         }
     }
 
@@ -332,12 +422,7 @@ impl Transport {
                         return Ok(connection);
                     }
                 }
-                None => {
-                    return Ok(Connection {
-                        sender: self.connect(url).await?,
-                        authenticated: false,
-                    })
-                }
+                None => return self.connect(url).await,
             }
         }
     }
@@ -440,18 +525,39 @@ impl Transport {
             .map_err(|error| network(url, error.to_string()))
     }
 
-    /// Reads the rest of an answer.
+    /// Reads the rest of an answer, at most `limit` of it: a larger one is an error and its
+    /// connection is dropped unread.
     pub(crate) async fn collect(
         &self,
         url: &Url,
         response: Response<Incoming>,
+        limit: AnswerLimit,
     ) -> Result<Answer, EwsError> {
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
-            .await
-            .map_err(|_| network(url, "the answer timed out"))?
-            .map_err(|error| network(url, format!("reading the answer: {error}")))?
-            .to_bytes();
+        let too_large = || EwsError::AnswerTooLarge {
+            url: shown_url(url),
+            what: limit.what,
+            limit_bytes: limit.bytes,
+        };
+        // A declared length says it at once; `Limited` catches the rest (chunked answers and
+        // lengths that lie) after reading at most the limit and one more frame.
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit.bytes as u64) {
+            return Err(too_large());
+        }
+        let body =
+            match tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, limit.bytes).collect())
+                .await
+            {
+                Err(_) => return Err(network(url, "the answer timed out")),
+                Ok(Err(error)) if error.is::<LengthLimitError>() => return Err(too_large()),
+                Ok(Err(error)) => return Err(network(url, format!("reading the answer: {error}"))),
+                Ok(Ok(collected)) => collected.to_bytes(),
+            };
         self.log_answer(url, parts.status.as_u16(), &body);
         Ok(Answer {
             status: parts.status.as_u16(),
@@ -469,13 +575,14 @@ impl Transport {
                     user: self.credentials.user(),
                     detail: "refused before; not asking again yet".to_string(),
                     retry_in: until - now,
+                    bound_to: None,
                 });
             }
         }
         Ok(())
     }
 
-    fn refused(&self, detail: String) -> EwsError {
+    fn refused(&self, detail: String, bound_to: Option<String>) -> EwsError {
         let mut backoff = lock(&self.backoff);
         backoff.refusals = backoff.refusals.saturating_add(1);
         let wait = CREDENTIAL_BACKOFF.delay_for(backoff.refusals);
@@ -487,6 +594,7 @@ impl Transport {
             user,
             detail,
             retry_in: wait,
+            bound_to,
         }
     }
 
@@ -504,9 +612,10 @@ impl Transport {
         headers: &[(String, String)],
         body: Bytes,
         auth: Auth,
+        limit: AnswerLimit,
     ) -> Result<Answer, EwsError> {
         let (response, connection) = self.exchange(method, url, headers, body, auth).await?;
-        let answer = self.collect(url, response).await?;
+        let answer = self.collect(url, response, limit).await?;
         self.give_back(url, connection);
         Ok(answer)
     }
@@ -557,8 +666,8 @@ impl Transport {
                     .send_on(&mut connection, &method, url, headers, &body, Some(value))
                     .await?;
                 if response.status() == 401 {
-                    let answer = self.collect(url, response).await?;
-                    return Err(self.refused(offered_schemes(&answer.headers)));
+                    let answer = self.collect(url, response, ERROR_ANSWER_LIMIT).await?;
+                    return Err(self.refused(offered_schemes(&answer.headers), None));
                 }
                 self.accepted();
                 Ok((response, connection))
@@ -582,7 +691,7 @@ impl Transport {
                         self.accepted();
                         return Ok((response, connection));
                     }
-                    let answer = self.collect(url, response).await?;
+                    let answer = self.collect(url, response, ERROR_ANSWER_LIMIT).await?;
                     let fixed = match bearer {
                         BearerToken::Fixed(_) => true,
                         BearerToken::FromEntra { tokens, .. } => {
@@ -599,7 +708,7 @@ impl Transport {
                             .unwrap_or_default();
                         return Err(self.refused(format!(
                             "the bearer token was rejected{diagnostics}: the app needs the full_access_as_app permission of Office 365 Exchange Online (Entra ID → App registrations → API permissions → Add → APIs my organization uses → Office 365 Exchange Online → Application permissions → full_access_as_app, then grant admin consent)"
-                        )));
+                        ), None));
                     }
                     fresh_token_tried = true;
                 }
@@ -625,65 +734,158 @@ impl Transport {
                 return Ok((response, connection));
             }
             // The server forgot the connection's logon; log on again on the same socket.
-            let _ = self.collect(url, response).await?;
+            let _ = self.collect(url, response, ERROR_ANSWER_LIMIT).await?;
             connection.authenticated = false;
         }
-        let negotiate = format!("NTLM {}", BASE64.encode(ntlm::negotiate()));
+        let request = NtlmRequest {
+            method: &method,
+            url,
+            headers,
+            body: &body,
+            user,
+            password,
+        };
+        match self
+            .ntlm_handshake(&mut connection, &request, ChannelBindingUse::Send)
+            .await?
+        {
+            NtlmOutcome::Accepted(response) => {
+                self.accepted();
+                connection.authenticated = true;
+                Ok((response, connection))
+            }
+            NtlmOutcome::NotAsked(response) => Ok((response, connection)),
+            NtlmOutcome::NoChallenge(offered) => Err(self.refused(
+                format!("{offered} without an NTLM challenge: the server does not offer NTLM here; try auth = \"basic\""),
+                None,
+            )),
+            NtlmOutcome::Refused(offered) => {
+                let bound_to = connection
+                    .channel_binding
+                    .as_ref()
+                    .map(|binding| binding.thumbprint.clone());
+                let detail = match &bound_to {
+                    Some(thumbprint) => format!(
+                        "NTLM logon refused ({offered}); the logon was bound to the TLS certificate with thumbprint {thumbprint}, which Exchange's Extended Protection compares with its own, and `calbridge check` tells a refused binding from a wrong password"
+                    ),
+                    None => format!("NTLM logon refused ({offered})"),
+                };
+                Err(self.refused(detail, bound_to))
+            }
+        }
+    }
+
+    /// NEGOTIATE, CHALLENGE and AUTHENTICATE on `connection`, each leg carrying the request.
+    async fn ntlm_handshake(
+        &self,
+        connection: &mut Connection,
+        request: &NtlmRequest<'_>,
+        binding: ChannelBindingUse,
+    ) -> Result<NtlmOutcome, EwsError> {
+        let NtlmRequest {
+            method,
+            url,
+            headers,
+            body,
+            user,
+            password,
+        } = *request;
+        let negotiate = ntlm::negotiate();
         let response = self
             .send_on(
-                &mut connection,
-                &method,
+                connection,
+                method,
                 url,
                 headers,
-                &body,
-                Some(negotiate),
+                body,
+                Some(format!("NTLM {}", BASE64.encode(&negotiate))),
             )
             .await?;
         if response.status() != 401 {
             // Anonymous access, or a server that does not do NTLM here.
-            return Ok((response, connection));
+            return Ok(NtlmOutcome::NotAsked(response));
         }
-        let answer = self.collect(url, response).await?;
-        let challenge = ntlm_challenge(&answer.headers)
-            .and_then(|token| ntlm::parse_challenge(&token))
-            .ok_or_else(|| {
-                self.refused(format!(
-                    "{} without an NTLM challenge: the server does not offer NTLM here; try auth = \"basic\"",
-                    offered_schemes(&answer.headers)
-                ))
-            })?;
+        let answer = self.collect(url, response, ERROR_ANSWER_LIMIT).await?;
+        let Some(challenge) =
+            ntlm_challenge(&answer.headers).and_then(|token| ntlm::parse_challenge(&token))
+        else {
+            return Ok(NtlmOutcome::NoChallenge(offered_schemes(&answer.headers)));
+        };
         let mut client_challenge = [0u8; 8];
         self.random
             .fill(&mut client_challenge)
             .map_err(|_| network(url, "no random numbers for NTLM"))?;
-        let message = ntlm::authenticate(
-            user,
-            password.expose(),
-            &challenge,
+        let spn = format!("HTTP/{}", url.host_str().unwrap_or_default());
+        let channel_binding = match binding {
+            ChannelBindingUse::Send => connection
+                .channel_binding
+                .as_ref()
+                .map(|binding| &binding.md5),
+            ChannelBindingUse::Omit => None,
+        };
+        let message = ntlm::authenticate(&ntlm::Logon {
+            logon: user,
+            password: password.expose(),
+            negotiate: &negotiate,
+            challenge: &challenge,
+            spn: &spn,
+            channel_binding,
             client_challenge,
-            ntlm::filetime_now(),
-        );
-        let authenticate = format!("NTLM {}", BASE64.encode(message));
+            now_filetime: ntlm::filetime_now(),
+        });
         let response = self
             .send_on(
-                &mut connection,
-                &method,
+                connection,
+                method,
                 url,
                 headers,
-                &body,
-                Some(authenticate),
+                body,
+                Some(format!("NTLM {}", BASE64.encode(message))),
             )
             .await?;
         if response.status() == 401 {
-            let answer = self.collect(url, response).await?;
-            return Err(self.refused(format!(
-                "NTLM logon refused ({})",
-                offered_schemes(&answer.headers)
-            )));
+            let answer = self.collect(url, response, ERROR_ANSWER_LIMIT).await?;
+            return Ok(NtlmOutcome::Refused(offered_schemes(&answer.headers)));
         }
-        self.accepted();
-        connection.authenticated = true;
-        Ok((response, connection))
+        Ok(NtlmOutcome::Accepted(response))
+    }
+
+    /// Logs on once with NTLM on a new connection to `url` without a channel binding, posting
+    /// an empty body, and says whether Exchange accepted the logon (any answer but 401). For
+    /// `calbridge check` only: it tells a refused channel binding (Extended Protection set to
+    /// `Allow` behind a TLS-terminating proxy) from refused credentials. It ignores the
+    /// credential back-off on purpose and does not count towards it; it is one more logon
+    /// attempt, which is why only the check asks for it, and only once.
+    pub async fn probe_ntlm_without_channel_binding(
+        &self,
+        url: &Url,
+    ) -> Result<LogonProbe, EwsError> {
+        let Credentials::Ntlm { user, password } = &self.credentials else {
+            return Ok(LogonProbe::NotNtlm);
+        };
+        let mut connection = self.connect(url).await?;
+        let body = Bytes::new();
+        let request = NtlmRequest {
+            method: &Method::POST,
+            url,
+            headers: &[(
+                "Content-Type".to_string(),
+                "text/xml; charset=utf-8".to_string(),
+            )],
+            body: &body,
+            user,
+            password,
+        };
+        let outcome = self
+            .ntlm_handshake(&mut connection, &request, ChannelBindingUse::Omit)
+            .await?;
+        Ok(match outcome {
+            NtlmOutcome::Accepted(response) | NtlmOutcome::NotAsked(response) => {
+                drop(response);
+                LogonProbe::Accepted
+            }
+            NtlmOutcome::NoChallenge(_) | NtlmOutcome::Refused(_) => LogonProbe::Refused,
+        })
     }
 
     async fn bearer_token(&self, bearer: &BearerToken) -> Result<Secret, EwsError> {
@@ -708,7 +910,7 @@ impl Transport {
             },
             _ => self.refused(format!(
                 "Entra ID refused the token request for app {client_id}: {error} (the bearer settings of this source: client_id, client_secret, token_url)"
-            )),
+            ), None),
         })
     }
 }
@@ -738,7 +940,7 @@ impl TokenPoster for Transport {
             .await
             .map_err(|error| error.to_string())?;
         let answer = self
-            .collect(&url, response)
+            .collect(&url, response, TOKEN_ANSWER_LIMIT)
             .await
             .map_err(|error| error.to_string())?;
         self.give_back(&url, connection);

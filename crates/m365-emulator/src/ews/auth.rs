@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::ntlm;
 use super::setup::Account;
-use crate::faults::lock;
+use crate::faults::{lock, ExtendedProtection};
 use crate::state::AppState;
 
 pub const OUTLOOK_RESOURCE: &str = "https://outlook.office365.com";
@@ -18,8 +18,30 @@ pub const OUTLOOK_RESOURCE: &str = "https://outlook.office365.com";
 /// State kept per TCP connection: NTLM authenticates the connection, not the request.
 #[derive(Default, Debug)]
 pub struct ConnectionState {
-    pub ntlm_challenge: Mutex<Option<[u8; 8]>>,
+    pub ntlm_pending: Mutex<Option<PendingNtlm>>,
     pub ntlm_account: Mutex<Option<usize>>,
+    /// Over HTTPS: the channel binding hash of the certificate IIS (here, the emulator) has
+    /// bound to the site, which Extended Protection compares with the client's. `None` on
+    /// plain http, where there is no channel to bind to.
+    pub channel_binding: Option<[u8; 16]>,
+}
+
+impl ConnectionState {
+    /// A connection over TLS whose site certificate has `channel_binding`.
+    pub fn over_tls(channel_binding: [u8; 16]) -> ConnectionState {
+        ConnectionState {
+            channel_binding: Some(channel_binding),
+            ..ConnectionState::default()
+        }
+    }
+}
+
+/// A handshake between CHALLENGE and AUTHENTICATE: what the MIC covers.
+#[derive(Debug)]
+pub struct PendingNtlm {
+    server_challenge: [u8; 8],
+    negotiate: Vec<u8>,
+    challenge: Vec<u8>,
 }
 
 /// The authenticated caller.
@@ -181,7 +203,6 @@ fn ntlm_step(
             for byte in &mut challenge {
                 *byte = (state.ids.unit() * 256.0) as u8;
             }
-            *lock(&connection.ntlm_challenge) = Some(challenge);
             *lock(&connection.ntlm_account) = None;
             let names = server_names(state);
             let message = ntlm::challenge_message(
@@ -190,6 +211,11 @@ fn ntlm_step(
                 &names,
                 state.clock.now().as_second(),
             );
+            *lock(&connection.ntlm_pending) = Some(PendingNtlm {
+                server_challenge: challenge,
+                negotiate: token.clone(),
+                challenge: message.clone(),
+            });
             AuthOutcome::Respond(unauthorized(
                 state,
                 Some(&engine.encode(message)),
@@ -197,28 +223,92 @@ fn ntlm_step(
             ))
         }
         Some(3) => {
-            let challenge = lock(&connection.ntlm_challenge).take();
-            let verdict = ntlm::parse_authenticate(&token).ok().and_then(|message| {
-                tracing::debug!(user = %message.user, domain = %message.domain, workstation = %message.workstation, "NTLM AUTHENTICATE");
-                let challenge = challenge?;
-                let index = find_account(state, &message.user, &message.domain)?;
-                let password = state.ews.setup.accounts[index].password.as_deref()?;
-                message.verify(password, &challenge).then_some(index)
-            });
-            match verdict {
-                Some(index) => {
+            let pending = lock(&connection.ntlm_pending).take();
+            match check_authenticate(state, connection, &token, pending) {
+                Ok(index) => {
                     tracing::debug!(account = %state.ews.setup.accounts[index].address, "EWS NTLM logon");
                     *lock(&connection.ntlm_account) = Some(index);
                     AuthOutcome::Authenticated(Principal::Account(index))
                 }
-                None => {
+                Err(refusal) => {
                     state.counters.count("ews.auth_failures");
-                    tracing::info!("EWS NTLM logon failed");
+                    if matches!(refusal, NtlmRefusal::ChannelBinding(_)) {
+                        state.counters.count("ews.channel_binding_refusals");
+                    }
+                    tracing::info!(reason = %refusal.reason(), "EWS NTLM logon failed");
+                    // IIS answers a refused channel binding exactly like a wrong password: a
+                    // plain 401 that offers the schemes again.
                     AuthOutcome::Respond(unauthorized(state, None, realm_host))
                 }
             }
         }
         _ => AuthOutcome::Respond(unauthorized(state, None, realm_host)),
+    }
+}
+
+/// Why an AUTHENTICATE was refused (for the log; the client only sees 401).
+enum NtlmRefusal {
+    /// Malformed, out of order, unknown user or wrong password.
+    Credentials,
+    /// The client said it sent a MIC and it does not match.
+    Mic,
+    /// Extended Protection: the binding is missing (`require`) or wrong.
+    ChannelBinding(&'static str),
+}
+
+impl NtlmRefusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            NtlmRefusal::Credentials => "wrong or malformed credentials",
+            NtlmRefusal::Mic => "the MIC does not match the handshake",
+            NtlmRefusal::ChannelBinding(reason) => reason,
+        }
+    }
+}
+
+/// Checks an AUTHENTICATE as IIS does: the NTLMv2 proof, the MIC when one is claimed, then
+/// Extended Protection's channel binding per `ews_extended_protection`.
+fn check_authenticate(
+    state: &AppState,
+    connection: &ConnectionState,
+    token: &[u8],
+    pending: Option<PendingNtlm>,
+) -> Result<usize, NtlmRefusal> {
+    let message = ntlm::parse_authenticate(token).map_err(|_| NtlmRefusal::Credentials)?;
+    tracing::debug!(user = %message.user, domain = %message.domain, workstation = %message.workstation, "NTLM AUTHENTICATE");
+    let pending = pending.ok_or(NtlmRefusal::Credentials)?;
+    let index =
+        find_account(state, &message.user, &message.domain).ok_or(NtlmRefusal::Credentials)?;
+    let password = state.ews.setup.accounts[index]
+        .password
+        .as_deref()
+        .ok_or(NtlmRefusal::Credentials)?;
+    if !message.verify(password, &pending.server_challenge) {
+        return Err(NtlmRefusal::Credentials);
+    }
+    if message.claims_mic()
+        && !message.mic_matches(password, &pending.negotiate, &pending.challenge)
+    {
+        return Err(NtlmRefusal::Mic);
+    }
+    // Plain http has no channel to bind to: only HTTPS logons are checked (Exchange requires
+    // SSL on the virtual directories where Extended Protection is on).
+    let Some(expected) = connection.channel_binding else {
+        return Ok(index);
+    };
+    let sent = message.channel_binding();
+    match (state.faults().ews_extended_protection, sent) {
+        (ExtendedProtection::None, _) => Ok(index),
+        (
+            ExtendedProtection::Allow | ExtendedProtection::Require,
+            ntlm::SentBinding::Hash(hash),
+        ) if hash != expected => Err(NtlmRefusal::ChannelBinding(
+            "Extended Protection: the channel binding does not match the server's certificate",
+        )),
+        (ExtendedProtection::Require, ntlm::SentBinding::None) => Err(NtlmRefusal::ChannelBinding(
+            "Extended Protection (require): the logon carries no channel binding",
+        )),
+        _ => Ok(index),
     }
 }
 

@@ -1,5 +1,8 @@
 //! NTLM over HTTP (MS-NLMP): the server's CHALLENGE message and the check of the client's
-//! AUTHENTICATE message (NTLMv2 only), as IIS does for Exchange's `WWW-Authenticate: NTLM`.
+//! AUTHENTICATE message (NTLMv2 only), as IIS does for Exchange's `WWW-Authenticate: NTLM`:
+//! the NTLMv2 proof, the MIC when the client says it sent one ([MS-NLMP] 3.2.5.1.2), and the
+//! channel binding (`MsvAvChannelBindings`) that Extended Protection compares with the
+//! server's own certificate.
 
 use hmac::{Hmac, Mac};
 use md4::{Digest, Md4};
@@ -147,6 +150,15 @@ pub fn challenge_message(
     message
 }
 
+/// AV pair ids of [MS-NLMP] 2.2.2.1 the server reads back.
+const AV_EOL: u16 = 0;
+const AV_FLAGS: u16 = 6;
+const AV_CHANNEL_BINDINGS: u16 = 10;
+/// `MsvAvFlags` bit: the AUTHENTICATE message carries a MIC.
+const AV_FLAG_MIC_PROVIDED: u32 = 0x0000_0002;
+/// [MS-NLMP] 2.2.1.3: VERSION at 64, the MIC at 72, payload from 88 on.
+const MIC_OFFSET: usize = 72;
+
 /// What an AUTHENTICATE message says before its proof is checked.
 #[derive(Debug)]
 pub struct Authenticate {
@@ -154,6 +166,22 @@ pub struct Authenticate {
     pub domain: String,
     pub workstation: String,
     nt_response: Vec<u8>,
+    flags: u32,
+    encrypted_session_key: Vec<u8>,
+    /// The whole message, for the MIC.
+    message: Vec<u8>,
+    /// Where the first payload starts: a MIC fits only if that is at 88 or later.
+    payload_start: usize,
+}
+
+/// What the client bound its logon to, as Extended Protection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentBinding {
+    /// No `MsvAvChannelBindings`, or sixteen zero bytes (what Windows sends when it has no
+    /// channel to bind to).
+    None,
+    /// The MD5 of the client's `gss_channel_bindings_struct`.
+    Hash([u8; 16]),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -179,6 +207,15 @@ pub fn parse_authenticate(token: &[u8]) -> Result<Authenticate, NtlmError> {
         }
     };
     let nt_response = field(token, 20).ok_or(NtlmError::Malformed)?.to_vec();
+    let encrypted_session_key = field(token, 52).ok_or(NtlmError::Malformed)?.to_vec();
+    // The lowest offset of the six payload fields (empty ones say nothing).
+    let payload_start = [12usize, 20, 28, 36, 44, 52]
+        .into_iter()
+        .filter(|at| u16_at(token, *at).is_some_and(|length| length > 0))
+        .filter_map(|at| u32_at(token, at + 4))
+        .filter_map(|offset| usize::try_from(offset).ok())
+        .min()
+        .unwrap_or(token.len());
     let domain = text(field(token, 28).ok_or(NtlmError::Malformed)?)?;
     let user = text(field(token, 36).ok_or(NtlmError::Malformed)?)?;
     let workstation = text(field(token, 44).ok_or(NtlmError::Malformed)?)?;
@@ -193,7 +230,35 @@ pub fn parse_authenticate(token: &[u8]) -> Result<Authenticate, NtlmError> {
         domain,
         workstation,
         nt_response,
+        flags,
+        encrypted_session_key,
+        message: token.to_vec(),
+        payload_start,
     })
+}
+
+/// RC4 (for the key exchange of [MS-NLMP] 3.4.5.1 `RC4K`): no maintained crate is worth a
+/// dependency for twenty lines only the emulator's MIC check uses.
+fn rc4(key: &[u8], data: &[u8]) -> Vec<u8> {
+    if key.is_empty() {
+        return data.to_vec();
+    }
+    let mut state: [u8; 256] = std::array::from_fn(|index| index as u8);
+    let mut j = 0u8;
+    for i in 0..256 {
+        j = j.wrapping_add(state[i]).wrapping_add(key[i % key.len()]);
+        state.swap(i, usize::from(j));
+    }
+    let (mut i, mut j) = (0u8, 0u8);
+    data.iter()
+        .map(|byte| {
+            i = i.wrapping_add(1);
+            j = j.wrapping_add(state[usize::from(i)]);
+            state.swap(usize::from(i), usize::from(j));
+            let k = state[usize::from(state[usize::from(i)].wrapping_add(state[usize::from(j)]))];
+            byte ^ k
+        })
+        .collect()
 }
 
 fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
@@ -219,6 +284,79 @@ pub fn ntowf_v2(password: &str, user: &str, domain: &str) -> [u8; 16] {
 }
 
 impl Authenticate {
+    /// The AV pairs the client sent inside its NTLMv2 response (after the proof and the
+    /// 28-byte header of the client challenge structure, [MS-NLMP] 2.2.2.7).
+    fn av_pairs(&self) -> Vec<(u16, &[u8])> {
+        let mut pairs = Vec::new();
+        let Some(target_info) = self.nt_response.get(44..) else {
+            return pairs;
+        };
+        let mut at = 0;
+        while let (Some(id), Some(length)) = (u16_at(target_info, at), u16_at(target_info, at + 2))
+        {
+            if id == AV_EOL {
+                break;
+            }
+            let Some(value) = target_info.get(at + 4..at + 4 + usize::from(length)) else {
+                break;
+            };
+            pairs.push((id, value));
+            at += 4 + usize::from(length);
+        }
+        pairs
+    }
+
+    /// The channel binding the client sent.
+    pub fn channel_binding(&self) -> SentBinding {
+        let sent = self
+            .av_pairs()
+            .into_iter()
+            .find(|(id, _)| *id == AV_CHANNEL_BINDINGS)
+            .and_then(|(_, value)| <[u8; 16]>::try_from(value).ok());
+        match sent {
+            Some(hash) if hash != [0; 16] => SentBinding::Hash(hash),
+            _ => SentBinding::None,
+        }
+    }
+
+    /// Whether the client says the message carries a MIC (`MsvAvFlags` bit 0x2).
+    pub fn claims_mic(&self) -> bool {
+        self.av_pairs()
+            .into_iter()
+            .find(|(id, _)| *id == AV_FLAGS)
+            .and_then(|(_, value)| <[u8; 4]>::try_from(value).ok())
+            .is_some_and(|flags| u32::from_le_bytes(flags) & AV_FLAG_MIC_PROVIDED != 0)
+    }
+
+    /// Checks the MIC ([MS-NLMP] 3.2.5.1.2): HMAC-MD5 keyed with the exported session key over
+    /// NEGOTIATE, CHALLENGE and this message with a zero MIC. Call after [`Self::verify`]
+    /// succeeded with the same password.
+    pub fn mic_matches(&self, password: &str, negotiate: &[u8], challenge: &[u8]) -> bool {
+        if self.payload_start < MIC_OFFSET + 16 || self.nt_response.len() < 16 {
+            return false;
+        }
+        let Some(sent) = self.message.get(MIC_OFFSET..MIC_OFFSET + 16) else {
+            return false;
+        };
+        let key = ntowf_v2(password, &self.user, &self.domain);
+        // NTLMv2: the key exchange key is the session base key, HMAC-MD5 of the proof.
+        let key_exchange_key = hmac_md5(&key, &[&self.nt_response[..16]]);
+        let exported =
+            if self.flags & NEGOTIATE_KEY_EXCH != 0 && self.encrypted_session_key.len() == 16 {
+                rc4(&key_exchange_key, &self.encrypted_session_key)
+            } else {
+                key_exchange_key.to_vec()
+            };
+        let mut zeroed = self.message.clone();
+        zeroed[MIC_OFFSET..MIC_OFFSET + 16].fill(0);
+        let expected = hmac_md5(&exported, &[negotiate, challenge, &zeroed]);
+        expected
+            .iter()
+            .zip(sent)
+            .fold(0u8, |acc, (left, right)| acc | (left ^ right))
+            == 0
+    }
+
     /// Checks the NTLMv2 proof against `password` for the challenge this server sent.
     pub fn verify(&self, password: &str, server_challenge: &[u8; 8]) -> bool {
         let (proof, blob) = self.nt_response.split_at(16);
@@ -233,7 +371,8 @@ impl Authenticate {
     }
 }
 
-/// Builds an NTLMv2 AUTHENTICATE message (the client side, for tests).
+/// Builds an NTLMv2 AUTHENTICATE message without channel binding or MIC (the client side,
+/// for tests; an NTLM client from before Extended Protection).
 pub fn client_authenticate(
     user: &str,
     domain: &str,
@@ -241,16 +380,37 @@ pub fn client_authenticate(
     challenge: &[u8],
     client_challenge: [u8; 8],
 ) -> Option<Vec<u8>> {
+    client_authenticate_bound(user, domain, password, challenge, client_challenge, None)
+}
+
+/// As [`client_authenticate`], with `MsvAvChannelBindings` set to `channel_binding` (the MD5
+/// of a `gss_channel_bindings_struct`) when given.
+pub fn client_authenticate_bound(
+    user: &str,
+    domain: &str,
+    password: &str,
+    challenge: &[u8],
+    client_challenge: [u8; 8],
+    channel_binding: Option<[u8; 16]>,
+) -> Option<Vec<u8>> {
     if message_type(challenge)? != 2 {
         return None;
     }
     let server_challenge: [u8; 8] = challenge.get(24..32)?.try_into().ok()?;
-    let target_info = field(challenge, 40)?;
+    let mut target_info = field(challenge, 40)?.to_vec();
+    if let Some(binding) = channel_binding {
+        // Before the server's closing MsvAvEOL (four zero bytes).
+        let end = target_info.len().saturating_sub(4);
+        let mut pair = AV_CHANNEL_BINDINGS.to_le_bytes().to_vec();
+        pair.extend_from_slice(&16u16.to_le_bytes());
+        pair.extend_from_slice(&binding);
+        target_info.splice(end..end, pair);
+    }
     let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
     blob.extend_from_slice(&filetime(0).to_le_bytes());
     blob.extend_from_slice(&client_challenge);
     blob.extend_from_slice(&[0; 4]);
-    blob.extend_from_slice(target_info);
+    blob.extend_from_slice(&target_info);
     blob.extend_from_slice(&[0; 4]);
     let key = ntowf_v2(password, user, domain);
     let proof = hmac_md5(&key, &[&server_challenge, &blob]);
@@ -290,6 +450,23 @@ pub fn client_authenticate(
     message.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]);
     message.extend_from_slice(&payload);
     Some(message)
+}
+
+/// The channel binding hash of a TLS server certificate as [MS-NLMP] 3.1.5.1.2 sends it: the
+/// MD5 of a `gss_channel_bindings_struct` (RFC 2744 3.11, addresses empty) whose application
+/// data is RFC 5929's `tls-server-end-point:` + the certificate's hash. `certificate_hash` is
+/// that hash (SHA-256 for the emulator's ECDSA P-256/SHA-256 certificates).
+pub fn channel_binding_hash(certificate_hash: &[u8]) -> [u8; 16] {
+    let mut application_data = b"tls-server-end-point:".to_vec();
+    application_data.extend_from_slice(certificate_hash);
+    let mut packed = vec![0u8; 16];
+    packed.extend_from_slice(
+        &u32::try_from(application_data.len())
+            .unwrap_or(0)
+            .to_le_bytes(),
+    );
+    packed.extend_from_slice(&application_data);
+    Md5::digest(&packed).into()
 }
 
 /// A NEGOTIATE message (the client side, for tests).
@@ -373,5 +550,33 @@ mod tests {
         .unwrap_or_default();
         truncated.truncate(80);
         assert!(parse_authenticate(&truncated).is_err());
+    }
+
+    #[test]
+    fn rc4_matches_the_published_test_vector() {
+        // Key "Key", plaintext "Plaintext" → BBF316E8D940AF0AD3 (the usual RC4 example).
+        let hex: String = rc4(b"Key", b"Plaintext")
+            .iter()
+            .map(|byte| format!("{byte:02X}"))
+            .collect();
+        assert_eq!(hex, "BBF316E8D940AF0AD3");
+    }
+
+    #[test]
+    fn the_channel_binding_is_read_back_and_zeroes_mean_none() {
+        let challenge = challenge_message(0, [3; 8], &names(), 0);
+        for (sent, seen) in [
+            (None, SentBinding::None),
+            (Some([0; 16]), SentBinding::None),
+            (Some([7; 16]), SentBinding::Hash([7; 16])),
+        ] {
+            let token = client_authenticate_bound("ada", "CONTOSO", "pw", &challenge, [1; 8], sent)
+                .unwrap_or_default();
+            let parsed = parse_authenticate(&token);
+            assert!(
+                matches!(&parsed, Ok(message) if message.channel_binding() == seen && message.verify("pw", &[3; 8]) && !message.claims_mic()),
+                "{parsed:?}"
+            );
+        }
     }
 }

@@ -17,14 +17,21 @@ use super::Harness;
 pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+    /// Over TLS: the leaf certificate the server presented (DER).
+    pub peer_certificate: Option<Vec<u8>>,
 }
 
 impl Connection {
     /// A TLS connection to the emulator's https port, trusting its CA as the harness's
     /// client does.
     pub async fn open(harness: &Harness) -> Connection {
-        let ready = harness.emulator.ready();
-        let uri: hyper::Uri = ready.ews_url.parse().unwrap_or_default();
+        Connection::open_at(harness, &harness.emulator.ready().ews_url).await
+    }
+
+    /// A TLS connection to the port of `url` (the emulator's own, or its TLS-terminating load
+    /// balancer's).
+    pub async fn open_at(harness: &Harness, url: &str) -> Connection {
+        let uri: hyper::Uri = url.parse().unwrap_or_default();
         let port = uri.port_u16().unwrap_or(443);
         let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
             panic!("connect")
@@ -38,7 +45,15 @@ impl Connection {
         else {
             panic!("tls")
         };
-        Connection::over(stream, port).await
+        let peer_certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.as_ref().to_vec());
+        let mut connection = Connection::over(stream, port).await;
+        connection.peer_certificate = peer_certificate;
+        connection
     }
 
     /// HTTP/1.1 over an open stream (TLS or plain) to the emulator's `port`.
@@ -55,6 +70,7 @@ impl Connection {
         Connection {
             sender,
             host: format!("127.0.0.1:{port}"),
+            peer_certificate: None,
         }
     }
 
@@ -174,12 +190,44 @@ pub async fn ntlm_negotiate(connection: &mut Connection) -> (u16, Vec<u8>) {
 pub async fn ntlm_authenticate(
     connection: &mut Connection,
     challenge: &[u8],
+    credentials: (&str, &str, &str),
+) -> u16 {
+    ntlm_authenticate_bound(connection, challenge, credentials, None).await
+}
+
+/// The channel binding of a TLS server certificate, computed here from the specifications
+/// rather than with the emulator's code: RFC 5929's `tls-server-end-point` (SHA-256 for the
+/// emulator's ECDSA/SHA-256 certificates) in a `gss_channel_bindings_struct` with empty
+/// addresses, MD5-hashed as [MS-NLMP] 3.1.5.1.2 says.
+pub fn tls_server_end_point_binding(certificate: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    let mut application_data = b"tls-server-end-point:".to_vec();
+    application_data
+        .extend_from_slice(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+    let mut packed = vec![0u8; 16];
+    packed.extend_from_slice(&(application_data.len() as u32).to_le_bytes());
+    packed.extend_from_slice(&application_data);
+    md5::Md5::digest(&packed).into()
+}
+
+/// The AUTHENTICATE leg answering `challenge` with `channel_binding` in its target info (or
+/// none); returns the status.
+pub async fn ntlm_authenticate_bound(
+    connection: &mut Connection,
+    challenge: &[u8],
     (user, domain, password): (&str, &str, &str),
+    channel_binding: Option<[u8; 16]>,
 ) -> u16 {
     let engine = base64::engine::general_purpose::STANDARD;
-    let authenticate =
-        m365_emulator::ntlm_client::client_authenticate(user, domain, password, challenge, [7; 8])
-            .unwrap_or_default();
+    let authenticate = m365_emulator::ntlm_client::client_authenticate_bound(
+        user,
+        domain,
+        password,
+        challenge,
+        [7; 8],
+        channel_binding,
+    )
+    .unwrap_or_default();
     connection
         .exchange(
             "/ews/exchange.asmx",

@@ -9,6 +9,9 @@
 //! - [`tracing_capture`]: what calbridge logs on a test's thread, for log assertions;
 //! - [`raw_https`]: one HTTPS request trusting the emulator's CA, without calbridge's client.
 
+// Not every test binary uses every helper.
+#![allow(dead_code)]
+
 pub mod emulator;
 pub mod ews_source;
 pub mod raw_https;

@@ -11,12 +11,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// `/autodiscover/autodiscover.xml` gets the n-th [`StubAnswer`] (the last one from then on),
 /// [`STUB`] in its URL replaced by the stub's own `http://127.0.0.1:PORT`.
 /// `/down/…` is answered 503 with an HTML page, as by a load balancer whose Exchange is gone;
-/// `/empty/…` 200 without a body; every other path 404, as by an IIS without EWS.
+/// `/empty/…` 200 without a body; `/endless/…` 200 with a chunked SOAP envelope that never
+/// ends (see [`AutodiscoverStub::endless_answers_ended`]); every other path 404, as by an IIS
+/// without EWS.
 pub struct AutodiscoverStub {
     pub url: String,
     asked: Arc<AtomicUsize>,
     other_requests: Arc<AtomicUsize>,
+    endless: Arc<Endless>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The endless answers a stub has given up on because the client went away.
+#[derive(Default)]
+struct Endless {
+    ended: AtomicUsize,
+    changed: tokio::sync::Notify,
 }
 
 impl AutodiscoverStub {
@@ -37,6 +47,36 @@ impl AutodiscoverStub {
             .trim_end_matches("/autodiscover/autodiscover.xml")
             .parse()
             .unwrap()
+    }
+
+    /// Waits until `n` endless answers have ended because their client closed the connection
+    /// (a client that kept reading would never let one end).
+    pub async fn endless_answers_ended(&self, n: usize) {
+        loop {
+            let changed = self.endless.changed.notified();
+            if self.endless.ended.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Writes a 200 whose chunked body starts a SOAP envelope (or, for Autodiscover, its answer)
+/// and never ends it, until the client closes the connection.
+async fn answer_endlessly(stream: &mut tokio::net::TcpStream, start: &str) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let padding = "<t:Padding>".to_string() + &"x".repeat(64 * 1024) + "</t:Padding>";
+    let mut chunk = start.to_string();
+    loop {
+        let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+        if stream.write_all(framed.as_bytes()).await.is_err() {
+            return;
+        }
+        chunk.clone_from(&padding);
     }
 }
 
@@ -64,6 +104,8 @@ pub enum StubAnswer {
     Redirect(String),
     /// HTTP 503, as while Autodiscover is down.
     Down,
+    /// HTTP 200 with an answer that never ends.
+    Endless,
 }
 
 /// A stub whose n-th Autodiscover answer is settings naming the n-th of `ews_urls`.
@@ -78,6 +120,8 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
     let other_requests = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
     let other_counter = Arc::clone(&other_requests);
+    let endless = Arc::new(Endless::default());
+    let endless_for_task = Arc::clone(&endless);
     let base = format!("http://127.0.0.1:{port}");
     let answers: Arc<Vec<StubAnswer>> = Arc::new(
         answers
@@ -85,7 +129,7 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
             .map(|answer| match answer {
                 StubAnswer::Settings(url) => StubAnswer::Settings(url.replace(STUB, &base)),
                 StubAnswer::Redirect(url) => StubAnswer::Redirect(url.replace(STUB, &base)),
-                StubAnswer::Down => StubAnswer::Down,
+                other => other,
             })
             .collect(),
     );
@@ -97,6 +141,7 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
             let counter = Arc::clone(&counter);
             let other_counter = Arc::clone(&other_counter);
             let answers = Arc::clone(&answers);
+            let endless = Arc::clone(&endless_for_task);
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 4096];
@@ -107,6 +152,30 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
                     }
                 }
                 let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let endless_start = if head.starts_with("post /endless/") {
+                    other_counter.fetch_add(1, Ordering::SeqCst);
+                    Some(
+                        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>"#,
+                    )
+                } else if head.starts_with("get /autodiscover/autodiscover.xml ")
+                    && matches!(
+                        answers[counter.load(Ordering::SeqCst).min(answers.len() - 1)],
+                        StubAnswer::Endless
+                    )
+                {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Some(
+                        r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response>"#,
+                    )
+                } else {
+                    None
+                };
+                if let Some(start) = endless_start {
+                    answer_endlessly(&mut stream, start).await;
+                    endless.ended.fetch_add(1, Ordering::SeqCst);
+                    endless.changed.notify_waiters();
+                    return;
+                }
                 let mut location = String::new();
                 let (status, body) = if head.starts_with("get /autodiscover/autodiscover.xml ") {
                     let index = counter.fetch_add(1, Ordering::SeqCst);
@@ -116,7 +185,7 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
                             location = format!("Location: {url}\r\n");
                             ("302 Found", String::new())
                         }
-                        StubAnswer::Down => (
+                        StubAnswer::Down | StubAnswer::Endless => (
                             "503 Service Unavailable",
                             "<html><body>Service Unavailable</body></html>".to_string(),
                         ),
@@ -148,6 +217,7 @@ pub async fn autodiscover_stub_answering(answers: Vec<StubAnswer>) -> Autodiscov
         url: format!("http://127.0.0.1:{port}/autodiscover/autodiscover.xml"),
         asked,
         other_requests,
+        endless,
         task,
     }
 }

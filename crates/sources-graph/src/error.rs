@@ -158,6 +158,8 @@ pub enum GraphError {
     },
     #[error("Graph at {url} cannot be reached: {detail}")]
     Network { url: String, detail: String },
+    #[error("Graph's answer for {what} was not read: {detail}")]
+    AnswerTooLarge { what: String, detail: String },
     #[error("Graph gave an answer for {what} that calbridge does not understand: {detail}")]
     BadAnswer { what: String, detail: String },
 }

@@ -126,6 +126,8 @@ pub struct SourceOptions {
     /// `$batch` requests in flight at once during window reads; each also holds one of the
     /// global request permits.
     pub max_batches_in_flight: usize,
+    /// The cap on one answer's body (a page, a `$batch` answer); a larger one is an error.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for SourceOptions {
@@ -134,6 +136,7 @@ impl Default for SourceOptions {
             retry: RetryPolicy::default(),
             page_size: 500,
             max_batches_in_flight: 16,
+            max_answer_bytes: crate::http::GRAPH_ANSWER_CAP,
         }
     }
 }
@@ -259,13 +262,16 @@ impl GraphSource {
             credential,
             clock,
         ));
-        let http = Arc::new(GraphHttp::new(
-            client,
-            Arc::clone(&tokens),
-            config.max_concurrent_requests,
-            config.per_mailbox_concurrency,
-            options.retry.clone(),
-        ));
+        let http = Arc::new(
+            GraphHttp::new(
+                client,
+                Arc::clone(&tokens),
+                config.max_concurrent_requests,
+                config.per_mailbox_concurrency,
+                options.retry.clone(),
+            )
+            .with_max_answer_bytes(options.max_answer_bytes),
+        );
         Ok(GraphSource {
             inner: Arc::new(Inner {
                 http,

@@ -17,6 +17,8 @@
 mod autodiscover;
 mod config;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod ntlm;
 mod soap;
 mod source;

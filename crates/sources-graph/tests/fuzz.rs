@@ -9,13 +9,16 @@
 
 #[path = "../../net/tests/support/mutate.rs"]
 mod mutate;
+#[path = "../../net/tests/support/mutate_json.rs"]
+mod mutate_json;
 
 use calbridge_domain::Secret;
 use calbridge_sources_graph::batch::parse_batch_response;
 use calbridge_sources_graph::{
     parse_event_page, parse_notifications, validation_response, GraphAnswer,
 };
-use mutate::{apply_bytes, apply_json, byte_edits, config, deep_json, json_edits};
+use mutate::{apply_bytes, byte_edits, config};
+use mutate_json::{apply_json, deep_json, json_edits};
 use proptest::prelude::*;
 
 /// A `calendarView` page as Graph sends it (shape of Microsoft's documentation and the

@@ -902,3 +902,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -267,16 +267,16 @@ impl Deliverer {
             // A receiver that answers with more than the cap (or a body that never ends) has
             // still accepted the event, so it counts as delivered: sending it again would only
             // repeat it. The read stops at the cap and the connection is dropped.
-            if let Err(error) = read_capped(response, RECEIVER_ANSWER_CAP).await {
-                if let BodyError::TooLarge { cap, .. } = error {
-                    // The URL is not named: webhook URLs often carry the receiver's token.
-                    tracing::warn!(
-                        endpoint = %self.endpoint.name,
-                        "webhook endpoint accepted the event but answered with more than {} \
-                         (the cap on a receiver's answer); the rest was not read",
-                        describe_size(cap)
-                    );
-                }
+            if let Err(BodyError::TooLarge { cap, .. }) =
+                read_capped(response, RECEIVER_ANSWER_CAP).await
+            {
+                // The URL is not named: webhook URLs often carry the receiver's token.
+                tracing::warn!(
+                    endpoint = %self.endpoint.name,
+                    "webhook endpoint accepted the event but answered with more than {} \
+                     (the cap on a receiver's answer); the rest was not read",
+                    describe_size(cap)
+                );
             }
             return Ok(());
         }

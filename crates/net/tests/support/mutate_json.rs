@@ -8,6 +8,9 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 
+/// The most bytes one [`JsonEdit::RepeatElement`] adds to a document.
+const MAX_GROWTH: usize = 1024 * 1024;
+
 /// What a JSON node is replaced with.
 #[derive(Debug, Clone)]
 pub enum Replacement {
@@ -187,7 +190,11 @@ pub fn apply_json(sample: &str, edits: &[JsonEdit]) -> String {
                     node_mut(&mut value, at.index(n_nodes))
                 {
                     if let Some(first) = items.first().cloned() {
-                        items.extend(std::iter::repeat_n(first, *times));
+                        // Repeating a repeated long string could reach gigabytes: each
+                        // repetition adds at most MAX_GROWTH bytes, so a case stays small.
+                        let size = serde_json::to_vec(&first).map_or(usize::MAX, |text| text.len());
+                        let times = (*times).min(MAX_GROWTH / size.max(1));
+                        items.extend(std::iter::repeat_n(first, times));
                     }
                 }
             }

@@ -542,7 +542,12 @@ impl GraphSource {
             }
             Err(problem) => {
                 AtomicCounters::add(&self.inner.http.counters.events_skipped, 1);
-                tracing::warn!("{what}: skipping event {label}: {problem}");
+                // Both quote what Graph sent (serde echoes a wrong value whole): shortened.
+                tracing::warn!(
+                    "{what}: skipping event {}: {}",
+                    crate::error::shorten(&label, 200),
+                    crate::error::shorten(&problem, 500)
+                );
                 None
             }
         }

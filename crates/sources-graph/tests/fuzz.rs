@@ -62,7 +62,9 @@ fn parse_everything(bytes: &[u8]) {
     if let Err(error) = parse_event_page(&text) {
         // The error names an event and a field, in a line an operator can read.
         assert!(!error.event.is_empty());
-        let _ = error.to_string();
+        // It quotes what Graph sent, shortened: it ends up in a log line.
+        let message = error.to_string();
+        assert!(message.chars().count() <= 800, "{}", message.len());
     }
     let _ = parse_notifications(bytes, &Secret::new("right"));
     let _ = parse_batch_response(bytes);

@@ -7,7 +7,8 @@
 //! Map: [`tls`] (the rustls client configuration and the reqwest client: system roots plus an
 //! optional extra CA), [`entra`] (Entra ID's client-credentials tokens: the request, the
 //! answer, the cache with its refresh and credential back-off, certificate assertions),
-//! [`clock`] (the injectable "now" of token lifetimes), [`backoff`] (the doubling back-off policy with optional jitter and
+//! [`clock`] (the injectable "now" of token lifetimes), [`body`] (answers read with a cap on
+//! their size), [`backoff`] (the doubling back-off policy with optional jitter and
 //! `Retry-After`), [`percent`] (percent-encoding sets for URL path segments and query values,
 //! form decoding), [`constant_time_equal`] (secret comparison).
 //!
@@ -20,6 +21,7 @@
 //! its own connections with their host overrides and protocol log.
 
 pub mod backoff;
+pub mod body;
 pub mod clock;
 pub mod entra;
 pub mod percent;

@@ -5,7 +5,7 @@
 use calbridge_domain::Secret;
 use md5::{Digest as _, Md5};
 
-use crate::message::{auth_params, random_token};
+use crate::message::{auth_params, quoted, random_token};
 use crate::SipError;
 
 /// A challenge from a 401 `WWW-Authenticate` or a 407 `Proxy-Authenticate` header.
@@ -25,7 +25,8 @@ impl Challenge {
             .ok_or_else(|| SipError::Malformed("unreadable authentication challenge".into()))?;
         if !scheme.eq_ignore_ascii_case("Digest") {
             return Err(SipError::Auth(format!(
-                "unsupported authentication scheme {scheme}"
+                "unsupported authentication scheme {}",
+                quoted(&scheme)
             )));
         }
         let get = |key: &str| {
@@ -38,7 +39,8 @@ impl Challenge {
         if let Some(algorithm) = &algorithm {
             if !algorithm.eq_ignore_ascii_case("MD5") {
                 return Err(SipError::Auth(format!(
-                    "the server asks for digest algorithm {algorithm}; only MD5 is implemented"
+                    "the server asks for digest algorithm {}; only MD5 is implemented",
+                    quoted(algorithm)
                 )));
             }
         }

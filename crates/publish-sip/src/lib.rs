@@ -20,6 +20,8 @@
 
 mod config;
 mod digest;
+#[cfg(test)]
+mod fuzz_tests;
 mod message;
 mod pidf;
 mod publisher;

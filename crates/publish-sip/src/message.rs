@@ -191,10 +191,9 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, SipErro
     match find_header(headers, "Content-Length") {
         None => Ok(None),
         Some(value) => {
-            let length: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| SipError::Malformed(format!("bad Content-Length {value:?}")))?;
+            let length: usize = value.trim().parse().map_err(|_| {
+                SipError::Malformed(format!("bad Content-Length {}", quoted(value)))
+            })?;
             if length > MAX_BODY {
                 return Err(SipError::Malformed(format!(
                     "Content-Length {length} too large"
@@ -228,9 +227,9 @@ fn parse_head_lines(head: &str) -> Result<(&str, Headers), SipError> {
             last.1.push_str(line.trim());
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| SipError::Malformed(format!("header line without colon: {line:?}")))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            SipError::Malformed(format!("header line without colon: {}", quoted(line)))
+        })?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     Ok((start, headers))
@@ -271,10 +270,10 @@ pub(crate) fn parse_message(bytes: &[u8]) -> Result<SipMessage, SipError> {
             .parse()
             .ok()
             .filter(|c| (100..700).contains(c))
-            .ok_or_else(|| SipError::Malformed(format!("bad status line {start:?}")))?;
+            .ok_or_else(|| SipError::Malformed(format!("bad status line {}", quoted(start))))?;
         return Ok(SipMessage::Response(SipResponse {
             status,
-            reason: reason.to_owned(),
+            reason: shorten(reason, 200),
             headers,
             body,
         }));
@@ -289,8 +288,27 @@ pub(crate) fn parse_message(bytes: &[u8]) -> Result<SipMessage, SipError> {
                 body,
             }))
         }
-        _ => Err(SipError::Malformed(format!("bad start line {start:?}"))),
+        _ => Err(SipError::Malformed(format!(
+            "bad start line {}",
+            quoted(start)
+        ))),
     }
+}
+
+/// At most `max_chars` of `text`, with `…` when cut: what a server sent, in an error or log
+/// line, where a 64 KiB header must not go whole.
+pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
+    let mut shown: String = text.chars().take(max_chars).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// A piece of a message quoted in an error, escaped and then shortened to 100 characters
+/// (escaping may make one character ten).
+pub(crate) fn quoted(text: &str) -> String {
+    shorten(&format!("{:?}", shorten(text, 100)), 100)
 }
 
 /// A fresh random token of `len` lowercase hex characters (tags, Call-IDs, branches, cnonces).

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use calbridge_net::body::{describe_size, read_capped, BodyError};
 use calbridge_net::Backoff;
 use calbridge_store::cluster::Turns;
 use calbridge_store::{OutboxEvent, OutboxId, PersonKey, Store, StoreError};
@@ -15,6 +16,10 @@ use crate::config::{DeliveryMode, Endpoint};
 use crate::event::{
     body_of, signature, EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, TOPIC,
 };
+
+/// The cap on a receiver's answer to a POST. Its content is not used; a receiver answers with
+/// a few bytes or nothing.
+pub const RECEIVER_ANSWER_CAP: usize = 64 * 1024;
 
 /// Events read per outbox query in `every_change` mode.
 const EVERY_CHANGE_BATCH: u32 = 100;
@@ -259,7 +264,20 @@ impl Deliverer {
         let status = response.status();
         if status.is_success() {
             // Reading the answer lets the connection be reused; its content does not matter.
-            let _ = response.bytes().await;
+            // A receiver that answers with more than the cap (or a body that never ends) has
+            // still accepted the event, so it counts as delivered: sending it again would only
+            // repeat it. The read stops at the cap and the connection is dropped.
+            if let Err(BodyError::TooLarge { cap, .. }) =
+                read_capped(response, RECEIVER_ANSWER_CAP).await
+            {
+                // The URL is not named: webhook URLs often carry the receiver's token.
+                tracing::warn!(
+                    endpoint = %self.endpoint.name,
+                    "webhook endpoint accepted the event but answered with more than {} \
+                     (the cap on a receiver's answer); the rest was not read",
+                    describe_size(cap)
+                );
+            }
             return Ok(());
         }
         let retry_after = response

@@ -26,6 +26,7 @@ pub mod event;
 mod publisher;
 
 pub use config::{consumer_name, DeliveryMode, WebhookConfig};
+pub use deliver::RECEIVER_ANSWER_CAP;
 pub use error::WebhookError;
 pub use event::PresenceEvent;
 pub use publisher::{DeliveryTaskEnd, EndpointStatus, PendingCount, WebhookPublisher};

@@ -23,6 +23,8 @@ mod autodiscover;
 mod channel_binding;
 mod config;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod ntlm;
 mod soap;
 mod source;

@@ -77,13 +77,25 @@ fn element_from(start: &quick_xml::events::BytesStart<'_>) -> Result<Element, St
     Ok(element)
 }
 
+/// How deep elements may nest. EWS and Autodiscover answers are about 15 levels deep; the tree
+/// is searched and dropped recursively, so a server's 10,000 nested elements would overflow
+/// the stack (found by the fuzz suite) if they were accepted.
+pub const MAX_DEPTH: usize = 256;
+
 /// Parses a document into its root element.
 pub fn parse(text: &str) -> Result<Element, String> {
     let mut reader = Reader::from_str(text);
     let mut stack: Vec<Element> = Vec::new();
     loop {
         match reader.read_event().map_err(|error| error.to_string())? {
-            Event::Start(start) => stack.push(element_from(&start)?),
+            Event::Start(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(format!(
+                        "elements nested deeper than {MAX_DEPTH} levels, more than any EWS answer"
+                    ));
+                }
+                stack.push(element_from(&start)?)
+            }
             Event::Empty(start) => {
                 let element = element_from(&start)?;
                 match stack.last_mut() {

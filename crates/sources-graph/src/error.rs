@@ -57,15 +57,7 @@ impl GraphAnswer {
     /// as the message, shortened.
     pub fn from_body(http_status: u16, body: &[u8]) -> Self {
         match serde_json::from_slice::<ErrorEnvelope>(body) {
-            Ok(envelope) => GraphAnswer {
-                http_status,
-                code: envelope.error.code,
-                message: envelope.error.message,
-                request_id: envelope
-                    .error
-                    .inner_error
-                    .and_then(|inner| inner.request_id),
-            },
+            Ok(envelope) => GraphAnswer::from_envelope(http_status, envelope),
             Err(_) => GraphAnswer {
                 http_status,
                 code: String::new(),
@@ -75,18 +67,25 @@ impl GraphAnswer {
         }
     }
 
+    /// Graph's words, shortened: they go into errors and logs, and an answer (or a server
+    /// pretending to be Graph) may make them megabytes long.
+    fn from_envelope(http_status: u16, envelope: ErrorEnvelope) -> Self {
+        GraphAnswer {
+            http_status,
+            code: shorten(&envelope.error.code, 100),
+            message: shorten(&envelope.error.message, 300),
+            request_id: envelope
+                .error
+                .inner_error
+                .and_then(|inner| inner.request_id)
+                .map(|id| shorten(&id, 100)),
+        }
+    }
+
     /// The same from an already-parsed JSON value (a `$batch` sub-response body).
     pub fn from_json(http_status: u16, body: &serde_json::Value) -> Self {
         match serde_json::from_value::<ErrorEnvelope>(body.clone()) {
-            Ok(envelope) => GraphAnswer {
-                http_status,
-                code: envelope.error.code,
-                message: envelope.error.message,
-                request_id: envelope
-                    .error
-                    .inner_error
-                    .and_then(|inner| inner.request_id),
-            },
+            Ok(envelope) => GraphAnswer::from_envelope(http_status, envelope),
             Err(_) => GraphAnswer {
                 http_status,
                 code: String::new(),
@@ -158,6 +157,8 @@ pub enum GraphError {
     },
     #[error("Graph at {url} cannot be reached: {detail}")]
     Network { url: String, detail: String },
+    #[error("Graph's answer for {what} was not read: {detail}")]
+    AnswerTooLarge { what: String, detail: String },
     #[error("Graph gave an answer for {what} that calbridge does not understand: {detail}")]
     BadAnswer { what: String, detail: String },
 }

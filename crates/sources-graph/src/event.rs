@@ -68,6 +68,19 @@ pub struct EventError {
     pub problem: String,
 }
 
+impl EventError {
+    /// The label and the problem are shortened: they quote what Graph sent (an id, a
+    /// `showAs` value, serde's echo of a wrong value), which may be megabytes long, and the
+    /// error ends up in a log line.
+    fn new(event: &str, field: &'static str, problem: String) -> Self {
+        EventError {
+            event: crate::error::shorten(event, 200),
+            field,
+            problem: crate::error::shorten(&problem, 500),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum EventPage {
@@ -78,10 +91,12 @@ enum EventPage {
 /// Parses either a bare JSON array of events or a `{"value":[…]}` page as `calendarView`
 /// returns it. Every event is converted; the first bad one is reported by id and field.
 pub fn parse_event_page(json: &str) -> Result<Vec<Appointment>, EventError> {
-    let page: EventPage = serde_json::from_str(json).map_err(|error| EventError {
-        event: "list".to_string(),
-        field: "value",
-        problem: format!("not a JSON array of events or a {{\"value\":[…]}} page: {error}"),
+    let page: EventPage = serde_json::from_str(json).map_err(|error| {
+        EventError::new(
+            "list",
+            "value",
+            format!("not a JSON array of events or a {{\"value\":[…]}} page: {error}"),
+        )
     })?;
     let values = match page {
         EventPage::Page { value } | EventPage::Bare(value) => value,
@@ -92,11 +107,8 @@ pub fn parse_event_page(json: &str) -> Result<Vec<Appointment>, EventError> {
             .get("id")
             .and_then(|id| id.as_str())
             .map_or_else(|| format!("#{}", index + 1), |id| format!("`{id}`"));
-        let event: GraphEvent = serde_json::from_value(value).map_err(|error| EventError {
-            event: label.clone(),
-            field: "event",
-            problem: error.to_string(),
-        })?;
+        let event: GraphEvent = serde_json::from_value(value)
+            .map_err(|error| EventError::new(&label, "event", error.to_string()))?;
         if event.removed.is_some() {
             continue;
         }
@@ -108,11 +120,7 @@ pub fn parse_event_page(json: &str) -> Result<Vec<Appointment>, EventError> {
 impl GraphEvent {
     /// Converts to a domain appointment; `label` names the event in errors.
     pub fn to_appointment(&self, label: &str) -> Result<Appointment, EventError> {
-        let error = |field: &'static str, problem: String| EventError {
-            event: label.to_string(),
-            field,
-            problem,
-        };
+        let error = |field: &'static str, problem: String| EventError::new(label, field, problem);
         let id = self
             .id
             .clone()

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use calbridge_net::body::{read_capped, BodyError};
 use calbridge_net::tls::error_chain;
 use calbridge_net::Backoff;
 use tokio::sync::Semaphore;
@@ -55,6 +56,11 @@ impl RetryPolicy {
         self.backoff_policy().delay_for(attempt)
     }
 }
+
+/// The default cap on one Graph answer's body. A `$batch` of 20 calendar pages of 500 events
+/// with subjects is a few MiB; 64 MiB leaves a wide margin and still bounds what one answer
+/// (or a chunked body that never ends) can take.
+pub const GRAPH_ANSWER_CAP: usize = 64 * 1024 * 1024;
 
 /// Counters for the metrics endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,6 +184,7 @@ pub struct GraphHttp {
     mailboxes: Mutex<HashMap<String, Arc<MailboxGate>>>,
     pub(crate) counters: AtomicCounters,
     pub(crate) retry: RetryPolicy,
+    max_answer_bytes: usize,
 }
 
 enum Attempt {
@@ -187,6 +194,8 @@ enum Attempt {
         body: Vec<u8>,
     },
     NetworkError(String),
+    /// The body passed the cap; what was read is dropped.
+    TooLarge(calbridge_net::body::BodyError),
 }
 
 impl GraphHttp {
@@ -205,7 +214,14 @@ impl GraphHttp {
             mailboxes: Mutex::new(HashMap::new()),
             counters: AtomicCounters::default(),
             retry,
+            max_answer_bytes: GRAPH_ANSWER_CAP,
         }
+    }
+
+    /// Caps every answer's body at `bytes` instead of [`GRAPH_ANSWER_CAP`].
+    pub fn with_max_answer_bytes(mut self, bytes: usize) -> Self {
+        self.max_answer_bytes = bytes;
+        self
     }
 
     /// The HTTP client, which also posts the token requests.
@@ -350,6 +366,13 @@ impl GraphHttp {
                         retry_after,
                     ))
                 }
+                // Asking again would bring the same oversized answer.
+                Attempt::TooLarge(error) => {
+                    return Err(GraphError::AnswerTooLarge {
+                        what: request.what.clone(),
+                        detail: error.to_string(),
+                    })
+                }
                 Attempt::NetworkError(detail) => {
                     if attempt >= self.retry.max_attempts {
                         return Err(GraphError::Network {
@@ -385,13 +408,14 @@ impl GraphHttp {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_retry_after);
-        match response.bytes().await {
+        match read_capped(response, self.max_answer_bytes).await {
             Ok(body) => Attempt::Answer {
                 http_status,
                 retry_after,
-                body: body.to_vec(),
+                body,
             },
-            Err(error) => Attempt::NetworkError(error_chain(&error)),
+            Err(error @ BodyError::TooLarge { .. }) => Attempt::TooLarge(error),
+            Err(BodyError::Network { detail, .. }) => Attempt::NetworkError(detail),
         }
     }
 }

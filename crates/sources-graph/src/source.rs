@@ -151,6 +151,8 @@ pub struct SourceOptions {
     /// `$batch` requests in flight at once during window reads; each also holds one of the
     /// global request permits.
     pub max_batches_in_flight: usize,
+    /// The cap on one answer's body (a page, a `$batch` answer); a larger one is an error.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for SourceOptions {
@@ -159,6 +161,7 @@ impl Default for SourceOptions {
             retry: RetryPolicy::default(),
             page_size: 500,
             max_batches_in_flight: 16,
+            max_answer_bytes: crate::http::GRAPH_ANSWER_CAP,
         }
     }
 }
@@ -260,13 +263,16 @@ impl GraphSource {
             credential,
             clock,
         ));
-        let http = Arc::new(GraphHttp::new(
-            client,
-            Arc::clone(&tokens),
-            config.max_concurrent_requests,
-            config.per_mailbox_concurrency,
-            options.retry.clone(),
-        ));
+        let http = Arc::new(
+            GraphHttp::new(
+                client,
+                Arc::clone(&tokens),
+                config.max_concurrent_requests,
+                config.per_mailbox_concurrency,
+                options.retry.clone(),
+            )
+            .with_max_answer_bytes(options.max_answer_bytes),
+        );
         Ok(GraphSource {
             inner: Arc::new(Inner {
                 http,
@@ -537,7 +543,12 @@ impl GraphSource {
             }
             Err(problem) => {
                 AtomicCounters::add(&self.inner.http.counters.events_skipped, 1);
-                tracing::warn!("{what}: skipping event {label}: {problem}");
+                // Both quote what Graph sent (serde echoes a wrong value whole): shortened.
+                tracing::warn!(
+                    "{what}: skipping event {}: {}",
+                    crate::error::shorten(&label, 200),
+                    crate::error::shorten(&problem, 500)
+                );
                 None
             }
         }
@@ -1013,3 +1024,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

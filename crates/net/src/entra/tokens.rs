@@ -245,14 +245,10 @@ impl TokenPoster for reqwest::Client {
             // reqwest's error names the URL and the cause, never the form body.
             .map_err(|error| error_chain(&error))?;
         let http_status = response.status().as_u16();
-        let body = response
-            .bytes()
+        let body = crate::body::read_capped(response, crate::body::TOKEN_ANSWER_CAP)
             .await
-            .map_err(|error| error_chain(&error))?;
-        Ok(PostedAnswer {
-            http_status,
-            body: body.to_vec(),
-        })
+            .map_err(|error| error.to_string())?;
+        Ok(PostedAnswer { http_status, body })
     }
 }
 

@@ -1,0 +1,3 @@
+//! Servers standing in for misbehaving peers.
+
+pub mod answer_server;

@@ -615,7 +615,7 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
         let line = text[line_start..].lines().next().unwrap_or("");
         let shown = match secret_value_start(line) {
             Some(at) => format!("{} ***", &line[..at]),
-            None => clip_line(line),
+            None => calbridge_domain::shorten(line, 200),
         };
         out.push_str(&format!("{:width$} |\n{line_number} | {shown}\n", ""));
         if !secret {
@@ -643,14 +643,6 @@ fn hide_quoted(message: &str) -> String {
         out.push_str(if index % 2 == 1 { "***" } else { part });
     }
     out
-}
-
-/// A line as an error shows it: at most 200 characters.
-fn clip_line(line: &str) -> String {
-    match line.char_indices().nth(200) {
-        Some((end, _)) => format!("{}…", &line[..end]),
-        None => line.to_string(),
-    }
 }
 
 /// `[presence]`: how appointments become presence.

@@ -110,14 +110,18 @@ fn parse_csv(text: &str) -> Result<DirectoryListing, String> {
         .collect();
     let position = |name: &str| columns.iter().position(|column| column == name);
     let address_column = position("address").ok_or_else(|| {
-        format!("the first line must be a header naming an `address` column (optional: sip_uri, display_name); it is `{header}`")
+        format!(
+            "the first line must be a header naming an `address` column (optional: sip_uri, display_name); it is `{}`",
+            calbridge_domain::shorten(header, 200)
+        )
     })?;
     let sip_column = position("sip_uri");
     let name_column = position("display_name");
     for column in &columns {
         if !["address", "sip_uri", "display_name"].contains(&column.as_str()) {
             return Err(format!(
-                "unknown column `{column}` in the header: use address, sip_uri, display_name"
+                "unknown column `{}` in the header: use address, sip_uri, display_name",
+                calbridge_domain::shorten(column, 100)
             ));
         }
     }

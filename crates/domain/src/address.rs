@@ -22,12 +22,9 @@ pub enum AddressError {
 /// The longest SMTP address (RFC 5321's 64-character local part, `@`, 255-character domain).
 pub const MAX_ADDRESS_LEN: usize = 320;
 
-/// At most 80 characters of a value, for an error message; never an unbounded value.
+/// An address as an error shows it: at most 80 characters, never an unbounded value.
 fn shown(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
+    crate::shorten(text, 80)
 }
 
 impl MailboxAddress {

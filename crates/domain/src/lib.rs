@@ -17,6 +17,18 @@ pub use appointment::{
 pub use secret::Secret;
 pub use zone::{ZoneError, ZoneName};
 
+/// At most `max_chars` characters of `text` (white space around it dropped), with `…` when
+/// cut: how a value from outside (a server's answer, a file's line, an address) appears in an
+/// error or a log line, never whole.
+pub fn shorten(text: &str, max_chars: usize) -> String {
+    let text = text.trim();
+    let mut shown: String = text.chars().take(max_chars).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 /// The name of one configured calendar source (`[[sources]] id = "…"` in `calbridge.toml`):
 /// a tenant, an Exchange organisation, a CalDAV server. Every person belongs to exactly one.
 #[derive(

@@ -295,15 +295,8 @@ pub(crate) fn parse_message(bytes: &[u8]) -> Result<SipMessage, SipError> {
     }
 }
 
-/// At most `max_chars` of `text`, with `…` when cut: what a server sent, in an error or log
-/// line, where a 64 KiB header must not go whole.
-pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
-    let mut shown: String = text.chars().take(max_chars).collect();
-    if shown.len() < text.len() {
-        shown.push('…');
-    }
-    shown
-}
+/// What a server sent, in an error or log line, where a 64 KiB header must not go whole.
+pub(crate) use calbridge_domain::shorten;
 
 /// A piece of a message quoted in an error, escaped and then shortened to 100 characters
 /// (escaping may make one character ten).

@@ -113,11 +113,4 @@ fn size(bytes: usize) -> String {
 }
 
 /// Cuts a server's text for an error message.
-pub fn shorten(text: &str, max: usize) -> String {
-    let text = text.trim();
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let cut: String = text.chars().take(max).collect();
-    format!("{cut}…")
-}
+pub use calbridge_domain::shorten;

@@ -151,7 +151,13 @@ pub fn fault_error(root: &Element, subject: &Subject<'_>) -> Option<EwsError> {
         .map(|message| message.text.clone())
         .or_else(|| fault.child_text("faultstring").map(str::to_string))
         .unwrap_or_default();
-    Some(code_error(&code, &message, &message_values(fault), subject))
+    // Exchange's words go into errors and logs: never whole.
+    Some(code_error(
+        &shorten(&code, 100),
+        &shorten(&message, 500),
+        &message_values(fault),
+        subject,
+    ))
 }
 
 /// The response messages of a parsed answer without a fault; `body` is its text, for errors.
@@ -179,7 +185,12 @@ pub fn check_message(message: &Element, subject: &Subject<'_>) -> Result<(), Ews
     if class == "Error" {
         let code = message.child_text("ResponseCode").unwrap_or_default();
         let text = message.child_text("MessageText").unwrap_or_default();
-        return Err(code_error(code, text, &message_values(message), subject));
+        return Err(code_error(
+            &shorten(code, 100),
+            &shorten(text, 500),
+            &message_values(message),
+            subject,
+        ));
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ impl GraphSourceConfig {
         if !is_guid(tenant) && !is_domain_name(tenant) {
             return Err(ConfigError::BadId {
                 setting: "tenant_id",
-                value: clipped(tenant),
+                value: calbridge_domain::shorten(tenant, 80),
                 expected: "the Directory (tenant) ID, a GUID like 00000000-0000-0000-0000-000000000000 (Entra ID → Overview), or a verified domain such as contoso.onmicrosoft.com",
             });
         }
@@ -124,7 +124,7 @@ impl GraphSourceConfig {
         if !is_guid(client) {
             return Err(ConfigError::BadId {
                 setting: "client_id",
-                value: clipped(client),
+                value: calbridge_domain::shorten(client, 80),
                 expected: "the Application (client) ID of the app registration, a GUID like 11111111-1111-1111-1111-111111111111",
             });
         }
@@ -177,14 +177,6 @@ fn is_domain_name(text: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-}
-
-/// A value as an error may show it: at most 80 characters.
-fn clipped(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// A configuration that cannot be used, naming the setting and what to change.

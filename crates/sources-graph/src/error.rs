@@ -96,13 +96,7 @@ impl GraphAnswer {
     }
 }
 
-pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
-    let mut shortened: String = text.chars().take(max_chars).collect();
-    if shortened.len() < text.len() {
-        shortened.push('…');
-    }
-    shortened
-}
+pub(crate) use calbridge_domain::shorten;
 
 /// A Graph request that did not give what was asked. Expected outcomes (not found, access
 /// denied by an application access policy, resync needed) are variants of their own so callers

@@ -179,6 +179,13 @@ impl SqliteStore {
     /// so that the file is checkpointed and another process (or a reopen in a test) sees
     /// everything. The store answers nothing after this.
     pub async fn close(&self) {
+        // Closing the last connection would checkpoint too, but sqlx closes connections on
+        // their worker threads after `close` returned; merging the log here means a copy or a
+        // check of the main file right after sees everything. Best effort: a failure only
+        // leaves the log for the next open to merge.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();

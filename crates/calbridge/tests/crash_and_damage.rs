@@ -308,7 +308,8 @@ async fn a_kill_while_subscribing_leaves_one_subscription_per_mailbox_after_the_
         not_one_subscription(&emulator, &people),
         Vec::<(String, usize)>::new(),
         "mailboxes without exactly one live subscription after the restart ({n_orphans} \
-         orphans were left by the kill)"
+         orphans were left by the kill)\n{}",
+        second.log_tail()
     );
     // Windows read today before the kill are resumed from the store (with a read of the
     // changes since), not read again; only the others are.

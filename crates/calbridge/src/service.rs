@@ -234,8 +234,13 @@ async fn keep_new_key(
             return Err(error.into());
         }
     };
-    if n_sealed > 0 {
+    if n_sealed > 0 || path.exists() {
         store_backend.close().await;
+        // Another instance starting beside this one may have made the key (and sealed with
+        // it) since `open_key` looked: then that key is the store's.
+        if path.exists() {
+            return StoreBackend::open(config, SecretKey::from_file(path)?).await;
+        }
         return Err(calbridge_store::StoreError::KeyMissing {
             key_path: path.to_path_buf(),
             location: Box::new(location),

@@ -101,13 +101,19 @@ impl SecretKey {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options
-            .open(path)
-            .map_err(|error| key_error(error.to_string()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|error| key_error(error.to_string()))?;
-        Ok(())
+        // Written whole under a name of this process's own, then linked to `path`, which fails
+        // if `path` exists: another process starting at the same moment never reads a key
+        // file that is there but not yet written.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".new-{}", std::process::id()));
+        let partial = std::path::PathBuf::from(partial);
+        let written = options.open(&partial).and_then(|mut file| {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+        });
+        let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+        let _ = std::fs::remove_file(&partial);
+        linked.map_err(|error| key_error(error.to_string()))
     }
 
     /// A new random key, kept only in memory (tests, or a caller that stores it elsewhere).

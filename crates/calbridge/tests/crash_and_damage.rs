@@ -5,7 +5,8 @@
 //!   process made but never saved are deleted), and no window the store holds from today is
 //!   read again;
 //! - the files a first start makes are readable by their owner only; a key file others can
-//!   read, or a missing key file beside a store with sealed secrets, refuses the start;
+//!   read, or a missing key file beside a store with sealed secrets (SQLite or PostgreSQL),
+//!   refuses the start;
 //! - a store with random bytes in the middle, or cut short, refuses the start with the file,
 //!   the damage and the way out; `--rebuild-store` sets it aside, keeps the sealed secret, and
 //!   the service reads everyone again.
@@ -480,4 +481,58 @@ async fn a_damaged_store_is_refused_and_rebuilt_with_its_sealed_secret() {
         log.contains(&format!("the store {} is damaged", database.display())),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_with_sealed_secrets_and_no_key_file_refuses_to_start() {
+    init_logs();
+    let Some(database) = common::postgres::database("calbridge_key_missing").await else {
+        return;
+    };
+    let (emulator, _people) = start_emulator(10, 24).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key_file = dir.path().join("calbridge.key");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(emulator.ready(), dir.path(), &public_url, None);
+    config.store.path = None;
+    config.store.key_file = Some(key_file.clone());
+    config.store.url = Some(calbridge_domain::Secret::new(database.url()));
+    // The first start makes the key and seals the source's clientState with it.
+    let running = start_service(
+        config.clone(),
+        std::sync::Arc::new(calbridge::clock::SystemClock),
+        listener,
+    )
+    .await;
+    running.shutdown().await;
+    assert!(key_file.exists());
+
+    std::fs::remove_file(&key_file).expect("the key goes missing");
+    let (listener, _) = listen(0).await;
+    let refused = calbridge::service::start(
+        config,
+        calbridge::service::ServiceOptions {
+            clock: std::sync::Arc::new(calbridge::clock::SystemClock),
+            listener: Some(listener),
+        },
+    )
+    .await;
+    let message = match refused {
+        Ok(_) => panic!("the service started without its key"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        message.contains(&format!("the store key {} is missing", key_file.display())),
+        "{message}"
+    );
+    assert!(message.contains("PostgreSQL database"), "{message}");
+    assert!(
+        message.contains("a new key would make them unreadable"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("postgres://"),
+        "no URL in the message: {message}"
+    );
+    assert!(!key_file.exists(), "no new key was made");
 }

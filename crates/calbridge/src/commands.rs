@@ -19,6 +19,11 @@ use crate::service::{self, RunningService, ServiceOptions};
 pub struct RunArgs {
     #[arg(long, default_value = "calbridge.toml")]
     pub config: PathBuf,
+    /// Set a damaged SQLite store aside (it is kept) and start with a new one: the sealed
+    /// secrets the key still opens are copied over, people and calendars are read again from
+    /// the sources.
+    #[arg(long)]
+    pub rebuild_store: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +74,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // SIGHUP then (whose default action ends the process) waits for the service to be up.
     let stop = stop_signal();
     let hangups = hangup_signal();
+    if args.rebuild_store {
+        eprintln!("{}", service::rebuild_store(&config).await?);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let running = service::start(
         config,

@@ -177,17 +177,152 @@ pub(crate) fn random_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-fn open_key(config: &Config) -> anyhow::Result<SecretKey> {
+/// The key that seals the store's secrets, as found at start.
+enum KeyOpening {
+    /// From the key file or the variable `store.key_env` names.
+    Loaded(SecretKey),
+    /// No key file yet: a key made in memory, written to `path` only once the store turns out
+    /// to hold nothing sealed with another key (see [`keep_new_key`]).
+    New { key: SecretKey, path: PathBuf },
+}
+
+fn open_key(config: &Config) -> anyhow::Result<KeyOpening> {
     if let Some(variable) = &config.store.key_env {
-        return Ok(SecretKey::from_env(variable)?);
+        return Ok(KeyOpening::Loaded(SecretKey::from_env(variable)?));
     }
     let path = config.store.key_path();
     if path.exists() {
-        Ok(SecretKey::from_file(&path)?)
+        Ok(KeyOpening::Loaded(SecretKey::from_file(&path)?))
     } else {
-        tracing::info!(path = %path.display(), "creating a new key for secrets at rest");
-        Ok(SecretKey::generate_to_file(&path)?)
+        Ok(KeyOpening::New {
+            key: SecretKey::generate(),
+            path,
+        })
     }
+}
+
+/// Writes the new key of a first start, unless the store already holds values sealed with a
+/// key: then the key file was lost (or the configuration points elsewhere), and a new key
+/// would make those values unreadable for good, so the start is refused instead. When another
+/// instance on the same PostgreSQL database wrote the key file first, the store is opened again
+/// with that key.
+async fn keep_new_key(
+    config: &Config,
+    store_backend: StoreBackend,
+    key: SecretKey,
+    path: &std::path::Path,
+) -> anyhow::Result<StoreBackend> {
+    let (n_sealed, location, way_out) = match &store_backend {
+        StoreBackend::Sqlite(store) => (
+            store.count_sealed().await,
+            calbridge_store::StoreLocation::File(store.path().to_path_buf()),
+            "run `calbridge run --rebuild-store` to give them up: it sets the database aside and \
+             builds a new store with a new key (people and calendars are read again from the \
+             sources, a generated API token and the Graph subscriptions are made anew)",
+        ),
+        StoreBackend::Postgres(store) => (
+            store.count_sealed().await,
+            store.location().clone(),
+            "give them up by re-creating the database (calbridge reads people and calendars \
+             again from the sources); calbridge does not delete them for you",
+        ),
+    };
+    let n_sealed = match n_sealed {
+        Ok(n_sealed) => n_sealed,
+        Err(error) => {
+            store_backend.close().await;
+            return Err(error.into());
+        }
+    };
+    if n_sealed > 0 || path.exists() {
+        store_backend.close().await;
+        // Another instance starting beside this one may have made the key (and sealed with
+        // it) since `open_key` looked: then that key is the store's.
+        if path.exists() {
+            return StoreBackend::open(config, SecretKey::from_file(path)?).await;
+        }
+        return Err(calbridge_store::StoreError::KeyMissing {
+            key_path: path.to_path_buf(),
+            location: Box::new(location),
+            n_sealed,
+            way_out,
+        }
+        .into());
+    }
+    match key.write_new_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created a new key for secrets at rest");
+            Ok(store_backend)
+        }
+        Err(_) if path.exists() => {
+            store_backend.close().await;
+            StoreBackend::open(config, SecretKey::from_file(path)?).await
+        }
+        Err(error) => {
+            store_backend.close().await;
+            Err(error.into())
+        }
+    }
+}
+
+/// `calbridge run --rebuild-store`: sets a damaged SQLite file aside and makes a new store
+/// with the sealed secrets of the old one that the key still opens; returns what to tell the
+/// operator. Without a key file, a new key is made (and kept once the rebuild succeeded).
+pub async fn rebuild_store(config: &Config) -> anyhow::Result<String> {
+    let path = match config.store.target().map_err(anyhow::Error::msg)? {
+        StoreTarget::Sqlite(path) => path,
+        StoreTarget::Postgres(_) => anyhow::bail!(
+            "--rebuild-store rebuilds an SQLite store; a PostgreSQL database is checked and \
+             repaired with PostgreSQL's own tools (or re-created: calbridge reads people and \
+             calendars again from the sources)"
+        ),
+    };
+    let (key, new_key_path) = match open_key(config)? {
+        KeyOpening::Loaded(key) => (key, None),
+        KeyOpening::New { key, path } => (key, Some(path)),
+    };
+    let rebuilt = SqliteStore::rebuild(&path, key.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if let Some(key_path) = &new_key_path {
+        key.write_new_file(key_path)?;
+    }
+    let Some(aside) = &rebuilt.set_aside else {
+        return Ok(format!(
+            "store: {} did not exist; nothing to rebuild, a new store is made",
+            path.display()
+        ));
+    };
+    let mut report = format!(
+        "store: the old file is kept as {} (delete it once the service runs well); a new store \
+         was made at {}; sealed secrets kept: {}",
+        aside.display(),
+        path.display(),
+        rebuilt.kept.len()
+    );
+    if !rebuilt.kept.is_empty() {
+        report.push_str(&format!(" ({})", rebuilt.kept.join(", ")));
+    }
+    report.push_str(&format!(", lost: {}", rebuilt.lost.len()));
+    if !rebuilt.lost.is_empty() {
+        report.push_str(&format!(
+            " ({}; made anew where calbridge made them)",
+            rebuilt.lost.join(", ")
+        ));
+    }
+    if let Some(reason) = &rebuilt.unreadable {
+        report.push_str(&format!(
+            "; the old file's secrets could not be read at all ({reason})"
+        ));
+    }
+    if let Some(key_path) = &new_key_path {
+        report.push_str(&format!(
+            "; a new key was written to {}",
+            key_path.display()
+        ));
+    }
+    report.push_str("; people and calendars are read again from the sources");
+    Ok(report)
 }
 
 async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret, bool)> {
@@ -201,8 +336,13 @@ async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret,
 
 pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<RunningService> {
     let clock = options.clock;
-    let key = open_key(&config)?;
-    let store_backend = StoreBackend::open(&config, key).await?;
+    let store_backend = match open_key(&config)? {
+        KeyOpening::Loaded(key) => StoreBackend::open(&config, key).await?,
+        KeyOpening::New { key, path } => {
+            let store_backend = StoreBackend::open(&config, key.clone()).await?;
+            keep_new_key(&config, store_backend, key, &path).await?
+        }
+    };
     // On PostgreSQL this instance's writes of a person's calendar, sync state and presence are
     // fenced by its shard leases (see `crate::cluster`); the fence is filled by the lease rounds.
     let fence = match &store_backend {
@@ -320,6 +460,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             let ownership_for_feed = ownership.clone();
             for sync in syncs.values() {
                 sync.share_by(ownership.clone());
+                sync.subscribe_beside_other_instances();
             }
             for sync in ews_syncs.values() {
                 sync.share_by(ownership.clone());

@@ -465,6 +465,21 @@ impl RunningEmulator {
             .collect()
     }
 
+    /// How many live (unexpired) Graph subscriptions each mailbox has, by user principal name;
+    /// mailboxes without one are absent.
+    pub fn live_subscriptions_per_mailbox(&self) -> std::collections::BTreeMap<String, usize> {
+        let now = self.state.clock.now();
+        let mut counts = std::collections::BTreeMap::new();
+        for subscription in self.state.subscriptions.all() {
+            if subscription.expiration > now {
+                *counts
+                    .entry(self.state.mailbox_name(subscription.user_index))
+                    .or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Sends a lifecycle notification for a subscription (`subscriptionRemoved` also removes it).
     pub fn send_lifecycle_notification(
         &self,

@@ -28,6 +28,6 @@ pub use notification::{
     parse_notifications, validation_response, Notification, ParsedNotifications,
 };
 pub use source::{
-    DeltaCursor, DeltaLink, DeltaOutcome, GraphSource, RenewOutcome, ResolvedUser, SourceOptions,
-    SubjectFetch, Subscription, SubscriptionRequest,
+    DeltaCursor, DeltaLink, DeltaOutcome, GraphSource, ListedSubscription, RenewOutcome,
+    ResolvedUser, SourceOptions, SubjectFetch, Subscription, SubscriptionRequest,
 };

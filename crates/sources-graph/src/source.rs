@@ -24,6 +24,9 @@ const EVENT_FIELDS: &str = "id,start,end,isAllDay,isCancelled,showAs,sensitivity
 const USER_FIELDS: &str = "id,mail,userPrincipalName,displayName";
 /// A delta walk longer than this is a server bug (a nextLink loop), not a big calendar.
 const MAX_DELTA_PAGES: usize = 10_000;
+/// Graph lists at most 100 subscriptions per page and a tenant holds at most a few per
+/// mailbox: this bounds a listing that never ends.
+const MAX_SUBSCRIPTION_PAGES: usize = 10_000;
 
 /// The changes of one delta read, gathered over its pages.
 #[derive(Clone, Default)]
@@ -130,6 +133,16 @@ pub struct Subscription {
     pub id: String,
     pub resource: String,
     pub expires_at: Timestamp,
+}
+
+/// A subscription as `GET /subscriptions` lists it: enough to tell ours from others'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSubscription {
+    pub id: String,
+    pub resource: String,
+    pub notification_url: String,
+    /// `None` when Graph sent no readable `expirationDateTime`.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// The result of a renewal.
@@ -801,6 +814,42 @@ impl GraphSource {
                 }),
             })
             .collect()
+    }
+
+    /// Every subscription of this app that Graph holds (`GET /subscriptions` with an
+    /// application token lists the app's subscriptions for any user of the tenant), following
+    /// `@odata.nextLink` page by page.
+    pub async fn list_subscriptions(&self) -> Result<Vec<ListedSubscription>, GraphError> {
+        let what = "the app's subscriptions".to_string();
+        let mut url = self.absolute("/subscriptions");
+        let mut listed = Vec::new();
+        for _ in 0..MAX_SUBSCRIPTION_PAGES {
+            let request = GraphRequest::get(url.clone(), what.clone());
+            let response = self.inner.http.send(&request, None).await?;
+            let page: EventPage = response.json(&what)?;
+            for value in page.value {
+                // A subscription we cannot read is not ours to judge: skip it.
+                let text = |name: &str| value.get(name).and_then(|field| field.as_str());
+                let (Some(id), Some(notification_url)) = (text("id"), text("notificationUrl"))
+                else {
+                    continue;
+                };
+                listed.push(ListedSubscription {
+                    id: id.to_string(),
+                    resource: text("resource").unwrap_or_default().to_string(),
+                    notification_url: notification_url.to_string(),
+                    expires_at: text("expirationDateTime").and_then(|text| text.parse().ok()),
+                });
+            }
+            match page.next_link {
+                Some(next) => url = self.absolute(&self.relative_link(&next, &what)?),
+                None => return Ok(listed),
+            }
+        }
+        Err(GraphError::BadAnswer {
+            what,
+            detail: format!("more than {MAX_SUBSCRIPTION_PAGES} pages of subscriptions"),
+        })
     }
 
     /// Extends a subscription. A subscription Graph no longer has is [`RenewOutcome::Gone`].

@@ -656,6 +656,10 @@ pub(crate) fn seal_named_secret(
     secret_key.seal(name, &secret_aad(name), secret.expose().as_bytes())
 }
 
+/// Counts what is sealed with the store's key, in either backend's SQL.
+pub(crate) const COUNT_SEALED: &str = "SELECT (SELECT COUNT(*) FROM secrets) + \
+     (SELECT COUNT(*) FROM sync_state WHERE client_state_sealed IS NOT NULL)";
+
 /// A named secret of the `secrets` table, opened.
 pub(crate) fn open_named_secret(
     secret_key: &SecretKey,

@@ -47,6 +47,7 @@ impl SecretKey {
             path: path.to_path_buf(),
             reason,
         };
+        refuse_shared_key_file(path)?;
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
             key_error(format!(
                 "{error}; create one with SecretKey::generate_to_file or `openssl rand -base64 32`"
@@ -77,12 +78,21 @@ impl SecretKey {
     /// An existing file is never overwritten: replacing a key makes every secret sealed with
     /// the old one unreadable, which is worse than failing the first start.
     pub fn generate_to_file(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let key = SecretKey::generate();
+        key.write_new_file(path)?;
+        Ok(key)
+    }
+
+    /// Writes this key to a new file at `path`, readable by the owner only; an existing file
+    /// is never overwritten. For a key made in memory first and kept only once the store it
+    /// opened turned out to hold nothing sealed with another one.
+    pub fn write_new_file(&self, path: impl AsRef<Path>) -> Result<(), StoreError> {
         let path = path.as_ref();
         let key_error = |reason: String| StoreError::KeyGenerate {
             path: path.to_path_buf(),
             reason,
         };
-        let key = SecretKey::generate();
+        let key = self;
         let text = Zeroizing::new(format!("{}\n", base64_engine().encode(*key.0)));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -91,13 +101,19 @@ impl SecretKey {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options
-            .open(path)
-            .map_err(|error| key_error(error.to_string()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|error| key_error(error.to_string()))?;
-        Ok(key)
+        // Written whole under a name of this process's own, then linked to `path`, which fails
+        // if `path` exists: another process starting at the same moment never reads a key
+        // file that is there but not yet written.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".new-{}", std::process::id()));
+        let partial = std::path::PathBuf::from(partial);
+        let written = options.open(&partial).and_then(|mut file| {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+        });
+        let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+        let _ = std::fs::remove_file(&partial);
+        linked.map_err(|error| key_error(error.to_string()))
     }
 
     /// A new random key, kept only in memory (tests, or a caller that stores it elsewhere).
@@ -153,6 +169,29 @@ impl SecretKey {
             .map(Zeroizing::new)
             .map_err(|_| undecryptable())
     }
+}
+
+/// A key file that other users can read (or write) is refused: whoever reads it opens every
+/// sealed secret of a copied database. Checked on read, not only when the file is made,
+/// because keys are restored from backups and copied between machines with looser modes.
+fn refuse_shared_key_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A missing or unreadable file is reported by the read that follows, with its cause.
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(StoreError::KeyPermissions {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn base64_engine() -> GeneralPurpose {
@@ -258,7 +297,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "secret b cannot be decrypted with this key: the store's key changed since the \
-             secret was written; use the old key file or variable, or store the secret again"
+             secret was written; use the old key file or variable, or run `calbridge run \
+             --rebuild-store`, which keeps the secrets this key opens and makes the others anew"
         );
     }
 

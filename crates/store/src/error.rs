@@ -53,12 +53,41 @@ pub enum StoreError {
 
     #[error(
         "{path} is not a calbridge store or is damaged ({source}): \
-         point the configuration at the right file or restore it from a backup"
+         point the configuration at the right file, restore it from a backup, or run \
+         `calbridge run --rebuild-store` to set it aside and build a new store from the sources"
     )]
     NotADatabase {
         path: PathBuf,
         #[source]
         source: sqlx::Error,
+    },
+
+    /// SQLite's `quick_check` found damage (or could not read the file to the end).
+    #[error(
+        "the store {path} is damaged; SQLite's integrity check says: {findings}. \
+         Run `calbridge run --rebuild-store` to set the damaged file aside and build a new \
+         store (people and calendars are read again from the sources, the sealed secrets that \
+         can still be read are kept), or stop calbridge and restore the file from a backup"
+    )]
+    Damaged {
+        path: PathBuf,
+        /// The first lines of the check, joined with "; ".
+        findings: String,
+    },
+
+    /// The key file is missing but the store holds values sealed with a key.
+    #[error(
+        "the store key {key_path} is missing, but the store at {location} holds {n_sealed} \
+         secret(s) sealed with a key: a new key would make them unreadable, so none is made. \
+         Restore the key file from where you keep it (it is deliberately not beside the \
+         database's backups), or {way_out}"
+    )]
+    KeyMissing {
+        key_path: PathBuf,
+        location: Box<StoreLocation>,
+        n_sealed: u64,
+        /// What to run to give the sealed secrets up, which depends on the backend.
+        way_out: &'static str,
     },
 
     #[error(
@@ -137,7 +166,8 @@ pub enum StoreError {
 
     #[error(
         "secret {name} cannot be decrypted with this key: the store's key changed since the \
-         secret was written; use the old key file or variable, or store the secret again"
+         secret was written; use the old key file or variable, or run `calbridge run \
+         --rebuild-store`, which keeps the secrets this key opens and makes the others anew"
     )]
     SecretUndecryptable { name: String },
 
@@ -146,6 +176,12 @@ pub enum StoreError {
 
     #[error("cannot read the store key from file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+
+    #[error(
+        "the store key {path} can be read by other users (mode {mode:o}): run `chmod 600 {path}` \
+         (and check who could have read it meanwhile)"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
 
     #[error("cannot read the store key from environment variable {variable}: {reason}")]
     KeyVariable { variable: String, reason: String },

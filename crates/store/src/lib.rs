@@ -38,7 +38,7 @@ pub use records::{
     PersonUpsert, Removal, Resolution, SipPublication, SourceCounters, SourceState, SyncError,
     SyncState, TokenState, WindowReplacement,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{Rebuilt, SqliteStore};
 
 /// The operations the service needs from persistent storage.
 ///

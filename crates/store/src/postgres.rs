@@ -201,6 +201,16 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// How many values the database holds sealed with a key (named secrets and webhook
+    /// `clientState`s): a start without the key file must not make a new key then.
+    pub async fn count_sealed(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(crate::codec::COUNT_SEALED)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|source| StoreError::database("count sealed values".to_string(), source))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
 }
 
 async fn migrate(

@@ -1,6 +1,7 @@
 //! The embedded SQLite implementation of [`Store`].
 
 mod lock;
+mod rebuild;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use crate::{
     SyncState, WindowReplacement,
 };
 use lock::DatabaseLock;
+pub use rebuild::Rebuilt;
 
 /// How long a statement waits for another connection's write lock before failing with a
 /// retryable "database is locked". Writes are short, so a few seconds only expire when
@@ -108,6 +110,15 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         // Before connecting, so that a second process touches nothing of the database.
         let lock = lock::lock(&path)?;
+        Self::open_locked(path, key, lock).await
+    }
+
+    async fn open_locked(
+        path: PathBuf,
+        key: SecretKey,
+        lock: DatabaseLock,
+    ) -> Result<Self, StoreError> {
+        create_private_file(&path)?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -128,6 +139,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|source| open_error(&path, source))?;
+        if let Err(error) = check_integrity(&pool, &path).await {
+            pool.close().await;
+            return Err(error);
+        }
         Self::migrate(pool, key, path, Some(lock)).await
     }
 
@@ -164,10 +179,27 @@ impl SqliteStore {
     /// so that the file is checkpointed and another process (or a reopen in a test) sees
     /// everything. The store answers nothing after this.
     pub async fn close(&self) {
+        // Closing the last connection would checkpoint too, but sqlx closes connections on
+        // their worker threads after `close` returned; merging the log here means a copy or a
+        // check of the main file right after sees everything. Best effort: a failure only
+        // leaves the log for the next open to merge.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();
         }
+    }
+
+    /// How many values the database holds sealed with a key (named secrets and webhook
+    /// `clientState`s): a start without the key file must not make a new key then.
+    pub async fn count_sealed(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(crate::codec::COUNT_SEALED)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|source| StoreError::database("count sealed values".to_string(), source))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn migrate(
@@ -206,11 +238,94 @@ impl SqliteStore {
     }
 }
 
+/// Creates a missing database file empty (which SQLite takes as a new database) and readable
+/// by its owner only: the file holds people, calendars and sealed secrets. SQLite gives its
+/// `-wal` and `-shm` files the mode of the database file, so they are private too. An
+/// existing file keeps the mode its owner gave it.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Open {
+            location: Box::new(StoreLocation::File(path.to_path_buf())),
+            source: sqlx::Error::Io(error),
+        }),
+    }
+}
+
+/// SQLite's primary code for an input/output error, which a short read of a truncated file is.
+const SQLITE_IOERR: i64 = 10;
+
+/// How many lines of SQLite's findings a [`StoreError::Damaged`] shows.
+const DAMAGE_LINES_SHOWN: usize = 5;
+
+/// Runs SQLite's `quick_check` and fails with [`StoreError::Damaged`] on any finding.
+///
+/// `quick_check` rather than `integrity_check`: it reads every page and checks the b-trees,
+/// the free list and the `NOT NULL`/`CHECK` constraints, but not that indexes match their
+/// tables, which makes it O(N) instead of O(N log N); a start-up check must stay cheap on a
+/// store of thousands of people (see the README for the figures). Damage that it misses is
+/// an index out of step, which the next write of the row repairs or reports.
+async fn check_integrity(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    // The argument caps the findings SQLite collects: the first few say enough.
+    let findings: Result<Vec<String>, sqlx::Error> =
+        sqlx::query_scalar(&format!("PRAGMA quick_check({DAMAGE_LINES_SHOWN})"))
+            .fetch_all(pool)
+            .await;
+    let findings = match findings {
+        Ok(lines) => lines,
+        Err(source) => match sqlite_primary_code(&source) {
+            Some(SQLITE_NOTADB) => {
+                return Err(StoreError::NotADatabase {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            // SQLite stops the check with an error when a page cannot be read at all (a
+            // truncated file, a damaged page header): that is damage too.
+            Some(SQLITE_CORRUPT | SQLITE_IOERR) => vec![source
+                .as_database_error()
+                .map(|error| error.message().to_string())
+                .unwrap_or_else(|| source.to_string())],
+            _ => return Err(open_error(path, source)),
+        },
+    };
+    if findings.len() == 1 && findings[0] == "ok" {
+        return Ok(());
+    }
+    let mut shown: Vec<String> = findings
+        .iter()
+        .take(DAMAGE_LINES_SHOWN)
+        .map(|line| line.chars().take(200).collect())
+        .collect();
+    if findings.len() > DAMAGE_LINES_SHOWN {
+        shown.push("…".to_string());
+    }
+    Err(StoreError::Damaged {
+        path: path.to_path_buf(),
+        findings: shown.join("; "),
+    })
+}
+
 fn open_error(path: &Path, source: sqlx::Error) -> StoreError {
     match sqlite_primary_code(&source) {
-        Some(SQLITE_NOTADB | SQLITE_CORRUPT) => StoreError::NotADatabase {
+        Some(SQLITE_NOTADB) => StoreError::NotADatabase {
             path: path.to_path_buf(),
             source,
+        },
+        Some(SQLITE_CORRUPT) => StoreError::Damaged {
+            path: path.to_path_buf(),
+            findings: source
+                .as_database_error()
+                .map(|error| error.message().to_string())
+                .unwrap_or_else(|| source.to_string()),
         },
         _ => StoreError::Open {
             location: Box::new(StoreLocation::File(path.to_path_buf())),

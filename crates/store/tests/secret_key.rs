@@ -82,6 +82,11 @@ fn a_key_file_with_the_wrong_content_explains_the_expected_format_without_echoin
     let directory = tempfile::tempdir().unwrap();
     let key_path = directory.path().join("store.key");
     std::fs::write(&key_path, "correct horse battery staple").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let message = SecretKey::from_file(&key_path).unwrap_err().to_string();
     assert!(message.contains("64 hex digits or as base64"), "{message}");
     assert!(!message.contains("horse"), "{message}");
@@ -132,4 +137,31 @@ async fn the_same_key_in_hex_and_base64_opens_the_same_secrets() {
         store.get_secret("name").await.unwrap().unwrap().expose(),
         "value"
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_file_other_users_can_read_is_refused_with_the_chmod_that_fixes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().unwrap();
+    let key_path = directory.path().join("store.key");
+    SecretKey::generate_to_file(&key_path).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let error = SecretKey::from_file(&key_path).unwrap_err();
+        assert!(
+            matches!(error, StoreError::KeyPermissions { .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("run `chmod 600 {}`", key_path.display())),
+            "{message}"
+        );
+        assert!(message.contains(&format!("mode {mode:o}")), "{message}");
+    }
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(SecretKey::from_file(&key_path).is_ok());
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(SecretKey::from_file(&key_path).is_ok());
 }

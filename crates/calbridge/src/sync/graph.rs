@@ -5,7 +5,8 @@
 //! All Graph wire details live in `calbridge-sources-graph`; when to read whom is the engine's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use calbridge_domain::{Appointment, Secret, SourceId};
@@ -52,6 +53,12 @@ pub struct GraphCalendars {
     /// The warning about rejected notifications, at most once a minute.
     rejected_warning: LogGate,
     pub secret_expires_on: Option<jiff::civil::Date>,
+    /// For the sweep of orphaned subscriptions: which subscriptions the store knows.
+    store: Arc<dyn Store>,
+    /// Whether other instances subscribe for this source too (several on one PostgreSQL).
+    peers: Mutex<SubscribingPeers>,
+    /// Set by the first `watch`, which sweeps orphaned subscriptions before subscribing.
+    orphans_swept: AtomicBool,
 }
 
 /// A delta read's outcome as the engine takes it.
@@ -70,6 +77,20 @@ fn change_read(outcome: Result<DeltaOutcome, GraphError>) -> Result<ChangeRead, 
         Err(error) => Err(trouble(&error)),
     }
 }
+
+/// Who else creates subscriptions with this source's notification URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubscribingPeers {
+    /// Only this process (SQLite: the store's lock keeps a second process off).
+    None,
+    /// Other instances on the same PostgreSQL database.
+    OtherInstances,
+}
+
+/// How long a subscription that no store knows may be someone else's in the making: another
+/// instance saves a subscription's id right after Graph created it (seconds), so one made or
+/// renewed within this margin is left alone when instances share the source.
+const PEER_SUBSCRIPTION_MARGIN: SignedDuration = SignedDuration::from_mins(10);
 
 /// How the engine weighs a Graph error.
 fn trouble(error: &GraphError) -> Trouble {
@@ -115,8 +136,21 @@ impl GraphSync {
             notifications_rejected: AtomicU64::new(0),
             rejected_warning: LogGate::new(std::time::Duration::from_secs(60)),
             secret_expires_on,
+            store: store.clone(),
+            peers: Mutex::new(SubscribingPeers::None),
+            orphans_swept: AtomicBool::new(false),
         };
         Engine::with_source(source_id, source, store, hub, clock, settings)
+    }
+
+    /// Other instances on the same database subscribe for this source too: the start-up
+    /// sweep then leaves alone what they may be saving right now.
+    pub fn subscribe_beside_other_instances(&self) {
+        *self
+            .source
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = SubscribingPeers::OtherInstances;
     }
 
     pub fn uses_notifications(&self) -> bool {
@@ -198,6 +232,95 @@ impl GraphCalendars {
         let minutes = i64::try_from(self.subscription_lifetime_minutes).unwrap_or(4230);
         now.checked_add(SignedDuration::from_mins(minutes))
             .unwrap_or(Timestamp::MAX)
+    }
+
+    /// Deletes the subscriptions with this source's notification URL that no store knows.
+    ///
+    /// A process killed between Graph creating a subscription and the store saving its id
+    /// leaves a live subscription behind; the next start subscribes that mailbox again, and
+    /// every change would then be notified (and processed) twice. Recording an intent before
+    /// creating cannot help, because Graph picks the id and a subscription cannot be named in
+    /// advance; listing what Graph holds and deleting what nobody saved can, and it also
+    /// clears what older versions or a rebuilt store left. It runs once, at the first `watch`
+    /// of a start: the engine creates no subscription before that (work waits for the first
+    /// sync), so every subscription this process made is already known. Subscriptions of
+    /// other notification URLs (another source, another deployment with the same app) are
+    /// never touched.
+    async fn sweep_orphans(&self, engine: &GraphSync) {
+        let Some((notification_url, _)) = &self.notification_urls else {
+            return;
+        };
+        let listed = match self.graph.list_subscriptions().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(
+                    source = %engine.source_id,
+                    "cannot list the app's subscriptions to delete those an earlier run left \
+                     behind (they expire by themselves): {error}"
+                );
+                return;
+            }
+        };
+        let peers = *self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known: HashSet<String> = self.subscriptions().keys().cloned().collect();
+        let young_after = engine
+            .now()
+            .checked_add(SignedDuration::from_mins(
+                i64::try_from(self.subscription_lifetime_minutes).unwrap_or(4230),
+            ))
+            .and_then(|expiry| expiry.checked_sub(PEER_SUBSCRIPTION_MARGIN))
+            .unwrap_or(Timestamp::MAX);
+        let mut orphans = Vec::new();
+        for subscription in listed {
+            if subscription.notification_url != *notification_url
+                || known.contains(&subscription.id)
+            {
+                continue;
+            }
+            if peers == SubscribingPeers::OtherInstances {
+                if subscription
+                    .expires_at
+                    .is_none_or(|expires| expires > young_after)
+                {
+                    continue;
+                }
+                match self
+                    .store
+                    .person_with_subscription(&engine.source_id, &subscription.id)
+                    .await
+                {
+                    Ok(None) => {}
+                    // Another instance's person, or a store that cannot say: keep it.
+                    Ok(Some(_)) | Err(_) => continue,
+                }
+            }
+            orphans.push(subscription);
+        }
+        if orphans.is_empty() {
+            return;
+        }
+        let n_orphans = orphans.len();
+        let results = fan_out(PARALLEL_PEOPLE, orphans, |subscription| {
+            let graph = self.graph.clone();
+            async move { graph.delete_subscription(&subscription.id).await }
+        })
+        .await;
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter_map(|result| result.err().map(|error| error.to_string()))
+            .collect();
+        tracing::info!(
+            source = %engine.source_id,
+            deleted = n_orphans - failed.len(),
+            failed = failed.len(),
+            "deleted the subscriptions an earlier run left at Graph without saving them"
+        );
+        if let Some(first) = failed.first() {
+            tracing::warn!(source = %engine.source_id, "some subscriptions left by an earlier run could not be deleted (they expire by themselves): {first}");
+        }
     }
 
     /// Creates subscriptions for the given people (those Graph knows).
@@ -383,6 +506,9 @@ impl CalendarSource for GraphCalendars {
     async fn watch(self: Arc<Self>, engine: &Arc<GraphSync>, people: Vec<PersonKey>) {
         if self.notification_urls.is_none() {
             return;
+        }
+        if !self.orphans_swept.swap(true, Ordering::AcqRel) {
+            self.sweep_orphans(engine).await;
         }
         let now = engine.now();
         let missing: Vec<PersonKey> = people

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -423,21 +423,53 @@ pub async fn get(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET /v1.0/subscriptions`
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// Subscriptions per page of `GET /v1.0/subscriptions`, as Graph pages its collections.
+const SUBSCRIPTIONS_PER_PAGE: usize = 100;
+
+/// `GET /v1.0/subscriptions`: the caller's app's live subscriptions (an app-only token lists
+/// the subscriptions the app made for any user, as Microsoft's "List subscriptions" page
+/// describes), ordered by id, 100 per page with `@odata.nextLink` (`$skiptoken`).
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     let result = async {
         let caller = authenticate(&state, &headers, "subscriptions.list", Need::AnyToken).await?;
         let now = state.clock.now();
-        let items: Vec<Value> = state
+        let mut mine: Vec<Subscription> = state
             .subscriptions
             .all()
-            .iter()
+            .into_iter()
             .filter(|subscription| {
                 subscription.app_index == caller.app_index && subscription.expiration > now
             })
+            .collect();
+        mine.sort_by(|a, b| a.id.cmp(&b.id));
+        let skip = match query.get("$skiptoken") {
+            None => 0,
+            Some(token) => token.parse::<usize>().map_err(|_| {
+                GraphError::bad_request("BadRequest", "The $skiptoken is not valid.")
+            })?,
+        };
+        let items: Vec<Value> = mine
+            .iter()
+            .skip(skip)
+            .take(SUBSCRIPTIONS_PER_PAGE)
             .map(|subscription| subscription_json(&state, subscription, false))
             .collect();
-        Ok::<_, GraphError>(Json(json!({"@odata.context": format!("{}/$metadata#subscriptions", state.graph_url), "value": items})).into_response())
+        let mut body = json!({
+            "@odata.context": format!("{}/$metadata#subscriptions", state.graph_url),
+            "value": items,
+        });
+        let next = skip + SUBSCRIPTIONS_PER_PAGE;
+        if next < mine.len() {
+            body["@odata.nextLink"] = json!(format!(
+                "{}/subscriptions?$skiptoken={next}",
+                state.graph_url
+            ));
+        }
+        Ok::<_, GraphError>(Json(body).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

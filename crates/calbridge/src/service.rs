@@ -629,6 +629,14 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         ews_syncs.clone(),
         directory_entries,
     ));
+    let connection_stats = Arc::new(crate::api::connections::ConnectionStats::default());
+    tasks.push((
+        "memory trim after connection bursts",
+        tokio::spawn(crate::api::connections::trim_after_bursts(
+            connection_stats.clone(),
+            shutdown.clone(),
+        )),
+    ));
     let state = Arc::new(ApiState {
         hub: hub.clone(),
         store: store.clone(),
@@ -645,12 +653,15 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         handed_work,
         reloader: reloader.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_streams.max(1))),
+        connections: connection_stats.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();
     tasks.push((
         "http api",
         tokio::spawn(async move {
+            let listener =
+                crate::api::connections::CountingListener::new(listener, connection_stats);
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { api_shutdown.wait().await })
                 .await;

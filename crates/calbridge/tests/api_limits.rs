@@ -245,6 +245,8 @@ async fn live_streams_are_capped_and_a_closed_one_frees_its_place() {
     let second = rig.open_stream().await;
     assert_eq!(first.status().as_u16(), 200);
     assert_eq!(second.status().as_u16(), 200);
+    // Both streams hold a connection, and so does the request for the metrics.
+    assert!(rig.metric("calbridge_http_connections").await >= 3.0);
     let third = rig.open_stream().await;
     assert_eq!(third.status().as_u16(), 503);
     let body = third.text().await.unwrap_or_default();

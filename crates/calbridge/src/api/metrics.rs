@@ -42,6 +42,19 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     );
     metric(
         &mut out,
+        "calbridge_http_connections",
+        "gauge",
+        "HTTP connections open now.",
+        &[(
+            none.clone(),
+            state
+                .connections
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
+    metric(
+        &mut out,
         "calbridge_presence_timers",
         "gauge",
         "Pending presence timers (one per person with a coming change).",

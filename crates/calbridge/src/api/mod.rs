@@ -38,6 +38,7 @@ use crate::clock::Clock;
 use crate::hub::{PresenceChange, PresenceHub, StreamedChange};
 use crate::sync::graph::GraphSync;
 
+pub mod connections;
 mod metrics;
 
 const ADMIN_PAGE: &str = include_str!("admin.html");
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub reloader: Arc<crate::reload::Reloader>,
     /// One permit per open live stream (`[api] max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Open HTTP connections (`[api] max_connections`).
+    pub connections: Arc<connections::ConnectionStats>,
 }
 
 /// The most a Graph notification POST may carry. Graph batches basic change notifications

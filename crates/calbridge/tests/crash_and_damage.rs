@@ -4,6 +4,8 @@
 //!   is lost, every mailbox has exactly one live subscription at Graph (the ones the killed
 //!   process made but never saved are deleted), and no window the store holds from today is
 //!   read again;
+//! - `kill -9` while a directory change is applied (100 leave, 100 come): after a restart
+//!   exactly the new people have one live subscription each, and the leavers none;
 //! - the files a first start makes are readable by their owner only; a key file others can
 //!   read, or a missing key file beside a store with sealed secrets (SQLite or PostgreSQL),
 //!   refuses the start;
@@ -42,6 +44,12 @@ struct Site {
 
 impl Site {
     fn new(ready: &ReadyInfo) -> Site {
+        let group = ready.group_id.as_deref().expect("a group");
+        Site::with_directory(ready, &format!("group_id = \"{group}\"\n"))
+    }
+
+    /// A site whose `[[directory]]` entry has `entry` besides its source.
+    fn with_directory(ready: &ReadyInfo, entry: &str) -> Site {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
         let config = dir.path().join("calbridge.toml");
@@ -71,15 +79,13 @@ extra_root_ca = "{ca}"
 
 [[directory]]
 source = "demo"
-group_id = "{group}"
-"#,
+{entry}"#,
             db = dir.path().join("calbridge.sqlite").display(),
             tenant = ready.tenant_id,
             client = ready.client_id,
             secret = ready.client_secret.as_deref().expect("a secret"),
             base = ready.base_url,
             ca = ready.ca_cert.display(),
-            group = ready.group_id.as_deref().expect("a group"),
         );
         std::fs::write(&config, text).expect("write the configuration");
         Site {
@@ -247,6 +253,96 @@ async fn stored_state(site: &Site) -> (BTreeSet<String>, usize) {
     }
     store.close().await;
     (subscriptions, n_fresh)
+}
+
+fn write_people(path: &Path, people: &[String]) {
+    let mut text = String::from("address\n");
+    for person in people {
+        text.push_str(person);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write the directory file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_directory_changes_leaves_exactly_the_new_people_subscribed() {
+    init_logs();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (emulator, everyone) = start_emulator(300, 23).await;
+    let everyone: Vec<String> = everyone.into_iter().collect();
+    let (before, after) = (&everyone[..200], &everyone[100..]);
+    let file_dir = tempfile::tempdir().expect("a temp dir");
+    let file = file_dir.path().join("people.csv");
+    write_people(&file, before);
+    let mut site = Site::with_directory(
+        emulator.ready(),
+        &format!("file = \"{}\"\nrefresh_seconds = 1\n", file.display()),
+    );
+    let first = site.start(&[]);
+    let before_set: BTreeSet<String> = before.iter().cloned().collect();
+    wait_converged(&first, &before_set).await;
+
+    // The directory changes: 100 people leave, 100 others come. Every Graph request takes a
+    // while, so that the kill lands while subscriptions are deleted and made.
+    let mut faults = emulator.faults();
+    faults.latency_ms = 40;
+    emulator.set_faults(faults.clone());
+    let live_before: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
+    let mut first = first;
+    write_people(&file, after);
+    let deadline = Instant::now() + SYNC_PATIENCE;
+    loop {
+        let live: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
+        let changed = live.symmetric_difference(&live_before).count();
+        if changed >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory change made no subscription change within {SYNC_PATIENCE:?}: {}",
+            first.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().expect("kill -9");
+    first.child.wait().expect("the killed process is reaped");
+    let counts = emulator.live_subscriptions_per_mailbox();
+    let still_watched = everyone[..100]
+        .iter()
+        .filter(|person| counts.get(*person).copied().unwrap_or(0) > 0)
+        .count();
+    let not_yet_watched = everyone[200..]
+        .iter()
+        .filter(|person| counts.get(*person).copied().unwrap_or(0) == 0)
+        .count();
+    assert!(
+        still_watched + not_yet_watched > 0,
+        "the kill came after the change was complete"
+    );
+    eprintln!(
+        "killed with {still_watched} leavers still subscribed and {not_yet_watched} newcomers not yet"
+    );
+
+    faults.latency_ms = 0;
+    emulator.set_faults(faults);
+    let second = site.start(&[]);
+    let after_set: BTreeSet<String> = after.iter().cloned().collect();
+    wait_converged(&second, &after_set).await;
+    assert_eq!(
+        not_one_subscription(&emulator, &after_set),
+        Vec::<(String, usize)>::new(),
+        "mailboxes without exactly one live subscription after the restart\n{}",
+        second.log_tail()
+    );
+    let counts = emulator.live_subscriptions_per_mailbox();
+    let left_watched: Vec<&String> = everyone[..100]
+        .iter()
+        .filter(|person| counts.get(*person).copied().unwrap_or(0) > 0)
+        .collect();
+    assert!(
+        left_watched.is_empty(),
+        "people who left the directory still have a live subscription: {left_watched:?}"
+    );
 }
 
 #[cfg(unix)]

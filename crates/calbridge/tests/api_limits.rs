@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calbridge::clock::ManualClock;
-use calbridge::service::{self, ServiceOptions};
 use calbridge_domain::Secret;
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig};
@@ -303,15 +302,9 @@ async fn a_failing_token_makes_the_service_not_ready_and_says_why() {
             ));
         }
     }
-    let running = service::start(
-        config,
-        ServiceOptions {
-            clock: Arc::new(calbridge::clock::SystemClock),
-            listener: Some(listener),
-        },
-    )
-    .await
-    .expect("the service starts, and keeps trying");
+    let running = try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
+        .await
+        .expect("the service starts, and keeps trying");
     let http = calbridge_net::build_http_client(None).expect("an HTTP client");
     let url = format!("http://{}/readyz", running.address);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -352,12 +345,10 @@ async fn a_blank_or_short_api_token_never_starts_the_service() {
         let (listener, public_url) = listen(0).await;
         let mut config = config_for(emulator.ready(), data.path(), &public_url, None);
         config.api.token = Some(Secret::new(token.to_string()));
-        let error = match service::start(
+        let error = match try_start_service(
             config,
-            ServiceOptions {
-                clock: Arc::new(calbridge::clock::SystemClock),
-                listener: Some(listener),
-            },
+            Arc::new(calbridge::clock::SystemClock),
+            listener,
         )
         .await
         {

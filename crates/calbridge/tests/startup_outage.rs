@@ -9,7 +9,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calbridge::service::{self, ServiceOptions};
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig, FaultSettings};
 
@@ -35,33 +34,14 @@ async fn a_token_outage_at_start_is_retried_and_everyone_gets_presence() {
     });
     let (listener, public_url) = listen(0).await;
     let config = config_for(&ready, data.path(), &public_url, Some(&file));
-    let running = service::start(
-        config,
-        ServiceOptions {
-            clock: Arc::new(calbridge::clock::SystemClock),
-            listener: Some(listener),
-        },
-    )
-    .await
-    .expect("the service starts during the outage");
+    let running = try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
+        .await
+        .expect("the service starts during the outage");
     let api = Api::new(&running);
 
     // During the outage: the token is tried again and again (1 s, 2 s, … apart), everyone
     // stays listed, and the source says its token is failing.
-    wait_for(
-        "the token endpoint to be tried three times",
-        Duration::from_secs(60),
-        || {
-            let errors = emulator
-                .counters()
-                .by_kind
-                .get("identity.token_errors")
-                .copied()
-                .unwrap_or(0);
-            (errors >= 3).then_some(())
-        },
-    )
-    .await;
+    wait_token_errors(&emulator, 3).await;
     let users = api.get_authorized("/api/v1/users").await;
     let listed = users["users"].as_array().map_or(0, Vec::len);
     assert_eq!(listed, 5, "the people stay listed: {users}");
@@ -123,30 +103,11 @@ async fn a_group_that_cannot_be_read_at_start_is_read_again_with_the_back_off() 
     });
     let (listener, public_url) = listen(0).await;
     let config = config_for(&ready, data.path(), &public_url, None);
-    let running = service::start(
-        config,
-        ServiceOptions {
-            clock: Arc::new(calbridge::clock::SystemClock),
-            listener: Some(listener),
-        },
-    )
-    .await
-    .expect("the service starts during the outage");
+    let running = try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
+        .await
+        .expect("the service starts during the outage");
     let api = Api::new(&running);
-    wait_for(
-        "the token endpoint to be tried three times",
-        Duration::from_secs(60),
-        || {
-            let errors = emulator
-                .counters()
-                .by_kind
-                .get("identity.token_errors")
-                .copied()
-                .unwrap_or(0);
-            (errors >= 3).then_some(())
-        },
-    )
-    .await;
+    wait_token_errors(&emulator, 3).await;
     let status = api.get_authorized("/api/v1/status").await;
     let errors = status["errors"].to_string();
     assert!(

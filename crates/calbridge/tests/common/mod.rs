@@ -96,12 +96,28 @@ pub async fn listen(port: u16) -> (tokio::net::TcpListener, String) {
     (listener, url)
 }
 
+/// Starts the service on `listener` and waits for its first sync.
 pub async fn start_service(
     config: Config,
     clock: Arc<dyn Clock>,
     listener: tokio::net::TcpListener,
 ) -> RunningService {
-    let running = service::start(
+    let running = try_start_service(config, clock, listener)
+        .await
+        .expect("the service starts");
+    tokio::time::timeout(Duration::from_secs(30), running.first_sync_done())
+        .await
+        .expect("the first sync finishes within 30 s");
+    running
+}
+
+/// Starts the service on `listener` without waiting for its first sync.
+pub async fn try_start_service(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<RunningService> {
+    service::start(
         config,
         ServiceOptions {
             clock,
@@ -109,11 +125,24 @@ pub async fn start_service(
         },
     )
     .await
-    .expect("the service starts");
-    tokio::time::timeout(Duration::from_secs(30), running.first_sync_done())
-        .await
-        .expect("the first sync finishes within 30 s");
-    running
+}
+
+/// Waits until the emulator's token endpoint has refused at least `n` requests.
+pub async fn wait_token_errors(emulator: &m365_emulator::RunningEmulator, n: u64) {
+    wait_for(
+        &format!("{n} refused token requests"),
+        Duration::from_secs(60),
+        || {
+            let errors = emulator
+                .counters()
+                .by_kind
+                .get("identity.token_errors")
+                .copied()
+                .unwrap_or(0);
+            (errors >= n).then_some(())
+        },
+    )
+    .await;
 }
 
 /// `(activity, note, until)` of a person in the hub, if decided.

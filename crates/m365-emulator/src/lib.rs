@@ -314,26 +314,16 @@ impl Emulator {
         let mut ready = ready;
         let http_listener = match config.http_listen {
             Some(address) => {
-                let listener = tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|source| StartError::Listen { address, source })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen { address, source })?;
-                ready.http_url = Some(format!("http://{host}:{}", local.port()));
+                let (listener, port) = bind_extra_listener(address).await?;
+                ready.http_url = Some(format!("http://{host}:{port}"));
                 Some(listener)
             }
             None => None,
         };
         let offload_listener = match config.tls_offload_listen {
             Some(address) => {
-                let listener = tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|source| StartError::Listen { address, source })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen { address, source })?;
-                ready.tls_offload_url = Some(format!("https://{host}:{}", local.port()));
+                let (listener, port) = bind_extra_listener(address).await?;
+                ready.tls_offload_url = Some(format!("https://{host}:{port}"));
                 Some(listener)
             }
             None => None,
@@ -529,4 +519,18 @@ impl Drop for RunningEmulator {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+/// Binds one of the extra listeners (plain http, the TLS-offload front) and says its port.
+async fn bind_extra_listener(
+    address: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, u16), StartError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { address, source })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { address, source })?
+        .port();
+    Ok((listener, port))
 }

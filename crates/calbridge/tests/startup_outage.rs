@@ -55,17 +55,7 @@ async fn a_token_outage_at_start_is_retried_and_everyone_gets_presence() {
     // The back-off of a passing trouble starts at 1 s and doubles; after three failed
     // attempts the next one is seconds away, far from the 5-minute retry of refused
     // credentials.
-    wait_for(
-        "everyone's presence after the outage",
-        Duration::from_secs(90),
-        || {
-            members
-                .iter()
-                .all(|member| presence_of(&running, member).is_some())
-                .then_some(())
-        },
-    )
-    .await;
+    wait_everyone_decided(&running, &members).await;
     let status = api.get_authorized("/api/v1/status").await;
     assert_eq!(status["sources"][0]["token"]["state"], "valid", "{status}");
     // Recovered people carry no error any more.
@@ -116,13 +106,18 @@ async fn a_group_that_cannot_be_read_at_start_is_read_again_with_the_back_off() 
     );
 
     emulator.set_faults(working);
+    wait_everyone_decided(&running, &members).await;
+}
+
+/// Waits until every one of `members` has a presence, after the outage ended.
+async fn wait_everyone_decided(running: &calbridge::service::RunningService, members: &[String]) {
     wait_for(
         "everyone's presence after the outage",
         Duration::from_secs(90),
         || {
             members
                 .iter()
-                .all(|member| presence_of(&running, member).is_some())
+                .all(|member| presence_of(running, member).is_some())
                 .then_some(())
         },
     )

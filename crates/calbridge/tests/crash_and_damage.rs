@@ -6,6 +6,9 @@
 //!   read again;
 //! - `kill -9` while a directory change is applied (100 leave, 100 come): after a restart
 //!   exactly the new people have one live subscription each, and the leavers none;
+//! - `kill -9` while the midnight re-read runs (the process's wall clock set just before midnight
+//!   with libfaketime): after a restart every window is the new day's, the ones read before
+//!   the kill are not read again, and every mailbox keeps exactly one subscription;
 //! - the files a first start makes are readable by their owner only; a key file others can
 //!   read, or a missing key file beside a store with sealed secrets (SQLite or PostgreSQL),
 //!   refuses the start;
@@ -107,6 +110,11 @@ source = "demo"
 
     /// `calbridge run` (with `extra` arguments), logging to a file of this life's own.
     fn start(&mut self, extra: &[&str]) -> Process {
+        self.start_with_env(extra, &[])
+    }
+
+    /// The same with environment variables set for the process.
+    fn start_with_env(&mut self, extra: &[&str], vars: &[(&str, String)]) -> Process {
         self.lives += 1;
         let log = self.dir.path().join(format!("run.{}.log", self.lives));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
@@ -114,6 +122,7 @@ source = "demo"
             .arg(&self.config)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(vars.iter().map(|(name, value)| (name, value)))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
@@ -224,18 +233,23 @@ async fn start_emulator(n_users: usize, seed: u64) -> (RunningEmulator, BTreeSet
     (emulator, people)
 }
 
+/// The start of today in UTC, the tests' zone.
+fn start_of_today() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .start_of_day()
+        .expect("a start of day")
+        .timestamp()
+}
+
 /// What the store of a stopped process holds: the subscription ids it saved and the people
-/// whose window was read today (UTC, the test's zone), which a restart must not read again.
-async fn stored_state(site: &Site) -> (BTreeSet<String>, usize) {
+/// whose window was read since `today_start` (the process's day), which a restart must not
+/// read again.
+async fn stored_state(site: &Site, today_start: jiff::Timestamp) -> (BTreeSet<String>, usize) {
     let key = calbridge_store::SecretKey::from_file(site.key()).expect("the key");
     let store = calbridge_store::SqliteStore::open(site.database(), key)
         .await
         .expect("the store opens after the kill");
-    let today_start = jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .start_of_day()
-        .expect("a start of day")
-        .timestamp();
     let mut subscriptions = BTreeSet::new();
     let mut n_fresh = 0;
     use calbridge_store::Store;
@@ -385,7 +399,7 @@ async fn a_kill_while_subscribing_leaves_one_subscription_per_mailbox_after_the_
     first.child.kill().expect("kill -9");
     first.child.wait().expect("the killed process is reaped");
 
-    let (saved, n_fresh) = stored_state(&site).await;
+    let (saved, n_fresh) = stored_state(&site, start_of_today()).await;
     let live: BTreeSet<String> = emulator.subscription_ids().into_iter().collect();
     let n_orphans = live.difference(&saved).count();
     assert!(
@@ -631,4 +645,148 @@ async fn a_postgres_store_with_sealed_secrets_and_no_key_file_refuses_to_start()
         "no URL in the message: {message}"
     );
     assert!(!key_file.exists(), "no new key was made");
+}
+
+/// libfaketime's preload library, which sets a process's wall clock (Debian's `faketime`).
+fn libfaketime() -> Option<PathBuf> {
+    let found = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|path| path.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "CALBRIDGE_REQUIRE_SERVICES=1 but libfaketime is missing (apt-get install faketime)"
+        );
+        eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
+    }
+    found
+}
+
+/// The environment that starts a process's wall clock at `at` (UTC) and lets it run on at
+/// real speed; its timers keep the real monotonic clock.
+fn clock_starting_at(library: &Path, at: jiff::Timestamp) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", library.display().to_string()),
+        ("FAKETIME", format!("@{}", at.strftime("%Y-%m-%d %H:%M:%S"))),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ("FAKETIME_DONT_RESET", "1".to_string()),
+        ("TZ", "UTC".to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_midnight_re_read_leaves_the_new_days_windows_after_the_restart() {
+    init_logs();
+    let Some(library) = libfaketime() else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (emulator, people) = start_emulator(160, 25).await;
+    // The process's clock starts shortly before a UTC midnight (the test's zone), whatever
+    // the hour of the machine: its first sync is done before, then the re-read begins.
+    let midnight = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .tomorrow()
+        .and_then(|day| day.start_of_day())
+        .expect("a next midnight")
+        .timestamp();
+    let lead = jiff::SignedDuration::from_secs(40);
+    let started_at = midnight - lead;
+    let started = Instant::now();
+    // The re-read is spread over a minute (Graph reads 20 people per `$batch`: 8 chunks, 7.5 s
+    // apart), so that the kill lands in the middle of it. Subscriptions live a day: their
+    // expiry is reckoned on the process's clock, hours ahead of the emulator's.
+    let group = emulator.ready().group_id.clone().expect("a group");
+    let mut site = Site::with_directory(
+        emulator.ready(),
+        &format!(
+            "group_id = \"{group}\"\n\n[sync]\nmidnight_spread_minutes = 1\n\
+             subscription_lifetime_minutes = 1440\n"
+        ),
+    );
+    let mut first = site.start_with_env(&[], &clock_starting_at(&library, started_at));
+    wait_converged(&first, &people).await;
+    assert!(
+        started.elapsed() < Duration::try_from(lead).expect("a duration") - Duration::from_secs(2),
+        "the first sync took {:?}, past the process's midnight: the test cannot kill during \
+         the midnight re-read",
+        started.elapsed()
+    );
+    emulator.reset_counters();
+
+    let window_reads = || {
+        emulator
+            .counters()
+            .by_kind
+            .get("calendar.view")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::try_from(lead).expect("a duration") + SYNC_PATIENCE;
+    while window_reads() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no midnight re-read: {}",
+            first.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().expect("kill -9");
+    first.child.wait().expect("the killed process is reaped");
+    let n_read_before_the_kill = window_reads();
+    assert!(
+        (n_read_before_the_kill as usize) < people.len(),
+        "the kill came after the re-read was complete ({n_read_before_the_kill} windows read)"
+    );
+    let (_, n_fresh) = stored_state(&site, midnight).await;
+    eprintln!(
+        "killed after {n_read_before_the_kill} of {} windows were read again at midnight",
+        people.len()
+    );
+
+    // The second life's clock runs on from where the first one's would be now.
+    emulator.reset_counters();
+    let resumed_at =
+        started_at + jiff::SignedDuration::try_from(started.elapsed()).expect("an elapsed time");
+    let mut second = site.start_with_env(&[], &clock_starting_at(&library, resumed_at));
+    wait_converged(&second, &people).await;
+    assert_eq!(
+        not_one_subscription(&emulator, &people),
+        Vec::<(String, usize)>::new(),
+        "mailboxes without exactly one live subscription after the restart\n{}",
+        second.log_tail()
+    );
+    // Who was read again before the kill is resumed from the store; everyone else is read.
+    let n_window_reads = window_reads();
+    assert!(
+        n_window_reads <= (people.len() - n_fresh) as u64,
+        "{n_window_reads} window reads after the restart, but {n_fresh} of {} people had \
+         the new day's window in the store",
+        people.len()
+    );
+    second.terminate(SYNC_PATIENCE).await;
+    let key = calbridge_store::SecretKey::from_file(site.key()).expect("the key");
+    let store = calbridge_store::SqliteStore::open(site.database(), key)
+        .await
+        .expect("the store opens");
+    use calbridge_store::Store;
+    let mut old_windows = Vec::new();
+    for person in store.list_people().await.expect("people") {
+        let state = store.get_sync_state(&person.key).await.expect("sync state");
+        match state.appointment_window {
+            Some(window) if window.start >= midnight => {}
+            other => old_windows.push((person.key, other.map(|window| window.start))),
+        }
+    }
+    store.close().await;
+    assert!(
+        old_windows.is_empty(),
+        "people whose stored window does not start on the new day ({midnight}): {old_windows:?}"
+    );
 }

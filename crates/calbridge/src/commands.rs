@@ -70,6 +70,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     }
+    if let Some(warning) = config.inline_secrets_warning(&args.config) {
+        tracing::warn!("{warning}");
+    }
     // Listening before anything starts: a stop asked during start-up is not lost, and a
     // SIGHUP then (whose default action ends the process) waits for the service to be up.
     let stop = stop_signal();
@@ -129,13 +132,10 @@ pub async fn reload(args: ReloadArgs) -> anyhow::Result<()> {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => format!("http://{}", local_address(&config.api.listen)),
     };
-    let token = match (&args.token, &config.api.token, &config.api.token_env) {
-        (Some(token), _, _) => token.clone(),
-        (None, Some(token), _) => token.expose().to_string(),
-        (None, None, Some(variable)) => std::env::var(variable).with_context(|| {
-            format!("api.token_env names the environment variable {variable}, which is not set here")
-        })?,
-        (None, None, None) => bail!(
+    let token = match (&args.token, &config.api.token) {
+        (Some(token), _) => token.clone(),
+        (None, Some(token)) => token.expose().to_string(),
+        (None, None) => bail!(
             "{} sets no [api] token: pass the one calbridge generated with --token (or CALBRIDGE_API_TOKEN), or send the service SIGHUP (kill -HUP <pid>)",
             args.config.display()
         ),

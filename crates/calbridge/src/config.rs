@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use calbridge_domain::{MailboxAddress, Secret, ZoneName};
+use calbridge_domain::{MailboxAddress, Secret, SecretOrigin, ZoneName};
 use calbridge_presence::{Keyword, Language, Locale, Mapping, Rules, SubjectVisibility};
 use calbridge_store::PostgresUrl;
 use serde::Deserialize;
@@ -88,8 +88,7 @@ pub struct PublishConfig {
     pub webhooks: Vec<calbridge_publish_webhook::WebhookConfig>,
 }
 
-/// `[store]`: an SQLite file (the default), or a PostgreSQL database given by `url`,
-/// `url_env` or `url_file`.
+/// `[store]`: an SQLite file (the default), or a PostgreSQL database given by `url`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -98,15 +97,10 @@ pub struct StoreConfig {
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// PostgreSQL URL, `postgres://user:password@host:5432/database`: selects PostgreSQL.
-    /// A `Secret` because it may hold the password; it is only ever shown redacted.
+    /// A `Secret` because it may hold the password (inline, `{ env = "…" }` or `{ file = "…" }`);
+    /// it is only ever shown redacted.
     #[serde(default)]
     pub url: Option<Secret>,
-    /// Name of an environment variable holding the PostgreSQL URL instead.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// File holding the PostgreSQL URL instead (white space around it ignored).
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
     /// File with the 32-byte key that seals secrets at rest (base64 or hex). Created with
     /// mode 0600 on first start when missing. Default: the SQLite path with the extension
     /// `.key` (`calbridge.key` beside the configuration file with PostgreSQL).
@@ -151,64 +145,31 @@ impl StoreConfig {
             .unwrap_or_else(|| self.sqlite_path().with_extension("key"))
     }
 
-    /// The settings that name a PostgreSQL URL, as written in the file.
-    fn url_settings(&self) -> Vec<&'static str> {
-        [
-            ("url", self.url.is_some()),
-            ("url_env", self.url_env.is_some()),
-            ("url_file", self.url_file.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
-    }
-
     fn check(&self) -> Result<(), String> {
-        let settings = self.url_settings();
-        if settings.len() > 1 {
-            return Err(format!(
-                "store: set at most one of `url`, `url_env` and `url_file` (found {})",
-                settings
-                    .iter()
-                    .map(|name| format!("`{name}`"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ));
-        }
-        if let (Some(setting), Some(_)) = (settings.first(), &self.path) {
-            return Err(format!(
-                "store: `path` is the SQLite file and `{setting}` selects PostgreSQL: set one \
-                 of them"
-            ));
+        if let (Some(_), Some(_)) = (&self.url, &self.path) {
+            return Err(
+                "store: `path` is the SQLite file and `url` selects PostgreSQL: set one of them"
+                    .to_string(),
+            );
         }
         if let Some(url) = &self.url {
-            PostgresUrl::parse(url.expose()).map_err(|error| error.to_string())?;
+            PostgresUrl::parse(url.expose())
+                .map_err(|error| format!("{error} (store.url, {})", url.origin()))?;
         }
         Ok(())
     }
 
-    /// Where the store lives: reads the URL from its variable or file when `[store]` names
-    /// one. Errors name the setting, and show a URL only with its password replaced by `***`.
+    /// Where the store lives. Errors name the setting, and show a URL only with its password
+    /// replaced by `***`.
     pub fn target(&self) -> Result<StoreTarget, String> {
         self.check()?;
-        let text = if let Some(url) = &self.url {
-            url.clone()
-        } else if let Some(variable) = &self.url_env {
-            Secret::new(std::env::var(variable).map_err(|_| {
-                format!(
-                    "store.url_env names the environment variable {variable}, which is not set \
-                     (or not valid text): set it to postgres://user:password@host:5432/database"
-                )
-            })?)
-        } else if let Some(file) = &self.url_file {
-            Secret::new(std::fs::read_to_string(file).map_err(|error| {
-                format!("cannot read store.url_file {}: {error}", file.display())
-            })?)
-        } else {
-            return Ok(StoreTarget::Sqlite(self.sqlite_path()));
-        };
-        let url = PostgresUrl::parse(text.expose()).map_err(|error| error.to_string())?;
-        Ok(StoreTarget::Postgres(Box::new(url)))
+        match &self.url {
+            Some(url) => {
+                let url = PostgresUrl::parse(url.expose()).map_err(|error| error.to_string())?;
+                Ok(StoreTarget::Postgres(Box::new(url)))
+            }
+            None => Ok(StoreTarget::Sqlite(self.sqlite_path())),
+        }
     }
 }
 
@@ -221,11 +182,10 @@ pub struct ApiConfig {
     /// Address of the HTTP API, the admin page and the notification webhook.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Bearer token for `/api/v1/*` and the admin page. Either this or `token_env`.
+    /// Bearer token for `/api/v1/*` and the admin page (inline, `{ env = "…" }` or
+    /// `{ file = "…" }`). Without it calbridge generates one and keeps it sealed in the store.
     #[serde(default)]
     pub token: Option<calbridge_domain::Secret>,
-    #[serde(default)]
-    pub token_env: Option<String>,
     /// The URL at which Microsoft Graph reaches this service (https in production), e.g.
     /// `https://calbridge.example.com`. With it calbridge subscribes to change notifications;
     /// without it, it reads changes by delta polling every `sync.poll_interval_seconds`.
@@ -241,7 +201,6 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_listen(),
             token: None,
-            token_env: None,
             public_url: None,
             max_streams: default_max_streams(),
         }
@@ -373,9 +332,106 @@ impl Config {
     /// Parses TOML text; the error names the key and shows the line, with the value of a
     /// secret hidden ([`toml_error`]).
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|error| toml_error(text, &error))?;
+        let config: Config = toml::from_str(text).map_err(|error| {
+            let message = toml_error(text, &error);
+            match REPLACED_KEYS
+                .iter()
+                .find(|(key, _)| message.contains(&format!("unknown field `{key}`")))
+            {
+                Some((_, instead)) => format!("{message}\n(write {instead} instead)"),
+                None => message,
+            }
+        })?;
         config.check()?;
         Ok(config)
+    }
+
+    /// Every secret the file sets, with the setting that holds it (`sources[graph].credential.
+    /// client_secret`), for `check-config` and the start-up warning. Says where each came
+    /// from through [`Secret::origin`]; never shows a value.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        use calbridge_sources_ews::BearerConfig;
+        use calbridge_sources_graph::GraphCredential;
+        let mut found: Vec<(String, &Secret)> = Vec::new();
+        if let Some(token) = &self.api.token {
+            found.push(("api.token".to_string(), token));
+        }
+        if let Some(url) = &self.store.url {
+            found.push(("store.url".to_string(), url));
+        }
+        for source in &self.sources {
+            let at = format!("sources[{}]", source.id);
+            if let Some(graph) = &source.graph {
+                if let GraphCredential::ClientSecret(secret) = &graph.credential {
+                    found.push((format!("{at}.graph.credential.client_secret"), secret));
+                }
+            }
+            if let Some(ews) = &source.ews {
+                if let Some(password) = &ews.password {
+                    found.push((format!("{at}.ews.password"), password));
+                }
+                match &ews.bearer {
+                    Some(BearerConfig::FixedToken(token)) => {
+                        found.push((format!("{at}.ews.bearer.fixed_token"), token));
+                    }
+                    Some(BearerConfig::ClientCredentials { client_secret, .. }) => {
+                        found.push((format!("{at}.ews.bearer.client_secret"), client_secret));
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let Some(password) = self
+            .publish
+            .sip
+            .as_ref()
+            .and_then(|sip| sip.password.as_ref())
+        {
+            found.push(("publish.sip.password".to_string(), password));
+        }
+        for webhook in &self.publish.webhooks {
+            found.push((
+                format!("publish.webhooks[{}].secret", webhook.name),
+                &webhook.secret,
+            ));
+        }
+        found
+    }
+
+    /// The warning for secrets written inline in a configuration file that other users of the
+    /// machine can read, naming the settings (`None` when there is nothing to warn about).
+    pub fn inline_secrets_warning(&self, path: &Path) -> Option<String> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode();
+            if mode & 0o004 == 0 {
+                return None;
+            }
+            let inline: Vec<String> = self
+                .secrets()
+                .into_iter()
+                .filter(|(_, secret)| *secret.origin() == SecretOrigin::Inline)
+                .map(|(setting, _)| setting)
+                .collect();
+            if inline.is_empty() {
+                return None;
+            }
+            Some(format!(
+                "{} is readable by every user of this machine (mode {:o}) and holds {} inline \
+                 ({}): make it private (chmod 600) or give them as {{ env = \"NAME\" }} or \
+                 {{ file = \"/run/credentials/…\" }}",
+                path.display(),
+                mode & 0o777,
+                crate::counted(inline.len(), "secret", "secrets"),
+                inline.join(", ")
+            ))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
     }
 
     /// Rules that span tables, which serde cannot express.
@@ -442,11 +498,8 @@ impl Config {
                 self.sync.window_hours
             ));
         }
-        if self.api.token.is_some() && self.api.token_env.is_some() {
-            return Err("api: set either `token` or `token_env`, not both".to_string());
-        }
         if let Some(token) = &self.api.token {
-            check_api_token(token.expose(), "api.token")?;
+            check_api_token(token)?;
         }
         if !(1..=100_000).contains(&self.api.max_streams) {
             return Err(format!(
@@ -484,19 +537,15 @@ impl Config {
         };
         // Defaults that are files beside the configuration become explicit here, so that the
         // service finds them whatever its working directory.
-        if self.store.url_settings().is_empty() {
+        if self.store.url.is_none() {
             self.store.path = Some(self.store.sqlite_path());
         }
         if self.store.key_env.is_none() {
             self.store.key_file = Some(self.store.key_path());
         }
-        for path in [
-            &mut self.store.path,
-            &mut self.store.key_file,
-            &mut self.store.url_file,
-        ]
-        .into_iter()
-        .flatten()
+        for path in [&mut self.store.path, &mut self.store.key_file]
+            .into_iter()
+            .flatten()
         {
             resolve(path);
         }
@@ -525,8 +574,13 @@ impl Config {
 
 /// The API token guards every calendar and subject: an empty or short one is refused, never
 /// taken as "no authentication".
-pub fn check_api_token(token: &str, setting: &str) -> Result<(), String> {
+pub fn check_api_token(token: &Secret) -> Result<(), String> {
     const MIN_LEN: usize = 16;
+    let setting = match token.origin() {
+        SecretOrigin::Inline => "api.token".to_string(),
+        origin => format!("api.token ({origin})"),
+    };
+    let token = token.expose();
     let advice = "use at least 16 characters (for example the output of `openssl rand -hex 24`), or remove the setting and calbridge generates a token and prints it at its first start";
     if token.trim().is_empty() {
         return Err(format!("{setting} is empty: {advice}"));
@@ -544,6 +598,13 @@ pub fn check_api_token(token: &str, setting: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Settings of earlier versions that a secret reference replaced, with what to write instead.
+const REPLACED_KEYS: [(&str, &str); 3] = [
+    ("token_env", "`token = { env = \"NAME\" }`"),
+    ("url_env", "`url = { env = \"NAME\" }`"),
+    ("url_file", "`url = { file = \"/absolute/path\" }`"),
+];
 
 /// Keys whose values are secrets (`api.token`, a Graph `client_secret`, the EWS and SIP
 /// `password`, an EWS `fixed_token`, a webhook `secret`, the store `url` with its password).
@@ -1001,55 +1062,140 @@ mod tests {
     fn the_store_url_comes_from_a_variable_or_a_file() {
         let variable = "CALBRIDGE_TEST_CONFIG_STORE_URL";
         std::env::set_var(variable, "postgres://calbridge:s3cret@db-from-env/presence");
-        let config = Config::parse(&format!("[store]\nurl_env = \"{variable}\"\n")).unwrap();
+        let config =
+            Config::parse(&format!("[store]\nurl = {{ env = \"{variable}\" }}\n")).unwrap();
         let Ok(StoreTarget::Postgres(url)) = config.store.target() else {
             panic!("not PostgreSQL");
         };
         assert!(url.to_string().contains("db-from-env"), "{url}");
         std::env::remove_var(variable);
-        let error = config.store.target().unwrap_err();
+        let error =
+            Config::parse(&format!("[store]\nurl = {{ env = \"{variable}\" }}\n")).unwrap_err();
         assert!(
-            error.starts_with(&format!(
-                "store.url_env names the environment variable {variable}, which is not set"
-            )),
+            error.contains(&format!("the environment variable {variable} is not set")),
             "{error}"
         );
 
         let directory = tempfile::tempdir().unwrap();
-        std::fs::write(
-            directory.path().join("store-url"),
-            "postgres://calbridge:s3cret@db-from-file/presence\n",
-        )
-        .unwrap();
-        let mut config = Config::parse("[store]\nurl_file = \"store-url\"\n").unwrap();
-        config.resolve_paths(directory.path());
+        let file = directory.path().join("store-url");
+        std::fs::write(&file, "postgres://calbridge:s3cret@db-from-file/presence\n").unwrap();
+        let from_file = format!("[store]\nurl = {{ file = \"{}\" }}\n", file.display());
+        let config = Config::parse(&from_file).unwrap();
         let Ok(StoreTarget::Postgres(url)) = config.store.target() else {
             panic!("not PostgreSQL");
         };
         assert!(url.to_string().contains("db-from-file"), "{url}");
-        std::fs::write(directory.path().join("store-url"), "s3cret").unwrap();
-        let error = config.store.target().unwrap_err();
+        std::fs::write(&file, "s3cret").unwrap();
+        let error = Config::parse(&from_file).unwrap_err();
         assert!(error.contains("not a PostgreSQL URL"), "{error}");
+        assert!(
+            error.contains(&format!("file {}", file.display())),
+            "{error}"
+        );
         assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]
     fn conflicting_store_settings_are_named() {
-        let error = Config::parse(
-            "[store]\nurl = \"postgres://db/x\"\nurl_env = \"X\"\nurl_file = \"f\"\n",
-        )
-        .unwrap_err();
+        let error =
+            Config::parse("[store]\npath = \"calbridge.sqlite\"\nurl = \"postgres://db/x\"\n")
+                .unwrap_err();
         assert!(
-            error.contains(
-                "store: set at most one of `url`, `url_env` and `url_file` (found `url` and \
-                 `url_env` and `url_file`)"
-            ),
+            error.contains("store: `path` is the SQLite file and `url` selects PostgreSQL"),
             "{error}"
         );
-        let error =
-            Config::parse("[store]\npath = \"calbridge.sqlite\"\nurl_env = \"X\"\n").unwrap_err();
+    }
+
+    #[test]
+    fn every_secret_is_listed_with_where_it_came_from_and_never_its_value() {
+        let directory = tempfile::tempdir().unwrap();
+        let credential = directory.path().join("sip-password");
+        std::fs::write(&credential, "Sip-Pa55word\n").unwrap();
+        let text = format!(
+            r#"[api]
+token = {{ env = "PATH" }}
+
+[[sources]]
+id = "m365"
+[sources.graph]
+tenant_id = "contoso.onmicrosoft.com"
+client_id = "11111111-1111-1111-1111-111111111111"
+credential = {{ client_secret = "Inline-Client-Secret" }}
+
+[publish.sip]
+server = "127.0.0.1:5060"
+domain = "example.com"
+username = "calbridge"
+password = {{ file = "{}" }}
+
+[[publish.webhooks]]
+name = "crm"
+url = "https://crm.example.com/hook"
+secret = "Inline-Webhook-Key"
+"#,
+            credential.display()
+        );
+        let config = Config::parse(&text).unwrap();
+        let listed: Vec<(String, String)> = config
+            .secrets()
+            .into_iter()
+            .map(|(setting, secret)| (setting, secret.origin().to_string()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (
+                    "api.token".to_string(),
+                    "environment variable PATH".to_string()
+                ),
+                (
+                    "sources[m365].graph.credential.client_secret".to_string(),
+                    "inline in the configuration file".to_string()
+                ),
+                (
+                    "publish.sip.password".to_string(),
+                    format!("file {}", credential.display())
+                ),
+                (
+                    "publish.webhooks[crm].secret".to_string(),
+                    "inline in the configuration file".to_string()
+                ),
+            ]
+        );
+        let sip = config
+            .publish
+            .sip
+            .as_ref()
+            .and_then(|sip| sip.password.as_ref());
+        assert_eq!(sip.map(Secret::expose), Some("Sip-Pa55word"));
+
+        // Inline secrets in a file others can read: a warning naming them, not their values.
+        let file = directory.path().join("calbridge.toml");
+        std::fs::write(&file, &text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = config.inline_secrets_warning(&file).expect("a warning");
         assert!(
-            error.contains("store: `path` is the SQLite file and `url_env` selects PostgreSQL"),
+            warning.contains(
+                "holds 2 secrets inline (sources[m365].graph.credential.client_secret, \
+                 publish.webhooks[crm].secret)"
+            ),
+            "{warning}"
+        );
+        assert!(!warning.contains("Inline-"), "{warning}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(config.inline_secrets_warning(&file), None);
+        // No inline secret: nothing to warn about, whoever can read the file.
+        let referenced = Config::parse("[api]\ntoken = { env = \"PATH\" }\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(referenced.inline_secrets_warning(&file), None);
+    }
+
+    #[test]
+    fn a_setting_that_a_secret_reference_replaced_says_what_to_write() {
+        let error = Config::parse("[api]\ntoken_env = \"CALBRIDGE_API_TOKEN\"\n").unwrap_err();
+        assert!(
+            error.contains("(write `token = { env = \"NAME\" }` instead)"),
             "{error}"
         );
     }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Command::Presence(PresenceCommand::Simulate(args)) => {
             calbridge::simulate::run(&args, &mut std::io::stdout().lock())
         }
-        Command::CheckConfig { config } => Config::load(&config)
+        Command::CheckConfig { config: config_path } => Config::load(&config_path)
             .map_err(anyhow::Error::from)
             .and_then(|config| {
                 let store = config.store.target().map_err(anyhow::Error::msg)?;
@@ -42,6 +42,13 @@ fn main() -> ExitCode {
                     calbridge::counted(config.directory.len(), "directory entry", "directory entries"),
                     store,
                 );
+                // Where each secret came from, never its value.
+                for (setting, secret) in config.secrets() {
+                    println!("secret {setting}: {}", secret.origin());
+                }
+                if let Some(warning) = config.inline_secrets_warning(&config_path) {
+                    println!("warning: {warning}");
+                }
                 Ok(())
             }),
         Command::Run(args) => block_on(calbridge::commands::run(args)),

@@ -355,24 +355,12 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         (StoreBackend::Postgres(postgres), Some(fence)) => Arc::new(postgres.fenced(fence.clone())),
         _ => store_backend.shared(),
     };
-    let (api_token, api_token_generated) = match (&config.api.token, &config.api.token_env) {
-        (Some(token), _) => {
-            crate::config::check_api_token(token.expose(), "api.token")
-                .map_err(anyhow::Error::msg)?;
+    let (api_token, api_token_generated) = match &config.api.token {
+        Some(token) => {
+            crate::config::check_api_token(token).map_err(anyhow::Error::msg)?;
             (token.clone(), false)
         }
-        (None, Some(variable)) => {
-            let token = Secret::new(std::env::var(variable).with_context(|| {
-                format!("api.token_env names the environment variable {variable}, which is not set")
-            })?);
-            crate::config::check_api_token(
-                token.expose(),
-                &format!("the environment variable {variable} (api.token_env)"),
-            )
-            .map_err(anyhow::Error::msg)?;
-            (token, false)
-        }
-        (None, None) => secret_or_new(store.as_ref(), "api.token").await?,
+        None => secret_or_new(store.as_ref(), "api.token").await?,
     };
     let (trigger, shutdown) = shutdown::channel();
     let (hub, persist_rx) = PresenceHub::new(

@@ -14,7 +14,7 @@ pub use address::{AddressError, MailboxAddress};
 pub use appointment::{
     start_of_day, Appointment, AppointmentStatus, AppointmentTime, Sensitivity, ShowAs,
 };
-pub use secret::Secret;
+pub use secret::{Secret, SecretError, SecretOrigin};
 pub use zone::{ZoneError, ZoneName};
 
 /// At most `max_chars` characters of `text` (white space around it dropped), with `…` when

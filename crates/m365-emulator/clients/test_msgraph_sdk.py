@@ -537,3 +537,40 @@ def test_sdk_batch_answers_carry_the_bodies_of_the_requests_they_ran(generated_e
 
     run(body())
 
+
+
+def test_msgraph_sdk_lists_rooms_and_room_lists_following_paging(generated_emulator):
+    """Places (rooms and room lists) through the SDK's own builders (`places/graph.room`,
+    `places/{address}/graph.roomList/rooms`), one item per page so that paging is followed."""
+
+    async def check():
+        async with graph(generated_emulator) as client:
+            places = client.client.places
+            configuration = RequestConfiguration(
+                query_parameters=places.graph_room.GraphRoomRequestBuilderGetQueryParameters(top=1, count=True)
+            )
+            page = await places.graph_room.get(request_configuration=configuration)
+            rooms = list(page.value)
+            assert page.odata_count == 2
+            while page.odata_next_link:
+                page = await places.graph_room.with_url(page.odata_next_link).get()
+                rooms.extend(page.value)
+            assert len(rooms) == 2
+            for room in rooms:
+                assert room.email_address.startswith("room.")
+                assert room.capacity >= 4
+                assert room.building.startswith("Building ")
+                assert room.booking_type.value in ("standard", "reserved")
+
+            lists = (await places.graph_room_list.get()).value
+            assert sorted(room_list.display_name for room_list in lists) == sorted({room.building for room in rooms})
+            seen = set()
+            for room_list in lists:
+                members = (await places.by_place_id(room_list.email_address).graph_room_list.rooms.get()).value
+                assert members and all(member.building == room_list.display_name for member in members)
+                seen.update(member.email_address for member in members)
+            assert seen == {room.email_address for room in rooms}
+            assert any("/places/graph.room" in url for url in client.sent_urls)
+            assert any("/graph.roomList/rooms" in url for url in client.sent_urls)
+
+    run(check())

@@ -104,10 +104,11 @@ const PRIVATE_SUBJECTS: [&str; 4] = [
 ];
 
 pub const GENERATED_DOMAIN: &str = "contoso.example";
-pub const GENERATED_ROLES: [&str; 4] = [
+pub const GENERATED_ROLES: [&str; 5] = [
     "Calendars.ReadWrite",
     "User.Read.All",
     "Group.Read.All",
+    "Place.Read.All",
     "full_access_as_app",
 ];
 /// The on-premises service account with ApplicationImpersonation rights.

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use crate::ews::auth::ConnectionState;
 use crate::ews::autodiscover::PlainHttp;
 use crate::graph::{
-    batch, calendar_view, delta, events, schedule, subscriptions, users, GraphError,
+    batch, calendar_view, delta, events, places, schedule, subscriptions, users, GraphError,
 };
 use crate::state::AppState;
 use crate::{admin, identity};
@@ -38,6 +38,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1.0/users", get(users::list_users))
         .route("/v1.0/users/{user}", get(users::get_user))
         .route("/v1.0/groups", get(users::list_groups))
+        .route("/v1.0/places/{place}", get(places::list_or_get))
+        .route(
+            "/v1.0/places/{list}/{cast}/rooms",
+            get(places::rooms_of_list),
+        )
         .route("/v1.0/groups/{group}/members", get(users::group_members))
         .route(
             "/v1.0/groups/{group}/members/microsoft.graph.user",

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod calendar_view;
 pub mod delta;
 pub mod events;
+pub mod places;
 pub mod schedule;
 pub mod subscriptions;
 pub mod users;
@@ -138,6 +139,8 @@ pub enum Need {
     GroupRead,
     CalendarRead,
     CalendarWrite,
+    /// The places API (rooms and room lists).
+    PlaceRead,
     /// Any valid Graph token (subscriptions check their resource's need themselves).
     AnyToken,
 }
@@ -168,6 +171,7 @@ impl Need {
                 "Calendars.ReadWrite.Shared",
             ],
             Need::CalendarWrite => &["Calendars.ReadWrite", "Calendars.ReadWrite.Shared"],
+            Need::PlaceRead => &["Place.Read.All", "Place.ReadWrite.All"],
             Need::AnyToken => &[],
         }
     }

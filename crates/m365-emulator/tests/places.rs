@@ -1,0 +1,199 @@
+//! The places API: rooms and room lists with paging, the rooms of a list by its address, and
+//! the refusals (no `Place.Read.All`, a list asked for by id).
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use m365_emulator::EmulatorConfig;
+use serde_json::Value;
+use support::*;
+
+/// Follows `@odata.nextLink` from `first_url`; returns the items and the number of pages.
+async fn all_pages(harness: &Harness, first_url: &str, token: &str) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut url = first_url.to_string();
+    let mut pages = 0;
+    loop {
+        let reply = harness.get(&url, token, &[]).await;
+        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
+        let body = reply.json();
+        pages += 1;
+        items.extend(body["value"].as_array().cloned().unwrap_or_default());
+        match body["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => return (items, pages),
+        }
+        assert!(pages < 100, "paging does not end");
+    }
+}
+
+fn addresses(items: &[Value]) -> BTreeSet<String> {
+    items
+        .iter()
+        .filter_map(|item| item["emailAddress"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn rooms_and_room_lists_page_and_a_list_gives_its_rooms_by_address() {
+    // 1,000 people come with 7 rooms in 3 buildings.
+    let harness = start_with(EmulatorConfig::generated(1000, 3)).await;
+    let ready = harness.emulator.ready().clone();
+    let token = harness
+        .token_for(
+            &ready.client_id,
+            ready.client_secret.as_deref().expect("a secret"),
+        )
+        .await;
+
+    let (rooms, pages) = all_pages(
+        &harness,
+        &harness.graph("/places/microsoft.graph.room?$top=3&$count=true"),
+        &token,
+    )
+    .await;
+    assert_eq!((rooms.len(), pages), (7, 3));
+    let first = harness
+        .get(&harness.graph("/places/microsoft.graph.room"), &token, &[])
+        .await
+        .json();
+    assert_eq!(first["value"].as_array().map(Vec::len), Some(7));
+    assert!(
+        first["@odata.nextLink"].is_null(),
+        "one page of 100 holds all"
+    );
+    for room in &rooms {
+        assert!(room["capacity"].as_u64().is_some_and(|n| n >= 4), "{room}");
+        assert!(
+            room["building"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("Building ")),
+            "{room}"
+        );
+        assert!(room["floorNumber"].is_i64(), "{room}");
+        assert!(
+            matches!(room["bookingType"].as_str(), Some("standard" | "reserved")),
+            "{room}"
+        );
+    }
+    let counted = harness
+        .get(
+            &harness.graph("/places/microsoft.graph.room?$top=2&$count=true"),
+            &token,
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(counted["@odata.count"], 7);
+
+    let (lists, _) = all_pages(
+        &harness,
+        &harness.graph("/places/microsoft.graph.roomlist"),
+        &token,
+    )
+    .await;
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    let mut in_lists = BTreeSet::new();
+    for list in &lists {
+        let address = list["emailAddress"].as_str().expect("an address");
+        let (members, _) = all_pages(
+            &harness,
+            &harness.graph(&format!(
+                "/places/{address}/microsoft.graph.roomlist/rooms?$top=1"
+            )),
+            &token,
+        )
+        .await;
+        assert!(!members.is_empty(), "{address} has no rooms");
+        for member in &members {
+            assert_eq!(member["building"], list["displayName"], "{member}");
+        }
+        in_lists.extend(addresses(&members));
+        // By id the list is not found: the documentation asks for its address.
+        let id = list["id"].as_str().expect("an id");
+        let by_id = harness
+            .get(
+                &harness.graph(&format!("/places/{id}/microsoft.graph.roomlist/rooms")),
+                &token,
+                &[],
+            )
+            .await;
+        assert_eq!(by_id.status, 404, "{}", by_id.text());
+        assert_eq!(by_id.json()["error"]["code"], "ErrorItemNotFound");
+    }
+    assert_eq!(
+        in_lists,
+        addresses(&rooms),
+        "every room is in the list of its building"
+    );
+
+    // The same answers every run: the places are derived from the directory, not random.
+    let again = start_with(EmulatorConfig::generated(1000, 3)).await;
+    let again_ready = again.emulator.ready().clone();
+    let again_token = again
+        .token_for(
+            &again_ready.client_id,
+            again_ready.client_secret.as_deref().expect("a secret"),
+        )
+        .await;
+    let (again_rooms, _) = all_pages(
+        &again,
+        &again.graph("/places/microsoft.graph.room"),
+        &again_token,
+    )
+    .await;
+    let shape = |rooms: &[Value]| -> Vec<(String, Value, Value)> {
+        rooms
+            .iter()
+            .map(|room| {
+                (
+                    room["emailAddress"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    room["capacity"].clone(),
+                    room["floorNumber"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(shape(&again_rooms), shape(&rooms));
+}
+
+#[tokio::test]
+async fn places_need_place_read_all_and_refuse_a_filter_they_cannot_apply() {
+    // The test scenario's app has Calendars.ReadWrite, User.Read.All and Group.Read.All only.
+    let harness = start().await;
+    let token = harness.token().await;
+    let refused = harness
+        .get(&harness.graph("/places/microsoft.graph.room"), &token, &[])
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "ErrorAccessDenied");
+
+    let generated = start_with(EmulatorConfig::generated(10, 1)).await;
+    let ready = generated.emulator.ready().clone();
+    let token = generated
+        .token_for(
+            &ready.client_id,
+            ready.client_secret.as_deref().expect("a secret"),
+        )
+        .await;
+    let filtered = generated
+        .get(
+            &generated.graph("/places/microsoft.graph.room?$filter=capacity%20ge%208"),
+            &token,
+            &[],
+        )
+        .await;
+    assert_eq!(filtered.status, 400, "{}", filtered.text());
+    let bad_top = generated
+        .get(
+            &generated.graph("/places/microsoft.graph.room?$top=0"),
+            &token,
+            &[],
+        )
+        .await;
+    assert_eq!(bad_top.status, 400);
+}

@@ -7,6 +7,7 @@
 
 mod address;
 mod appointment;
+mod room;
 mod secret;
 mod zone;
 
@@ -14,6 +15,7 @@ pub use address::{AddressError, MailboxAddress};
 pub use appointment::{
     start_of_day, Appointment, AppointmentStatus, AppointmentTime, Sensitivity, ShowAs,
 };
+pub use room::RoomInfo;
 pub use secret::{Secret, SecretError, SecretOrigin};
 pub use zone::{ZoneError, ZoneName};
 

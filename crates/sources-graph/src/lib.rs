@@ -29,5 +29,5 @@ pub use notification::{
 };
 pub use source::{
     DeltaCursor, DeltaLink, DeltaOutcome, GraphSource, ListedSubscription, RenewOutcome,
-    ResolvedUser, SourceOptions, SubjectFetch, Subscription, SubscriptionRequest,
+    ResolvedUser, RoomList, SourceOptions, SubjectFetch, Subscription, SubscriptionRequest,
 };

@@ -1076,3 +1076,5 @@ mod tests {
 
 #[cfg(test)]
 mod fuzz_tests;
+mod places;
+pub use places::RoomList;

@@ -87,6 +87,8 @@ pub(crate) struct Words {
     pub away: &'static str,
     pub do_not_disturb: &'static str,
     pub private: &'static str,
+    /// A room held by a meeting whose subject is not shown.
+    pub reserved: &'static str,
 }
 
 const ENGLISH: Words = Words {
@@ -96,6 +98,7 @@ const ENGLISH: Words = Words {
     away: "Away",
     do_not_disturb: "Do not disturb",
     private: "Private",
+    reserved: "Reserved",
 };
 
 const GERMAN: Words = Words {
@@ -105,6 +108,7 @@ const GERMAN: Words = Words {
     away: "Abwesend",
     do_not_disturb: "Nicht stören",
     private: "Privat",
+    reserved: "Reserviert",
 };
 
 const FRENCH: Words = Words {
@@ -114,6 +118,7 @@ const FRENCH: Words = Words {
     away: "Absent",
     do_not_disturb: "Ne pas déranger",
     private: "Privé",
+    reserved: "Réservé",
 };
 
 /// The presence language and time zone of one person (`presence.language`, `presence.timezone`).

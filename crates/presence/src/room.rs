@@ -1,0 +1,242 @@
+//! A room's state from its calendar: free or occupied now, the current and the next meeting,
+//! until when, and the instant the state next changes (so the same timers that flip people's
+//! presence flip rooms at the exact second).
+//!
+//! A room is occupied while any of its appointments that is not cancelled and not shown as
+//! free covers the instant (a room mailbox shows a booking it has not accepted yet as
+//! tentative; that holds the room too). Back-to-back meetings make one occupied stretch:
+//! `occupied_until` is the end of the stretch, while the note names the meeting running now.
+//! What a meeting is called follows [`RoomShow`]; a private or confidential meeting is always
+//! "Private", whatever the policy.
+
+use calbridge_domain::{Appointment, AppointmentStatus, MailboxAddress, ShowAs};
+use jiff::civil::DateTime;
+use jiff::Timestamp;
+
+use crate::locale::{Language, Locale};
+
+/// What a room's meetings are called on panels, consoles and in the API (`[rooms] show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomShow {
+    /// The subject (Exchange may already have replaced it with the organizer's name, when the
+    /// room's calendar processing has `AddOrganizerToSubject`).
+    Subject,
+    /// The organizer's address.
+    Organizer,
+    /// Only "Reserved": the default, since a room panel hangs in a corridor.
+    #[default]
+    Reserved,
+}
+
+/// A meeting in a room, named as [`RoomShow`] allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMeeting {
+    pub id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// What people may read: the subject, the organizer, "Reserved" or "Private".
+    pub title: String,
+    /// Only with [`RoomShow::Organizer`] or [`RoomShow::Subject`], and never for a private
+    /// meeting.
+    pub organizer: Option<MailboxAddress>,
+    pub private: bool,
+}
+
+/// A room at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    pub occupied: bool,
+    /// The meeting running now (the one that started last, when several overlap).
+    pub current: Option<RoomMeeting>,
+    /// The next meeting that starts after now.
+    pub next: Option<RoomMeeting>,
+    /// While free: when the next meeting starts (`None`: free as far as the calendar goes).
+    pub free_until: Option<Timestamp>,
+    /// While occupied: when the room is free again (the end of back-to-back meetings).
+    pub occupied_until: Option<Timestamp>,
+    /// "Reserved until 14:30", "Free until 15:00", "Free": the people's note grammar's words
+    /// and date-time form, without the machine tags.
+    pub note: String,
+    /// When the state must be computed again: the next start or end of a meeting.
+    pub next_change_at: Option<Timestamp>,
+}
+
+/// One occupying appointment as instants.
+struct Booking<'a> {
+    appointment: &'a Appointment,
+    start: Timestamp,
+    end: Timestamp,
+}
+
+fn bookings<'a>(appointments: &'a [Appointment], locale: &Locale) -> Vec<Booking<'a>> {
+    let zone = locale.zone.zone();
+    let mut bookings: Vec<Booking<'a>> = appointments
+        .iter()
+        .filter(|appointment| {
+            appointment.status != AppointmentStatus::Cancelled
+                && appointment.show_as != ShowAs::Free
+        })
+        .map(|appointment| {
+            let (start, end) = appointment.time.instants(zone);
+            Booking {
+                appointment,
+                start,
+                end,
+            }
+        })
+        .filter(|booking| booking.end > booking.start)
+        .collect();
+    bookings.sort_by(|a, b| {
+        (a.start, a.end, &a.appointment.id).cmp(&(b.start, b.end, &b.appointment.id))
+    });
+    bookings
+}
+
+fn meeting(booking: &Booking<'_>, show: RoomShow, language: Language) -> RoomMeeting {
+    let appointment = booking.appointment;
+    let words = language.words();
+    let private = appointment.sensitivity.hides_subject();
+    let subject = appointment
+        .subject
+        .as_deref()
+        .map(str::trim)
+        .filter(|subject| !subject.is_empty());
+    let organizer = appointment.organizer.clone();
+    let (title, organizer) = if private {
+        (words.private.to_string(), None)
+    } else {
+        match show {
+            RoomShow::Subject => (
+                subject
+                    .map(str::to_string)
+                    .or_else(|| {
+                        organizer
+                            .as_ref()
+                            .map(|address| address.as_str().to_string())
+                    })
+                    .unwrap_or_else(|| words.reserved.to_string()),
+                organizer,
+            ),
+            RoomShow::Organizer => (
+                organizer
+                    .as_ref()
+                    .map(|address| address.as_str().to_string())
+                    .unwrap_or_else(|| words.reserved.to_string()),
+                organizer,
+            ),
+            RoomShow::Reserved => (words.reserved.to_string(), None),
+        }
+    };
+    RoomMeeting {
+        id: appointment.id.clone(),
+        start: booking.start,
+        end: booking.end,
+        title,
+        organizer,
+        private,
+    }
+}
+
+/// The room's state at `now`.
+pub fn room_state(
+    appointments: &[Appointment],
+    show: RoomShow,
+    locale: &Locale,
+    now: Timestamp,
+) -> RoomState {
+    let bookings = bookings(appointments, locale);
+    let running: Vec<&Booking<'_>> = bookings
+        .iter()
+        .filter(|booking| booking.start <= now && now < booking.end)
+        .collect();
+    let next = bookings.iter().find(|booking| booking.start > now);
+    let next_change_at = bookings
+        .iter()
+        .flat_map(|booking| [booking.start, booking.end])
+        .filter(|instant| *instant > now)
+        .min();
+    let language = locale.language;
+    let words = language.words();
+    let zone = locale.zone.zone();
+    let now_local = zone.to_datetime(now);
+    let current = running
+        .iter()
+        .max_by_key(|booking| booking.start)
+        .map(|booking| meeting(booking, show, language));
+    // While occupied: the end of the stretch of overlapping or back-to-back meetings.
+    let occupied_until = running
+        .iter()
+        .map(|booking| booking.end)
+        .max()
+        .map(|mut until| {
+            for booking in &bookings {
+                if booking.start <= until && booking.end > until {
+                    until = booking.end;
+                }
+            }
+            until
+        });
+    let occupied = current.is_some();
+    let free_until = if occupied {
+        None
+    } else {
+        next.map(|booking| booking.start)
+    };
+    let mut note = String::new();
+    match (&current, free_until) {
+        (Some(current), _) => {
+            note.push_str(&current.title);
+            note.push(' ');
+            note.push_str(words.until);
+            note.push(' ');
+            write_date_time(
+                &mut note,
+                language,
+                now_local,
+                zone.to_datetime(current.end),
+            );
+        }
+        (None, Some(until)) => {
+            note.push_str(words.free);
+            note.push(' ');
+            note.push_str(words.until);
+            note.push(' ');
+            write_date_time(&mut note, language, now_local, zone.to_datetime(until));
+        }
+        (None, None) => note.push_str(words.free),
+    }
+    RoomState {
+        occupied,
+        current,
+        next: next.map(|booking| meeting(booking, show, language)),
+        free_until,
+        occupied_until,
+        note,
+        next_change_at,
+    }
+}
+
+/// Whether the room is free for the whole of `[from, to)`: the question "which room is free
+/// for the next 30 minutes", answered from the stored calendar.
+pub fn room_free_between(
+    appointments: &[Appointment],
+    locale: &Locale,
+    from: Timestamp,
+    to: Timestamp,
+) -> bool {
+    bookings(appointments, locale)
+        .iter()
+        .all(|booking| booking.end <= from || booking.start >= to)
+}
+
+/// Time only on the day the note is written, otherwise date and time (the people's grammar).
+fn write_date_time(note: &mut String, language: Language, now_local: DateTime, at: DateTime) {
+    if at.date() == now_local.date() {
+        language.write_time(note, at);
+    } else {
+        language.write_date(note, at);
+        note.push(' ');
+        language.write_time(note, at);
+    }
+}

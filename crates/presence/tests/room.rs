@@ -1,0 +1,197 @@
+//! A room's state from its calendar: occupied stretches, the next meeting, the note in each
+//! language, the naming policy, private meetings, and the instant of the next change.
+
+mod common;
+
+use calbridge_domain::ShowAs;
+use calbridge_presence::{room_free_between, room_state, Language, RoomShow};
+use common::*;
+use proptest::prelude::*;
+
+fn day() -> Vec<calbridge_domain::Appointment> {
+    vec![
+        organised_by(
+            timed(
+                "a",
+                "Sprint planning",
+                "2026-12-07T09:00",
+                "2026-12-07T10:00",
+                ShowAs::Busy,
+            ),
+            "ann.berg@contoso.example",
+        ),
+        // Back to back with the first, then a gap.
+        private(timed(
+            "b",
+            "Salary talk",
+            "2026-12-07T10:00",
+            "2026-12-07T10:30",
+            ShowAs::Busy,
+        )),
+        // Not accepted yet: a room shows it tentative, and it holds the room.
+        timed(
+            "c",
+            "Workshop",
+            "2026-12-07T13:00",
+            "2026-12-07T14:30",
+            ShowAs::Tentative,
+        ),
+        cancelled(timed(
+            "d",
+            "Cancelled",
+            "2026-12-07T15:00",
+            "2026-12-07T16:00",
+            ShowAs::Busy,
+        )),
+        timed(
+            "e",
+            "Shown as free",
+            "2026-12-07T16:00",
+            "2026-12-07T17:00",
+            ShowAs::Free,
+        ),
+    ]
+}
+
+#[test]
+fn a_free_room_says_until_when_and_an_occupied_one_until_the_end_of_the_stretch() {
+    let english = locale(Language::En);
+    let early = room_state(&day(), RoomShow::Reserved, &english, at("2026-12-07T08:15"));
+    assert!(!early.occupied);
+    assert_eq!(early.note, "Free until 09:00");
+    assert_eq!(early.free_until, Some(at("2026-12-07T09:00")));
+    assert_eq!(
+        early.next.as_ref().map(|m| m.title.as_str()),
+        Some("Reserved")
+    );
+    assert_eq!(early.next_change_at, Some(at("2026-12-07T09:00")));
+
+    let planning = room_state(&day(), RoomShow::Reserved, &english, at("2026-12-07T09:00"));
+    assert!(planning.occupied);
+    assert_eq!(planning.note, "Reserved until 10:00");
+    // The private talk follows at once: the room is free only at 10:30.
+    assert_eq!(planning.occupied_until, Some(at("2026-12-07T10:30")));
+    assert_eq!(planning.free_until, None);
+    assert_eq!(planning.next_change_at, Some(at("2026-12-07T10:00")));
+    assert_eq!(
+        planning.current.as_ref().and_then(|m| m.organizer.clone()),
+        None
+    );
+
+    let talk = room_state(&day(), RoomShow::Subject, &english, at("2026-12-07T10:10"));
+    assert_eq!(talk.note, "Private until 10:30");
+    let current = talk.current.expect("the talk");
+    assert!(current.private);
+    assert_eq!(current.organizer, None);
+    assert_eq!(talk.next.map(|m| m.title), Some("Workshop".to_string()));
+
+    // The cancelled and the free appointments do not hold the room.
+    let afternoon = room_state(&day(), RoomShow::Subject, &english, at("2026-12-07T14:30"));
+    assert!(!afternoon.occupied);
+    assert_eq!(afternoon.note, "Free");
+    assert_eq!(afternoon.free_until, None);
+    assert_eq!(afternoon.next_change_at, None);
+    assert!(room_free_between(
+        &day(),
+        &english,
+        at("2026-12-07T14:30"),
+        at("2026-12-07T18:00")
+    ));
+    assert!(!room_free_between(
+        &day(),
+        &english,
+        at("2026-12-07T12:45"),
+        at("2026-12-07T13:15")
+    ));
+    assert!(room_free_between(
+        &day(),
+        &english,
+        at("2026-12-07T10:30"),
+        at("2026-12-07T13:00")
+    ));
+}
+
+#[test]
+fn the_policy_names_the_meeting_and_each_language_has_its_words() {
+    let at_nine = at("2026-12-07T09:30");
+    let note = |show: RoomShow, language: Language| {
+        room_state(&day(), show, &locale(language), at_nine).note
+    };
+    assert_eq!(
+        note(RoomShow::Subject, Language::En),
+        "Sprint planning until 10:00"
+    );
+    assert_eq!(
+        note(RoomShow::Organizer, Language::En),
+        "ann.berg@contoso.example until 10:00"
+    );
+    assert_eq!(
+        note(RoomShow::Reserved, Language::De),
+        "Reserviert bis 10:00"
+    );
+    assert_eq!(
+        note(RoomShow::Reserved, Language::Fr),
+        "Réservé jusqu'à 10:00"
+    );
+    assert_eq!(
+        note(RoomShow::Reserved, Language::EnUs),
+        "Reserved until 10:00 a.m."
+    );
+    // The next day's first meeting is written with its date.
+    let evening = room_state(
+        &day(),
+        RoomShow::Reserved,
+        &locale(Language::De),
+        at("2026-12-06T20:00"),
+    );
+    assert_eq!(evening.note, "Frei bis 07.12.2026 09:00");
+}
+
+proptest! {
+    /// Whatever the calendar, the state holds until `next_change_at` and the room is
+    /// occupied exactly when no free span starts at now.
+    #[test]
+    fn the_state_is_constant_until_the_next_change(
+        meetings in proptest::collection::vec((0u32..48, 1u32..8, any::<bool>()), 0..8),
+        probe in 0u32..(48 * 4),
+    ) {
+        let appointments: Vec<_> = meetings
+            .iter()
+            .enumerate()
+            .map(|(index, (start, length, tentative))| {
+                let start_minutes = start * 15;
+                let end_minutes = start_minutes + length * 15;
+                let clock = |minutes: u32| format!("2026-12-07T{:02}:{:02}", 8 + minutes / 60, minutes % 60);
+                timed(
+                    &format!("m{index}"),
+                    "Meeting",
+                    &clock(start_minutes),
+                    &clock(end_minutes),
+                    if *tentative { ShowAs::Tentative } else { ShowAs::Busy },
+                )
+            })
+            .collect();
+        let english = locale(Language::En);
+        let now = at("2026-12-07T08:00") + jiff::SignedDuration::from_mins(i64::from(probe) * 5);
+        let state = room_state(&appointments, RoomShow::Reserved, &english, now);
+        let one_second = jiff::SignedDuration::from_secs(1);
+        prop_assert_eq!(
+            state.occupied,
+            !room_free_between(&appointments, &english, now, now + one_second)
+        );
+        if let Some(change) = state.next_change_at {
+            prop_assert!(change > now);
+            let before = room_state(&appointments, RoomShow::Reserved, &english, change - one_second);
+            prop_assert_eq!(&before.note, &state.note);
+            prop_assert_eq!(before.occupied, state.occupied);
+        }
+        if let Some(until) = state.occupied_until {
+            prop_assert!(until > now);
+            prop_assert!(!room_free_between(&appointments, &english, now, until));
+            prop_assert!(!room_state(&appointments, RoomShow::Reserved, &english, until).occupied);
+        }
+        if let Some(until) = state.free_until {
+            prop_assert!(room_free_between(&appointments, &english, now, until));
+        }
+    }
+}

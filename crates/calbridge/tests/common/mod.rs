@@ -79,6 +79,8 @@ pub fn config_for(
             file: Some(file.to_path_buf()),
             group_id: None,
             refresh_seconds: 300,
+            ldap: None,
+            max_shrink_percent: 20,
         }];
     } else {
         assert!(has_group, "a scenario needs a directory file");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ldap;
 pub mod postgres;
 pub mod sip;
 pub mod sse;

@@ -9,7 +9,11 @@
 //! With `--store`, [`stores`] compares one instance on SQLite with several on PostgreSQL,
 //! each instance a process of its own.
 
+mod directory;
+pub mod slapd;
 mod stores;
+
+pub use directory::BenchDirectory;
 
 pub use stores::{run_instance, BenchInstanceArgs, BenchStore};
 
@@ -90,6 +94,14 @@ pub struct BenchArgs {
     /// `[cluster] lease_seconds` of the PostgreSQL instances: bounds the failover time.
     #[arg(long, default_value_t = 30)]
     pub lease_seconds: u64,
+    /// Measure the directory instead: `ldap` generates `--users` people (default 50,000 here) in
+    /// an OpenLDAP slapd of its own, reads them in pages and applies them to an SQLite store,
+    /// then reads again unchanged and counts the store writes (0 expected).
+    #[arg(long, value_enum)]
+    pub directory: Option<BenchDirectory>,
+    /// Page size of `--directory ldap`'s paged search.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: u32,
     /// Print only the rows (used for the fresh process each row of `--source both` runs in).
     #[arg(long, hide = true)]
     pub rows_only: bool,
@@ -144,6 +156,15 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchDirectory::Ldap) = args.directory {
+        // `--users` keeps its default for the calendar rows; the directory's is 50,000.
+        let sizes = if args.users == [1000, 10000] {
+            vec![50_000]
+        } else {
+            args.users.clone()
+        };
+        return directory::run(&sizes, args.page_size).await;
+    }
     if let Some(store) = args.store {
         return stores::run(&args, store).await;
     }

@@ -256,6 +256,11 @@ async fn first_directory_person(
                 }
             }
         }
+        if let Some(ldap) = &entry.ldap {
+            if let Some(person) = ldap_directory_person(ldap).await? {
+                return Ok(person.address);
+            }
+        }
         if let Some(group) = &entry.group_id {
             match graph.group_members(group).await {
                 Ok(members) => {
@@ -280,6 +285,31 @@ async fn first_directory_person(
     }
     step(false, "user", "the directory of this source is empty");
     Err("pass --user someone@example.com".to_string())
+}
+
+/// Reads an LDAP directory as the service would and says how many people it lists; the
+/// first person, if any.
+async fn ldap_directory_person(
+    ldap: &crate::directory::ldap::LdapConfig,
+) -> Result<Option<crate::directory::DirectoryPerson>, String> {
+    match crate::directory::ldap::read(ldap).await {
+        Ok(listing) => {
+            let mut found = format!(
+                "{} lists {}",
+                ldap.describe(),
+                crate::counted(listing.people.len(), "person", "people")
+            );
+            for problem in &listing.problems {
+                found.push_str(&format!("; {problem}"));
+            }
+            step(true, "directory LDAP", &found);
+            Ok(listing.people.into_iter().next())
+        }
+        Err(error) => {
+            step(false, "directory LDAP", &error.to_string());
+            Err("fix [directory.ldap] as the message says, or pass --user".to_string())
+        }
+    }
 }
 
 /// Advice for EWS failures beyond what the error itself says.
@@ -431,7 +461,7 @@ async fn check_ews_source(
     // Sign-in and user lookup: ResolveNames needs an authenticated account.
     let candidates: Vec<String> = match user {
         Some(raw) => vec![raw.to_string()],
-        None => first_ews_directory_person(config, source)?,
+        None => first_ews_directory_person(config, source).await?,
     };
     let shown = candidates.join(";");
     let mailbox = match ews.resolve_names(&candidates).await {
@@ -594,7 +624,7 @@ async fn open_stream(
 }
 
 /// The first person of the source's directory file with their further addresses.
-fn first_ews_directory_person(
+async fn first_ews_directory_person(
     config: &Config,
     source: &crate::config::SourceConfig,
 ) -> Result<Vec<String>, String> {
@@ -616,6 +646,13 @@ fn first_ews_directory_person(
                     step(false, "directory", &error.to_string());
                     return Err("fix the directory file or pass --user".to_string());
                 }
+            }
+        }
+        if let Some(ldap) = &entry.ldap {
+            if let Some(person) = ldap_directory_person(ldap).await? {
+                let mut candidates = vec![person.address.to_string()];
+                candidates.extend(person.alternates);
+                return Ok(candidates);
             }
         }
         if entry.group_id.is_some() {

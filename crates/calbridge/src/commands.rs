@@ -334,6 +334,8 @@ pub fn demo_config(
                 .context("the generated organisation has no group")?,
         ),
         refresh_seconds: 300,
+        ldap: None,
+        max_shrink_percent: 20,
     });
     Ok(config)
 }
@@ -391,6 +393,8 @@ pub async fn ews_demo_source(
         file: Some(directory),
         group_id: None,
         refresh_seconds: 300,
+        ldap: None,
+        max_shrink_percent: 20,
     };
     Ok((source, entry, addresses.len()))
 }

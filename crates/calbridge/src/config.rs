@@ -305,13 +305,58 @@ pub struct DirectoryConfig {
     /// `Group.Read.All` and `User.Read.All`).
     #[serde(default)]
     pub group_id: Option<String>,
-    /// How often the file or group is checked for changes.
+    /// An LDAP directory (Active Directory, OpenLDAP, a PBX's user list), read again every
+    /// `refresh_seconds`.
+    #[serde(default)]
+    pub ldap: Option<crate::directory::ldap::LdapConfig>,
+    /// How often the file, group or LDAP directory is checked for changes.
     #[serde(default = "default_directory_refresh")]
     pub refresh_seconds: u64,
+    /// The shrink guard: a read of the source's directory that lists nobody, or drops more
+    /// than this share (in percent) of the people followed now, is held until the next read
+    /// confirms it. With several entries for one source, the smallest value counts.
+    #[serde(default = "default_max_shrink_percent")]
+    pub max_shrink_percent: u8,
+}
+
+impl DirectoryConfig {
+    /// An entry for `source` with every setting at its default and no kind chosen yet.
+    pub fn new(source: calbridge_domain::SourceId) -> DirectoryConfig {
+        DirectoryConfig {
+            source,
+            file: None,
+            group_id: None,
+            ldap: None,
+            refresh_seconds: default_directory_refresh(),
+            max_shrink_percent: default_max_shrink_percent(),
+        }
+    }
+
+    /// An entry that follows the people of a directory file.
+    pub fn of_file(source: calbridge_domain::SourceId, file: PathBuf) -> DirectoryConfig {
+        DirectoryConfig {
+            file: Some(file),
+            ..DirectoryConfig::new(source)
+        }
+    }
+
+    /// What the entry reads, for messages: the file, the group or the LDAP server.
+    pub fn kind(&self) -> String {
+        match (&self.file, &self.group_id, &self.ldap) {
+            (Some(file), _, _) => format!("file {}", file.display()),
+            (_, Some(group), _) => format!("group {group}"),
+            (_, _, Some(ldap)) => ldap.describe(),
+            _ => "an entry without a kind".to_string(),
+        }
+    }
 }
 
 fn default_directory_refresh() -> u64 {
     30
+}
+
+fn default_max_shrink_percent() -> u8 {
+    20
 }
 
 impl Config {
@@ -379,6 +424,14 @@ impl Config {
                     }
                     None => {}
                 }
+            }
+        }
+        for entry in &self.directory {
+            if let Some(password) = entry.ldap.as_ref().and_then(|ldap| ldap.password.as_ref()) {
+                found.push((
+                    format!("directory[{}].ldap.password", entry.source),
+                    password,
+                ));
             }
         }
         if let Some(password) = self
@@ -482,14 +535,27 @@ impl Config {
                     entry.source
                 ));
             }
-            match (&entry.file, &entry.group_id) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => {
-                    return Err(format!(
-                        "[[directory]] for source `{}` needs exactly one of `file` or `group_id`",
-                        entry.source
-                    ))
-                }
+            let kinds = [
+                entry.file.is_some(),
+                entry.group_id.is_some(),
+                entry.ldap.is_some(),
+            ];
+            if kinds.iter().filter(|set| **set).count() != 1 {
+                return Err(format!(
+                    "[[directory]] for source `{}` needs exactly one of `file`, `group_id` or `ldap`",
+                    entry.source
+                ));
+            }
+            if entry.max_shrink_percent > 100 {
+                return Err(format!(
+                    "[[directory]] for source `{}`: max_shrink_percent = {} is out of range: use 0 to 100 (default 20; 100 turns the share check off, an empty read is still held)",
+                    entry.source, entry.max_shrink_percent
+                ));
+            }
+            if let Some(ldap) = &entry.ldap {
+                ldap.check().map_err(|error| {
+                    format!("[[directory]] for source `{}`: ldap: {error}", entry.source)
+                })?;
             }
         }
         if self.sync.window_hours == 0 || self.sync.window_hours > 24 * 62 {
@@ -552,6 +618,13 @@ impl Config {
         for entry in &mut self.directory {
             if let Some(file) = &mut entry.file {
                 resolve(file);
+            }
+            if let Some(ca) = entry
+                .ldap
+                .as_mut()
+                .and_then(|ldap| ldap.extra_root_ca.as_mut())
+            {
+                resolve(ca);
             }
         }
         for source in &mut self.sources {
@@ -846,6 +919,42 @@ mod tests {
         ));
     }
 
+    /// The example's LDAP directory (for the commented EWS source) is valid with the comment
+    /// marks removed, its password hidden from Debug.
+    #[test]
+    fn the_example_ldap_directory_parses_when_uncommented() {
+        let text = include_str!("../../../examples/calbridge.toml");
+        let uncomment = |start: &str, stop: &dyn Fn(&str) -> bool| -> String {
+            let at = text.find(start).expect("the example block");
+            text[at..]
+                .lines()
+                .take_while(|line| line.starts_with("# ") && !stop(line))
+                .map(|line| format!("{}\n", &line[2..]))
+                .collect()
+        };
+        let ews = uncomment("# [[sources]]\n# id = \"headquarters\"", &|line| {
+            line.contains("(its [[directory]]")
+        });
+        let ldap = uncomment("# [[directory]]\n# source = \"headquarters\"", &|line| {
+            line.starts_with("# (an OpenLDAP")
+        });
+        let block = format!("{ews}{ldap}");
+        let config = Config::parse(&block).unwrap_or_else(|error| panic!("{error}\n{block}"));
+        let entry = &config.directory[0];
+        assert_eq!(entry.refresh_seconds, 300);
+        let ldap = entry.ldap.as_ref().expect("an LDAP entry");
+        assert_eq!(ldap.nested, crate::directory::ldap::Nesting::MatchingRule);
+        assert_eq!(ldap.filter, crate::directory::ldap::DEFAULT_FILTER);
+        assert!(!format!("{config:?}").contains("the-service-account-password"));
+        // A syntax error on the password's line never shows it.
+        let broken = block.replace(
+            "password = \"the-service-account-password\"",
+            "password = \"the-service-account-password",
+        );
+        let error = Config::parse(&broken).unwrap_err();
+        assert!(!error.contains("service-account-password"), "{error}");
+    }
+
     #[test]
     fn cross_table_mistakes_are_named() {
         let graph = "[sources.graph]\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-1111-1111-1111-111111111111\"\ncredential = { client_secret = \"s\" }\n";
@@ -860,7 +969,7 @@ mod tests {
         let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"a\"\n");
         assert!(Config::parse(&text)
             .unwrap_err()
-            .contains("exactly one of `file` or `group_id`"));
+            .contains("exactly one of `file`, `group_id` or `ldap`"));
         let error = Config::parse("[[sources]]\nid = \"a\"\n").unwrap_err();
         assert!(error.contains("needs a kind table"), "{error}");
         let error = Config::parse("[sync]\nwindow_hours = 0\n").unwrap_err();

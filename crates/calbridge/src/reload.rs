@@ -3,7 +3,8 @@
 //! restart, and a file that does not parse changes nothing.
 //!
 //! Live: a source's client secret or certificate (the next token request uses it; a failing
-//! credential's back-off ends), the `[[directory]]` entries and the files and groups they name
+//! credential's back-off ends), the `[[directory]]` entries and the files, groups and LDAP
+//! directories they name (an LDAP bind password too)
 //! (read again at every reload: people added and removed as on any directory change), and the `[presence]` rules, language and time zone (everyone decided anew
 //! from the stored calendars). Everything else (listen address, store, sources added or removed,
 //! endpoints, publishers, sync settings, `presence.show_subject`, which decides what is read)
@@ -297,7 +298,17 @@ impl Reloader {
         ids.sort();
         for id in ids {
             let (was, is) = (of(current, id), of(new, id));
-            let changed = debug(&was) != debug(&is);
+            // An LDAP bind password is a secret, which the Debug form hides.
+            let passwords = |entries: &[DirectoryConfig]| -> Vec<Option<String>> {
+                entries
+                    .iter()
+                    .map(|entry| {
+                        let ldap = entry.ldap.as_ref()?;
+                        secret_value(ldap.password.as_ref()).map(str::to_string)
+                    })
+                    .collect()
+            };
+            let changed = debug(&was) != debug(&is) || passwords(&was) != passwords(&is);
             let n = is.len();
             if n == 0 && !changed {
                 continue;

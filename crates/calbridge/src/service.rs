@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState};
 use crate::clock::{Clock, GraphClockAdapter};
 use crate::config::{Config, DirectoryConfig, StoreTarget};
+use crate::directory::guard::{self, ShrinkGuard, Verdict};
 use crate::directory::{self, DirectoryPerson};
 use crate::hub::{PresenceChange, PresenceHub};
 use crate::reload::Reloader;
@@ -52,6 +53,8 @@ pub struct RunningService {
     pub ews_syncs: HashMap<SourceId, Arc<EwsSync>>,
     pub store: Arc<dyn Store>,
     pub problems: Problems,
+    /// Each source's directory: people, a change held by the shrink guard, failing reads.
+    pub directory_health: DirectoryHealthMap,
     pub sip: Option<(
         Arc<calbridge_publish_sip::SipPublisher>,
         Arc<crate::publish::SipAddressBook>,
@@ -437,6 +440,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         )
         .collect();
     let problems: Problems = Arc::new(Mutex::new(Vec::new()));
+    let directory_health: DirectoryHealthMap = Arc::default();
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     // Several instances on one PostgreSQL divide the people by shard leases; the first round
     // of claims runs before the engines start, so that each begins with its own people.
@@ -635,6 +639,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         started_at: clock.now(),
         window_hours: config.sync.window_hours,
         problems: problems.clone(),
+        directory_health: directory_health.clone(),
         sip: sip.clone(),
         webhooks: webhooks.clone(),
         cluster: cluster.clone(),
@@ -660,15 +665,19 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
     ));
 
     // The directory goes first so that the sources start with everyone in the store.
-    let mut directory_state = DirectoryState::default();
     for (sync, entries_rx) in directory_channels {
+        // Each source has its own state: file times, retries and its shrink guard.
+        let mut directory_state = DirectoryState::default();
         let entries = entries_rx.borrow().clone();
         refresh_directory(
             sync.as_ref(),
             store.as_ref(),
             &entries,
             &mut directory_state,
-            &problems,
+            &DirectoryReports {
+                problems: &problems,
+                health: &directory_health,
+            },
             clock.as_ref(),
             Refresh::Start,
         )
@@ -679,8 +688,8 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
                 sync.clone(),
                 store.clone(),
                 entries_rx,
-                directory_state.clone(),
-                problems.clone(),
+                directory_state,
+                (problems.clone(), directory_health.clone()),
                 clock.clone(),
                 shutdown.clone(),
             )),
@@ -705,6 +714,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         ews_syncs,
         store,
         problems,
+        directory_health,
         sip,
         trigger,
         tasks,
@@ -719,7 +729,7 @@ async fn follow_directory(
     store: Arc<dyn Store>,
     mut entries_rx: tokio::sync::watch::Receiver<Vec<DirectoryConfig>>,
     mut state: DirectoryState,
-    problems: Problems,
+    (problems, health): (Problems, DirectoryHealthMap),
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) {
@@ -736,8 +746,8 @@ async fn follow_directory(
     let mut every = tokio::time::interval(period(&entries));
     every.tick().await;
     loop {
-        // A group whose read failed is tried again after its back-off, which can come before
-        // the next periodic check.
+        // A group or LDAP directory whose read failed is tried again after its back-off, which
+        // can come before the next periodic check.
         let retry_in = state
             .next_retry()
             .map(|at| Duration::try_from(at.duration_since(clock.now())).unwrap_or(Duration::ZERO));
@@ -761,7 +771,10 @@ async fn follow_directory(
             store.as_ref(),
             &entries,
             &mut state,
-            &problems,
+            &DirectoryReports {
+                problems: &problems,
+                health: &health,
+            },
             clock.as_ref(),
             how,
         )
@@ -771,37 +784,107 @@ async fn follow_directory(
 
 /// Why the directory is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refresh {
+pub(crate) enum Refresh {
     /// At start-up, before the engines run: they start with everyone in the store.
     Start,
-    /// The periodic check: a file is applied when it changed, a group when it is due.
+    /// The periodic check: a file is applied when it changed, a group or LDAP directory when
+    /// it is due.
     Periodic,
     /// The entries changed in a reloaded configuration: everything is read and applied now.
     Reloaded,
 }
 
-/// What the directory task remembers between refreshes: file times and the last listing, so
-/// that an unchanged file is not re-applied and a group is not re-read too often.
+/// What the directory task remembers between refreshes: file times, when each group or LDAP
+/// directory was read and its retries, the problems last reported per entry, and the shrink
+/// guard, so that an unchanged file is not re-applied, a group is not re-read too often and a
+/// sudden shrink waits for confirmation.
 #[derive(Clone, Default)]
-struct DirectoryState {
+pub(crate) struct DirectoryState {
     file_times: HashMap<PathBuf, SystemTime>,
-    group_checked_at: HashMap<String, Timestamp>,
-    /// A group whose read failed (no token yet, Graph busy): when to try again, and how many
-    /// reads failed in a row. A failing group is read again after the back-off, not after
-    /// [`GROUP_REFRESH`]: at start-up, nobody is followed until it is read.
-    group_retry: HashMap<String, (Timestamp, u32)>,
+    /// Groups and LDAP directories (by [`DirectoryConfig::kind`]): when they were last read.
+    read_at: HashMap<String, Timestamp>,
+    /// A group or LDAP directory whose read failed (no token yet, server down): when to try
+    /// again, and how many reads failed in a row. It is read again after the back-off, not
+    /// after its regular period: at start-up, nobody is followed until it is read.
+    read_retry: HashMap<String, (Timestamp, u32)>,
+    /// The problems an LDAP read reported last, so that the same ones are not logged at every
+    /// read.
+    reported: HashMap<String, Vec<String>>,
+    guard: ShrinkGuard,
 }
 
 impl DirectoryState {
-    /// The earliest retry of a failed group read, if any.
+    /// The earliest retry of a failed read, if any.
     fn next_retry(&self) -> Option<Timestamp> {
-        self.group_retry.values().map(|(at, _)| *at).min()
+        self.read_retry.values().map(|(at, _)| *at).min()
     }
+
+    /// Whether a group or LDAP directory read is due now.
+    fn due(&self, kind: &str, period: jiff::SignedDuration, now: Timestamp) -> bool {
+        match self.read_retry.get(kind) {
+            Some((retry_at, _)) => now >= *retry_at,
+            None => self.read_at.get(kind).is_none_or(|read| {
+                // The task's ticks come a little early or late; a second of slack keeps a
+                // directory read every period rather than every other.
+                now.duration_since(*read) >= period - jiff::SignedDuration::from_secs(1)
+            }),
+        }
+    }
+
+    /// Notes a failed read: when to try again (a doubling back-off up to `longest`).
+    fn failed(&mut self, kind: &str, now: Timestamp, longest: Duration) -> Duration {
+        let failures = self.read_retry.get(kind).map_or(0, |(_, n)| *n) + 1;
+        let delay = GROUP_RETRY
+            .delay_for(failures)
+            .min(longest.max(Duration::from_secs(1)));
+        let retry_at = now
+            .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(GROUP_REFRESH))
+            .unwrap_or(now);
+        self.read_retry
+            .insert(kind.to_string(), (retry_at, failures));
+        delay
+    }
+}
+
+/// What the admin page and `/api/v1/status` show of one source's directory.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DirectoryHealth {
+    /// The people of the last list applied.
+    pub people: usize,
+    /// When a list was last applied (also one that changed nothing).
+    pub applied_at: Option<Timestamp>,
+    /// A read held by the shrink guard: why, and since when.
+    pub held: Option<HeldView>,
+    /// The entries whose last read failed, each with why; their people stay.
+    pub failing: Vec<String>,
+}
+
+/// A held change as the status shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldView {
+    pub reason: String,
+    pub since: Timestamp,
+}
+
+/// Each source's [`DirectoryHealth`].
+pub type DirectoryHealthMap = Arc<Mutex<std::collections::BTreeMap<SourceId, DirectoryHealth>>>;
+
+/// What one refresh did to the store, for tests and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectoryApplied {
+    /// People the read listed.
+    pub listed: usize,
+    /// People written to the store (new, or with a changed name or SIP URI).
+    pub written: usize,
+    /// People removed.
+    pub removed: usize,
+    /// The read was held by the shrink guard.
+    pub held: bool,
 }
 
 /// Groups are re-read at most this often: every read costs Graph requests.
 const GROUP_REFRESH: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
-/// A failed group read is tried again after 1 s, doubling up to the regular refresh.
+/// A failed group or LDAP read is tried again after 1 s, doubling up to the regular refresh.
 const GROUP_RETRY: calbridge_net::Backoff =
     calbridge_net::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(300));
 
@@ -815,18 +898,27 @@ fn note_problem(problems: &Problems, now: Timestamp, message: String) {
     problems.drain(..excess);
 }
 
+/// Where a refresh reports: the error list and the directory's health.
+pub(crate) struct DirectoryReports<'a> {
+    pub problems: &'a Problems,
+    pub health: &'a DirectoryHealthMap,
+}
+
 /// Reads the directory entries of one source and brings the store (and, on refreshes, the
-/// sync task) in line. A file or group that cannot be read changes nothing: people are only
-/// removed when every entry of the source was read.
-async fn refresh_directory(
+/// sync task) in line. A file, group or LDAP directory that cannot be read changes nothing:
+/// people are only removed when every entry of the source was read, and a read that would
+/// remove everyone or more than `max_shrink_percent` waits for the next read to confirm it
+/// ([`ShrinkGuard`]). Only new people and people whose name or SIP URI changed are written.
+pub(crate) async fn refresh_directory(
     sync: &dyn DirectoryTarget,
     store: &dyn Store,
     entries: &[DirectoryConfig],
     state: &mut DirectoryState,
-    problems: &Problems,
+    reports: &DirectoryReports<'_>,
     clock: &dyn Clock,
     how: Refresh,
-) {
+) -> DirectoryApplied {
+    let problems = reports.problems;
     let is_refresh = how != Refresh::Start;
     let forced = how != Refresh::Periodic;
     let now = clock.now();
@@ -834,6 +926,7 @@ async fn refresh_directory(
     let mut resolved = Vec::new();
     let mut complete = true;
     let mut changed = forced;
+    let mut failing = Vec::new();
     for entry in entries {
         if let Some(path) = &entry.file {
             let modified = std::fs::metadata(path)
@@ -860,6 +953,7 @@ async fn refresh_directory(
                 }
                 Err(error) => {
                     complete = false;
+                    failing.push(error.to_string());
                     if changed || !is_refresh {
                         note_problem(problems, now, error.to_string());
                     }
@@ -867,22 +961,14 @@ async fn refresh_directory(
             }
         }
         if let Some(group) = &entry.group_id {
-            let due = forced
-                || match state.group_retry.get(group) {
-                    Some((retry_at, _)) => now >= *retry_at,
-                    None => state
-                        .group_checked_at
-                        .get(group)
-                        .is_none_or(|checked| now.duration_since(*checked) >= GROUP_REFRESH),
-                };
-            if !due {
+            if !forced && !state.due(group, GROUP_REFRESH, now) {
                 complete = false;
                 continue;
             }
-            state.group_checked_at.insert(group.clone(), now);
+            state.read_at.insert(group.clone(), now);
             match sync.group_members(group).await {
                 Ok(members) => {
-                    state.group_retry.remove(group);
+                    state.read_retry.remove(group);
                     changed = true;
                     for member in members {
                         listed.push(DirectoryPerson {
@@ -896,99 +982,239 @@ async fn refresh_directory(
                 }
                 Err(error) => {
                     complete = false;
-                    let failures = state.group_retry.get(group).map_or(0, |(_, n)| *n) + 1;
-                    let delay = GROUP_RETRY.delay_for(failures);
-                    let retry_at = now
-                        .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(GROUP_REFRESH))
-                        .unwrap_or(now);
-                    state
-                        .group_retry
-                        .insert(group.clone(), (retry_at, failures));
-                    note_problem(
-                        problems,
-                        now,
-                        format!(
-                            "directory group {group} of source {}: {error} (tried again in {} s)",
-                            sync.source_id(),
-                            delay.as_secs().max(1)
-                        ),
+                    let delay = state.failed(group, now, Duration::from_secs(300));
+                    let message = format!(
+                        "directory group {group} of source {}: {error} (tried again in {} s)",
+                        sync.source_id(),
+                        delay.as_secs().max(1)
                     );
+                    failing.push(message.clone());
+                    note_problem(problems, now, message);
+                }
+            }
+        }
+        if let Some(ldap) = &entry.ldap {
+            let kind = entry.kind();
+            let period = Duration::from_secs(entry.refresh_seconds.max(1));
+            let period_signed = jiff::SignedDuration::try_from(period).unwrap_or(GROUP_REFRESH);
+            if !forced && !state.due(&kind, period_signed, now) {
+                complete = false;
+                continue;
+            }
+            state.read_at.insert(kind.clone(), now);
+            match directory::ldap::read(ldap).await {
+                Ok(listing) => {
+                    state.read_retry.remove(&kind);
+                    changed = true;
+                    if state.reported.get(&kind) != Some(&listing.problems) {
+                        for problem in &listing.problems {
+                            note_problem(problems, now, format!("directory {kind}: {problem}"));
+                        }
+                        state
+                            .reported
+                            .insert(kind.clone(), listing.problems.clone());
+                    }
+                    listed.extend(listing.people);
+                }
+                Err(error) => {
+                    complete = false;
+                    let delay = state.failed(&kind, now, period);
+                    let message = format!(
+                        "directory of source {}: LDAP {error}; nobody is removed, tried again in {} s",
+                        sync.source_id(),
+                        delay.as_secs().max(1)
+                    );
+                    failing.push(message.clone());
+                    note_problem(problems, now, message);
                 }
             }
         }
     }
-    if !changed {
-        return;
-    }
-    let known: HashSet<PersonKey> = match store.list_people_of_source(sync.source_id()).await {
-        Ok(people) => people.into_iter().map(|person| person.key).collect(),
-        Err(error) => {
-            note_problem(
-                problems,
-                now,
-                format!("cannot read people from the store: {error}"),
-            );
-            return;
-        }
+    let mut applied = DirectoryApplied {
+        listed: listed.len(),
+        ..DirectoryApplied::default()
     };
-    let mut wanted = HashSet::new();
-    let mut upserts = Vec::with_capacity(listed.len());
+    // A held change is judged again at every refresh, also when a file did not change since.
+    if state.guard.held().is_some() {
+        changed = true;
+    }
+    let update_health = |people: Option<usize>, held: Option<HeldView>, failing: Vec<String>| {
+        let mut health = reports
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = health.entry(sync.source_id().clone()).or_default();
+        if let Some(people) = people {
+            entry.people = people;
+            entry.applied_at = Some(now);
+        }
+        entry.held = held;
+        entry.failing = failing;
+    };
+    let held_view = |state: &DirectoryState| {
+        state.guard.held().map(|held| HeldView {
+            reason: held.reason.clone(),
+            since: held.since,
+        })
+    };
+    if !changed {
+        update_health(None, held_view(&*state), failing);
+        return applied;
+    }
+    let known: HashMap<PersonKey, calbridge_store::Person> =
+        match store.list_people_of_source(sync.source_id()).await {
+            Ok(people) => people
+                .into_iter()
+                .map(|person| (person.key.clone(), person))
+                .collect(),
+            Err(error) => {
+                note_problem(
+                    problems,
+                    now,
+                    format!("cannot read people from the store: {error}"),
+                );
+                update_health(None, held_view(&*state), failing);
+                return applied;
+            }
+        };
+    let mut wanted = HashSet::with_capacity(listed.len());
+    let mut upserts = Vec::new();
     for person in &listed {
         let key = PersonKey {
             source: sync.source_id().clone(),
             address: person.address.clone(),
         };
-        wanted.insert(key.clone());
-        if !person.alternates.is_empty() {
-            sync.set_alternates(&key, person.alternates.clone());
+        if !wanted.insert(key.clone()) {
+            continue;
         }
-        upserts.push(PersonUpsert {
-            key,
-            display_name: person.display_name.clone(),
-            sip_uri: person.sip_uri.clone(),
+        let same = known.get(&key).is_some_and(|stored| {
+            stored.display_name == person.display_name && stored.sip_uri == person.sip_uri
         });
+        if !same {
+            upserts.push(PersonUpsert {
+                key,
+                display_name: person.display_name.clone(),
+                sip_uri: person.sip_uri.clone(),
+            });
+        }
     }
-    if let Err(error) = store.upsert_people(&upserts).await {
-        note_problem(
-            problems,
+    if complete {
+        let n_removed = known.keys().filter(|key| !wanted.contains(*key)).count();
+        let max_shrink_percent = entries
+            .iter()
+            .map(|entry| entry.max_shrink_percent)
+            .min()
+            .unwrap_or(20);
+        let verdict = state.guard.judge(
+            known.len(),
+            wanted.len(),
+            n_removed,
+            guard::fingerprint(wanted.iter().map(|key| key.address.as_str())),
+            max_shrink_percent,
             now,
-            format!(
-                "cannot store the directory of source {}: {error}",
-                sync.source_id()
-            ),
         );
-        return;
+        match verdict {
+            Verdict::Apply => {}
+            Verdict::Hold { reason } => {
+                note_problem(
+                    problems,
+                    now,
+                    format!(
+                        "directory of source {}: {reason}; the last good list is kept until the next read confirms the change",
+                        sync.source_id()
+                    ),
+                );
+                applied.held = true;
+                update_health(None, held_view(&*state), failing);
+                return applied;
+            }
+            Verdict::Confirmed { reason } => {
+                note_problem(
+                    problems,
+                    now,
+                    format!(
+                        "directory of source {}: {reason}; a second read confirmed it, so it is applied now",
+                        sync.source_id()
+                    ),
+                );
+            }
+        }
     }
+    for person in &listed {
+        if !person.alternates.is_empty() {
+            sync.set_alternates(
+                &PersonKey {
+                    source: sync.source_id().clone(),
+                    address: person.address.clone(),
+                },
+                person.alternates.clone(),
+            );
+        }
+    }
+    if !upserts.is_empty() {
+        if let Err(error) = store.upsert_people(&upserts).await {
+            note_problem(
+                problems,
+                now,
+                format!(
+                    "cannot store the directory of source {}: {error}",
+                    sync.source_id()
+                ),
+            );
+            update_health(None, held_view(&*state), failing);
+            return applied;
+        }
+    }
+    applied.written = upserts.len();
+    let n_new = upserts
+        .iter()
+        .filter(|upsert| !known.contains_key(&upsert.key))
+        .count();
     if is_refresh {
         for upsert in upserts {
-            if !known.contains(&upsert.key) {
+            if !known.contains_key(&upsert.key) {
                 sync.enqueue(Work::Added(upsert.key));
             }
         }
     }
-    let members: Vec<(PersonKey, calbridge_domain::MailboxAddress, String)> = resolved
-        .into_iter()
-        .map(|member| {
-            (
-                PersonKey {
-                    source: sync.source_id().clone(),
-                    address: member.primary_smtp.clone(),
-                },
-                member.primary_smtp,
-                member.id,
-            )
-        })
-        .collect();
-    sync.record_resolved_members(members).await;
+    if !resolved.is_empty() {
+        let members: Vec<(PersonKey, calbridge_domain::MailboxAddress, String)> = resolved
+            .into_iter()
+            .map(|member| {
+                (
+                    PersonKey {
+                        source: sync.source_id().clone(),
+                        address: member.primary_smtp.clone(),
+                    },
+                    member.primary_smtp,
+                    member.id,
+                )
+            })
+            .collect();
+        sync.record_resolved_members(members).await;
+    }
+    let mut n_people = known.len() + n_new;
     if complete {
-        for gone in known.difference(&wanted) {
-            tracing::info!(person = %gone, "no longer in the directory");
+        let n_gone = known.keys().filter(|key| !wanted.contains(*key)).count();
+        if n_gone > 0 {
+            tracing::info!(
+                source = %sync.source_id(),
+                "{} no longer in the directory",
+                crate::counted(n_gone, "person is", "people are")
+            );
+        }
+        for gone in known.keys().filter(|key| !wanted.contains(*key)) {
+            tracing::debug!(person = %gone, "no longer in the directory");
             if let Err(error) = store.remove_person(gone).await {
                 note_problem(problems, now, format!("cannot remove {gone}: {error}"));
             }
             sync.enqueue(Work::Removed(gone.clone()));
+            applied.removed += 1;
         }
+        n_people = wanted.len();
     }
+    update_health(Some(n_people), held_view(&*state), failing);
+    applied
 }
 
 /// Persists presence changes off the hot path, keeping only the newest per person when
@@ -1047,5 +1273,219 @@ async fn save_all(store: &dyn Store, batch: HashMap<PersonKey, PresenceChange>) 
                 }
             }
         }
+    }
+}
+
+/// A directory target without a sync engine: the directory is applied to the store alone. For
+/// the LDAP benchmark and the directory's tests.
+pub(crate) struct StoreOnlyTarget(pub SourceId);
+
+#[async_trait::async_trait]
+impl DirectoryTarget for StoreOnlyTarget {
+    fn source_id(&self) -> &SourceId {
+        &self.0
+    }
+    fn enqueue(&self, _work: Work) {}
+    async fn group_members(&self, _group: &str) -> Result<Vec<crate::sync::GroupMember>, String> {
+        Err("no groups without a source".to_string())
+    }
+    async fn record_resolved_members(
+        &self,
+        _members: Vec<(PersonKey, calbridge_domain::MailboxAddress, String)>,
+    ) {
+    }
+}
+
+/// Applies one directory read of `entries` to `store` as the service does (the shrink guard
+/// in `state` included), without a sync engine. For the LDAP benchmark.
+pub async fn apply_directory_once(
+    source: &SourceId,
+    store: &dyn Store,
+    entries: &[DirectoryConfig],
+    state: &mut DirectoryStateHandle,
+    clock: &dyn Clock,
+) -> DirectoryApplied {
+    let problems: Problems = Arc::default();
+    let health: DirectoryHealthMap = Arc::default();
+    refresh_directory(
+        &StoreOnlyTarget(source.clone()),
+        store,
+        entries,
+        &mut state.0,
+        &DirectoryReports {
+            problems: &problems,
+            health: &health,
+        },
+        clock,
+        Refresh::Periodic,
+    )
+    .await
+}
+
+/// The directory's memory between reads, for [`apply_directory_once`].
+#[derive(Default)]
+pub struct DirectoryStateHandle(DirectoryState);
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    struct Fixture {
+        _folder: tempfile::TempDir,
+        file: PathBuf,
+        store: SqliteStore,
+        entries: Vec<DirectoryConfig>,
+        state: DirectoryState,
+        problems: Problems,
+        health: DirectoryHealthMap,
+        clock: ManualClock,
+    }
+
+    impl Fixture {
+        async fn new() -> Fixture {
+            let folder = tempfile::tempdir().unwrap();
+            let file = folder.path().join("people.csv");
+            let store = SqliteStore::open(folder.path().join("s.sqlite"), SecretKey::generate())
+                .await
+                .unwrap();
+            let entries = vec![DirectoryConfig::of_file(source(), file.clone())];
+            Fixture {
+                _folder: folder,
+                file,
+                store,
+                entries,
+                state: DirectoryState::default(),
+                problems: Problems::default(),
+                health: DirectoryHealthMap::default(),
+                clock: ManualClock::new("2026-12-04T09:00:00Z".parse().unwrap()),
+            }
+        }
+
+        fn write(&self, n: usize) {
+            let mut text = String::from("address,display_name\n");
+            for i in 0..n {
+                text.push_str(&format!("p{i}@x.example,Person {i}\n"));
+            }
+            std::fs::write(&self.file, text).unwrap();
+        }
+
+        async fn refresh(&mut self, how: Refresh) -> DirectoryApplied {
+            self.clock.advance(jiff::SignedDuration::from_secs(30));
+            refresh_directory(
+                &StoreOnlyTarget(source()),
+                &self.store,
+                &self.entries,
+                &mut self.state,
+                &DirectoryReports {
+                    problems: &self.problems,
+                    health: &self.health,
+                },
+                &self.clock,
+                how,
+            )
+            .await
+        }
+
+        async fn n_stored(&self) -> usize {
+            self.store
+                .list_people_of_source(&source())
+                .await
+                .unwrap()
+                .len()
+        }
+
+        fn held(&self) -> Option<HeldView> {
+            self.health.lock().unwrap().get(&source())?.held.clone()
+        }
+    }
+
+    fn source() -> SourceId {
+        SourceId("s".to_string())
+    }
+
+    #[tokio::test]
+    async fn an_emptied_file_removes_no_one_until_the_next_read_confirms_it() {
+        let mut fixture = Fixture::new().await;
+        fixture.write(10);
+        let applied = fixture.refresh(Refresh::Start).await;
+        assert_eq!((applied.listed, applied.written), (10, 10));
+        assert_eq!(fixture.n_stored().await, 10);
+
+        // Truncated (a half-written export): held, with the reason and the instant.
+        fixture.write(0);
+        let applied = fixture.refresh(Refresh::Periodic).await;
+        assert!(applied.held);
+        assert_eq!(fixture.n_stored().await, 10);
+        let held = fixture.held().expect("held");
+        assert_eq!(
+            held.reason,
+            "the read lists nobody (10 people are followed now)"
+        );
+        assert_eq!(held.since, fixture.clock.now());
+        // The file is read again at the next round although it did not change: confirmed.
+        let applied = fixture.refresh(Refresh::Periodic).await;
+        assert_eq!((applied.held, applied.removed), (false, 10));
+        assert_eq!(fixture.n_stored().await, 0);
+        assert!(fixture.held().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_shrink_undone_by_the_next_read_never_removes_anyone() {
+        let mut fixture = Fixture::new().await;
+        fixture.write(10);
+        fixture.refresh(Refresh::Start).await;
+        fixture.write(7); // 30 % gone: over the default 20 %.
+        assert!(fixture.refresh(Refresh::Periodic).await.held);
+        fixture.write(10);
+        let applied = fixture.refresh(Refresh::Periodic).await;
+        assert_eq!(
+            (applied.held, applied.removed, applied.written),
+            (false, 0, 0)
+        );
+        assert_eq!(fixture.n_stored().await, 10);
+        assert!(fixture.held().is_none());
+        // A small change goes through at once.
+        fixture.write(9);
+        let applied = fixture.refresh(Refresh::Periodic).await;
+        assert_eq!((applied.held, applied.removed), (false, 1));
+        let messages: Vec<String> = fixture
+            .problems
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, message)| message.clone())
+            .collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].contains("the read drops 3 of the 10 people followed now (30.0 %), more than max_shrink_percent = 20; the last good list is kept"), "{messages:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_changes_nothing_writes_nothing() {
+        let mut fixture = Fixture::new().await;
+        fixture.write(10);
+        fixture.refresh(Refresh::Start).await;
+        // A reload reads the unchanged file again: nothing to write.
+        let applied = fixture.refresh(Refresh::Reloaded).await;
+        assert_eq!(
+            applied,
+            DirectoryApplied {
+                listed: 10,
+                written: 0,
+                removed: 0,
+                held: false
+            }
+        );
+        // A changed display name is written, alone.
+        std::fs::write(
+            &fixture.file,
+            "address,display_name\np0@x.example,Renamed\n".to_string()
+                + &(1..10)
+                    .map(|i| format!("p{i}@x.example,Person {i}\n"))
+                    .collect::<String>(),
+        )
+        .unwrap();
+        let applied = fixture.refresh(Refresh::Reloaded).await;
+        assert_eq!(applied.written, 1);
     }
 }

@@ -99,6 +99,8 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         file: Some(directory.clone()),
         group_id: None,
         refresh_seconds: 300,
+        ldap: None,
+        max_shrink_percent: 20,
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
 
@@ -284,6 +286,8 @@ impl Organisation {
             file: Some(self.directory.clone()),
             group_id: None,
             refresh_seconds,
+            ldap: None,
+            max_shrink_percent: 20,
         }];
         start_service(config, self.clock.clone(), listener).await
     }
@@ -746,6 +750,8 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
         file: Some(directory),
         group_id: None,
         refresh_seconds: 300,
+        ldap: None,
+        max_shrink_percent: 20,
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
 
@@ -829,6 +835,8 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
         file: Some(org.directory.clone()),
         group_id: None,
         refresh_seconds: 300,
+        ldap: None,
+        max_shrink_percent: 20,
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
     let api = Api::new(&running);

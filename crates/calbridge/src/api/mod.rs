@@ -53,6 +53,8 @@ pub struct ApiState {
     pub started_at: Timestamp,
     pub window_hours: u32,
     pub problems: crate::service::Problems,
+    /// Each source's directory health (people, a held change, failing reads).
+    pub directory_health: crate::service::DirectoryHealthMap,
     pub sip: Option<(
         Arc<calbridge_publish_sip::SipPublisher>,
         Arc<crate::publish::SipAddressBook>,
@@ -480,7 +482,28 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             })).collect::<Vec<Value>>(),
         })
     });
+    // Each source's directory: how many people it lists, a change the shrink guard holds
+    // (with why), and the entries whose last read failed (their people stay).
+    let directory: Vec<Value> = state
+        .directory_health
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|(source, health)| {
+            json!({
+                "source": source.0,
+                "people": health.people,
+                "applied_at": health.applied_at.map(|at| at.to_string()),
+                "held": health.held.as_ref().map(|held| json!({
+                    "reason": held.reason,
+                    "since": held.since.to_string(),
+                })),
+                "failing": health.failing,
+            })
+        })
+        .collect();
     Json(json!({
+        "directory": directory,
         "webhooks": webhooks,
         "cluster": cluster,
         "started_at": state.started_at.to_string(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ldap;
 pub mod postgres;
 pub mod sip;
 pub mod sse;
@@ -79,6 +80,8 @@ pub fn config_for(
             file: Some(file.to_path_buf()),
             group_id: None,
             refresh_seconds: 300,
+            ldap: None,
+            max_shrink_percent: 20,
         }];
     } else {
         assert!(has_group, "a scenario needs a directory file");

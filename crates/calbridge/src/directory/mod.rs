@@ -1,8 +1,13 @@
 //! The directory: whose calendars to follow.
 //!
 //! A file (CSV with a header `address[,sip_uri,display_name]`, or TOML with `[[person]]`
-//! tables) re-read when it changes, or an Entra ID group read through Graph. Lines that cannot
-//! be used are reported (with their line number) and skipped; the rest still works.
+//! tables) re-read when it changes, an Entra ID group read through Graph, or an LDAP directory
+//! (`ldap.rs`) read again on an interval. Lines that cannot be used are reported (with their
+//! line number) and skipped; the rest still works. Whatever the kind, a read that would drop
+//! everyone or a large share waits for the next read to confirm it (`guard.rs`).
+
+pub mod guard;
+pub mod ldap;
 
 use std::path::Path;
 

@@ -261,6 +261,39 @@ async fn first_directory_person(
                 return Ok(person.address);
             }
         }
+        if entry.rooms.is_some() {
+            let list = entry.room_list()?;
+            match graph.rooms(list.as_ref()).await {
+                Ok(rooms) if rooms.is_empty() => step(
+                    false,
+                    "directory rooms",
+                    &format!(
+                        "Graph's places API lists no rooms for {}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)",
+                        entry.kind()
+                    ),
+                ),
+                Ok(rooms) => {
+                    step(
+                        true,
+                        "directory rooms",
+                        &format!(
+                            "{} lists {}",
+                            entry.kind(),
+                            crate::counted(rooms.len(), "room", "rooms")
+                        ),
+                    );
+                    if let Some(room) = rooms.into_iter().next() {
+                        return Ok(room.address);
+                    }
+                }
+                Err(error) => {
+                    step(false, "directory rooms", &error.to_string());
+                    return Err(
+                        "grant Place.Read.All with admin consent, or pass --user".to_string()
+                    );
+                }
+            }
+        }
         if let Some(group) = &entry.group_id {
             match graph.group_members(group).await {
                 Ok(members) => {

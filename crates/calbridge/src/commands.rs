@@ -325,8 +325,6 @@ pub fn demo_config(
         ews: None,
     });
     config.directory.push(DirectoryConfig {
-        source,
-        file: None,
         group_id: Some(
             ready
                 .group_id
@@ -334,8 +332,7 @@ pub fn demo_config(
                 .context("the generated organisation has no group")?,
         ),
         refresh_seconds: 300,
-        ldap: None,
-        max_shrink_percent: 20,
+        ..DirectoryConfig::new(source)
     });
     Ok(config)
 }
@@ -389,12 +386,8 @@ pub async fn ews_demo_source(
         ews: Some(ews),
     };
     let entry = DirectoryConfig {
-        source: id,
-        file: Some(directory),
-        group_id: None,
         refresh_seconds: 300,
-        ldap: None,
-        max_shrink_percent: 20,
+        ..DirectoryConfig::of_file(id, directory)
     };
     Ok((source, entry, addresses.len()))
 }

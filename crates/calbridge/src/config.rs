@@ -309,6 +309,11 @@ pub struct DirectoryConfig {
     /// `refresh_seconds`.
     #[serde(default)]
     pub ldap: Option<crate::directory::ldap::LdapConfig>,
+    /// Meeting rooms from Graph's places API: `"all"` (every room of the tenant) or the
+    /// address of one room list (`"rooms.building-1@contoso.com"`). Needs `Place.Read.All`.
+    /// Read again every 5 minutes at most, like a group.
+    #[serde(default)]
+    pub rooms: Option<String>,
     /// How often the file, group or LDAP directory is checked for changes.
     #[serde(default = "default_directory_refresh")]
     pub refresh_seconds: u64,
@@ -327,6 +332,7 @@ impl DirectoryConfig {
             file: None,
             group_id: None,
             ldap: None,
+            rooms: None,
             refresh_seconds: default_directory_refresh(),
             max_shrink_percent: default_max_shrink_percent(),
         }
@@ -340,13 +346,33 @@ impl DirectoryConfig {
         }
     }
 
-    /// What the entry reads, for messages: the file, the group or the LDAP server.
+    /// What the entry reads, for messages: the file, the group, the LDAP server or the rooms.
     pub fn kind(&self) -> String {
-        match (&self.file, &self.group_id, &self.ldap) {
-            (Some(file), _, _) => format!("file {}", file.display()),
-            (_, Some(group), _) => format!("group {group}"),
-            (_, _, Some(ldap)) => ldap.describe(),
+        match (&self.file, &self.group_id, &self.ldap, &self.rooms) {
+            (Some(file), _, _, _) => format!("file {}", file.display()),
+            (_, Some(group), _, _) => format!("group {group}"),
+            (_, _, Some(ldap), _) => ldap.describe(),
+            (_, _, _, Some(_)) => match self.room_list() {
+                Ok(Some(list)) => format!("the rooms of room list {list}"),
+                _ => "every room of the tenant".to_string(),
+            },
             _ => "an entry without a kind".to_string(),
+        }
+    }
+
+    /// With `rooms`: `None` for every room, or the room list's address. An error names the
+    /// setting and what it takes.
+    pub fn room_list(&self) -> Result<Option<MailboxAddress>, String> {
+        match self.rooms.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some(all) if all.eq_ignore_ascii_case("all") => Ok(None),
+            Some(list) => MailboxAddress::parse(list).map(Some).map_err(|error| {
+                format!(
+                    "[[directory]] for source `{}`: rooms = \"{}\" is neither \"all\" nor a room list's address ({error})",
+                    self.source,
+                    calbridge_domain::shorten(list, 80)
+                )
+            }),
         }
     }
 }
@@ -523,6 +549,13 @@ impl Config {
             .map(|source| &source.id)
             .collect();
         for entry in &self.directory {
+            if entry.rooms.is_some() && ews_sources.contains(&entry.source) {
+                return Err(format!(
+                    "[[directory]] for EWS source `{}`: rooms come from Graph's places API; list the room mailboxes of an EWS source in a file",
+                    entry.source
+                ));
+            }
+            entry.room_list()?;
             if entry.group_id.is_some() && ews_sources.contains(&entry.source) {
                 return Err(format!(
                     "[[directory]] for EWS source `{}`: group_id needs a Graph source; list the people in a file",
@@ -539,10 +572,11 @@ impl Config {
                 entry.file.is_some(),
                 entry.group_id.is_some(),
                 entry.ldap.is_some(),
+                entry.rooms.is_some(),
             ];
             if kinds.iter().filter(|set| **set).count() != 1 {
                 return Err(format!(
-                    "[[directory]] for source `{}` needs exactly one of `file`, `group_id` or `ldap`",
+                    "[[directory]] for source `{}` needs exactly one of `file`, `group_id`, `ldap` or `rooms`",
                     entry.source
                 ));
             }
@@ -969,7 +1003,7 @@ mod tests {
         let text = format!("[[sources]]\nid = \"a\"\n{graph}[[directory]]\nsource = \"a\"\n");
         assert!(Config::parse(&text)
             .unwrap_err()
-            .contains("exactly one of `file`, `group_id` or `ldap`"));
+            .contains("exactly one of `file`, `group_id`, `ldap` or `rooms`"));
         let error = Config::parse("[[sources]]\nid = \"a\"\n").unwrap_err();
         assert!(error.contains("needs a kind table"), "{error}");
         let error = Config::parse("[sync]\nwindow_hours = 0\n").unwrap_err();

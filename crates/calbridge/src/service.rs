@@ -993,6 +993,52 @@ pub(crate) async fn refresh_directory(
                 }
             }
         }
+        if entry.rooms.is_some() {
+            let kind = entry.kind();
+            if !forced && !state.due(&kind, GROUP_REFRESH, now) {
+                complete = false;
+                continue;
+            }
+            state.read_at.insert(kind.clone(), now);
+            // The configuration was checked at load: the selector is valid here.
+            let list = entry.room_list().ok().flatten();
+            match sync.rooms(list.as_ref()).await {
+                Ok(rooms) => {
+                    state.read_retry.remove(&kind);
+                    changed = true;
+                    if rooms.is_empty() && state.reported.get(&kind).is_none_or(Vec::is_empty) {
+                        let hint = format!(
+                            "directory of source {}: Graph's places API lists no rooms for {kind}. \
+                             Rooms appear there once they are in a room list: create one \
+                             (New-DistributionGroup -RoomList) and add the room mailboxes \
+                             (Add-DistributionGroupMember); new rooms can take a day to show",
+                            sync.source_id()
+                        );
+                        note_problem(problems, now, hint.clone());
+                        state.reported.insert(kind.clone(), vec![hint]);
+                    } else if !rooms.is_empty() {
+                        state.reported.remove(&kind);
+                    }
+                    listed.extend(rooms.into_iter().map(|room| DirectoryPerson {
+                        address: room.address,
+                        alternates: Vec::new(),
+                        sip_uri: None,
+                        display_name: room.display_name,
+                    }));
+                }
+                Err(error) => {
+                    complete = false;
+                    let delay = state.failed(&kind, now, Duration::from_secs(300));
+                    let message = format!(
+                        "directory of source {}: {kind}: {error}; nobody is removed, tried again in {} s",
+                        sync.source_id(),
+                        delay.as_secs().max(1)
+                    );
+                    failing.push(message.clone());
+                    note_problem(problems, now, message);
+                }
+            }
+        }
         if let Some(ldap) = &entry.ldap {
             let kind = entry.kind();
             let period = Duration::from_secs(entry.refresh_seconds.max(1));

@@ -95,12 +95,8 @@ async fn exchange_on_premises_source_syncs_resolves_and_streams_changes() {
         ews: Some(ews),
     }];
     config.directory = vec![DirectoryConfig {
-        source: source.clone(),
-        file: Some(directory.clone()),
-        group_id: None,
         refresh_seconds: 300,
-        ldap: None,
-        max_shrink_percent: 20,
+        ..DirectoryConfig::of_file(source.clone(), directory.clone())
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
 
@@ -282,12 +278,8 @@ impl Organisation {
             ews: Some(ews),
         }];
         config.directory = vec![DirectoryConfig {
-            source,
-            file: Some(self.directory.clone()),
-            group_id: None,
             refresh_seconds,
-            ldap: None,
-            max_shrink_percent: 20,
+            ..DirectoryConfig::of_file(source, self.directory.clone())
         }];
         start_service(config, self.clock.clone(), listener).await
     }
@@ -746,12 +738,8 @@ async fn discovery_goes_through_autodiscover_redirects_from_the_service_accounts
         ews: Some(ews),
     }];
     config.directory = vec![DirectoryConfig {
-        source,
-        file: Some(directory),
-        group_id: None,
         refresh_seconds: 300,
-        ldap: None,
-        max_shrink_percent: 20,
+        ..DirectoryConfig::of_file(source, directory)
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
 
@@ -831,12 +819,8 @@ async fn a_refused_streaming_connection_is_polled_until_exchange_accepts_it() {
         ews: Some(toml::from_str(&ews_toml).expect("EWS config")),
     }];
     config.directory = vec![DirectoryConfig {
-        source,
-        file: Some(org.directory.clone()),
-        group_id: None,
         refresh_seconds: 300,
-        ldap: None,
-        max_shrink_percent: 20,
+        ..DirectoryConfig::of_file(source, org.directory.clone())
     }];
     let running = start_service(config, Arc::new(SystemClock), listener).await;
     let api = Api::new(&running);

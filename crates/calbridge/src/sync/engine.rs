@@ -173,6 +173,13 @@ pub trait CalendarSource: Send + Sync + Sized + 'static {
     fn set_alternates(&self, _person: &PersonKey, _alternates: Vec<String>) {}
     /// The members of a directory group.
     async fn group_members(&self, group: &str) -> Result<Vec<super::GroupMember>, String>;
+    /// The meeting rooms of the tenant, or of one room list.
+    async fn rooms(
+        &self,
+        _list: Option<&MailboxAddress>,
+    ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
+        Err("rooms come from Microsoft Graph's places API; this source has none".to_string())
+    }
 
     /// Resolves directory addresses to mailboxes; one result per person.
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)>;
@@ -1445,6 +1452,13 @@ impl<S: CalendarSource> super::DirectoryTarget for Engine<S> {
 
     async fn group_members(&self, group: &str) -> Result<Vec<super::GroupMember>, String> {
         self.source.group_members(group).await
+    }
+
+    async fn rooms(
+        &self,
+        list: Option<&MailboxAddress>,
+    ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
+        self.source.rooms(list).await
     }
 
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {

@@ -415,6 +415,16 @@ impl CalendarSource for GraphCalendars {
             .map_err(|error| error.to_string())
     }
 
+    async fn rooms(
+        &self,
+        list: Option<&calbridge_domain::MailboxAddress>,
+    ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
+        self.graph
+            .rooms(list)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)> {
         fan_out(PARALLEL_PEOPLE, people, |person| {
             let graph = self.graph.clone();

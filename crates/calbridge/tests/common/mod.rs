@@ -76,12 +76,8 @@ pub fn config_for(
         calbridge::commands::demo_config(&ready, data_dir, public_url).expect("demo config");
     if let Some(file) = directory_file {
         config.directory = vec![DirectoryConfig {
-            source: SourceId(SOURCE.to_string()),
-            file: Some(file.to_path_buf()),
-            group_id: None,
             refresh_seconds: 300,
-            ldap: None,
-            max_shrink_percent: 20,
+            ..DirectoryConfig::of_file(SourceId(SOURCE.to_string()), file.to_path_buf())
         }];
     } else {
         assert!(has_group, "a scenario needs a directory file");

@@ -1,0 +1,141 @@
+//! Rooms as a directory: `[[directory]] rooms = "all"` follows every room of the tenant from
+//! Graph's places API, `rooms = "<room list address>"` the rooms of one list; each room gets a
+//! presence like a person. A tenant whose places API lists no room gets the hint on how to
+//! make room lists, and nobody is followed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calbridge::config::DirectoryConfig;
+use calbridge_domain::SourceId;
+use common::*;
+use m365_emulator::{Emulator, EmulatorConfig, Scenario};
+
+fn rooms_entry(selector: &str) -> DirectoryConfig {
+    DirectoryConfig {
+        rooms: Some(selector.to_string()),
+        ..DirectoryConfig::new(SourceId(SOURCE.to_string()))
+    }
+}
+
+fn followed(running: &calbridge::service::RunningService) -> BTreeSet<String> {
+    running
+        .hub
+        .people()
+        .into_iter()
+        .map(|person| person.address.as_str().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_room_or_one_room_lists_rooms_are_followed_with_a_presence() {
+    init_logs();
+    // 1,000 people come with 7 rooms in 3 buildings, one room list each.
+    let emulator = Emulator::start(EmulatorConfig::generated(1000, 3))
+        .await
+        .expect("the emulator starts");
+    let ready = emulator.ready().clone();
+    let graph = GraphClient::new(&ready).await;
+    let rooms: BTreeSet<String> = (1..=7)
+        .map(|n| format!("room.{n}@contoso.example"))
+        .collect();
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(&ready, data.path(), &public_url, None);
+    config.directory = vec![rooms_entry("all")];
+    let running = start_service(config, Arc::new(calbridge::clock::SystemClock), listener).await;
+    assert_eq!(followed(&running), rooms);
+    wait_for("a presence for every room", Duration::from_secs(30), || {
+        rooms
+            .iter()
+            .all(|room| presence_of(&running, room).is_some())
+            .then_some(())
+    })
+    .await;
+    // A room is read through its calendar like anyone: the store holds what Graph's calendar
+    // view shows for the room in the window that was read.
+    for room in &rooms {
+        let person = key(room);
+        let window = running
+            .store
+            .get_sync_state(&person)
+            .await
+            .expect("the sync state")
+            .appointment_window
+            .expect("a window was read");
+        let shown = graph.calendar_view(room, window.start, window.end).await;
+        let stored = running
+            .store
+            .load_appointments(&person)
+            .await
+            .expect("the appointments");
+        assert_eq!(
+            stored.len(),
+            shown.len(),
+            "{room}: {stored:?} against {shown:?}"
+        );
+    }
+    running.shutdown().await;
+
+    // One room list: only its rooms.
+    let list = "rooms.building-1@contoso.example";
+    let data = tempfile::tempdir().expect("temp dir");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(&ready, data.path(), &public_url, None);
+    config.directory = vec![rooms_entry(list)];
+    let running = start_service(config, Arc::new(calbridge::clock::SystemClock), listener).await;
+    let in_list = followed(&running);
+    assert!(
+        !in_list.is_empty() && in_list.len() < rooms.len(),
+        "{in_list:?}"
+    );
+    assert!(in_list.is_subset(&rooms), "{in_list:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_rooms_in_places_gets_the_hint_and_nobody_followed() {
+    init_logs();
+    let scenario: Scenario = serde_json::from_value(serde_json::json!({
+        "tenants": [{"name": "contoso", "domains": ["contoso.example"]}],
+        "apps": [{
+            "name": "calbridge",
+            "tenant": "contoso",
+            "roles": ["Calendars.Read", "User.Read.All", "Place.Read.All"],
+            "secrets": [{"value": "rooms-test-secret"}],
+        }],
+        "users": [{"upn": "ada@contoso.example"}],
+    }))
+    .expect("a scenario");
+    let emulator = Emulator::start(EmulatorConfig::scenario(scenario))
+        .await
+        .expect("the emulator starts");
+    let mut ready = emulator.ready().clone();
+    ready.client_secret = Some("rooms-test-secret".to_string());
+    let data = tempfile::tempdir().expect("temp dir");
+    let directory_file = data.path().join("unused.csv");
+    std::fs::write(&directory_file, "address\n").expect("write");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(&ready, data.path(), &public_url, Some(&directory_file));
+    config.directory = vec![rooms_entry("all")];
+    let running = try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
+        .await
+        .expect("the service starts");
+    let hint = wait_for("the hint about room lists", Duration::from_secs(30), || {
+        running
+            .problems
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(_, message)| message.clone())
+            .find(|message| message.contains("lists no rooms"))
+    })
+    .await;
+    assert!(hint.contains("New-DistributionGroup -RoomList"), "{hint}");
+    assert!(followed(&running).is_empty());
+    running.shutdown().await;
+}

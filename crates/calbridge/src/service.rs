@@ -811,6 +811,8 @@ pub(crate) struct DirectoryState {
     /// read.
     reported: HashMap<String, Vec<String>>,
     guard: ShrinkGuard,
+    /// The room details last written to the store, so that an unchanged read writes nothing.
+    stored_rooms: Option<Vec<calbridge_domain::RoomInfo>>,
 }
 
 impl DirectoryState {
@@ -927,6 +929,9 @@ pub(crate) async fn refresh_directory(
     let mut complete = true;
     let mut changed = forced;
     let mut failing = Vec::new();
+    // The rooms' details, when every `rooms` entry of the source was read.
+    let mut rooms_read: Vec<calbridge_domain::RoomInfo> = Vec::new();
+    let mut rooms_complete = entries.iter().any(|entry| entry.rooms.is_some());
     for entry in entries {
         if let Some(path) = &entry.file {
             let modified = std::fs::metadata(path)
@@ -997,6 +1002,7 @@ pub(crate) async fn refresh_directory(
             let kind = entry.kind();
             if !forced && !state.due(&kind, GROUP_REFRESH, now) {
                 complete = false;
+                rooms_complete = false;
                 continue;
             }
             state.read_at.insert(kind.clone(), now);
@@ -1019,15 +1025,17 @@ pub(crate) async fn refresh_directory(
                     } else if !rooms.is_empty() {
                         state.reported.remove(&kind);
                     }
-                    listed.extend(rooms.into_iter().map(|room| DirectoryPerson {
-                        address: room.address,
+                    listed.extend(rooms.iter().map(|room| DirectoryPerson {
+                        address: room.address.clone(),
                         alternates: Vec::new(),
                         sip_uri: None,
-                        display_name: room.display_name,
+                        display_name: room.display_name.clone(),
                     }));
+                    rooms_read.extend(rooms);
                 }
                 Err(error) => {
                     complete = false;
+                    rooms_complete = false;
                     let delay = state.failed(&kind, now, Duration::from_secs(300));
                     let message = format!(
                         "directory of source {}: {kind}: {error}; nobody is removed, tried again in {} s",
@@ -1212,6 +1220,19 @@ pub(crate) async fn refresh_directory(
         }
     }
     applied.written = upserts.len();
+    if rooms_complete && state.stored_rooms.as_ref() != Some(&rooms_read) {
+        match store.set_rooms(sync.source_id(), &rooms_read).await {
+            Ok(()) => state.stored_rooms = Some(rooms_read),
+            Err(error) => note_problem(
+                problems,
+                now,
+                format!(
+                    "cannot store the rooms of source {}: {error}",
+                    sync.source_id()
+                ),
+            ),
+        }
+    }
     let n_new = upserts
         .iter()
         .filter(|upsert| !known.contains_key(&upsert.key))

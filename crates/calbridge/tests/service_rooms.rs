@@ -49,6 +49,28 @@ async fn every_room_or_one_room_lists_rooms_are_followed_with_a_presence() {
     config.directory = vec![rooms_entry("all")];
     let running = start_service(config, Arc::new(calbridge::clock::SystemClock), listener).await;
     assert_eq!(followed(&running), rooms);
+    // The rooms' details from the places API are kept in the store.
+    let stored = running.store.list_rooms().await.expect("the rooms");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|(key, _)| key.address.as_str().to_string())
+            .collect::<BTreeSet<_>>(),
+        rooms
+    );
+    for (key, room) in &stored {
+        assert!(room.capacity.is_some_and(|n| n >= 4), "{key}: {room:?}");
+        assert!(
+            room.building
+                .as_deref()
+                .is_some_and(|b| b.starts_with("Building ")),
+            "{key}: {room:?}"
+        );
+        assert!(room
+            .display_name
+            .as_deref()
+            .is_some_and(|name| name.starts_with("Meeting room")));
+    }
     wait_for("a presence for every room", Duration::from_secs(30), || {
         rooms
             .iter()

@@ -438,6 +438,29 @@ pub(crate) fn decode_person_key<R: StoreRow>(
     Ok(PersonKey::new(SourceId(source), address))
 }
 
+/// A row of the backends' `list_rooms` query (`bookable` read by the caller: an integer in
+/// SQLite, a boolean in PostgreSQL). Numbers out of range count as not given.
+pub(crate) fn decode_room<R: StoreRow>(
+    row: &R,
+    bookable: bool,
+) -> Result<(PersonKey, calbridge_domain::RoomInfo), StoreError> {
+    let key = decode_person_key(row, "source_id", "address")?;
+    let what = || format!("room {key}");
+    let capacity: Option<i64> = row.column("capacity", &what)?;
+    let floor_number: Option<i64> = row.column("floor_number", &what)?;
+    let room = calbridge_domain::RoomInfo {
+        address: key.address.clone(),
+        display_name: row.column("display_name", &what)?,
+        capacity: capacity.and_then(|n| u32::try_from(n).ok()),
+        building: row.column("building", &what)?,
+        floor_number: floor_number.and_then(|n| i32::try_from(n).ok()),
+        floor_label: row.column("floor_label", &what)?,
+        room_list: row.column("room_list", &what)?,
+        bookable,
+    };
+    Ok((key, room))
+}
+
 /// Reads the columns of the backends' `PERSON_COLUMNS`.
 pub(crate) fn decode_person<R: StoreRow>(row: &R) -> Result<Person, StoreError> {
     let key = decode_person_key(row, "source_id", "address")?;

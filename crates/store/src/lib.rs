@@ -78,6 +78,18 @@ pub trait Store: Send + Sync {
         resolution: &Resolution,
     ) -> Result<(), StoreError>;
 
+    /// Sets what the directory says about the rooms of `source`: each listed room (a person
+    /// of that source, by address) gets its details; the source's other people lose theirs.
+    /// Rooms that are not people of the source are skipped. One transaction.
+    async fn set_rooms(
+        &self,
+        source: &SourceId,
+        rooms: &[calbridge_domain::RoomInfo],
+    ) -> Result<(), StoreError>;
+    /// Every room with its details (its display name from the person), ordered by source then
+    /// address.
+    async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError>;
+
     /// [`Store::upsert_person`] for each element, in order, in one transaction where the
     /// implementation has them. Never fails with `PersonNotFound`: upserting creates.
     async fn upsert_people(&self, people: &[PersonUpsert]) -> Result<(), StoreError> {

@@ -43,6 +43,11 @@ pub(crate) const SQLITE: Migrations = &[
         "presence_feed",
         include_str!("../migrations/sqlite/0004_presence_feed.sql"),
     ),
+    (
+        5,
+        "rooms",
+        include_str!("../migrations/sqlite/0005_rooms.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Migrations = &[
@@ -65,6 +70,11 @@ pub(crate) const POSTGRES: Migrations = &[
         4,
         "presence_feed",
         include_str!("../migrations/postgres/0004_presence_feed.sql"),
+    ),
+    (
+        5,
+        "rooms",
+        include_str!("../migrations/postgres/0005_rooms.sql"),
     ),
 ];
 

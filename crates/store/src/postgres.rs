@@ -744,6 +744,66 @@ impl Store for PostgresStore {
         commit(tx, &operation).await
     }
 
+    async fn set_rooms(
+        &self,
+        source: &SourceId,
+        rooms: &[calbridge_domain::RoomInfo],
+    ) -> Result<(), StoreError> {
+        let operation = || format!("set the rooms of source {source}");
+        let failed = |error| StoreError::database(operation(), error);
+        let mut tx = self.begin(&operation).await?;
+        sqlx::query(
+            "DELETE FROM rooms WHERE person_id IN (SELECT id FROM people WHERE source_id = $1)",
+        )
+        .bind(&source.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let now = Timestamp::now().as_second();
+        for room in rooms {
+            sqlx::query(
+                "INSERT INTO rooms (person_id, capacity, building, floor_number, floor_label, \
+                 room_list, bookable, updated_at) \
+                 SELECT id, $1, $2, $3, $4, $5, $6, $7 FROM people \
+                 WHERE source_id = $8 AND address = $9 \
+                 ON CONFLICT (person_id) DO UPDATE SET capacity = EXCLUDED.capacity, \
+                 building = EXCLUDED.building, floor_number = EXCLUDED.floor_number, \
+                 floor_label = EXCLUDED.floor_label, room_list = EXCLUDED.room_list, \
+                 bookable = EXCLUDED.bookable, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(room.capacity.map(i64::from))
+            .bind(&room.building)
+            .bind(room.floor_number.map(i64::from))
+            .bind(&room.floor_label)
+            .bind(&room.room_list)
+            .bind(room.bookable)
+            .bind(now)
+            .bind(&source.0)
+            .bind(room.address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        commit(tx, &operation).await
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, p.display_name, r.capacity, r.building, \
+             r.floor_number, r.floor_label, r.room_list, r.bookable \
+             FROM rooms r JOIN people p ON p.id = r.person_id ORDER BY p.source_id, p.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list rooms".to_string(), error))?;
+        rows.iter()
+            .map(|row| {
+                let bookable: bool = row.column("bookable", &|| "a room".to_string())?;
+                crate::codec::decode_room(row, bookable)
+            })
+            .collect()
+    }
+
     async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {PERSON_COLUMNS} FROM people p WHERE p.source_id = $1 AND p.address = $2"

@@ -803,6 +803,61 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(failed)
     }
 
+    async fn set_rooms(
+        &self,
+        source: &SourceId,
+        rooms: &[calbridge_domain::RoomInfo],
+    ) -> Result<(), StoreError> {
+        let failed =
+            |error| StoreError::database(format!("set the rooms of source {source}"), error);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        sqlx::query(
+            "DELETE FROM rooms WHERE person_id IN (SELECT id FROM people WHERE source_id = ?)",
+        )
+        .bind(&source.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let now = Timestamp::now().as_second();
+        for room in rooms {
+            sqlx::query(
+                "INSERT OR REPLACE INTO rooms (person_id, capacity, building, floor_number, \
+                 floor_label, room_list, bookable, updated_at) \
+                 SELECT id, ?, ?, ?, ?, ?, ?, ? FROM people WHERE source_id = ? AND address = ?",
+            )
+            .bind(room.capacity.map(i64::from))
+            .bind(&room.building)
+            .bind(room.floor_number.map(i64::from))
+            .bind(&room.floor_label)
+            .bind(&room.room_list)
+            .bind(i64::from(room.bookable))
+            .bind(now)
+            .bind(&source.0)
+            .bind(room.address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, p.display_name, r.capacity, r.building, \
+             r.floor_number, r.floor_label, r.room_list, r.bookable \
+             FROM rooms r JOIN people p ON p.id = r.person_id ORDER BY p.source_id, p.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list rooms".to_string(), error))?;
+        rows.iter()
+            .map(|row| {
+                let bookable: i64 = row.column("bookable", &|| "a room".to_string())?;
+                crate::codec::decode_room(row, bookable != 0)
+            })
+            .collect()
+    }
+
     async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {PERSON_COLUMNS} FROM people p WHERE p.source_id = ? AND p.address = ?"

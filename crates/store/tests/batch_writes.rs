@@ -31,6 +31,16 @@ impl Store for SingleItemsOnly {
     async fn get_person(&self, key: &PersonKey) -> Result<Option<Person>, StoreError> {
         self.0.get_person(key).await
     }
+    async fn set_rooms(
+        &self,
+        source: &SourceId,
+        rooms: &[calbridge_domain::RoomInfo],
+    ) -> Result<(), StoreError> {
+        self.0.set_rooms(source, rooms).await
+    }
+    async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {
+        self.0.list_rooms().await
+    }
     async fn list_people(&self) -> Result<Vec<Person>, StoreError> {
         self.0.list_people().await
     }

@@ -902,7 +902,97 @@ async fn sip_publications_are_saved_replaced_removed_and_listed_while_they_live(
     assert_eq!(store.load_sip_publication("sip:bob@x").await.unwrap(), None);
 }
 
+async fn rooms_keep_their_details_are_replaced_per_source_and_go_with_their_person(
+    backend: Backend,
+) {
+    let first = person("m365", "room.1@contoso.example");
+    let store = store_with(&backend, &first).await;
+    let second = person("m365", "room.2@contoso.example");
+    let elsewhere = person("other", "room.9@contoso.example");
+    add(&*store, &second).await;
+    add(&*store, &elsewhere).await;
+    let room = |key: &PersonKey, capacity: Option<u32>, floor: Option<i32>, bookable: bool| {
+        calbridge_domain::RoomInfo {
+            address: key.address.clone(),
+            display_name: None,
+            capacity,
+            building: Some("Building 1".to_string()),
+            floor_number: floor,
+            floor_label: floor.map(|floor| format!("F{floor}")),
+            room_list: Some("rooms.building-1@contoso.example".to_string()),
+            bookable,
+        }
+    };
+    let stranger = MailboxAddress::parse("not.a.person@contoso.example").unwrap();
+    store
+        .set_rooms(
+            &SourceId("m365".to_string()),
+            &[
+                room(&first, Some(8), Some(-1), true),
+                room(&second, None, None, false),
+                calbridge_domain::RoomInfo::new(stranger),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .set_rooms(
+            &SourceId("other".to_string()),
+            &[room(&elsewhere, Some(4), Some(2), true)],
+        )
+        .await
+        .unwrap();
+    let listed = store.list_rooms().await.unwrap();
+    let with_name = |mut info: calbridge_domain::RoomInfo| {
+        info.display_name = Some("Alice Example".to_string());
+        info
+    };
+    assert_eq!(
+        listed,
+        vec![
+            (
+                first.clone(),
+                with_name(room(&first, Some(8), Some(-1), true))
+            ),
+            (second.clone(), with_name(room(&second, None, None, false))),
+            (
+                elsewhere.clone(),
+                with_name(room(&elsewhere, Some(4), Some(2), true))
+            ),
+        ],
+        "a room that is not a person of the source is skipped"
+    );
+
+    // A new read of one source replaces its rooms only.
+    store
+        .set_rooms(
+            &SourceId("m365".to_string()),
+            &[room(&second, Some(20), Some(3), true)],
+        )
+        .await
+        .unwrap();
+    let listed: Vec<PersonKey> = store
+        .list_rooms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(listed, vec![second.clone(), elsewhere.clone()]);
+    // A room that leaves the directory takes its details with it.
+    store.remove_person(&second).await.unwrap();
+    let listed: Vec<PersonKey> = store
+        .list_rooms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(listed, vec![elsewhere]);
+}
+
 on_each_backend!(
+    rooms_keep_their_details_are_replaced_per_source_and_go_with_their_person,
     sip_publications_are_saved_replaced_removed_and_listed_while_they_live,
     a_notification_s_subscription_names_its_person_in_its_source,
     an_upserted_person_reads_back_as_pending_with_the_directory_fields,

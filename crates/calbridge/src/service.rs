@@ -1308,8 +1308,9 @@ impl DirectoryTarget for StoreOnlyTarget {
     }
 }
 
-/// Applies one directory read of `entries` to `store` as the service does (the shrink guard
-/// in `state` included), without a sync engine. For the LDAP benchmark.
+/// Reads every entry of `entries` now (as a reload does, whatever their refresh period) and
+/// applies the result to `store` as the service does (the shrink guard in `state` included),
+/// without a sync engine. For the LDAP benchmark.
 pub async fn apply_directory_once(
     source: &SourceId,
     store: &dyn Store,
@@ -1329,7 +1330,7 @@ pub async fn apply_directory_once(
             health: &health,
         },
         clock,
-        Refresh::Periodic,
+        Refresh::Reloaded,
     )
     .await
 }

@@ -822,6 +822,9 @@ pub(crate) struct DirectoryState {
     /// The problems an LDAP read reported last, so that the same ones are not logged at every
     /// read.
     reported: HashMap<String, Vec<String>>,
+    /// The entries whose last read failed (by [`DirectoryConfig::kind`]), with why. An entry
+    /// that is not due keeps its failure until it is read again.
+    failures: std::collections::BTreeMap<String, String>,
     guard: ShrinkGuard,
 }
 
@@ -938,7 +941,6 @@ pub(crate) async fn refresh_directory(
     let mut resolved = Vec::new();
     let mut complete = true;
     let mut changed = forced;
-    let mut failing = Vec::new();
     for entry in entries {
         if let Some(path) = &entry.file {
             let modified = std::fs::metadata(path)
@@ -961,11 +963,12 @@ pub(crate) async fn refresh_directory(
                     if let Some(modified) = modified {
                         state.file_times.insert(path.clone(), modified);
                     }
+                    state.failures.remove(&entry.kind());
                     listed.extend(listing.people);
                 }
                 Err(error) => {
                     complete = false;
-                    failing.push(error.to_string());
+                    state.failures.insert(entry.kind(), error.to_string());
                     if changed || !is_refresh {
                         note_problem(problems, now, error.to_string());
                     }
@@ -981,6 +984,7 @@ pub(crate) async fn refresh_directory(
             match sync.group_members(group).await {
                 Ok(members) => {
                     state.read_retry.remove(group);
+                    state.failures.remove(&entry.kind());
                     changed = true;
                     for member in members {
                         listed.push(DirectoryPerson {
@@ -1000,7 +1004,7 @@ pub(crate) async fn refresh_directory(
                         sync.source_id(),
                         delay.as_secs().max(1)
                     );
-                    failing.push(message.clone());
+                    state.failures.insert(entry.kind(), message.clone());
                     note_problem(problems, now, message);
                 }
             }
@@ -1017,6 +1021,7 @@ pub(crate) async fn refresh_directory(
             match directory::ldap::read(ldap).await {
                 Ok(listing) => {
                     state.read_retry.remove(&kind);
+                    state.failures.remove(&kind);
                     changed = true;
                     if state.reported.get(&kind) != Some(&listing.problems) {
                         for problem in &listing.problems {
@@ -1036,12 +1041,16 @@ pub(crate) async fn refresh_directory(
                         sync.source_id(),
                         delay.as_secs().max(1)
                     );
-                    failing.push(message.clone());
+                    state.failures.insert(kind.clone(), message.clone());
                     note_problem(problems, now, message);
                 }
             }
         }
     }
+    // Entries no longer configured (a reload) have no failure to show.
+    let kinds: HashSet<String> = entries.iter().map(DirectoryConfig::kind).collect();
+    state.failures.retain(|kind, _| kinds.contains(kind));
+    let failing: Vec<String> = state.failures.values().cloned().collect();
     let mut applied = DirectoryApplied {
         listed: listed.len(),
         ..DirectoryApplied::default()

@@ -210,7 +210,8 @@ async fn service_with_ldap(
     let mut config = config_for(ready, data, &public_url, None);
     let mut entry = DirectoryConfig::new(SourceId(SOURCE.to_string()));
     entry.ldap = Some(ldap);
-    entry.refresh_seconds = 1;
+    // Two seconds: a held change stays visible for at least that long between two reads.
+    entry.refresh_seconds = 2;
     config.directory = vec![entry];
     try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
         .await

@@ -810,6 +810,9 @@ pub(crate) struct DirectoryState {
     /// The problems an LDAP read reported last, so that the same ones are not logged at every
     /// read.
     reported: HashMap<String, Vec<String>>,
+    /// The entries whose last read failed (by [`DirectoryConfig::kind`]), with why. An entry
+    /// that is not due keeps its failure until it is read again.
+    failures: std::collections::BTreeMap<String, String>,
     guard: ShrinkGuard,
     /// The room details last written to the store, so that an unchanged read writes nothing.
     stored_rooms: Option<Vec<calbridge_domain::RoomInfo>>,
@@ -928,7 +931,6 @@ pub(crate) async fn refresh_directory(
     let mut resolved = Vec::new();
     let mut complete = true;
     let mut changed = forced;
-    let mut failing = Vec::new();
     // The rooms' details, when every `rooms` entry of the source was read.
     let mut rooms_read: Vec<calbridge_domain::RoomInfo> = Vec::new();
     let mut rooms_complete = entries.iter().any(|entry| entry.rooms.is_some());
@@ -954,11 +956,12 @@ pub(crate) async fn refresh_directory(
                     if let Some(modified) = modified {
                         state.file_times.insert(path.clone(), modified);
                     }
+                    state.failures.remove(&entry.kind());
                     listed.extend(listing.people);
                 }
                 Err(error) => {
                     complete = false;
-                    failing.push(error.to_string());
+                    state.failures.insert(entry.kind(), error.to_string());
                     if changed || !is_refresh {
                         note_problem(problems, now, error.to_string());
                     }
@@ -974,6 +977,7 @@ pub(crate) async fn refresh_directory(
             match sync.group_members(group).await {
                 Ok(members) => {
                     state.read_retry.remove(group);
+                    state.failures.remove(&entry.kind());
                     changed = true;
                     for member in members {
                         listed.push(DirectoryPerson {
@@ -993,7 +997,7 @@ pub(crate) async fn refresh_directory(
                         sync.source_id(),
                         delay.as_secs().max(1)
                     );
-                    failing.push(message.clone());
+                    state.failures.insert(entry.kind(), message.clone());
                     note_problem(problems, now, message);
                 }
             }
@@ -1011,6 +1015,7 @@ pub(crate) async fn refresh_directory(
             match sync.rooms(list.as_ref()).await {
                 Ok(rooms) => {
                     state.read_retry.remove(&kind);
+                    state.failures.remove(&kind);
                     changed = true;
                     if rooms.is_empty() && state.reported.get(&kind).is_none_or(Vec::is_empty) {
                         let hint = format!(
@@ -1042,7 +1047,7 @@ pub(crate) async fn refresh_directory(
                         sync.source_id(),
                         delay.as_secs().max(1)
                     );
-                    failing.push(message.clone());
+                    state.failures.insert(kind.clone(), message.clone());
                     note_problem(problems, now, message);
                 }
             }
@@ -1059,6 +1064,7 @@ pub(crate) async fn refresh_directory(
             match directory::ldap::read(ldap).await {
                 Ok(listing) => {
                     state.read_retry.remove(&kind);
+                    state.failures.remove(&kind);
                     changed = true;
                     if state.reported.get(&kind) != Some(&listing.problems) {
                         for problem in &listing.problems {
@@ -1078,12 +1084,16 @@ pub(crate) async fn refresh_directory(
                         sync.source_id(),
                         delay.as_secs().max(1)
                     );
-                    failing.push(message.clone());
+                    state.failures.insert(kind.clone(), message.clone());
                     note_problem(problems, now, message);
                 }
             }
         }
     }
+    // Entries no longer configured (a reload) have no failure to show.
+    let kinds: HashSet<String> = entries.iter().map(DirectoryConfig::kind).collect();
+    state.failures.retain(|kind, _| kinds.contains(kind));
+    let failing: Vec<String> = state.failures.values().cloned().collect();
     let mut applied = DirectoryApplied {
         listed: listed.len(),
         ..DirectoryApplied::default()
@@ -1363,8 +1373,9 @@ impl DirectoryTarget for StoreOnlyTarget {
     }
 }
 
-/// Applies one directory read of `entries` to `store` as the service does (the shrink guard
-/// in `state` included), without a sync engine. For the LDAP benchmark.
+/// Reads every entry of `entries` now (as a reload does, whatever their refresh period) and
+/// applies the result to `store` as the service does (the shrink guard in `state` included),
+/// without a sync engine. For the LDAP benchmark.
 pub async fn apply_directory_once(
     source: &SourceId,
     store: &dyn Store,
@@ -1384,7 +1395,7 @@ pub async fn apply_directory_once(
             health: &health,
         },
         clock,
-        Refresh::Periodic,
+        Refresh::Reloaded,
     )
     .await
 }

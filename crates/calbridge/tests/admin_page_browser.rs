@@ -47,9 +47,30 @@ const INSTANCE: &str = "admin-page-instance";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_the_presence_the_api_reports_for_every_user() {
-    let Some(page) = admin_page(false, Storage::Sqlite, "admin-page.png").await else {
+    let Some(page) = admin_page(
+        false,
+        Storage::Sqlite,
+        "admin-page.png",
+        ExtraDirectory::UnreachableLdap,
+    )
+    .await
+    else {
         return;
     };
+    // The LDAP entry beside the group cannot be read: the page says so (naming the server),
+    // and everyone of the group stays.
+    let notes = page
+        .dom
+        .split("id=\"directory-notes\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</div></div>").next())
+        .expect("the directory notes");
+    assert!(
+        notes.contains("LDAP ldap://127.0.0.1:") && notes.contains("cannot connect"),
+        "{notes}"
+    );
+    assert!(notes.contains("nobody is removed"), "{notes}");
+    assert_eq!(page.layout["directoryNotes"], true, "{}", page.layout);
     assert!(
         page.dom.contains("token valid"),
         "the Graph card shows its token"
@@ -75,6 +96,7 @@ async fn admin_page_in_chromium_shows_the_instance_that_follows_each_user() {
         false,
         Storage::Postgres(&database),
         "admin-page-cluster.png",
+        ExtraDirectory::None,
     )
     .await
     else {
@@ -102,9 +124,21 @@ async fn admin_page_in_chromium_shows_the_instance_that_follows_each_user() {
 /// in use and how it was found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_in_chromium_shows_an_ews_source_and_its_users() {
-    let Some(page) = admin_page(true, Storage::Sqlite, "admin-page-ews.png").await else {
+    let Some(page) = admin_page(
+        true,
+        Storage::Sqlite,
+        "admin-page-ews.png",
+        ExtraDirectory::None,
+    )
+    .await
+    else {
         return;
     };
+    assert_eq!(
+        page.layout["directoryNotes"], false,
+        "no directory trouble, no notes: {}",
+        page.layout
+    );
     let card = page
         .dom
         .split("data-source=\"onprem\"")
@@ -121,6 +155,13 @@ async fn admin_page_in_chromium_shows_an_ews_source_and_its_users() {
     );
 }
 
+/// A directory entry besides the organisation's own.
+enum ExtraDirectory {
+    None,
+    /// An LDAP directory whose server does not answer (a loopback port nobody listens on).
+    UnreachableLdap,
+}
+
 /// What the browser showed: the DOM, and what the page laid out (see [`browse`]).
 struct Page {
     dom: String,
@@ -130,7 +171,12 @@ struct Page {
 /// Runs the service on a generated organisation (Graph, or EWS with `ews`), opens the admin
 /// page in Chromium and checks every user's row against the API; returns the page, or None
 /// when Chromium is not installed (and not required).
-async fn admin_page(ews: bool, storage: Storage<'_>, screenshot: &str) -> Option<Page> {
+async fn admin_page(
+    ews: bool,
+    storage: Storage<'_>,
+    screenshot: &str,
+    extra: ExtraDirectory,
+) -> Option<Page> {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|program| !Path::new(program).exists())
@@ -182,6 +228,21 @@ async fn admin_page(ews: bool, storage: Storage<'_>, screenshot: &str) -> Option
         .expect("the EWS source");
         config.sources = vec![source];
         config.directory = vec![directory];
+    }
+    if let ExtraDirectory::UnreachableLdap = extra {
+        // A port that was free a moment ago: connecting is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut ldap = calbridge::directory::ldap::LdapConfig::new(
+            &format!("ldap://127.0.0.1:{port}"),
+            "dc=example,dc=org",
+        );
+        ldap.filter = "(mail=*)".to_string();
+        let mut entry = calbridge::config::DirectoryConfig::new(config.sources[0].id.clone());
+        entry.ldap = Some(ldap);
+        config.directory.push(entry);
     }
     if let Storage::Postgres(database) = &storage {
         config.store.path = None;
@@ -302,7 +363,8 @@ async fn admin_page(ews: bool, storage: Storage<'_>, screenshot: &str) -> Option
 /// Opens the page in a fresh headless Chromium, waits until the table has `n_users` rows
 /// whose activity cells are filled, and returns the DOM, a PNG screenshot, and what the page
 /// laid out: `instanceColumn` (the CSS display of the instance column's header) and
-/// `clusterPanel` (whether the instances panel shows).
+/// `clusterPanel` (whether the instances panel shows), `directoryNotes` (whether the
+/// directory's notes show: a held change or a failing read).
 async fn browse(
     driver: &ChromeDriver,
     scratch: &Path,
@@ -405,7 +467,8 @@ async fn browse(
         .to_string();
     let layout_probe = json!({"script": "return {
         instanceColumn: getComputedStyle(document.querySelector('#users th[data-col=instance]')).display,
-        clusterPanel: !document.getElementById('cluster-panel').hidden };", "args": []});
+        clusterPanel: !document.getElementById('cluster-panel').hidden,
+        directoryNotes: !document.getElementById('directory-notes').hidden };", "args": []});
     let layout = driver
         .call(
             reqwest::Method::POST,

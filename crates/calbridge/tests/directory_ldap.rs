@@ -150,12 +150,25 @@ async fn ldaps_needs_the_extra_ca_and_a_refused_bind_names_the_account_not_the_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nested_groups_are_expanded_and_the_active_directory_rule_is_refused_clearly() {
+async fn direct_and_nested_group_members_are_read_and_the_active_directory_rule_is_refused_clearly()
+{
     let Some(server) = slapd_with(PEOPLE) else {
         return;
     };
     let mut config = settings(&server.ldap_url, &server);
     config.member_of = Some(slapd::GROUP_DN.to_string());
+    // Direct members only, through memberOf (the default).
+    assert_eq!(config.nested, Nesting::None);
+    let direct = reader::read(&config).await.expect("the direct read");
+    let mut addresses: Vec<String> = direct
+        .people
+        .iter()
+        .map(|person| person.address.to_string())
+        .collect();
+    addresses.sort();
+    let expected: Vec<String> = (0..slapd::GROUP_DIRECT).map(slapd::address_of).collect();
+    assert_eq!(addresses, expected);
+
     config.nested = Nesting::Expand;
     let listing = reader::read(&config).await.expect("the expanded read");
     let mut addresses: Vec<String> = listing
@@ -197,7 +210,8 @@ async fn service_with_ldap(
     let mut config = config_for(ready, data, &public_url, None);
     let mut entry = DirectoryConfig::new(SourceId(SOURCE.to_string()));
     entry.ldap = Some(ldap);
-    entry.refresh_seconds = 1;
+    // Two seconds: a held change stays visible for at least that long between two reads.
+    entry.refresh_seconds = 2;
     config.directory = vec![entry];
     try_start_service(config, Arc::new(calbridge::clock::SystemClock), listener)
         .await

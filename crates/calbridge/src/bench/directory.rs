@@ -81,10 +81,20 @@ pub async fn run(sizes: &[usize], page_size: u32) -> anyhow::Result<()> {
             "the first read listed {} and stored {stored} of {n_people} people (see the log for the LDAP error)",
             first.listed
         );
+        anyhow::ensure!(
+            first.written == n_people,
+            "the first read wrote {} of {n_people} people",
+            first.written
+        );
         let started = Instant::now();
         let again =
             apply_directory_once(&source, &store, &entries, &mut state, clock.as_ref()).await;
         let again_time = started.elapsed();
+        anyhow::ensure!(
+            again.listed == n_people,
+            "the re-read listed {} of {n_people} people (see the log for the LDAP error)",
+            again.listed
+        );
         println!(
             "{:>7} {:>12.2} {:>11.2} {:>12.0} {:>10} {:>14.2} {:>14} {:>13}",
             n_people,

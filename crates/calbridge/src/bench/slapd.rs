@@ -6,7 +6,8 @@
 //!
 //! The tree: `dc=example,dc=org` with `ou=people` (`uid=p00000` …, mail `p00000@corp.example`,
 //! `proxyAddresses` `SMTP:` primary, two `smtp:` further addresses and an `X500:` value,
-//! `msRTCSIP-PrimaryUserAddress` for even numbers, a `telephoneNumber` for all), `ou=service`
+//! `msRTCSIP-PrimaryUserAddress` for even numbers, a `telephoneNumber` for all, `memberOf` of
+//! their direct group), `ou=service`
 //! (the bind account `cn=calbridge`) and `ou=groups`: `cn=phones` holds the first 100 people and
 //! `cn=phones-nested`, which holds the next 50 and `cn=phones-deep` (10 more, and `cn=phones`
 //! again: a loop).
@@ -34,13 +35,17 @@ pub const GROUP_NESTED: usize = 50;
 pub const GROUP_DEEP: usize = 10;
 
 /// AD's attributes that OpenLDAP lacks, with their Active Directory OIDs, on an auxiliary class.
+/// `memberOf` holds the direct groups, as Active Directory's does (written into the tree here
+/// rather than kept by OpenLDAP's memberof overlay, which slapadd does not run).
 const SCHEMA: &str = "attributetype ( 1.2.840.113556.1.2.210 NAME 'proxyAddresses'
   EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
   SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
 attributetype ( 1.2.840.113556.1.6.13.3.1 NAME 'msRTCSIP-PrimaryUserAddress'
   EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.2.102 NAME 'memberOf'
+  EQUALITY distinguishedNameMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.12 )
 objectclass ( 1.3.6.1.4.1.32473.1.1 NAME 'calbridgeTestPerson' SUP top AUXILIARY
-  MAY ( proxyAddresses $ msRTCSIP-PrimaryUserAddress ) )
+  MAY ( proxyAddresses $ msRTCSIP-PrimaryUserAddress $ memberOf ) )
 ";
 
 /// The address of person `index`.
@@ -279,6 +284,18 @@ pub fn tree_ldif(n_people: usize) -> String {
             out.push_str(&format!(
                 "msRTCSIP-PrimaryUserAddress: sip:{uid}@corp.example\n"
             ));
+        }
+        let direct_group = if index < GROUP_DIRECT {
+            Some("phones")
+        } else if index < GROUP_DIRECT + GROUP_NESTED {
+            Some("phones-nested")
+        } else if index < GROUP_DIRECT + GROUP_NESTED + GROUP_DEEP {
+            Some("phones-deep")
+        } else {
+            None
+        };
+        if let Some(group) = direct_group {
+            out.push_str(&format!("memberOf: cn={group},ou=groups,{SUFFIX}\n"));
         }
         out.push('\n');
     }

@@ -110,6 +110,9 @@ pub const GENERATED_ROLES: [&str; 4] = [
     "Group.Read.All",
     "full_access_as_app",
 ];
+/// Delegated permissions of the generated app (admin-consented), for a monitor account's sign-in.
+pub const GENERATED_DELEGATED_PERMISSIONS: [&str; 2] =
+    ["Calendars.Read.Shared", "User.ReadBasic.All"];
 /// The on-premises service account with ApplicationImpersonation rights.
 pub const GENERATED_EWS_USER: &str = "svc.calbridge@contoso.example";
 /// The on-premises monitor account with Reviewer rights on every calendar.
@@ -167,6 +170,13 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             .map(|role| role.to_string())
             .collect(),
         access_policy_group: None,
+        delegated_permissions: GENERATED_DELEGATED_PERMISSIONS
+            .iter()
+            .map(|permission| permission.to_string())
+            .collect(),
+        admin_consent: true,
+        redirect_uris: vec![],
+        public_client: true,
     };
 
     let mut zones: HashMap<&str, NamedZone> = HashMap::new();
@@ -297,6 +307,7 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
         ready_group: Some(0),
         faults: FaultSettings::default(),
         settings: SettingsSpec::default(),
+        calendar_sharing: vec![],
     })
 }
 

@@ -31,6 +31,7 @@ mod notify;
 mod recurrence;
 mod scenario;
 mod server;
+mod signin;
 mod state;
 mod timefmt;
 mod tls;
@@ -82,6 +83,8 @@ pub struct EmulatorConfig {
     pub faults: Option<FaultSettings>,
     /// Replaces the scenario's token lifetime (Entra's is 3599 s).
     pub token_lifetime: Option<SignedDuration>,
+    /// Replaces the scenario's refresh token inactivity limit (Entra's is 90 days).
+    pub refresh_token_max_inactive: Option<SignedDuration>,
     /// Extra CA certificates (PEM files) trusted for https notification URLs.
     pub trusted_notification_ca_files: Vec<PathBuf>,
     /// Delays between notification delivery retries (after the first attempt).
@@ -104,6 +107,7 @@ impl EmulatorConfig {
             state_dir: None,
             faults: None,
             token_lifetime: None,
+            refresh_token_max_inactive: None,
             trusted_notification_ca_files: vec![],
             notification_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -348,7 +352,15 @@ impl Emulator {
             settings: state::Settings {
                 token_lifetime,
                 subscription_max_minutes: world.settings.subscription_max_minutes,
+                refresh_token_max_inactive: config.refresh_token_max_inactive.unwrap_or(
+                    SignedDuration::from_secs(world.settings.refresh_token_max_inactive_seconds),
+                ),
+                device_code_interval_seconds: world.settings.device_code_interval_seconds.max(0),
+                device_code_lifetime: SignedDuration::from_secs(
+                    world.settings.device_code_lifetime_seconds,
+                ),
             },
+            signin: signin::SignInStore::new(world.calendar_sharing),
             router: OnceLock::new(),
             ews: ews::EwsState::new(world.exchange, ready.ews_url.clone()),
         });
@@ -507,6 +519,45 @@ impl RunningEmulator {
     }
 
     /// Stops accepting connections and waits for the server tasks to end.
+    /// Shares (or stops sharing) `owner`'s calendar with `reader` (addresses or ids); false
+    /// when either is unknown.
+    pub fn set_calendar_shared(&self, owner: &str, reader: &str, shared: bool) -> bool {
+        match (
+            self.state.directory.user(owner),
+            self.state.directory.user(reader),
+        ) {
+            (Some(owner), Some(reader)) => {
+                self.state.signin.set_shared(owner, reader, shared);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `revokeSignInSessions` for a user: their refresh tokens are refused (AADSTS50173).
+    pub fn revoke_sign_in_sessions(&self, user: &str) -> bool {
+        match self.state.directory.user(user) {
+            Some(index) => {
+                self.state
+                    .signin
+                    .revoke_sessions(index, self.state.clock.now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a redirect URI to an app registration's "Web" platform.
+    pub fn add_redirect_uri(&self, client_id: &str, uri: &str) -> bool {
+        match self.state.directory.app_by_client_id(client_id) {
+            Some(app) => {
+                self.state.signin.add_redirect_uri(app, uri.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {

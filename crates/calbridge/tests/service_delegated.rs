@@ -462,3 +462,124 @@ async fn sign_in_with_microsoft_on_the_admin_page_comes_back_to_the_callback_and
     );
     running.shutdown().await;
 }
+
+/// calbridge.toml for the scenario: one delegated Graph source `demo`, Ada and Bob.
+fn write_config_file(dir: &std::path::Path, ready: &ReadyInfo) -> std::path::PathBuf {
+    let directory = dir.join("people.csv");
+    std::fs::write(&directory, format!("address\n{ADA}\n{BOB}\n")).expect("directory file");
+    let toml = format!(
+        r#"[store]
+path = "{store}"
+
+[[sources]]
+id = "demo"
+
+[sources.graph]
+tenant_id = "{tenant}"
+client_id = "{client}"
+auth = "delegated"
+authority_url = "{base}"
+graph_url = "{base}"
+token_scope = "https://graph.microsoft.com/.default"
+extra_root_ca = "{ca}"
+
+[[directory]]
+source = "demo"
+file = "{directory}"
+"#,
+        store = dir.join("calbridge.sqlite").display(),
+        tenant = ready.tenant_id,
+        client = ready.client_id,
+        base = ready.base_url,
+        ca = ready.ca_cert.display(),
+        directory = directory.display(),
+    );
+    let path = dir.join("calbridge.toml");
+    std::fs::write(&path, toml).expect("calbridge.toml");
+    path
+}
+
+async fn run_calbridge(arguments: &[&str]) -> (bool, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
+            .args(arguments)
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("calbridge finishes within 60 s")
+    .expect("calbridge runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calbridge_login_and_check_walk_the_delegated_path() {
+    use tokio::io::AsyncBufReadExt as _;
+    let emulator = Emulator::start(EmulatorConfig::scenario(scenario()))
+        .await
+        .expect("the emulator starts");
+    let ready = emulator.ready().clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config_file(dir.path(), &ready);
+    let config_arg = config.to_str().expect("a UTF-8 path");
+
+    // Before anyone signed in, check says how to sign in.
+    let (passed, text) = run_calbridge(&["check", "--config", config_arg, "--user", ADA]).await;
+    assert!(!passed, "{text}");
+    assert!(text.contains("No account has signed in"), "{text}");
+    assert!(text.contains("calbridge login --source demo"), "{text}");
+
+    // `calbridge login`, the real binary: the code from its output is entered in a browser.
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
+        .args(["login", "--config", config_arg, "--source", "demo"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("calbridge login starts");
+    let stdout = login.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    let user_code = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("login prints within the patience")
+            .expect("stdout reads")
+            .expect("login prints the code before it ends");
+        printed.push(line.clone());
+        if let Some(code) = line.strip_prefix("code: ") {
+            break code.to_string();
+        }
+    };
+    enter_code(&ready, &user_code).await;
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), login.wait())
+        .await
+        .expect("login ends")
+        .expect("login exit status");
+    assert!(status.success(), "{printed:?}");
+    assert!(
+        printed
+            .iter()
+            .any(|line| line.contains(&format!("signed in as {MONITOR}"))),
+        "{printed:?}"
+    );
+
+    let (passed, text) = run_calbridge(&["check", "--config", config_arg, "--user", ADA]).await;
+    assert!(passed, "{text}");
+    assert!(text.contains("delegated token"), "{text}");
+    assert!(text.contains("delta polling"), "{text}");
+
+    // Bob did not share his calendar: the check says so, and how to share it.
+    let (passed, text) = run_calbridge(&["check", "--config", config_arg, "--user", BOB]).await;
+    assert!(!passed, "{text}");
+    assert!(text.contains("has not shared their calendar"), "{text}");
+    assert!(text.contains("Add-MailboxFolderPermission"), "{text}");
+}

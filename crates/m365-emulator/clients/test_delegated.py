@@ -232,3 +232,39 @@ def test_a_delegated_token_cannot_read_a_calendar_not_shared_with_the_account(de
     refused = graph_get(delegated_emulator, result["access_token"], "/users/bob@contoso.example/calendarView", WINDOW)
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "ErrorAccessDenied"
+
+
+def test_the_generated_organisation_has_a_monitor_most_people_share_with(generated_emulator, monkeypatch):
+    """`--generate-users`: the ready line's monitor signs in by device code; the first person
+    shares their calendar with it, the 25th does not."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(generated_emulator["ca_cert"]))
+    assert generated_emulator["delegated_user"] == "graph.monitor@contoso.example"
+    app = msal.PublicClientApplication(
+        generated_emulator["client_id"],
+        authority=generated_emulator["authority"],
+        verify=generated_emulator["ca_cert"],
+        instance_discovery=False,
+    )
+    flow = app.initiate_device_flow(scopes=SCOPES)
+    reply = requests.post(
+        f"{generated_emulator['base_url']}/devicelogin",
+        data={
+            "otc": flow["user_code"],
+            "login": generated_emulator["delegated_user"],
+            "passwd": generated_emulator["delegated_password"],
+        },
+        verify=generated_emulator["ca_cert"],
+        timeout=10,
+    )
+    assert "You have signed in" in reply.text, reply.text
+    result = app.acquire_token_by_device_flow(flow)
+    assert "access_token" in result, result
+    # User.ReadBasic.All lists users (group members would need GroupMember.Read.All).
+    listed = graph_get(generated_emulator, result["access_token"], "/users", {"$top": "25", "$select": "userPrincipalName"})
+    assert listed.status_code == 200, listed.text
+    people = [user["userPrincipalName"] for user in listed.json()["value"]]
+    window = {"startDateTime": "2020-01-01T00:00:00Z", "endDateTime": "2020-01-02T00:00:00Z"}
+    shared = graph_get(generated_emulator, result["access_token"], f"/users/{people[0]}/calendarView", window)
+    assert shared.status_code == 200, shared.text
+    refused = graph_get(generated_emulator, result["access_token"], f"/users/{people[24]}/calendarView", window)
+    assert refused.status_code == 403, refused.text

@@ -175,6 +175,13 @@ pub struct ReadyInfo {
     pub ews_delegate_user: Option<String>,
     #[serde(default)]
     pub ews_delegate_password: Option<String>,
+    /// A directory user others shared their calendars with, for delegated sign-in
+    /// (`--generate-users`: `graph.monitor@contoso.example`, which every person but one in 25
+    /// shares with; scenarios: the first `calendar_shared_with` reader with a password).
+    #[serde(default)]
+    pub delegated_user: Option<String>,
+    #[serde(default)]
+    pub delegated_password: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +287,11 @@ impl Emulator {
 
         let tenant = &world.directory.tenants[world.directory.apps[world.ready_app].tenant_index];
         let n_users = world.directory.users.len();
+        let ready_reader = world
+            .calendar_sharing
+            .iter()
+            .map(|(_, reader)| *reader)
+            .find(|reader| world.directory.users[*reader].password.is_some());
         let ready = ReadyInfo {
             base_url: base_url.clone(),
             token_url: format!("{base_url}/{}/oauth2/v2.0/token", tenant.id),
@@ -314,6 +326,10 @@ impl Emulator {
                 .exchange
                 .ready_delegate
                 .and_then(|index| world.exchange.accounts[index].password.clone()),
+            delegated_user: ready_reader
+                .map(|index| world.directory.users[index].user_principal_name.clone()),
+            delegated_password: ready_reader
+                .and_then(|index| world.directory.users[index].password.clone()),
         };
         let mut ready = ready;
         let http_listener = match config.http_listen {

@@ -355,8 +355,6 @@ pub fn user_tokens(state: &AppState, ask: UserTokenRequest<'_>) -> Value {
             },
         );
         body["refresh_token"] = json!(refresh_token);
-        body["refresh_token_expires_in"] =
-            json!(state.settings.refresh_token_max_inactive.as_secs());
     }
     if ask.request.openid {
         let mut id_claims = json!({

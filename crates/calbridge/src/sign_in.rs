@@ -117,7 +117,9 @@ pub fn delegated_source<'a>(
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let graph_config = delegated_source(&config, &args.source)?.clone();
-    let opened = crate::service::open_store_for_command(&config).await?;
+    let opened = crate::service::open_store_for_command(&config)
+        .await
+        .context("the sign-in is kept in the store, which cannot be opened: while `calbridge run` holds an SQLite store, sign in with \"Sign in with Microsoft\" on the admin page instead, or stop the service first")?;
     let outcome = login_with(&graph_config, &args.source, opened.store(), &mut |line| {
         println!("{line}")
     })

@@ -10,7 +10,7 @@ use calbridge_domain::MailboxAddress;
 use calbridge_sources_ews::{
     EwsError, EwsSource, EwsSourceConfig, LogonProbe, StreamEvent, WindowRead,
 };
-use calbridge_sources_graph::{GraphError, GraphSource, SubjectFetch};
+use calbridge_sources_graph::{GraphAuth, GraphError, GraphSource, SubjectFetch};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::clock::{GraphClockAdapter, SystemClock};
@@ -93,15 +93,42 @@ async fn check_graph_source(
     graph_config: &calbridge_sources_graph::GraphSourceConfig,
     user: Option<&str>,
 ) -> Result<(), String> {
-    let graph = GraphSource::new(
-        graph_config,
-        Arc::new(GraphClockAdapter(Arc::new(SystemClock))),
-    )
-    .map_err(|error| {
+    let clock = Arc::new(GraphClockAdapter(Arc::new(SystemClock)));
+    let delegated = graph_config.auth == GraphAuth::Delegated;
+    // A delegated source's sign-in is in the store; held open until the check ends, so a
+    // rotated refresh token is saved.
+    let mut _opened_store = None;
+    let built = if delegated {
+        let opened = crate::service::open_store_for_command(config)
+            .await
+            .map_err(|error| {
+                step(false, "sign-in", &format!("the store with the account's sign-in cannot be opened: {error:#}"));
+                "while `calbridge run` holds an SQLite store, the admin page shows the sign-in state".to_string()
+            })?;
+        let keeper = crate::sign_in::StoreKeeper::load(opened.store(), &source.id.0)
+            .await
+            .map_err(|error| {
+                step(false, "sign-in", &format!("{error:#}"));
+                String::new()
+            })?;
+        _opened_store = Some(opened);
+        GraphSource::delegated(graph_config, clock, Default::default(), keeper)
+    } else {
+        GraphSource::new(graph_config, clock)
+    };
+    let graph = built.map_err(|error| {
         step(false, "set-up", &error.to_string());
         "fix the [sources.graph] settings named above".to_string()
     })?;
     match graph.check_token().await {
+        Ok(()) if delegated => step(
+            true,
+            "token",
+            &format!(
+                "Entra ID refreshed the signed-in account's delegated token for app {} in tenant {}",
+                graph_config.client_id, graph_config.tenant_id
+            ),
+        ),
         Ok(()) => step(
             true,
             "token",
@@ -112,7 +139,11 @@ async fn check_graph_source(
         ),
         Err(error) => {
             step(false, "token", &error.to_string());
-            return Err("the steps after the token were not tried".to_string());
+            return Err(if error.needs_sign_in() {
+                format!("sign in again: `calbridge login --source {}` (device code) or \"Sign in with Microsoft\" on the admin page; then the steps after the token are tried", source.id)
+            } else {
+                "the steps after the token were not tried".to_string()
+            });
         }
     }
     if let Some(warning) =
@@ -166,6 +197,16 @@ async fn check_graph_source(
         ),
         Some(Err(error)) => {
             step(false, "calendar read", &error.to_string());
+            if delegated
+                && matches!(
+                    error,
+                    GraphError::NotShared { .. }
+                        | GraphError::AccessDenied { .. }
+                        | GraphError::Forbidden { .. }
+                )
+            {
+                return Err(format!("{address} has not shared their calendar with the signed-in account: in Outlook they share it (Calendar → Share → the account, \"Can view all details\"), or an administrator runs Add-MailboxFolderPermission {address}:\\Calendar -User <account> -AccessRights Reviewer"));
+            }
             return Err(advice(&error).to_string());
         }
         None => {
@@ -174,6 +215,14 @@ async fn check_graph_source(
         }
     }
     match &config.api.public_url {
+        _ if delegated => step(
+            true,
+            "notifications",
+            &format!(
+                "delegated: Graph offers no change notifications for calendars shared with an account, so changes are read by delta polling every {} s",
+                config.sync.poll_interval_seconds
+            ),
+        ),
         None => step(
             true,
             "notifications",

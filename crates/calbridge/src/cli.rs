@@ -38,6 +38,10 @@ pub enum Command {
     /// Work with the presence engine.
     #[command(subcommand)]
     Presence(PresenceCommand),
+    /// Sign a delegated Graph source's account in with a device code (for headless servers):
+    /// prints a URL and a code to enter there, waits for the sign-in and keeps the refresh
+    /// token sealed in the store.
+    Login(crate::sign_in::LoginArgs),
     /// Tell a running service to read its configuration file again (as SIGHUP does) and print
     /// what was applied and what waits for a restart.
     Reload(crate::commands::ReloadArgs),

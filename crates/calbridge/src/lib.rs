@@ -21,6 +21,7 @@ pub mod publish;
 pub mod reload;
 pub mod service;
 pub mod shutdown;
+pub mod sign_in;
 pub mod simulate;
 pub mod sync;
 

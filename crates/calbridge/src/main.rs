@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             }),
         Command::Run(args) => block_on(calbridge::commands::run(args)),
         Command::Reload(args) => block_on(calbridge::commands::reload(args)),
+        Command::Login(args) => block_on(calbridge::sign_in::login(args)),
         Command::Demo(args) => block_on(calbridge::commands::demo(args)),
         Command::Check(args) => block_on(calbridge::check::run(args)),
         Command::Bench(args) => block_on(calbridge::bench::run(args)),

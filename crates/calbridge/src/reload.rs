@@ -415,6 +415,7 @@ fn credential_kind(credential: &GraphCredential) -> &'static str {
     match credential {
         GraphCredential::ClientSecret(_) => "client secret",
         GraphCredential::Certificate { .. } => "certificate",
+        GraphCredential::None => "no credential",
     }
 }
 
@@ -435,6 +436,7 @@ fn credential_changed(was: &GraphCredential, is: &GraphCredential) -> bool {
                 private_key_pem: key_b,
             },
         ) => cert_a != cert_b || key_a != key_b,
+        (GraphCredential::None, GraphCredential::None) => false,
         _ => true,
     }
 }

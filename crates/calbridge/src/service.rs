@@ -328,6 +328,34 @@ pub async fn rebuild_store(config: &Config) -> anyhow::Result<String> {
     Ok(report)
 }
 
+/// The store opened for a command beside the service (`calbridge login`): SQLite's lock
+/// refuses it while the service runs on the same file.
+pub struct OpenedStore {
+    backend: StoreBackend,
+}
+
+impl OpenedStore {
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.backend.shared()
+    }
+
+    pub async fn close(self) {
+        self.backend.close().await;
+    }
+}
+
+/// Opens the configured store with its key, making key and store on a first use as `run` does.
+pub async fn open_store_for_command(config: &Config) -> anyhow::Result<OpenedStore> {
+    let backend = match open_key(config)? {
+        KeyOpening::Loaded(key) => StoreBackend::open(config, key).await?,
+        KeyOpening::New { key, path } => {
+            let backend = StoreBackend::open(config, key.clone()).await?;
+            keep_new_key(config, backend, key, &path).await?
+        }
+    };
+    Ok(OpenedStore { backend })
+}
+
 async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret, bool)> {
     if let Some(secret) = store.get_secret(name).await? {
         return Ok((secret, false));
@@ -407,8 +435,18 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         let Some(graph_config) = &source.graph else {
             continue;
         };
-        let graph = GraphSource::new(graph_config, Arc::new(GraphClockAdapter(clock.clone())))
-            .with_context(|| format!("source `{}`", source.id))?;
+        let graph_clock = Arc::new(GraphClockAdapter(clock.clone()));
+        let delegated = graph_config.auth == calbridge_sources_graph::GraphAuth::Delegated;
+        let graph = if delegated {
+            let keeper = crate::sign_in::StoreKeeper::load(store.clone(), &source.id.0).await?;
+            if calbridge_net::entra::RefreshTokenKeeper::current(keeper.as_ref()).is_none() {
+                tracing::warn!(source = %source.id, "no account has signed in for this delegated source yet: run `calbridge login --source {}` or use \"Sign in with Microsoft\" on the admin page", source.id);
+            }
+            GraphSource::delegated(graph_config, graph_clock, Default::default(), keeper)
+        } else {
+            GraphSource::new(graph_config, graph_clock)
+        }
+        .with_context(|| format!("source `{}`", source.id))?;
         let (client_state, _) = secret_or_new(
             store.as_ref(),
             &format!("source.{}.client_state", source.id),
@@ -422,7 +460,13 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
             clock.clone(),
             config.sync.clone(),
             subjects,
-            config.api.public_url.as_deref(),
+            // Delegated permissions cannot subscribe to calendars shared with the account
+            // ("Change notifications for Outlook resources"): such a source polls delta.
+            if delegated {
+                None
+            } else {
+                config.api.public_url.as_deref()
+            },
             client_state,
             source.secret_expires_on,
         );
@@ -647,6 +691,8 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         reloader: reloader.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_streams.max(1))),
         connections: connection_stats.clone(),
+        public_url: config.api.public_url.clone(),
+        sign_ins: Arc::default(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

@@ -207,7 +207,7 @@ def test_sdk_pages_users_and_group_members(generated_emulator):
             assert len(first.value) == 100 and first.odata_next_link
             users = []
             await PageIterator(first, client.adapter).iterate(lambda user: users.append(user.user_principal_name) or True)
-            assert len(users) == generated_emulator["n_users"] == 152
+            assert len(users) == generated_emulator["n_users"] == 153
             assert len(set(users)) == len(users)
 
             members_builder = client.client.groups.by_group_id(generated_emulator["group_id"]).members

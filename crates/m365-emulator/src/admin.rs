@@ -32,6 +32,17 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/_emulator/subscriptions/{id}/lifecycle", post(lifecycle))
         .route("/_emulator/clock", get(clock))
         .route("/_emulator/clock/advance", post(advance_clock))
+        .route(
+            "/_emulator/users/{user}/revokeSignInSessions",
+            post(revoke_sign_in_sessions),
+        )
+        .route("/_emulator/users/{user}/signin", get(user_sign_in))
+        .route("/_emulator/consents/revoke", post(revoke_consent))
+        .route("/_emulator/sharing", post(set_sharing))
+        .route(
+            "/_emulator/apps/{client_id}/redirect_uris",
+            post(add_redirect_uri),
+        )
 }
 
 fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -160,5 +171,130 @@ async fn advance_clock(State(state): State<Arc<AppState>>, body: axum::body::Byt
     match state.clock.advance(SignedDuration::from_secs(seconds)) {
         Ok(now) => Json(json!({"now": graph_instant(now)})).into_response(),
         Err(error) => admin_error(StatusCode::CONFLICT, error.to_string()),
+    }
+}
+
+/// A user by address or id; the error is the 404 answer's message.
+fn user_index(state: &AppState, key: &str) -> Result<usize, String> {
+    state
+        .directory
+        .user(key)
+        .ok_or_else(|| format!("no user '{key}'"))
+}
+
+fn app_index(state: &AppState, client_id: &str) -> Result<usize, String> {
+    state
+        .directory
+        .app_by_client_id(client_id)
+        .ok_or_else(|| format!("no app '{client_id}'"))
+}
+
+fn not_found(message: String) -> Response {
+    admin_error(StatusCode::NOT_FOUND, message)
+}
+
+/// Like Graph's `POST /users/{id}/revokeSignInSessions` or a password reset: every refresh
+/// token the user holds is refused from now on (AADSTS50173).
+async fn revoke_sign_in_sessions(
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+) -> Response {
+    match user_index(&state, &user) {
+        Ok(index) => {
+            state.signin.revoke_sessions(index, state.clock.now());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => not_found(message),
+    }
+}
+
+/// How many refresh tokens the emulator keeps for a user (issued and not yet found expired).
+async fn user_sign_in(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Response {
+    match user_index(&state, &user) {
+        Ok(index) => {
+            Json(json!({"refresh_tokens": state.signin.refresh_token_count(index)})).into_response()
+        }
+        Err(message) => not_found(message),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConsentRevocation {
+    client_id: String,
+    user: Option<String>,
+}
+
+/// Removes consent: `{"client_id", "user"}` one user's, `{"client_id"}` the admin's and everyone's.
+async fn revoke_consent(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<ConsentRevocation>(&body) else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"client_id\": \"…\", \"user\": \"…\" (optional)}",
+        );
+    };
+    let app = match app_index(&state, &request.client_id) {
+        Ok(app) => app,
+        Err(message) => return not_found(message),
+    };
+    let user = match request
+        .user
+        .as_deref()
+        .map(|user| user_index(&state, user))
+        .transpose()
+    {
+        Ok(user) => user,
+        Err(message) => return not_found(message),
+    };
+    state.signin.revoke_consent(app, user);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Sharing {
+    owner: String,
+    reader: String,
+    shared: bool,
+}
+
+/// Shares (or stops sharing) `owner`'s calendar with `reader`, as Outlook's sharing dialog does.
+async fn set_sharing(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Sharing>(&body) else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"owner\": \"…\", \"reader\": \"…\", \"shared\": true|false}",
+        );
+    };
+    let (owner, reader) = match (
+        user_index(&state, &request.owner),
+        user_index(&state, &request.reader),
+    ) {
+        (Ok(owner), Ok(reader)) => (owner, reader),
+        (Err(message), _) | (_, Err(message)) => return not_found(message),
+    };
+    state.signin.set_shared(owner, reader, request.shared);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Adds a redirect URI to an app's "Web" platform (the portal's Authentication page).
+async fn add_redirect_uri(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let uri = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value.get("uri").and_then(Value::as_str).map(str::to_string));
+    let Some(uri) = uri else {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"uri\": \"https://…\"}",
+        );
+    };
+    match app_index(&state, &client_id) {
+        Ok(app) => {
+            state.signin.add_redirect_uri(app, uri);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => not_found(message),
     }
 }

@@ -45,6 +45,14 @@ pub struct AppRegistration {
     pub roles: Vec<String>,
     /// An application access policy: when set, only members of this group are reachable.
     pub access_policy_group: Option<usize>,
+    /// Configured delegated permissions on Microsoft Graph (`Calendars.Read.Shared`, …).
+    pub delegated_permissions: Vec<String>,
+    /// "Grant admin consent" was pressed: the configured delegated permissions need no user's consent.
+    pub admin_consent: bool,
+    /// Registered redirect URIs (platform "Web"); the authorize endpoint accepts only these.
+    pub redirect_uris: Vec<String>,
+    /// "Allow public client flows": the device code and refresh grants work without a credential.
+    pub public_client: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

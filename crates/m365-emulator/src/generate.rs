@@ -111,6 +111,13 @@ pub const GENERATED_ROLES: [&str; 5] = [
     "Place.Read.All",
     "full_access_as_app",
 ];
+/// Delegated permissions of the generated app (admin-consented), for a monitor account's sign-in.
+pub const GENERATED_DELEGATED_PERMISSIONS: [&str; 2] =
+    ["Calendars.Read.Shared", "User.ReadBasic.All"];
+/// The Graph monitor account (a directory user with a password) for delegated sign-in.
+pub const GENERATED_GRAPH_MONITOR: &str = "graph.monitor@contoso.example";
+/// One generated person in this many has not shared their calendar with the monitor.
+pub const GENERATED_NOT_SHARED_EVERY: usize = 25;
 /// The on-premises service account with ApplicationImpersonation rights.
 pub const GENERATED_EWS_USER: &str = "svc.calbridge@contoso.example";
 /// The on-premises monitor account with Reviewer rights on every calendar.
@@ -168,6 +175,13 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             .map(|role| role.to_string())
             .collect(),
         access_policy_group: None,
+        delegated_permissions: GENERATED_DELEGATED_PERMISSIONS
+            .iter()
+            .map(|permission| permission.to_string())
+            .collect(),
+        admin_consent: true,
+        redirect_uris: vec![],
+        public_client: true,
     };
 
     let mut zones: HashMap<&str, NamedZone> = HashMap::new();
@@ -263,6 +277,33 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             working_hours: WorkingHours::default(),
         });
     }
+    // The Graph monitor account of `auth = "delegated"`: every person shares their calendar
+    // with it but one in 25 (indexes 24, 49, …), whose reads it is refused.
+    let monitor_index = users.len();
+    let mut monitor_random = SeededRandom::new(seed ^ 0x4752_4150_484d_4f4e);
+    let monitor_password = format!("Mon!{:012x}", monitor_random.next_u64() >> 16);
+    users.push(User {
+        id: monitor_random.guid(),
+        tenant_index: 0,
+        user_principal_name: GENERATED_GRAPH_MONITOR.to_string(),
+        mail: GENERATED_GRAPH_MONITOR.to_string(),
+        proxy_addresses: vec![format!("SMTP:{GENERATED_GRAPH_MONITOR}")],
+        display_name: "Calendar monitor".to_string(),
+        given_name: None,
+        surname: None,
+        job_title: None,
+        department: None,
+        office_location: None,
+        time_zone: berlin.clone(),
+        password: Some(monitor_password),
+        kind: MailboxKind::Person,
+        has_mailbox: true,
+        working_hours: WorkingHours::default(),
+    });
+    let calendar_sharing: Vec<(usize, usize)> = (0..n_users)
+        .filter(|index| index % GENERATED_NOT_SHARED_EVERY != GENERATED_NOT_SHARED_EVERY - 1)
+        .map(|index| (index, monitor_index))
+        .collect();
     let group = Group {
         id: random.guid(),
         tenant_index: 0,
@@ -298,6 +339,7 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
         ready_group: Some(0),
         faults: FaultSettings::default(),
         settings: SettingsSpec::default(),
+        calendar_sharing,
     })
 }
 
@@ -683,8 +725,11 @@ mod tests {
             .users
             .iter()
             .filter(|user| user.kind == MailboxKind::Person)
+            .filter(|user| user.user_principal_name != GENERATED_GRAPH_MONITOR)
             .count();
         assert_eq!(people, 2000);
+        // The monitor reads every calendar but one in 25.
+        assert_eq!(world.calendar_sharing.len(), 2000 - 2000 / 25);
         assert!(world
             .directory
             .users

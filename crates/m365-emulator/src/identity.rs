@@ -25,6 +25,8 @@ const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type
 pub struct EntraError {
     pub status: StatusCode,
     pub error: &'static str,
+    /// `suberror` (e.g. `consent_required` beside AADSTS65001), as msal reads it.
+    pub suberror: Option<&'static str>,
     pub code: u32,
     pub description: String,
     pub now: Timestamp,
@@ -49,6 +51,10 @@ impl IntoResponse for EntraError {
             "correlation_id": correlation_id,
             "error_uri": format!("{}/error?code={}", self.base_url, self.code),
         });
+        let mut body = body;
+        if let Some(suberror) = self.suberror {
+            body["suberror"] = json!(suberror);
+        }
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(
             header::CACHE_CONTROL,
@@ -58,7 +64,7 @@ impl IntoResponse for EntraError {
     }
 }
 
-fn entra(
+pub(crate) fn entra(
     state: &AppState,
     status: StatusCode,
     error: &'static str,
@@ -68,6 +74,7 @@ fn entra(
     EntraError {
         status,
         error,
+        suberror: None,
         code,
         description,
         now: state.clock.now(),
@@ -75,7 +82,7 @@ fn entra(
     }
 }
 
-fn tenant_not_found(state: &AppState, tenant: &str) -> EntraError {
+pub(crate) fn tenant_not_found(state: &AppState, tenant: &str) -> EntraError {
     entra(
         state,
         StatusCode::BAD_REQUEST,
@@ -147,7 +154,7 @@ pub async fn instance_discovery(
     .into_response()
 }
 
-fn resolve_tenant(state: &AppState, tenant: &str) -> Option<usize> {
+pub(crate) fn resolve_tenant(state: &AppState, tenant: &str) -> Option<usize> {
     // "organizations" and "common" reach the single tenant when there is just one, which is
     // how a multi-tenant authority behaves for a one-tenant emulator.
     if (tenant.eq_ignore_ascii_case("organizations") || tenant.eq_ignore_ascii_case("common"))
@@ -156,6 +163,33 @@ fn resolve_tenant(state: &AppState, tenant: &str) -> Option<usize> {
         return Some(0);
     }
     state.directory.tenant(tenant)
+}
+
+pub(crate) fn missing_parameter(state: &AppState, name: &str) -> EntraError {
+    entra(
+        state,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        900144,
+        format!("The request body must contain the following parameter: '{name}'."),
+    )
+}
+
+/// The app registration `client_id` names in the tenant, or Entra's AADSTS700016.
+pub(crate) fn find_app(
+    state: &AppState,
+    tenant_index: usize,
+    client_id: &str,
+) -> Result<usize, EntraError> {
+    state.directory.app(tenant_index, client_id).ok_or_else(|| {
+        entra(
+            state,
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            format!("Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", state.directory.tenants[tenant_index].display_name),
+        )
+    })
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`
@@ -275,6 +309,22 @@ fn issue_token(
                 ));
             }
             Ok(delegated_token(state, app, user_index, &resource, scope))
+        }
+        "urn:ietf:params:oauth:grant-type:device_code" | "authorization_code" | "refresh_token" => {
+            // A confidential client proves itself; a public client (public client flows
+            // allowed) may send nothing, but what it sends must be right.
+            let sends_credential =
+                form.contains_key("client_secret") || form.contains_key("client_assertion");
+            if sends_credential || !app.public_client {
+                check_client_credential(state, app, &form, tenant_index, true)?;
+            }
+            match grant_type.as_str() {
+                "authorization_code" => {
+                    crate::signin::redeem_authorization_code(state, app_index, &form)
+                }
+                "refresh_token" => crate::signin::redeem_refresh_token(state, app_index, &form),
+                _ => crate::signin::redeem_device_code(state, app_index, &form),
+            }
         }
         other => Err(entra(
             state,
@@ -515,7 +565,7 @@ fn check_client_assertion(
     Ok(())
 }
 
-fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
+pub(crate) fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
     // Avoids leaking how many leading characters of a secret were right.
     if left.len() != right.len() {
         return false;

@@ -31,6 +31,7 @@ mod notify;
 mod recurrence;
 mod scenario;
 mod server;
+mod signin;
 mod state;
 mod timefmt;
 mod tls;
@@ -82,6 +83,8 @@ pub struct EmulatorConfig {
     pub faults: Option<FaultSettings>,
     /// Replaces the scenario's token lifetime (Entra's is 3599 s).
     pub token_lifetime: Option<SignedDuration>,
+    /// Replaces the scenario's refresh token inactivity limit (Entra's is 90 days).
+    pub refresh_token_max_inactive: Option<SignedDuration>,
     /// Extra CA certificates (PEM files) trusted for https notification URLs.
     pub trusted_notification_ca_files: Vec<PathBuf>,
     /// Delays between notification delivery retries (after the first attempt).
@@ -104,6 +107,7 @@ impl EmulatorConfig {
             state_dir: None,
             faults: None,
             token_lifetime: None,
+            refresh_token_max_inactive: None,
             trusted_notification_ca_files: vec![],
             notification_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -171,6 +175,13 @@ pub struct ReadyInfo {
     pub ews_delegate_user: Option<String>,
     #[serde(default)]
     pub ews_delegate_password: Option<String>,
+    /// A directory user others shared their calendars with, for delegated sign-in
+    /// (`--generate-users`: `graph.monitor@contoso.example`, which every person but one in 25
+    /// shares with; scenarios: the first `calendar_shared_with` reader with a password).
+    #[serde(default)]
+    pub delegated_user: Option<String>,
+    #[serde(default)]
+    pub delegated_password: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +287,11 @@ impl Emulator {
 
         let tenant = &world.directory.tenants[world.directory.apps[world.ready_app].tenant_index];
         let n_users = world.directory.users.len();
+        let ready_reader = world
+            .calendar_sharing
+            .iter()
+            .map(|(_, reader)| *reader)
+            .find(|reader| world.directory.users[*reader].password.is_some());
         let ready = ReadyInfo {
             base_url: base_url.clone(),
             token_url: format!("{base_url}/{}/oauth2/v2.0/token", tenant.id),
@@ -310,6 +326,10 @@ impl Emulator {
                 .exchange
                 .ready_delegate
                 .and_then(|index| world.exchange.accounts[index].password.clone()),
+            delegated_user: ready_reader
+                .map(|index| world.directory.users[index].user_principal_name.clone()),
+            delegated_password: ready_reader
+                .and_then(|index| world.directory.users[index].password.clone()),
         };
         let mut ready = ready;
         let http_listener = match config.http_listen {
@@ -348,7 +368,15 @@ impl Emulator {
             settings: state::Settings {
                 token_lifetime,
                 subscription_max_minutes: world.settings.subscription_max_minutes,
+                refresh_token_max_inactive: config.refresh_token_max_inactive.unwrap_or(
+                    SignedDuration::from_secs(world.settings.refresh_token_max_inactive_seconds),
+                ),
+                device_code_interval_seconds: world.settings.device_code_interval_seconds.max(0),
+                device_code_lifetime: SignedDuration::from_secs(
+                    world.settings.device_code_lifetime_seconds,
+                ),
             },
+            signin: signin::SignInStore::new(world.calendar_sharing),
             router: OnceLock::new(),
             ews: ews::EwsState::new(world.exchange, ready.ews_url.clone()),
         });
@@ -507,6 +535,45 @@ impl RunningEmulator {
     }
 
     /// Stops accepting connections and waits for the server tasks to end.
+    /// Shares (or stops sharing) `owner`'s calendar with `reader` (addresses or ids); false
+    /// when either is unknown.
+    pub fn set_calendar_shared(&self, owner: &str, reader: &str, shared: bool) -> bool {
+        match (
+            self.state.directory.user(owner),
+            self.state.directory.user(reader),
+        ) {
+            (Some(owner), Some(reader)) => {
+                self.state.signin.set_shared(owner, reader, shared);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `revokeSignInSessions` for a user: their refresh tokens are refused (AADSTS50173).
+    pub fn revoke_sign_in_sessions(&self, user: &str) -> bool {
+        match self.state.directory.user(user) {
+            Some(index) => {
+                self.state
+                    .signin
+                    .revoke_sessions(index, self.state.clock.now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a redirect URI to an app registration's "Web" platform.
+    pub fn add_redirect_uri(&self, client_id: &str, uri: &str) -> bool {
+        match self.state.directory.app_by_client_id(client_id) {
+            Some(app) => {
+                self.state.signin.add_redirect_uri(app, uri.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {

@@ -60,6 +60,12 @@ pub struct SettingsSpec {
     pub subscription_max_minutes: i64,
     /// Extra DNS names the TLS certificate covers (besides 127.0.0.1, ::1 and localhost).
     pub host_names: Vec<String>,
+    /// A refresh token unused for this long is refused with AADSTS700082 (Entra: 90 days).
+    pub refresh_token_max_inactive_seconds: i64,
+    /// The polling interval a device code answer names (Entra: 5 s).
+    pub device_code_interval_seconds: i64,
+    /// How long a device code can be redeemed (Entra: 900 s).
+    pub device_code_lifetime_seconds: i64,
 }
 
 impl Default for SettingsSpec {
@@ -69,6 +75,9 @@ impl Default for SettingsSpec {
             token_lifetime_seconds: 3599,
             subscription_max_minutes: 10_080,
             host_names: vec![],
+            refresh_token_max_inactive_seconds: 90 * 24 * 3600,
+            device_code_interval_seconds: 5,
+            device_code_lifetime_seconds: 900,
         }
     }
 }
@@ -97,6 +106,18 @@ pub struct AppSpec {
     pub certificates: Vec<CertificateSpec>,
     /// Group name or id: the app may reach only members of this group.
     pub access_policy_group: Option<String>,
+    /// Delegated permissions on Microsoft Graph configured for the app (`Calendars.Read.Shared`).
+    #[serde(default)]
+    pub delegated_permissions: Vec<String>,
+    /// An administrator granted consent for `delegated_permissions` on behalf of everyone.
+    #[serde(default)]
+    pub admin_consent: bool,
+    /// Redirect URIs of the app's "Web" platform.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// "Allow public client flows" (device code without a client secret).
+    #[serde(default)]
+    pub public_client: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +163,10 @@ pub struct UserSpec {
     /// EWS: accounts (addresses) holding Reviewer rights on this user's calendar folder.
     #[serde(default)]
     pub delegates: Vec<String>,
+    /// Outlook calendar sharing: users (addresses) this user shared their calendar with, who
+    /// may then read it through Graph with delegated `Calendars.Read.Shared`.
+    #[serde(default)]
+    pub calendar_shared_with: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +263,8 @@ pub struct World {
     pub ready_group: Option<usize>,
     pub faults: FaultSettings,
     pub settings: SettingsSpec,
+    /// Outlook calendar sharing: (owner, reader) pairs of user indexes.
+    pub calendar_sharing: Vec<(usize, usize)>,
     pub exchange: ExchangeSetup,
 }
 
@@ -467,6 +494,10 @@ impl Scenario {
                 certificates,
                 roles: spec.roles.clone(),
                 access_policy_group,
+                delegated_permissions: spec.delegated_permissions.clone(),
+                admin_consent: spec.admin_consent,
+                redirect_uris: spec.redirect_uris.clone(),
+                public_client: spec.public_client,
             });
         }
         if apps.is_empty() {
@@ -512,6 +543,18 @@ impl Scenario {
             })
             .collect();
         let exchange = ExchangeSetup::build(&self.exchange, &users, &rights).map_err(invalid)?;
+        let mut calendar_sharing = Vec::new();
+        for (owner, spec) in self.users.iter().chain(self.rooms.iter()).enumerate() {
+            for reader in &spec.calendar_shared_with {
+                let reader_index = user_index(reader).ok_or_else(|| {
+                    invalid(format!(
+                        "user '{}' shares their calendar with unknown user '{reader}'",
+                        spec.upn
+                    ))
+                })?;
+                calendar_sharing.push((owner, reader_index));
+            }
+        }
         let directory = Directory::new(tenants, apps, users, groups)
             .map_err(|error| invalid(error.to_string()))?;
         Ok(World {
@@ -523,6 +566,7 @@ impl Scenario {
             faults: self.faults.clone().unwrap_or_default(),
             settings: self.settings.clone(),
             exchange,
+            calendar_sharing,
         })
     }
 }

@@ -30,6 +30,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(identity::openid_configuration),
         )
         .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
+        .route(
+            "/{tenant}/oauth2/v2.0/devicecode",
+            post(crate::signin::device_code),
+        )
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(crate::signin::authorize_page).post(crate::signin::authorize_submit),
+        )
+        .route(
+            "/devicelogin",
+            get(crate::signin::device_login_page).post(crate::signin::device_login_submit),
+        )
         .route("/{tenant}/discovery/v2.0/keys", get(identity::keys))
         .route(
             "/common/discovery/instance",
@@ -201,6 +213,12 @@ pub fn normalize_path(path_and_query: &str) -> String {
         })
         .collect();
     let mut result = normalized.join("/");
+    // `/me` is the signed-in user of a delegated token: `/users/me` resolves it.
+    if result.eq_ignore_ascii_case("/v1.0/me")
+        || result.to_ascii_lowercase().starts_with("/v1.0/me/")
+    {
+        result = format!("/v1.0/users/me{}", &result["/v1.0/me".len()..]);
+    }
     // `users('ada@contoso.example')` is the same as `users/ada@contoso.example`.
     if let Some(start) = result.find("/users('") {
         if let Some(end_offset) = result[start..].find("')") {

@@ -18,6 +18,9 @@ use crate::notify::Notifier;
 pub struct Settings {
     pub token_lifetime: SignedDuration,
     pub subscription_max_minutes: i64,
+    pub refresh_token_max_inactive: SignedDuration,
+    pub device_code_interval_seconds: i64,
+    pub device_code_lifetime: SignedDuration,
 }
 
 pub struct AppState {
@@ -37,6 +40,9 @@ pub struct AppState {
     pub delta: DeltaStore,
     pub notifier: Notifier,
     pub settings: Settings,
+    /// Delegated sign-ins: device codes, authorization codes, refresh tokens, consents and
+    /// calendar sharing.
+    pub signin: crate::signin::SignInStore,
     pub ews: crate::ews::EwsState,
     /// The router itself, so `$batch` can dispatch its sub-requests through the same handlers.
     pub router: OnceLock<Router>,

@@ -293,11 +293,14 @@ pub(crate) async fn run_batches(
                     }
                 }
                 http_status => {
-                    state.error = Some(GraphError::from_answer(
-                        &job.what,
-                        GraphAnswer::from_json(http_status, &response.body),
-                        response.retry_after,
-                    ));
+                    state.error = Some(
+                        GraphError::from_answer(
+                            &job.what,
+                            GraphAnswer::from_json(http_status, &response.body),
+                            response.retry_after,
+                        )
+                        .seen_by_account(http.tokens().is_delegated()),
+                    );
                 }
             }
         }

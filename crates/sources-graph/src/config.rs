@@ -16,6 +16,14 @@ pub struct GraphSourceConfig {
     pub tenant_id: String,
     /// Application (client) id of the app registration.
     pub client_id: String,
+    /// `app` (default): app-only, the application permission `Calendars.Read` on every
+    /// mailbox. `delegated`: a service account signs in once and calbridge reads the calendars
+    /// shared with it (delegated `Calendars.Read.Shared`, `User.ReadBasic.All`).
+    #[serde(default)]
+    pub auth: GraphAuth,
+    /// The app's secret or certificate; a delegated app that allows public client flows may
+    /// have none.
+    #[serde(default)]
     pub credential: GraphCredential,
     #[serde(default = "default_authority_url")]
     pub authority_url: String,
@@ -41,9 +49,13 @@ pub struct GraphSourceConfig {
 
 /// The app's credential: a client secret, or a certificate whose private key signs a
 /// client assertion (the more secure choice: nothing secret travels to Entra ID).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum GraphCredential {
+    /// No credential (a public client; only with `auth = "delegated"`).
+    #[default]
+    #[serde(skip)]
+    None,
     ClientSecret(Secret),
     Certificate {
         /// The certificate uploaded to the app registration (PEM).
@@ -52,6 +64,19 @@ pub enum GraphCredential {
         private_key_pem: PathBuf,
     },
 }
+
+/// Whose rights Graph checks: the app's own (application permissions) or a signed-in account's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphAuth {
+    #[default]
+    App,
+    Delegated,
+}
+
+/// The delegated permissions a delegated source asks for (on Graph's resource), with
+/// `offline_access` for a refresh token and `openid profile` for the account's name.
+pub const DELEGATED_PERMISSIONS: [&str; 2] = ["Calendars.Read.Shared", "User.ReadBasic.All"];
 
 pub fn default_authority_url() -> String {
     "https://login.microsoftonline.com".to_string()
@@ -79,6 +104,7 @@ impl GraphSourceConfig {
         GraphSourceConfig {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
+            auth: GraphAuth::App,
             credential,
             authority_url: default_authority_url(),
             graph_url: default_graph_url(),
@@ -91,6 +117,21 @@ impl GraphSourceConfig {
 }
 
 impl GraphSourceConfig {
+    /// The scope of a delegated sign-in: the permissions on Graph's resource (the resource
+    /// of `token_scope` when one is set, else `graph_url`), `offline_access`, `openid profile`.
+    pub fn delegated_scope(&self) -> String {
+        let resource = match &self.token_scope {
+            Some(scope) => scope.trim().trim_end_matches("/.default").to_string(),
+            None => self.graph_url.trim().trim_end_matches('/').to_string(),
+        };
+        let mut scope: Vec<String> = DELEGATED_PERMISSIONS
+            .iter()
+            .map(|permission| format!("{resource}/{permission}"))
+            .collect();
+        scope.extend(["offline_access", "openid", "profile"].map(str::to_string));
+        scope.join(" ")
+    }
+
     /// The checks that need no file and no network, for `check-config` and at start: the ids
     /// look like Entra's, the secret is not empty, the limits are at least 1.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -126,6 +167,11 @@ impl GraphSourceConfig {
                 setting: "client_id",
                 value: calbridge_domain::shorten(client, 80),
                 expected: "the Application (client) ID of the app registration, a GUID like 11111111-1111-1111-1111-111111111111",
+            });
+        }
+        if self.auth == GraphAuth::App && matches!(self.credential, GraphCredential::None) {
+            return Err(ConfigError::Empty {
+                setting: "credential (app-only sign-in needs { client_secret = \"…\" } or { certificate = { … } })",
             });
         }
         if matches!(&self.credential, GraphCredential::ClientSecret(secret) if secret.expose().trim().is_empty())
@@ -230,6 +276,30 @@ mod tests {
     #[derive(Deserialize)]
     struct Wrapper {
         sources: Vec<GraphSourceConfig>,
+    }
+
+    #[test]
+    fn a_delegated_source_needs_no_credential_and_asks_for_shared_calendars_with_a_refresh_token() {
+        let parsed: Wrapper = serde_json::from_value(serde_json::json!({"sources": [{
+            "tenant_id": "contoso.onmicrosoft.com",
+            "client_id": "11111111-1111-1111-1111-111111111111",
+            "auth": "delegated",
+            "token_scope": "https://graph.microsoft.com/.default",
+        }]}))
+        .expect("parses");
+        let config = &parsed.sources[0];
+        assert_eq!(config.auth, GraphAuth::Delegated);
+        assert!(matches!(config.credential, GraphCredential::None));
+        assert!(config.check().is_ok());
+        assert_eq!(
+            config.delegated_scope(),
+            "https://graph.microsoft.com/Calendars.Read.Shared https://graph.microsoft.com/User.ReadBasic.All offline_access openid profile"
+        );
+        // App-only without a credential is refused, naming the setting.
+        let mut app = config.clone();
+        app.auth = GraphAuth::App;
+        let error = app.check().expect_err("refused").to_string();
+        assert!(error.contains("credential"), "{error}");
     }
 
     #[test]

@@ -115,6 +115,11 @@ pub enum GraphError {
         what: String,
         answer: Box<GraphAnswer>,
     },
+    #[error("{what} is not shared with the signed-in account ({answer}): the owner shares their calendar with the account in Outlook (Calendar → Share → the account, \"Can view all details\"), or an administrator gives the account Reviewer rights (Add-MailboxFolderPermission <mailbox>:\\Calendar -User <account> -AccessRights Reviewer)")]
+    NotShared {
+        what: String,
+        answer: Box<GraphAnswer>,
+    },
     #[error("Graph refused the request for {what} ({answer})")]
     Forbidden {
         what: String,
@@ -194,6 +199,17 @@ impl GraphError {
         }
     }
 
+    /// As a delegated source sees it: a mailbox refused to the signed-in account is one whose
+    /// calendar is not shared with it ("Get shared or delegated Outlook calendar").
+    pub fn seen_by_account(self, delegated: bool) -> GraphError {
+        match self {
+            GraphError::AccessDenied { what, answer } if delegated => {
+                GraphError::NotShared { what, answer }
+            }
+            other => other,
+        }
+    }
+
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -218,6 +234,7 @@ impl GraphError {
         match self {
             GraphError::NotFound { answer, .. }
             | GraphError::AccessDenied { answer, .. }
+            | GraphError::NotShared { answer, .. }
             | GraphError::Forbidden { answer, .. }
             | GraphError::Unauthorized { answer, .. }
             | GraphError::ResyncRequired { answer, .. }
@@ -290,5 +307,25 @@ mod tests {
         let html = GraphAnswer::from_body(502, b"<html>proxy error</html>");
         assert_eq!(html.message, "<html>proxy error</html>");
         assert!(GraphError::from_answer("x", html, None).is_retryable());
+    }
+
+    #[test]
+    fn a_refused_mailbox_is_a_calendar_not_shared_for_a_signed_in_account() {
+        let body = br#"{"error":{"code":"ErrorAccessDenied","message":"Access is denied. Check credentials and try again."}}"#;
+        let answer = || GraphAnswer::from_body(403, body);
+        let delegated = GraphError::from_answer("calendar of bob@contoso.example", answer(), None)
+            .seen_by_account(true);
+        assert!(matches!(delegated, GraphError::NotShared { .. }));
+        let message = delegated.to_string();
+        assert!(
+            message.starts_with(
+                "calendar of bob@contoso.example is not shared with the signed-in account"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("Share"), "{message}");
+        let app = GraphError::from_answer("calendar of bob@contoso.example", answer(), None)
+            .seen_by_account(false);
+        assert!(matches!(app, GraphError::AccessDenied { .. }));
     }
 }

@@ -364,7 +364,8 @@ impl GraphHttp {
                         &request.what,
                         GraphAnswer::from_body(http_status, &body),
                         retry_after,
-                    ))
+                    )
+                    .seen_by_account(self.tokens.is_delegated()))
                 }
                 // Asking again would bring the same oversized answer.
                 Attempt::TooLarge(error) => {

@@ -20,7 +20,9 @@ pub mod source;
 
 pub use calbridge_net::entra::{AuthError, TokenStatus};
 pub use clock::{Clock, SystemClock};
-pub use config::{ConfigError, GraphCredential, GraphSourceConfig};
+pub use config::{
+    ConfigError, GraphAuth, GraphCredential, GraphSourceConfig, DELEGATED_PERMISSIONS,
+};
 pub use error::{GraphAnswer, GraphError};
 pub use event::{parse_event_page, EventError, GraphEvent};
 pub use http::{GraphCounters, RetryPolicy};

@@ -11,12 +11,12 @@ use serde::Deserialize;
 
 use crate::batch::{run_batches, BatchJob, SubResult};
 use crate::clock::Clock;
-use crate::config::{ConfigError, GraphCredential, GraphSourceConfig};
+use crate::config::{ConfigError, GraphAuth, GraphCredential, GraphSourceConfig};
 use crate::error::{GraphAnswer, GraphError};
 use crate::event::GraphEvent;
 use crate::http::{AtomicCounters, GraphCounters, GraphHttp, GraphRequest, RetryPolicy};
 use calbridge_net::entra::{
-    AppCredential, AuthError, CertificateSigner, TokenProvider, TokenStatus,
+    AppCredential, AuthError, CertificateSigner, RefreshTokenKeeper, TokenProvider, TokenStatus,
 };
 
 /// Fields `calendarView` is asked for; the subject only when it may be shown.
@@ -155,6 +155,16 @@ pub enum RenewOutcome {
     Gone,
 }
 
+/// The keeper of a delegated source built without one: nobody has signed in.
+struct NoSignIn;
+
+impl RefreshTokenKeeper for NoSignIn {
+    fn current(&self) -> Option<calbridge_domain::Secret> {
+        None
+    }
+    fn keep(&self, _refresh_token: calbridge_domain::Secret) {}
+}
+
 /// Tuning that is not part of the operator's configuration.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
@@ -192,6 +202,9 @@ struct Inner {
     /// `https://graph.microsoft.com/v1.0`
     api_root: String,
     options: SourceOptions,
+    /// `https://login.microsoftonline.com` and the tenant, for a delegated sign-in's endpoints.
+    authority_url: String,
+    tenant_id: String,
 }
 
 impl std::fmt::Debug for GraphSource {
@@ -225,6 +238,7 @@ fn check_https(setting: &'static str, value: &str) -> Result<String, ConfigError
 /// can be read and sign.
 fn app_credential(credential: &GraphCredential) -> Result<AppCredential, ConfigError> {
     Ok(match credential {
+        GraphCredential::None => AppCredential::PublicClient,
         GraphCredential::ClientSecret(secret) => {
             if secret.expose().trim().is_empty() {
                 return Err(ConfigError::Empty {
@@ -258,6 +272,26 @@ impl GraphSource {
         clock: Arc<dyn Clock>,
         options: SourceOptions,
     ) -> Result<Self, ConfigError> {
+        Self::build(config, clock, options, None)
+    }
+
+    /// A source with `auth = "delegated"`: tokens of the account whose refresh token `keeper`
+    /// holds (sealed in the store by calbridge), rotated at every refresh.
+    pub fn delegated(
+        config: &GraphSourceConfig,
+        clock: Arc<dyn Clock>,
+        options: SourceOptions,
+        keeper: Arc<dyn RefreshTokenKeeper>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(config, clock, options, Some(keeper))
+    }
+
+    fn build(
+        config: &GraphSourceConfig,
+        clock: Arc<dyn Clock>,
+        options: SourceOptions,
+        keeper: Option<Arc<dyn RefreshTokenKeeper>>,
+    ) -> Result<Self, ConfigError> {
         config.check()?;
         let authority_url = check_https("authority_url", &config.authority_url)?;
         let graph_url = check_https("graph_url", &config.graph_url)?;
@@ -268,14 +302,35 @@ impl GraphSource {
         };
         let credential = app_credential(&config.credential)?;
         let tenant_id = config.tenant_id.trim();
-        let tokens = Arc::new(TokenProvider::new(
-            &TokenProvider::entra_token_url(&authority_url, tenant_id),
-            &scope,
-            tenant_id,
-            config.client_id.trim(),
-            credential,
-            clock,
-        ));
+        let token_url = TokenProvider::entra_token_url(&authority_url, tenant_id);
+        let tokens = Arc::new(match (config.auth, keeper) {
+            (GraphAuth::Delegated, Some(keeper)) => TokenProvider::delegated(
+                &token_url,
+                &config.delegated_scope(),
+                tenant_id,
+                config.client_id.trim(),
+                credential,
+                keeper,
+                clock,
+            ),
+            (GraphAuth::Delegated, None) => TokenProvider::delegated(
+                &token_url,
+                &config.delegated_scope(),
+                tenant_id,
+                config.client_id.trim(),
+                credential,
+                Arc::new(NoSignIn),
+                clock,
+            ),
+            (GraphAuth::App, _) => TokenProvider::new(
+                &token_url,
+                &scope,
+                tenant_id,
+                config.client_id.trim(),
+                credential,
+                clock,
+            ),
+        });
         let http = Arc::new(
             GraphHttp::new(
                 client,
@@ -292,6 +347,8 @@ impl GraphSource {
                 tokens,
                 api_root: format!("{graph_url}/v1.0"),
                 options,
+                authority_url: authority_url.clone(),
+                tenant_id: tenant_id.to_string(),
             }),
         })
     }
@@ -302,6 +359,26 @@ impl GraphSource {
         let loaded = app_credential(credential)?;
         self.inner.tokens.replace_credential(loaded);
         Ok(())
+    }
+
+    /// True when the source reads as a signed-in account (`auth = "delegated"`).
+    pub fn is_delegated(&self) -> bool {
+        self.inner.tokens.is_delegated()
+    }
+
+    /// The token provider (for the delegated sign-in flows, which redeem through it).
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.inner.tokens
+    }
+
+    /// The authority URL and tenant a delegated sign-in goes to.
+    pub fn sign_in_endpoint(&self) -> (&str, &str) {
+        (&self.inner.authority_url, &self.inner.tenant_id)
+    }
+
+    /// The HTTP client the source sends with (the sign-in flows post through it too).
+    pub fn http_client(&self) -> &reqwest::Client {
+        self.inner.http.client()
     }
 
     /// Token state for the admin page.

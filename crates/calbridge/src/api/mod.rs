@@ -70,6 +70,10 @@ pub struct ApiState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Open HTTP connections (`[api] max_connections`).
     pub connections: Arc<connections::ConnectionStats>,
+    /// `api.public_url`: the redirect URI of "Sign in with Microsoft" hangs below it.
+    pub public_url: Option<String>,
+    /// Delegated sign-ins started on the admin page, waiting for their callback.
+    pub sign_ins: Arc<crate::sign_in::PendingSignIns>,
 }
 
 /// The most a Graph notification POST may carry. Graph batches basic change notifications
@@ -96,6 +100,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/users/{address}/presence", get(presence))
         .route("/api/v1/users/{address}/calendar", get(calendar))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/sources/{source}/sign-in", post(start_sign_in))
         .layer(timeout())
         // A stream lasts as long as its reader wants: no time limit.
         .route(STREAM_PATH, get(stream))
@@ -119,11 +124,116 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        // Entra ID sends the browser here; the single-use `state` stands in for the API token.
+        .route("/oauth/callback", get(oauth_callback))
         .layer(RequestBodyLimitLayer::new(OTHER_BODY_LIMIT))
         .merge(notifications)
         .layer(timeout())
         .merge(api)
         .with_state(state)
+}
+
+/// "Sign in with Microsoft" for a delegated Graph source: the authorization URL (code flow
+/// with PKCE, redirect URI `{public_url}/oauth/callback`) the admin page sends the browser to.
+async fn start_sign_in(State(state): State<Arc<ApiState>>, Path(source): Path<String>) -> Response {
+    let Some(sync) = state.syncs.get(&SourceId(source.clone())) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no Graph source `{}`", calbridge_domain::shorten(&source, 80))}))).into_response();
+    };
+    if !sync.source.graph.is_delegated() {
+        return (StatusCode::CONFLICT, Json(json!({"error": format!("source `{source}` signs in as the app (auth = \"app\"); only auth = \"delegated\" signs in an account")}))).into_response();
+    }
+    let Some(public_url) = &state.public_url else {
+        return (StatusCode::CONFLICT, Json(json!({"error": "set api.public_url: the sign-in comes back to {public_url}/oauth/callback, which must be registered as a Web redirect URI of the app; or run `calbridge login --source <id>` (device code)"}))).into_response();
+    };
+    let url = state
+        .sign_ins
+        .start(&source, &sync.source.graph, public_url);
+    Json(json!({
+        "authorize_url": url,
+        "redirect_uri": crate::sign_in::redirect_uri(public_url),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+fn callback_page(status: StatusCode, message: &str) -> Response {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    (
+        status,
+        Html(format!(
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>calbridge sign-in</title></head><body><p id=\"result\">{escaped}</p><p><a href=\"/\">Back to the admin page</a></p></body></html>"
+        )),
+    )
+        .into_response()
+}
+
+/// Where Entra ID sends the browser back: the code is redeemed if `state` is one this service
+/// handed out (once, within ten minutes).
+async fn oauth_callback(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    if let Some(error) = &query.error {
+        let description = query.error_description.as_deref().unwrap_or("");
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "The sign-in did not finish: {} {}. Start it again from the admin page (an administrator may have to grant consent first).",
+                calbridge_domain::shorten(error, 80),
+                calbridge_domain::shorten(description, 300)
+            ),
+        );
+    }
+    let (Some(code), Some(sign_in_state), Some(public_url)) =
+        (&query.code, &query.state, &state.public_url)
+    else {
+        return callback_page(
+            StatusCode::BAD_REQUEST,
+            "This address is where Microsoft sends the browser back after a sign-in started on the admin page; it needs `code` and `state`.",
+        );
+    };
+    let syncs = state.syncs.clone();
+    let finished = state
+        .sign_ins
+        .finish(sign_in_state, code, public_url, |source| {
+            syncs
+                .get(&SourceId(source.to_string()))
+                .map(|sync| sync.source.graph.clone())
+        })
+        .await;
+    match finished {
+        Ok((account, source)) => {
+            if let Some(sync) = state.syncs.get(&SourceId(source.clone())) {
+                sync.retry_failed_now();
+            }
+            tracing::info!(source = %source, account = %account, "an account signed in for a delegated source");
+            callback_page(
+                StatusCode::OK,
+                &format!("Signed in as {account}: source {source} reads the calendars shared with this account."),
+            )
+        }
+        Err(message) => {
+            tracing::warn!("a sign-in callback failed: {message}");
+            callback_page(
+                StatusCode::BAD_REQUEST,
+                &format!("The sign-in did not finish: {message}"),
+            )
+        }
+    }
 }
 
 /// Reads the configuration file again, as SIGHUP does: the answer says what was applied and
@@ -351,6 +461,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
             "id": id.0,
             "kind": "graph",
             "mode": if sync.uses_notifications() { "notifications" } else { "polling" },
+            "delegated": sync.source.graph.is_delegated(),
             "token": token_json(sync.token_status()),
             "secret_expires_on": sync.source.secret_expires_on.map(|date| date.to_string()),
             "secret_warning": secret_warning(sync.source.secret_expires_on, now, id),

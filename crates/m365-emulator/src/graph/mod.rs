@@ -352,6 +352,15 @@ fn verify_bearer(state: &AppState, headers: &HeaderMap) -> Result<Caller, GraphE
 
 /// Resolves the `{user}` of a mailbox path within the caller's tenant.
 pub fn resolve_mailbox(state: &AppState, caller: &Caller, key: &str) -> Result<usize, GraphError> {
+    if key.eq_ignore_ascii_case("me") {
+        return match &caller.identity {
+            Identity::Delegated { user_index, .. } => Ok(*user_index),
+            Identity::App { .. } => Err(GraphError::bad_request(
+                "BadRequest",
+                "/me request is only valid with delegated authentication flow.",
+            )),
+        };
+    }
     state
         .directory
         .user(key)
@@ -383,10 +392,13 @@ fn admit_to_mailbox(
             user_index: own,
             scopes,
         } => {
-            let shared = scopes
+            // Another user's calendar needs a `.Shared` permission and the owner's sharing
+            // in Outlook ("Get shared or delegated Outlook calendar and its events").
+            let shared_scope = scopes
                 .iter()
                 .any(|scope| scope.to_ascii_lowercase().ends_with(".shared"));
-            if *own != user_index && !shared {
+            if *own != user_index && !(shared_scope && state.signin.is_shared(user_index, *own)) {
+                state.counters.count("graph.not_shared");
                 return Err(GraphError::calendar_access_denied());
             }
         }

@@ -333,6 +333,22 @@ pub async fn create(
         let now = state.clock.now();
         let expiration = parse_expiration(&state, &body, now)?;
         let user_index = resource_mailbox(&state, &caller, &resource)?;
+        // "Change notifications for Outlook resources": delegated permissions subscribe only
+        // to items in the signed-in user's own mailbox; the `.Shared` permissions do not
+        // support subscriptions on shared or delegated folders.
+        if let Identity::Delegated {
+            user_index: own, ..
+        } = &caller.identity
+        {
+            if *own != user_index {
+                state.counters.count("subscriptions.delegated_refused");
+                return Err(extension_error(
+                    StatusCode::FORBIDDEN,
+                    "Create",
+                    "Access is denied. Check credentials and try again.",
+                ));
+            }
+        }
         if !caller.holds(Need::CalendarRead) {
             return Err(extension_error(
                 StatusCode::FORBIDDEN,

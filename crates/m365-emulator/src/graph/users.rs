@@ -89,9 +89,14 @@ pub async fn get_user(
     let result = async {
         let caller = authenticate(&state, &headers, "users.get", Need::UserRead).await?;
         let query = QueryParameters(query);
-        let index = state
-            .directory
-            .user(&key)
+        let me = match &caller.identity {
+            Identity::Delegated { user_index, .. } if key.eq_ignore_ascii_case("me") => {
+                Some(*user_index)
+            }
+            _ => None,
+        };
+        let index = me
+            .or_else(|| state.directory.user(&key))
             .filter(|index| state.directory.users[*index].tenant_index == caller.tenant_index)
             .ok_or_else(|| user_not_found(&key))?;
         if let Identity::Delegated { user_index, scopes } = &caller.identity {

@@ -7,13 +7,15 @@
 //! (with their host overrides and protocol log).
 
 pub mod certificate;
+pub mod delegated;
 pub mod tokens;
 
 use serde::Deserialize;
 
 pub use certificate::{CertificateSigner, CredentialFileError};
 pub use tokens::{
-    AppCredential, AuthError, EntraAnswer, PostedAnswer, TokenPoster, TokenProvider, TokenStatus,
+    AppCredential, AuthError, EntraAnswer, Grant, PostedAnswer, RefreshTokenKeeper, TokenPoster,
+    TokenProvider, TokenStatus,
 };
 
 /// `client_assertion_type` for a certificate's signed JWT (RFC 7523).
@@ -56,7 +58,7 @@ pub fn token_request_form(
     form
 }
 
-fn url_form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn url_form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(name, value)| {
@@ -74,6 +76,8 @@ fn url_form(pairs: &[(&str, &str)]) -> String {
 pub struct IssuedToken {
     pub access_token: String,
     pub lifetime_seconds: u64,
+    /// A delegated grant's new refresh token (Entra ID rotates it at every use).
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +85,8 @@ struct TokenBody {
     access_token: String,
     #[serde(default)]
     expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
 /// Reads a successful token answer; the error says what is missing (never the body, which
@@ -98,6 +104,7 @@ pub fn read_issued_token(body: &[u8]) -> Result<IssuedToken, String> {
     Ok(IssuedToken {
         access_token: parsed.access_token,
         lifetime_seconds,
+        refresh_token: parsed.refresh_token.filter(|token| !token.is_empty()),
     })
 }
 

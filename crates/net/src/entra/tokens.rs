@@ -117,6 +117,19 @@ pub enum AuthError {
     },
     #[error("The client assertion for app {client_id} cannot be signed: {detail}")]
     Signing { client_id: String, detail: String },
+    #[error("No account has signed in for app {client_id} yet: sign in once with `calbridge login --source <id>` (device code) or \"Sign in with Microsoft\" on the admin page")]
+    NotSignedIn { client_id: String },
+    #[error("The account's sign-in for app {client_id} is no longer valid ({reason}): sign in again with `calbridge login --source <id>` or \"Sign in with Microsoft\" on the admin page. Entra ID said: {answer}")]
+    SignInExpired {
+        client_id: String,
+        reason: &'static str,
+        answer: EntraAnswer,
+    },
+    #[error("Nobody consented to the delegated permissions of app {client_id} (AADSTS65001): grant consent (Entra ID → App registrations → API permissions → Grant admin consent for Calendars.Read.Shared and User.ReadBasic.All), or sign in again and accept. Entra ID said: {answer}")]
+    ConsentRequired {
+        client_id: String,
+        answer: EntraAnswer,
+    },
 }
 
 impl AuthError {
@@ -132,6 +145,19 @@ impl AuthError {
                 | AuthError::CertificateRejected { .. }
                 | AuthError::Rejected { .. }
                 | AuthError::Signing { .. }
+                | AuthError::NotSignedIn { .. }
+                | AuthError::SignInExpired { .. }
+                | AuthError::ConsentRequired { .. }
+        )
+    }
+
+    /// Errors that only a new sign-in of the account (or consent) ends.
+    pub fn needs_sign_in(&self) -> bool {
+        matches!(
+            self,
+            AuthError::NotSignedIn { .. }
+                | AuthError::SignInExpired { .. }
+                | AuthError::ConsentRequired { .. }
         )
     }
 
@@ -144,6 +170,8 @@ impl AuthError {
             | AuthError::TenantNotFound { answer, .. }
             | AuthError::CertificateRejected { answer, .. }
             | AuthError::Throttled { answer, .. }
+            | AuthError::SignInExpired { answer, .. }
+            | AuthError::ConsentRequired { answer, .. }
             | AuthError::Rejected { answer, .. } => answer.aadsts_code,
             _ => None,
         }
@@ -213,6 +241,27 @@ pub enum AppCredential {
     ClientSecret(Secret),
     /// The app's certificate and key, which sign a client assertion per request.
     Certificate(Box<CertificateSigner>),
+    /// Nothing: a public client ("Allow public client flows"), only for delegated sign-in.
+    PublicClient,
+}
+
+/// Where a delegated sign-in's refresh token lives. Entra ID answers every refresh with a new
+/// refresh token; [`RefreshTokenKeeper::keep`] is called with it before the access token is
+/// handed out, so the newest one is the one kept (sealed in the store by calbridge).
+pub trait RefreshTokenKeeper: Send + Sync {
+    /// The refresh token of the signed-in account; `None` while nobody signed in.
+    fn current(&self) -> Option<Secret>;
+    /// Keeps a new refresh token (from a refresh or a new sign-in) in place of the old one.
+    fn keep(&self, refresh_token: Secret);
+}
+
+/// Which grant the provider asks Entra ID with.
+pub enum Grant {
+    /// App-only: the client-credentials grant.
+    ClientCredentials,
+    /// Delegated: the refresh token of an account that signed in once (device code or
+    /// authorization code), rotated at every refresh.
+    RefreshToken(Arc<dyn RefreshTokenKeeper>),
 }
 
 /// What a token endpoint answered: its HTTP status and body.
@@ -260,6 +309,7 @@ pub struct TokenProvider {
     client_id: String,
     /// Replaced when the configuration is reloaded with a new secret or certificate.
     credential: Mutex<Arc<AppCredential>>,
+    grant: Grant,
     clock: Arc<dyn Clock>,
     state: Mutex<TokenState>,
     /// Held while one task asks Entra ID, so concurrent callers share that one answer.
@@ -293,10 +343,61 @@ impl TokenProvider {
             tenant_id: tenant_id.to_string(),
             client_id: client_id.to_string(),
             credential: Mutex::new(Arc::new(credential)),
+            grant: Grant::ClientCredentials,
             clock,
             state: Mutex::new(TokenState::default()),
             refresh_in_flight: tokio::sync::Mutex::new(()),
             token_requests: AtomicU64::new(0),
+        }
+    }
+
+    /// A provider of delegated tokens for the account whose refresh token `keeper` holds;
+    /// `scope` names the delegated permissions (and `offline_access`).
+    pub fn delegated(
+        token_url: &str,
+        scope: &str,
+        tenant_id: &str,
+        client_id: &str,
+        credential: AppCredential,
+        keeper: Arc<dyn RefreshTokenKeeper>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        TokenProvider {
+            grant: Grant::RefreshToken(keeper),
+            ..TokenProvider::new(token_url, scope, tenant_id, client_id, credential, clock)
+        }
+    }
+
+    /// True for a delegated (signed-in account) provider.
+    pub fn is_delegated(&self) -> bool {
+        matches!(self.grant, Grant::RefreshToken(_))
+    }
+
+    /// The app's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The delegated permissions (or `/.default` resource) asked for.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// How the app proves itself, for the sign-in flows that send it too.
+    pub fn credential(&self) -> Arc<AppCredential> {
+        Arc::clone(&lock(&self.credential))
+    }
+
+    /// An account signed in anew: its refresh token is kept, the cached access token dropped
+    /// and a sign-in failure's back-off ended, so the next call refreshes at once.
+    pub fn signed_in(&self, refresh_token: Secret) {
+        if let Grant::RefreshToken(keeper) = &self.grant {
+            keeper.keep(refresh_token);
+        }
+        let mut state = lock(&self.state);
+        state.token = None;
+        if state.failure.take().is_some() {
+            tracing::info!(client_id = %self.client_id, "an account signed in again");
         }
     }
 
@@ -481,21 +582,33 @@ impl TokenProvider {
         poster: &impl TokenPoster,
         now: Timestamp,
     ) -> Result<(Secret, SignedDuration), AuthError> {
-        let assertion;
         let current = Arc::clone(&lock(&self.credential));
-        let credential = match current.as_ref() {
-            AppCredential::ClientSecret(secret) => super::ClientCredential::Secret(secret.expose()),
-            AppCredential::Certificate(signer) => {
-                assertion = signer
-                    .client_assertion(&self.client_id, &self.token_url, now)
-                    .map_err(|detail| AuthError::Signing {
+        let assertion = client_assertion(&current, &self.client_id, &self.token_url, now)?;
+        let credential = client_credential(&current, assertion.as_ref());
+        let refresh_token;
+        let form = match &self.grant {
+            Grant::ClientCredentials => {
+                let Some(credential) = credential else {
+                    return Err(AuthError::Signing {
                         client_id: self.client_id.clone(),
-                        detail,
-                    })?;
-                super::ClientCredential::Assertion(assertion.expose())
+                        detail: "app-only sign-in needs a client secret or a certificate"
+                            .to_string(),
+                    });
+                };
+                super::token_request_form(&self.client_id, &self.scope, credential)
+            }
+            Grant::RefreshToken(keeper) => {
+                refresh_token = keeper.current().ok_or_else(|| AuthError::NotSignedIn {
+                    client_id: self.client_id.clone(),
+                })?;
+                super::delegated::refresh_request_form(
+                    &self.client_id,
+                    &self.scope,
+                    refresh_token.expose(),
+                    credential,
+                )
             }
         };
-        let form = super::token_request_form(&self.client_id, &self.scope, credential);
         let answer = poster
             .post_form(&self.token_url, form)
             .await
@@ -512,6 +625,11 @@ impl TokenProvider {
                     detail,
                 })?;
             let lifetime = i64::try_from(issued.lifetime_seconds).unwrap_or(i64::MAX);
+            if let (Grant::RefreshToken(keeper), Some(rotated)) =
+                (&self.grant, issued.refresh_token)
+            {
+                keeper.keep(Secret::new(rotated));
+            }
             return Ok((
                 Secret::new(issued.access_token),
                 SignedDuration::from_secs(lifetime),
@@ -519,7 +637,7 @@ impl TokenProvider {
         }
         // Entra ID never repeats the secret, but a proxy or another token service in front of
         // it might: what is kept of the answer must not carry it.
-        let body = match current.as_ref() {
+        let mut body = match current.as_ref() {
             AppCredential::ClientSecret(secret) if !secret.is_empty() => {
                 String::from_utf8_lossy(&answer.body)
                     .replace(secret.expose(), "<redacted>")
@@ -527,6 +645,13 @@ impl TokenProvider {
             }
             _ => answer.body,
         };
+        if let Grant::RefreshToken(keeper) = &self.grant {
+            if let Some(refresh_token) = keeper.current().filter(|token| !token.is_empty()) {
+                body = String::from_utf8_lossy(&body)
+                    .replace(refresh_token.expose(), "<redacted>")
+                    .into_bytes();
+            }
+        }
         Err(self.classify_failure(http_status, &body))
     }
 
@@ -539,6 +664,43 @@ impl TokenProvider {
             http_status,
             body,
         )
+    }
+}
+
+/// The signed client assertion of a certificate credential (none for the others).
+// AuthError is what every token path returns; see `delegated::SignInRequest::signed_in`.
+#[allow(clippy::result_large_err)]
+pub fn client_assertion(
+    credential: &AppCredential,
+    client_id: &str,
+    token_url: &str,
+    now: Timestamp,
+) -> Result<Option<Secret>, AuthError> {
+    match credential {
+        AppCredential::Certificate(signer) => signer
+            .client_assertion(client_id, token_url, now)
+            .map(Some)
+            .map_err(|detail| AuthError::Signing {
+                client_id: client_id.to_string(),
+                detail,
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// What the form sends to prove the app: the secret, the assertion, or nothing.
+pub fn client_credential<'a>(
+    credential: &'a AppCredential,
+    assertion: Option<&'a Secret>,
+) -> Option<super::ClientCredential<'a>> {
+    match (credential, assertion) {
+        (AppCredential::ClientSecret(secret), _) => {
+            Some(super::ClientCredential::Secret(secret.expose()))
+        }
+        (AppCredential::Certificate(_), Some(assertion)) => {
+            Some(super::ClientCredential::Assertion(assertion.expose()))
+        }
+        _ => None,
     }
 }
 
@@ -590,6 +752,26 @@ pub fn classify_entra_error(
         // 700027: assertion signature invalid / certificate not registered;
         // 700024: assertion outside its validity (clock skew); 700023: bad audience.
         Some(700027 | 700024 | 700023) => AuthError::CertificateRejected { client_id, answer },
+        Some(65001) => AuthError::ConsentRequired { client_id, answer },
+        Some(code @ (70008 | 700082 | 50173 | 54005 | 9002313 | 70000 | 50076 | 50079))
+            if answer.error == "invalid_grant" =>
+        {
+            AuthError::SignInExpired {
+                client_id,
+                reason: match code {
+                    700082 | 70008 => "the refresh token expired after 90 days without use",
+                    50173 => "the grant was revoked: a password change or \"revoke sessions\"",
+                    50076 | 50079 => "multi-factor authentication is required",
+                    _ => "the refresh token is not valid",
+                },
+                answer,
+            }
+        }
+        _ if answer.error == "invalid_grant" => AuthError::SignInExpired {
+            client_id,
+            reason: "Entra ID refused the grant",
+            answer,
+        },
         _ if http_status >= 500 => AuthError::ServerError {
             token_url: token_url.to_string(),
             http_status,
@@ -672,6 +854,111 @@ mod tests {
             AppCredential::ClientSecret(Secret::new(secret.to_string())),
             clock,
         )
+    }
+
+    #[derive(Default)]
+    struct MemoryKeeper(Mutex<Option<Secret>>);
+
+    impl RefreshTokenKeeper for MemoryKeeper {
+        fn current(&self) -> Option<Secret> {
+            lock(&self.0).clone()
+        }
+        fn keep(&self, refresh_token: Secret) {
+            *lock(&self.0) = Some(refresh_token);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delegated_provider_refreshes_with_the_kept_token_keeps_the_rotated_one_and_backs_off_on_invalid_grant(
+    ) {
+        let clock = Arc::new(HandClock::default());
+        let keeper = Arc::new(MemoryKeeper::default());
+        let tokens = TokenProvider::delegated(
+            "https://login.example/contoso/oauth2/v2.0/token",
+            "https://graph.microsoft.com/Calendars.Read.Shared offline_access",
+            "contoso",
+            "app-1",
+            AppCredential::PublicClient,
+            Arc::clone(&keeper) as Arc<dyn RefreshTokenKeeper>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        );
+        let endpoint = ScriptedEndpoint::new(&[
+            (
+                200,
+                r#"{"access_token":"a1","expires_in":3600,"refresh_token":"r2"}"#,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.","error_codes":[700082]}"#,
+            ),
+            (
+                200,
+                r#"{"access_token":"a3","expires_in":3600,"refresh_token":"r4"}"#,
+            ),
+        ]);
+        // Nobody signed in: no request at all.
+        assert!(matches!(
+            tokens.access_token(&endpoint).await,
+            Err(AuthError::NotSignedIn { .. })
+        ));
+        assert_eq!(endpoint.posts(), 0);
+        tokens.signed_in(Secret::new("r1".to_string()));
+        let first = tokens
+            .access_token(&endpoint)
+            .await
+            .map(|t| t.expose().to_string());
+        assert_eq!(first, Ok("a1".to_string()));
+        let form = lock(&endpoint.posted)[0].1.clone();
+        assert!(
+            form.contains("grant_type=refresh_token&refresh_token=r1"),
+            "{form}"
+        );
+        assert!(!form.contains("client_secret"), "{form}");
+        assert_eq!(
+            keeper.current().map(|t| t.expose().to_string()),
+            Some("r2".to_string())
+        );
+
+        clock.0.store(3600, Ordering::SeqCst);
+        let expired = tokens.access_token(&endpoint).await;
+        let Err(error) = expired else {
+            panic!("expected a sign-in error")
+        };
+        assert!(error.needs_sign_in(), "{error}");
+        assert!(error.to_string().contains("sign in again"), "{error}");
+        assert!(!error.to_string().contains("r2"), "{error}");
+        // Within the back-off Entra ID is not asked again.
+        assert!(tokens.access_token(&endpoint).await.is_err());
+        assert_eq!(endpoint.posts(), 2);
+        // A new sign-in ends the back-off at once.
+        tokens.signed_in(Secret::new("r3".to_string()));
+        let again = tokens
+            .access_token(&endpoint)
+            .await
+            .map(|t| t.expose().to_string());
+        assert_eq!(again, Ok("a3".to_string()));
+        assert_eq!(
+            keeper.current().map(|t| t.expose().to_string()),
+            Some("r4".to_string())
+        );
+    }
+
+    #[test]
+    fn consent_and_revocation_answers_say_what_to_do() {
+        let classify = |body: &str| classify_entra_error("u", "t", "app", 400, body.as_bytes());
+        let consent = classify(
+            r#"{"error":"invalid_grant","suberror":"consent_required","error_codes":[65001],"error_description":"AADSTS65001: The user or administrator has not consented."}"#,
+        );
+        assert!(matches!(consent, AuthError::ConsentRequired { .. }));
+        assert!(
+            consent.to_string().contains("Grant admin consent"),
+            "{consent}"
+        );
+        let revoked = classify(
+            r#"{"error":"invalid_grant","error_codes":[50173],"error_description":"AADSTS50173: The provided grant has expired due to it being revoked."}"#,
+        );
+        assert!(revoked.to_string().contains("revoked"), "{revoked}");
+        assert!(revoked.needs_sign_in() && revoked.is_credential_problem());
     }
 
     #[tokio::test]

@@ -47,6 +47,20 @@ pub struct Config {
     /// Several instances on one PostgreSQL store.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Meeting rooms: what their meetings are called in the API and on panels.
+    #[serde(default)]
+    pub rooms: RoomsConfig,
+}
+
+/// `[rooms]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// What a room's meetings are called in `/api/v1/rooms`: `"reserved"` (the default: only
+    /// "Reserved"), `"subject"` or `"organizer"`. A private meeting is "Private" whatever this
+    /// says. Subjects are only there when `presence.show_subject` lets them be read.
+    #[serde(default)]
+    pub show: calbridge_presence::RoomShow,
 }
 
 /// `[cluster]`: how instances sharing one PostgreSQL store divide the people. Ignored with

@@ -137,6 +137,7 @@ impl Reloader {
             ("[sync]", debug(&current.sync), debug(&new.sync)),
             ("[publish]", debug(&current.publish), debug(&new.publish)),
             ("[cluster]", debug(&current.cluster), debug(&new.cluster)),
+            ("[rooms]", debug(&current.rooms), debug(&new.rooms)),
         ] {
             if old != now {
                 report.needs_restart.push(format!("{section} changed"));

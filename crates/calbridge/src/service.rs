@@ -693,6 +693,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         connections: connection_stats.clone(),
         public_url: config.api.public_url.clone(),
         sign_ins: Arc::default(),
+        room_show: config.rooms.show,
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

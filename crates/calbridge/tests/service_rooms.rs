@@ -78,6 +78,7 @@ async fn every_room_or_one_room_lists_rooms_are_followed_with_a_presence() {
             .then_some(())
     })
     .await;
+    rooms_api_answers_from_the_store(&running, &graph, &rooms).await;
     // A room is read through its calendar like anyone: the store holds what Graph's calendar
     // view shows for the room in the window that was read.
     for room in &rooms {
@@ -160,4 +161,125 @@ async fn a_tenant_without_rooms_in_places_gets_the_hint_and_nobody_followed() {
     assert!(hint.contains("New-DistributionGroup -RoomList"), "{hint}");
     assert!(followed(&running).is_empty());
     running.shutdown().await;
+}
+
+/// `/api/v1/rooms` with its filters, checked against the emulator's own calendars (so the
+/// answer is right at any hour), and `/api/v1/rooms/{address}` with today's agenda.
+async fn rooms_api_answers_from_the_store(
+    running: &calbridge::service::RunningService,
+    graph: &GraphClient,
+    rooms: &BTreeSet<String>,
+) {
+    let api = Api::new(running);
+    let all = api.get_authorized("/api/v1/rooms").await;
+    let listed = all["rooms"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), rooms.len(), "{all}");
+    for room in &listed {
+        let note = room["state"]["note"].as_str().unwrap_or_default();
+        assert!(
+            note.starts_with("Free") || note.starts_with("Reserved") || note.starts_with("Private"),
+            "{room}"
+        );
+    }
+    let addresses = |body: &serde_json::Value| -> BTreeSet<String> {
+        body["rooms"]
+            .as_array()
+            .map(|rooms| {
+                rooms
+                    .iter()
+                    .filter_map(|room| room["address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let by = |want: &dyn Fn(&serde_json::Value) -> bool| -> BTreeSet<String> {
+        listed
+            .iter()
+            .filter(|room| want(room))
+            .filter_map(|room| room["address"].as_str().map(str::to_string))
+            .collect()
+    };
+    let big = api.get_authorized("/api/v1/rooms?min_capacity=12").await;
+    assert_eq!(
+        addresses(&big),
+        by(&|room| room["capacity"].as_u64().is_some_and(|n| n >= 12))
+    );
+    let second = api
+        .get_authorized("/api/v1/rooms?building=building%202")
+        .await;
+    assert!(!addresses(&second).is_empty());
+    assert_eq!(
+        addresses(&second),
+        by(&|room| room["building"] == "Building 2")
+    );
+
+    // Free for the next 30 minutes from a whole second: exactly the rooms whose calendar view
+    // at Graph has nothing that holds the room then.
+    let from = whole_second(jiff::Timestamp::now());
+    let to = from + jiff::SignedDuration::from_mins(30);
+    let free = api
+        .get_authorized(&format!("/api/v1/rooms?free_for_minutes=30&from={from}"))
+        .await;
+    let mut expected = BTreeSet::new();
+    for room in rooms {
+        let held = graph
+            .calendar_view(room, from, to)
+            .await
+            .into_iter()
+            .any(|event| {
+                !event.cancelled && event.show_as != "free" && event.end > from && event.start < to
+            });
+        if !held {
+            expected.insert(room.clone());
+        }
+    }
+    eprintln!(
+        "free for 30 minutes from {from}: {} of {} rooms",
+        expected.len(),
+        rooms.len()
+    );
+    assert_eq!(addresses(&free), expected, "{free}");
+    let free_now = api.get_authorized("/api/v1/rooms?free_now=true").await;
+    assert_eq!(
+        addresses(&free_now),
+        by(&|room| room["state"]["occupied"] == false)
+    );
+
+    let first = rooms.iter().next().expect("a room");
+    let detail = api.get_authorized(&format!("/api/v1/rooms/{first}")).await;
+    assert_eq!(detail["address"], first.as_str());
+    for meeting in detail["agenda"]["meetings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        // The default policy names no meeting: "Reserved", or "Private".
+        assert!(
+            matches!(meeting["title"].as_str(), Some("Reserved" | "Private")),
+            "{meeting}"
+        );
+        assert!(meeting["organizer"].is_null(), "{meeting}");
+    }
+
+    for (query, says) in [
+        ("free_for_minutes=0", "out of range"),
+        ("floor=ground", "floor"),
+        ("seats=8", "seats"),
+    ] {
+        let (status, body) = api
+            .get(
+                &format!("/api/v1/rooms?{query}"),
+                Some(running.api_token.expose()),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.to_string().contains(says), "{query}: {body}");
+    }
+    let (status, _) = api
+        .get(
+            "/api/v1/rooms/nobody@contoso.example",
+            Some(running.api_token.expose()),
+        )
+        .await;
+    assert_eq!(status, 404);
 }

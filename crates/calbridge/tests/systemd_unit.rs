@@ -48,14 +48,29 @@ fn the_readmes_systemd_unit_passes_systemd_analyze_verify() {
         return;
     };
     assert!(version.status.success());
+    // The unit names the installed binary; here it is the one cargo built.
+    let unit = unit.replace("/usr/local/bin/calbridge", env!("CARGO_BIN_EXE_calbridge"));
+    let (ok, said) = verify(&unit);
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+
+    // The same check finds a mistake: the test would fail on a unit that systemd ignores a
+    // line of.
+    let (_, said) = verify(&unit.replace("ProtectSystem=strict", "ProtectSystem=strikt"));
+    assert!(
+        said.contains("strikt"),
+        "a wrong value was not reported: {said}"
+    );
+}
+
+/// `systemd-analyze verify` of `unit` written as `calbridge.service`: whether it succeeded, and
+/// what it said.
+fn verify(unit: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("calbridge.service");
-    // The unit names the installed binary; here it is the one cargo built.
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/calbridge", env!("CARGO_BIN_EXE_calbridge")),
-    )
-    .expect("write the unit");
+    std::fs::write(&path, unit).expect("write the unit");
     let output = std::process::Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&path)
@@ -66,28 +81,7 @@ fn the_readmes_systemd_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "systemd-analyze verify: {said}"
-    );
-
-    // The same check finds a mistake: the test would fail on a unit that systemd ignores a
-    // line of.
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/calbridge", env!("CARGO_BIN_EXE_calbridge"))
-            .replace("ProtectSystem=strict", "ProtectSystem=strikt"),
-    )
-    .expect("write the unit");
-    let output = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze runs");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("strikt"),
-        "a wrong value was not reported"
-    );
+    (output.status.success(), said)
 }
 
 #[test]

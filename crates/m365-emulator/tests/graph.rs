@@ -24,30 +24,6 @@ fn subjects(page: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Follows `@odata.nextLink` and returns every item.
-async fn collect_pages(
-    harness: &Harness,
-    first_url: &str,
-    token: &str,
-    headers: &[(&str, &str)],
-) -> (Vec<Value>, usize) {
-    let mut items = Vec::new();
-    let mut url = first_url.to_string();
-    let mut pages = 0;
-    loop {
-        let reply = harness.get(&url, token, headers).await;
-        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
-        let body = reply.json();
-        pages += 1;
-        items.extend(body["value"].as_array().cloned().unwrap_or_default());
-        match body["@odata.nextLink"].as_str() {
-            Some(next) => url = next.to_string(),
-            None => return (items, pages),
-        }
-        assert!(pages < 100, "paging does not end");
-    }
-}
-
 #[tokio::test]
 async fn users_are_found_by_upn_alias_and_filters_with_select_and_paging() {
     let harness = start().await;

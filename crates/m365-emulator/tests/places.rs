@@ -9,25 +9,6 @@ use m365_emulator::EmulatorConfig;
 use serde_json::Value;
 use support::*;
 
-/// Follows `@odata.nextLink` from `first_url`; returns the items and the number of pages.
-async fn all_pages(harness: &Harness, first_url: &str, token: &str) -> (Vec<Value>, usize) {
-    let mut items = Vec::new();
-    let mut url = first_url.to_string();
-    let mut pages = 0;
-    loop {
-        let reply = harness.get(&url, token, &[]).await;
-        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
-        let body = reply.json();
-        pages += 1;
-        items.extend(body["value"].as_array().cloned().unwrap_or_default());
-        match body["@odata.nextLink"].as_str() {
-            Some(next) => url = next.to_string(),
-            None => return (items, pages),
-        }
-        assert!(pages < 100, "paging does not end");
-    }
-}
-
 fn addresses(items: &[Value]) -> BTreeSet<String> {
     items
         .iter()
@@ -47,10 +28,11 @@ async fn rooms_and_room_lists_page_and_a_list_gives_its_rooms_by_address() {
         )
         .await;
 
-    let (rooms, pages) = all_pages(
+    let (rooms, pages) = collect_pages(
         &harness,
         &harness.graph("/places/microsoft.graph.room?$top=3&$count=true"),
         &token,
+        &[],
     )
     .await;
     assert_eq!((rooms.len(), pages), (7, 3));
@@ -87,22 +69,24 @@ async fn rooms_and_room_lists_page_and_a_list_gives_its_rooms_by_address() {
         .json();
     assert_eq!(counted["@odata.count"], 7);
 
-    let (lists, _) = all_pages(
+    let (lists, _) = collect_pages(
         &harness,
         &harness.graph("/places/microsoft.graph.roomlist"),
         &token,
+        &[],
     )
     .await;
     assert_eq!(lists.len(), 3, "{lists:?}");
     let mut in_lists = BTreeSet::new();
     for list in &lists {
         let address = list["emailAddress"].as_str().expect("an address");
-        let (members, _) = all_pages(
+        let (members, _) = collect_pages(
             &harness,
             &harness.graph(&format!(
                 "/places/{address}/microsoft.graph.roomlist/rooms?$top=1"
             )),
             &token,
+            &[],
         )
         .await;
         assert!(!members.is_empty(), "{address} has no rooms");
@@ -137,10 +121,11 @@ async fn rooms_and_room_lists_page_and_a_list_gives_its_rooms_by_address() {
             again_ready.client_secret.as_deref().expect("a secret"),
         )
         .await;
-    let (again_rooms, _) = all_pages(
+    let (again_rooms, _) = collect_pages(
         &again,
         &again.graph("/places/microsoft.graph.room"),
         &again_token,
+        &[],
     )
     .await;
     let shape = |rooms: &[Value]| -> Vec<(String, Value, Value)> {

@@ -217,6 +217,22 @@ pub fn room_state(
     }
 }
 
+/// The meetings that hold the room in `[from, to)` (a day's agenda for a panel), in order,
+/// named by `show`.
+pub fn room_agenda(
+    appointments: &[Appointment],
+    show: RoomShow,
+    locale: &Locale,
+    from: Timestamp,
+    to: Timestamp,
+) -> Vec<RoomMeeting> {
+    bookings(appointments, locale)
+        .iter()
+        .filter(|booking| booking.end > from && booking.start < to)
+        .map(|booking| meeting(booking, show, locale.language))
+        .collect()
+}
+
 /// Whether the room is free for the whole of `[from, to)`: the question "which room is free
 /// for the next 30 minutes", answered from the stored calendar.
 pub fn room_free_between(

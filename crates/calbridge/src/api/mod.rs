@@ -40,6 +40,7 @@ use crate::sync::graph::GraphSync;
 
 pub mod connections;
 mod metrics;
+mod rooms;
 
 const ADMIN_PAGE: &str = include_str!("admin.html");
 
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub public_url: Option<String>,
     /// Delegated sign-ins started on the admin page, waiting for their callback.
     pub sign_ins: Arc<crate::sign_in::PendingSignIns>,
+    /// `[rooms] show`: what a room's meetings are called.
+    pub room_show: calbridge_presence::RoomShow,
 }
 
 /// The most a Graph notification POST may carry. Graph batches basic change notifications
@@ -99,6 +102,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/users", get(users))
         .route("/api/v1/users/{address}/presence", get(presence))
         .route("/api/v1/users/{address}/calendar", get(calendar))
+        .route("/api/v1/rooms", get(rooms::list))
+        .route("/api/v1/rooms/{address}", get(rooms::detail))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sources/{source}/sign-in", post(start_sign_in))
         .layer(timeout())

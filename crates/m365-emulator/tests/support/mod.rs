@@ -496,3 +496,27 @@ impl NotificationReceiver {
         }
     }
 }
+
+/// Follows `@odata.nextLink` from `first_url`; returns every item and the number of pages.
+pub async fn collect_pages(
+    harness: &Harness,
+    first_url: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut url = first_url.to_string();
+    let mut pages = 0;
+    loop {
+        let reply = harness.get(&url, token, headers).await;
+        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
+        let body = reply.json();
+        pages += 1;
+        items.extend(body["value"].as_array().cloned().unwrap_or_default());
+        match body["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => return (items, pages),
+        }
+        assert!(pages < 100, "paging does not end");
+    }
+}

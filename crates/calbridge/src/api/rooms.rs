@@ -1,0 +1,218 @@
+//! `GET /api/v1/rooms` and `GET /api/v1/rooms/{address}`: the meeting rooms of the directory's
+//! `rooms` entries with their state now, answered from the store (never by asking Microsoft),
+//! so that "a free room for 8 people for the next 30 minutes in building B" costs one store
+//! read and no request to Graph.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use calbridge_domain::{MailboxAddress, RoomInfo};
+use calbridge_presence::{room_agenda, room_free_between, room_state, RoomMeeting, RoomState};
+use calbridge_store::PersonKey;
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{api_error, parse_query_instant, ApiState};
+
+/// The filters of `GET /api/v1/rooms`; all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomQuery {
+    /// The building, as the directory names it (compared without regard to case).
+    building: Option<String>,
+    /// The floor number.
+    floor: Option<i32>,
+    /// At least this many seats.
+    min_capacity: Option<u32>,
+    /// Only rooms free now (`true`) or occupied now (`false`).
+    free_now: Option<bool>,
+    /// Only rooms free for this many minutes from `from` (default now).
+    free_for_minutes: Option<u32>,
+    /// RFC 3339 instant for `free_for_minutes`.
+    from: Option<String>,
+}
+
+/// The longest `free_for_minutes`: a week. Longer asks about a calendar calbridge does not hold.
+const MAX_FREE_FOR_MINUTES: u32 = 7 * 24 * 60;
+
+fn meeting_json(meeting: &RoomMeeting) -> Value {
+    json!({
+        "start": meeting.start.to_string(),
+        "end": meeting.end.to_string(),
+        "title": meeting.title,
+        "organizer": meeting.organizer.as_ref().map(MailboxAddress::as_str),
+        "private": meeting.private,
+    })
+}
+
+fn state_json(state: &RoomState) -> Value {
+    json!({
+        "occupied": state.occupied,
+        "note": state.note,
+        "free_until": state.free_until.map(|at| at.to_string()),
+        "occupied_until": state.occupied_until.map(|at| at.to_string()),
+        "current": state.current.as_ref().map(meeting_json),
+        "next": state.next.as_ref().map(meeting_json),
+        "next_change_at": state.next_change_at.map(|at| at.to_string()),
+    })
+}
+
+fn room_json(key: &PersonKey, room: &RoomInfo, state: &RoomState) -> Value {
+    json!({
+        "address": key.address.as_str(),
+        "source": key.source.0,
+        "display_name": room.display_name,
+        "capacity": room.capacity,
+        "building": room.building,
+        "floor_number": room.floor_number,
+        "floor_label": room.floor_label,
+        "room_list": room.room_list,
+        "bookable": room.bookable,
+        "state": state_json(state),
+    })
+}
+
+async fn stored_rooms(state: &ApiState) -> Result<Vec<(PersonKey, RoomInfo)>, Response> {
+    state.store.list_rooms().await.map_err(|error| {
+        api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the rooms from the store: {error}"),
+        )
+    })
+}
+
+/// `GET /api/v1/rooms?building=…&floor=…&min_capacity=…&free_now=…&free_for_minutes=…&from=…`
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<RoomQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}: the query takes building, floor, min_capacity, free_now (true or \
+                     false), free_for_minutes and from (an RFC 3339 instant)",
+                    calbridge_domain::shorten(&rejection.body_text(), 200)
+                ),
+            )
+        }
+    };
+    let now = state.clock.now();
+    let span = match query.free_for_minutes {
+        None => None,
+        Some(minutes) if minutes == 0 || minutes > MAX_FREE_FOR_MINUTES => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "free_for_minutes = {minutes} is out of range: use 1 to {MAX_FREE_FOR_MINUTES}"
+                ),
+            )
+        }
+        Some(minutes) => match parse_query_instant("from", query.from.as_deref(), now) {
+            Ok(from) => Some((from, from + SignedDuration::from_mins(i64::from(minutes)))),
+            Err(error) => return error.into_response(),
+        },
+    };
+    let rooms = match stored_rooms(&state).await {
+        Ok(rooms) => rooms,
+        Err(response) => return response,
+    };
+    let locale = state.hub.locale();
+    let mut listed = Vec::new();
+    for (key, room) in &rooms {
+        let building_matches = query.building.as_deref().is_none_or(|wanted| {
+            room.building
+                .as_deref()
+                .is_some_and(|building| building.eq_ignore_ascii_case(wanted.trim()))
+        });
+        let floor_matches = query
+            .floor
+            .is_none_or(|floor| room.floor_number == Some(floor));
+        let seats_enough = query
+            .min_capacity
+            .is_none_or(|seats| room.capacity.is_some_and(|capacity| capacity >= seats));
+        if !(building_matches && floor_matches && seats_enough) {
+            continue;
+        }
+        let appointments = match state.store.load_appointments(key).await {
+            Ok(appointments) => appointments,
+            Err(error) => {
+                return api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the calendar of room {}: {error}", key.address),
+                )
+            }
+        };
+        let room_now = room_state(&appointments, state.room_show, &locale, now);
+        if query.free_now.is_some_and(|free| free == room_now.occupied) {
+            continue;
+        }
+        if let Some((from, to)) = span {
+            if !room_free_between(&appointments, &locale, from, to) {
+                continue;
+            }
+        }
+        listed.push(room_json(key, room, &room_now));
+    }
+    Json(json!({
+        "at": now.to_string(),
+        "free_between": span.map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()})),
+        "rooms": listed,
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/rooms/{address}`: the room, its state, and today's meetings (the local day of
+/// `presence.timezone`).
+pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<String>) -> Response {
+    let address = match MailboxAddress::parse(&address) {
+        Ok(address) => address,
+        Err(error) => return api_error(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let rooms = match stored_rooms(&state).await {
+        Ok(rooms) => rooms,
+        Err(response) => return response,
+    };
+    let Some((key, room)) = rooms.iter().find(|(key, _)| key.address == address) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("no room {address} is followed (rooms come from a [[directory]] rooms entry)"),
+        );
+    };
+    let appointments = match state.store.load_appointments(key).await {
+        Ok(appointments) => appointments,
+        Err(error) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the calendar of room {address}: {error}"),
+            )
+        }
+    };
+    let now = state.clock.now();
+    let locale = state.hub.locale();
+    let zone = locale.zone.zone();
+    let today = now.to_zoned(zone.clone()).date();
+    let day_start = calbridge_domain::start_of_day(today, zone);
+    let day_end = today
+        .tomorrow()
+        .map(|tomorrow| calbridge_domain::start_of_day(tomorrow, zone))
+        .unwrap_or(Timestamp::MAX);
+    let room_now = room_state(&appointments, state.room_show, &locale, now);
+    let mut body = room_json(key, room, &room_now);
+    body["agenda"] = json!({
+        "from": day_start.to_string(),
+        "to": day_end.to_string(),
+        "meetings": room_agenda(&appointments, state.room_show, &locale, day_start, day_end)
+            .iter()
+            .map(meeting_json)
+            .collect::<Vec<_>>(),
+    });
+    Json(body).into_response()
+}

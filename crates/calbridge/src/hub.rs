@@ -54,6 +54,16 @@ pub enum StreamedChange {
     Relayed(RelayedChange),
 }
 
+impl StreamedChange {
+    /// Whose presence changed.
+    pub fn person(&self) -> &PersonKey {
+        match self {
+            StreamedChange::Decided(change) => &change.person,
+            StreamedChange::Relayed(relayed) => &relayed.person,
+        }
+    }
+}
+
 /// What publishers follow: changes, and people who left the directory.
 #[derive(Debug, Clone)]
 pub enum HubEvent {

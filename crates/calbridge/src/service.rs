@@ -694,6 +694,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         public_url: config.api.public_url.clone(),
         sign_ins: Arc::default(),
         room_show: config.rooms.show,
+        room_keys: Default::default(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use calbridge::config::DirectoryConfig;
 use calbridge_domain::SourceId;
+use common::sse::EventStream;
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig, Scenario};
 
@@ -79,6 +80,54 @@ async fn every_room_or_one_room_lists_rooms_are_followed_with_a_presence() {
     })
     .await;
     rooms_api_answers_from_the_store(&running, &graph, &rooms).await;
+
+    // A booking made now reaches the live stream as the room's presence and as its state.
+    let mut stream = EventStream::connect(
+        &format!("http://{}", running.address),
+        running.api_token.expose(),
+    )
+    .await;
+    let room = "room.1@contoso.example";
+    let now = whole_second(jiff::Timestamp::now());
+    graph.free_around(room, now).await;
+    let end = now + jiff::SignedDuration::from_mins(30);
+    graph
+        .create_event(
+            room,
+            "Ad-hoc",
+            now - jiff::SignedDuration::from_mins(1),
+            end,
+            "busy",
+        )
+        .await;
+    let event = stream
+        .wait_for(
+            "the room event of the booking",
+            Duration::from_secs(60),
+            |event| {
+                event.name == "room"
+                    && event.data["address"] == room
+                    && event.data["state"]["occupied"] == true
+                    && event.data["state"]["current"]["end"] == end.to_string()
+            },
+        )
+        .await;
+    assert_eq!(event.data["state"]["current"]["title"], "Reserved");
+    assert!(
+        stream
+            .seen
+            .iter()
+            .any(|seen| seen.name == "presence" && seen.data["address"] == room),
+        "the presence event comes too"
+    );
+    assert!(
+        stream
+            .seen
+            .iter()
+            .filter(|seen| seen.name == "room")
+            .all(|seen| rooms.contains(seen.data["address"].as_str().unwrap_or_default())),
+        "room events are for rooms only"
+    );
     // A room is read through its calendar like anyone: the store holds what Graph's calendar
     // view shows for the room in the window that was read.
     for room in &rooms {

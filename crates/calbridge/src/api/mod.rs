@@ -77,6 +77,8 @@ pub struct ApiState {
     pub sign_ins: Arc<crate::sign_in::PendingSignIns>,
     /// `[rooms] show`: what a room's meetings are called.
     pub room_show: calbridge_presence::RoomShow,
+    /// Which people are rooms, for the live stream's `room` events.
+    pub room_keys: tokio::sync::Mutex<rooms::RoomKeys>,
 }
 
 /// The most a Graph notification POST may carry. Graph batches basic change notifications
@@ -917,25 +919,34 @@ async fn stream(State(state): State<Arc<ApiState>>) -> Response {
             "too many live streams are open: close one, or raise [api] max_streams",
         );
     };
-    let changes = BroadcastStream::new(state.hub.subscribe_stream()).filter_map(move |item| {
-        // The permit lives as long as the stream: dropped with it when the client goes.
-        let _permit = &permit;
-        async move {
-            match item {
-                Ok(change) => Some(Ok(Event::default()
-                    .event("presence")
-                    .data(streamed_json(&change).to_string()))),
-                // A slow client that fell behind gets told so and can re-read /api/v1/users.
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-                    Some(Ok::<_, Infallible>(
-                        Event::default()
-                            .event("lagged")
-                            .data(json!({ "missed": missed }).to_string()),
-                    ))
-                }
+    let changes = BroadcastStream::new(state.hub.subscribe_stream())
+        .then(move |item| {
+            // The permit lives as long as the stream: dropped with it when the client goes.
+            let _permit = &permit;
+            let state = state.clone();
+            async move {
+                let events = match item {
+                    Ok(change) => {
+                        let mut events = vec![Event::default()
+                            .event("presence")
+                            .data(streamed_json(&change).to_string())];
+                        // A room's change comes again as its room state.
+                        if let Some(room) = rooms::room_event(&state, change.person()).await {
+                            events.push(Event::default().event("room").data(room.to_string()));
+                        }
+                        events
+                    }
+                    // A slow client that fell behind gets told so and can re-read /api/v1/users.
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(
+                        missed,
+                    )) => vec![Event::default()
+                        .event("lagged")
+                        .data(json!({ "missed": missed }).to_string())],
+                };
+                futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>))
             }
-        }
-    });
+        })
+        .flatten();
     Sse::new(changes)
         .keep_alive(KeepAlive::default())
         .into_response()

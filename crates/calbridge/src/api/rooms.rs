@@ -217,44 +217,40 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
     Json(body).into_response()
 }
 
-/// Which people are rooms, read from the store at most every [`ROOM_KEYS_MAX_AGE`], so that a
-/// presence change on the live stream can say whether it is a room's without a store read each.
+/// The rooms and their details, read from the store at most every [`ROOMS_MAX_AGE`], so that a
+/// presence change on the live stream can say whether it is a room's (and show the room)
+/// without reading every room for each change.
 #[derive(Default)]
 pub struct RoomKeys {
     read_at: Option<std::time::Instant>,
-    keys: std::collections::HashSet<PersonKey>,
+    rooms: std::collections::HashMap<PersonKey, RoomInfo>,
 }
 
-const ROOM_KEYS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+const ROOMS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `room` event of the live stream for a presence change of `person`, when `person` is a
 /// room: the room with its state now, as `GET /api/v1/rooms` lists it.
 pub async fn room_event(state: &ApiState, person: &PersonKey) -> Option<Value> {
-    let is_room = {
+    let room = {
         let mut cache = state.room_keys.lock().await;
         if cache
             .read_at
-            .is_none_or(|read_at| read_at.elapsed() > ROOM_KEYS_MAX_AGE)
+            .is_none_or(|read_at| read_at.elapsed() > ROOMS_MAX_AGE)
         {
             // A store that does not answer keeps the last list; the next change tries again.
             if let Ok(rooms) = state.store.list_rooms().await {
-                cache.keys = rooms.into_iter().map(|(key, _)| key).collect();
+                cache.rooms = rooms.into_iter().collect();
                 cache.read_at = Some(std::time::Instant::now());
             }
         }
-        cache.keys.contains(person)
+        cache.rooms.get(person)?.clone()
     };
-    if !is_room {
-        return None;
-    }
-    let rooms = state.store.list_rooms().await.ok()?;
-    let (key, room) = rooms.iter().find(|(key, _)| key == person)?;
-    let appointments = state.store.load_appointments(key).await.ok()?;
+    let appointments = state.store.load_appointments(person).await.ok()?;
     let locale = state.hub.locale();
     let now = state.clock.now();
     Some(room_json(
-        key,
-        room,
+        person,
+        &room,
         &room_state(&appointments, state.room_show, &locale, now),
     ))
 }

@@ -180,6 +180,18 @@ pub trait CalendarSource: Send + Sync + Sized + 'static {
     ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
         Err("rooms come from Microsoft Graph's places API; this source has none".to_string())
     }
+    /// Declines the meeting `appointment_id` in the calendar of `user` (the id [`Resolved::user`]
+    /// gave: Graph's user id, EWS's primary SMTP address) with `comment` to the organizer: the
+    /// release of a meeting nobody checked in. An error names what the server answered (a
+    /// missing `Calendars.ReadWrite` right, impersonation refused).
+    async fn decline(
+        &self,
+        _user: &str,
+        _appointment_id: &str,
+        _comment: &str,
+    ) -> Result<(), String> {
+        Err("this source cannot decline meetings".to_string())
+    }
 
     /// Resolves directory addresses to mailboxes; one result per person.
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)>;
@@ -1463,6 +1475,21 @@ impl<S: CalendarSource> super::DirectoryTarget for Engine<S> {
 
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>) {
         Engine::record_resolved_members(self, members).await;
+    }
+
+    async fn decline(
+        &self,
+        person: &PersonKey,
+        appointment_id: &str,
+        comment: &str,
+    ) -> Result<(), String> {
+        let Some(user) = self.user_of(person) else {
+            return Err(format!(
+                "{} is not resolved to a mailbox yet",
+                person.address
+            ));
+        };
+        self.source.decline(&user, appointment_id, comment).await
     }
 
     fn set_alternates(&self, person: &PersonKey, alternates: Vec<String>) {

@@ -57,6 +57,15 @@ pub trait DirectoryTarget: Send + Sync {
         Err("rooms come from Microsoft Graph's places API; this source has none".to_string())
     }
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>);
+    /// Declines a meeting in `person`'s calendar (see [`engine::CalendarSource::decline`]).
+    async fn decline(
+        &self,
+        _person: &PersonKey,
+        _appointment_id: &str,
+        _comment: &str,
+    ) -> Result<(), String> {
+        Err("this source cannot decline meetings".to_string())
+    }
     /// Further addresses of a person from the directory, for name resolution.
     fn set_alternates(&self, _person: &PersonKey, _alternates: Vec<String>) {}
 }

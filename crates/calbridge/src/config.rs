@@ -61,7 +61,21 @@ pub struct RoomsConfig {
     /// says. Subjects are only there when `presence.show_subject` lets them be read.
     #[serde(default)]
     pub show: calbridge_presence::RoomShow,
+    /// Check-in and auto-release (off when absent): a room's meeting that nobody checked in
+    /// (on its panel or `POST /api/v1/rooms/{address}/check-in`) within this many minutes of
+    /// its start is declined in the room's calendar, and the room is free from that second.
+    /// Needs write access to the rooms' calendars (Graph: `Calendars.ReadWrite`; EWS:
+    /// impersonation of the rooms). 1 to 120.
+    #[serde(default)]
+    pub check_in_minutes: Option<u32>,
+    /// The comment the organizer gets with a released meeting's decline (default: says that
+    /// nobody checked in within `check_in_minutes`).
+    #[serde(default)]
+    pub release_comment: Option<String>,
 }
+
+/// The longest `[rooms] check_in_minutes`.
+pub const MAX_CHECK_IN_MINUTES: u32 = 120;
 
 /// `[cluster]`: how instances sharing one PostgreSQL store divide the people. Ignored with
 /// SQLite, whose one instance follows everyone.
@@ -529,6 +543,24 @@ impl Config {
 
     /// Rules that span tables, which serde cannot express.
     fn check(&self) -> Result<(), String> {
+        if let Some(minutes) = self.rooms.check_in_minutes {
+            if !(1..=MAX_CHECK_IN_MINUTES).contains(&minutes) {
+                return Err(format!(
+                    "rooms.check_in_minutes = {minutes} is out of range: use 1 to {MAX_CHECK_IN_MINUTES}, or leave it out to turn check-in off"
+                ));
+            }
+        }
+        if self
+            .rooms
+            .release_comment
+            .as_deref()
+            .is_some_and(|comment| comment.trim().is_empty() || comment.len() > 2000)
+        {
+            return Err(
+                "rooms.release_comment must be 1 to 2000 characters (leave it out for the default)"
+                    .to_string(),
+            );
+        }
         if !(3..=3600).contains(&self.cluster.lease_seconds) {
             return Err(format!(
                 "cluster.lease_seconds = {} is out of range: use 3 to 3600 (default 30; renewed every third of it)",
@@ -1025,6 +1057,21 @@ mod tests {
         let error = Config::parse(&format!("[[sources]]\nid = \"a\"\n{graph}credentail = 1\n"))
             .unwrap_err();
         assert!(error.contains("unknown field `credentail`"), "{error}");
+        let error = Config::parse("[rooms]\ncheck_in_minutes = 0\n").unwrap_err();
+        assert!(
+            error.contains("rooms.check_in_minutes = 0 is out of range"),
+            "{error}"
+        );
+        let error =
+            Config::parse("[rooms]\ncheck_in_minutes = 10\nrelease_comment = \" \"\n").unwrap_err();
+        assert!(error.contains("rooms.release_comment"), "{error}");
+        let config = Config::parse("[rooms]\ncheck_in_minutes = 10\n").unwrap();
+        assert_eq!(config.rooms.check_in_minutes, Some(10));
+        assert_eq!(
+            Config::parse("").unwrap().rooms.check_in_minutes,
+            None,
+            "off by default"
+        );
     }
 
     #[test]

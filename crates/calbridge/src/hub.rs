@@ -105,6 +105,9 @@ pub struct PresenceHub {
     stream: broadcast::Sender<StreamedChange>,
     /// Changes for the store's writer task, which persists them off the hot path.
     persist: mpsc::UnboundedSender<PresenceChange>,
+    /// A person whose stored calendar changed (a read, a delta): for the check-in guard, which
+    /// needs every meeting's start, not only the presence changes.
+    calendars: broadcast::Sender<PersonKey>,
     counters: HubCounters,
 }
 
@@ -133,6 +136,7 @@ impl PresenceHub {
         let (events, _) = broadcast::channel(4096);
         let (stream, _) = broadcast::channel(4096);
         let (persist, persist_rx) = mpsc::unbounded_channel();
+        let (calendars, _) = broadcast::channel(4096);
         let hub = PresenceHub {
             rules: RwLock::new((Arc::new(rules), Arc::new(locale))),
             clock,
@@ -146,6 +150,7 @@ impl PresenceHub {
             events,
             stream,
             persist,
+            calendars,
             counters: HubCounters::default(),
         };
         (Arc::new(hub), persist_rx)
@@ -171,6 +176,16 @@ impl PresenceHub {
     /// Every change for the live stream: those decided here and those relayed.
     pub fn subscribe_stream(&self) -> broadcast::Receiver<StreamedChange> {
         self.stream.subscribe()
+    }
+
+    /// People whose stored calendar changed, as they are decided anew.
+    pub fn subscribe_calendars(&self) -> broadcast::Receiver<PersonKey> {
+        self.calendars.subscribe()
+    }
+
+    /// Whether this instance decides `person`'s presence (follows them).
+    pub fn follows(&self, person: &PersonKey) -> bool {
+        self.lock().people.contains_key(person)
     }
 
     /// Puts a change another instance decided on the live stream, and nowhere else.
@@ -216,7 +231,7 @@ impl PresenceHub {
         let n = people.len();
         futures_util::stream::iter(people)
             .for_each_concurrent(PARALLEL_TIMER_LOADS, |person| async move {
-                self.refresh(&person).await;
+                self.decide_from_store(&person, false).await;
             })
             .await;
         n
@@ -235,10 +250,19 @@ impl PresenceHub {
         });
         entry.version += 1;
         self.decide_locked(&mut state, person, appointments, now);
+        drop(state);
+        let _ = self.calendars.send(person.clone());
     }
 
-    /// Reads a person's appointments from the store and decides anew.
+    /// Reads a person's appointments from the store and decides anew, after their stored
+    /// calendar changed.
     pub async fn refresh(&self, person: &PersonKey) {
+        self.decide_from_store(person, true).await;
+    }
+
+    /// Reads a person's appointments from the store and decides anew: at a timer, after new
+    /// rules, or (`calendar_changed`) after the stored calendar changed.
+    async fn decide_from_store(&self, person: &PersonKey, calendar_changed: bool) {
         let version = self.lock().people.get(person).map(|entry| entry.version);
         match self.store.load_appointments(person).await {
             Ok(appointments) => {
@@ -247,6 +271,10 @@ impl PresenceHub {
                 let current = state.people.get(person).map(|entry| entry.version);
                 if current.is_some() && current == version {
                     self.decide_locked(&mut state, person, &appointments, now);
+                    drop(state);
+                    if calendar_changed {
+                        let _ = self.calendars.send(person.clone());
+                    }
                 } else if current.is_none() {
                     drop(state);
                     self.set_appointments(person, &appointments);
@@ -386,7 +414,7 @@ impl PresenceHub {
         let fired = due.len();
         futures_util::stream::iter(due)
             .for_each_concurrent(PARALLEL_TIMER_LOADS, |person| async move {
-                self.refresh(&person).await;
+                self.decide_from_store(&person, false).await;
             })
             .await;
         self.counters

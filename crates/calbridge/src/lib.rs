@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bench;
 pub mod check;
+pub mod check_in;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

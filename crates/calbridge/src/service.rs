@@ -585,6 +585,23 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         "presence timers",
         tokio::spawn(hub.clone().run_timers(shutdown.clone())),
     ));
+    // `[rooms] check_in_minutes`: the guard that releases meetings nobody checked in.
+    let check_ins = config.rooms.check_in_minutes.map(|minutes| {
+        crate::check_in::CheckIns::new(
+            minutes,
+            config.rooms.release_comment.clone(),
+            store.clone(),
+            hub.clone(),
+            clock.clone(),
+            targets.clone(),
+        )
+    });
+    if let Some(check_ins) = &check_ins {
+        tasks.push((
+            "room check-in guard",
+            tokio::spawn(check_ins.clone().run(shutdown.clone())),
+        ));
+    }
 
     let sip = match &config.publish.sip {
         Some(sip_config) => {
@@ -695,6 +712,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         sign_ins: Arc::default(),
         room_show: config.rooms.show,
         room_keys: Default::default(),
+        check_ins,
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();

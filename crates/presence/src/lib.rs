@@ -13,5 +13,8 @@ mod rules;
 
 pub use decide::{decide, timeline, Activity, AppointmentSummary, Decision, Reason, Why};
 pub use locale::{Language, Locale};
-pub use room::{room_agenda, room_free_between, room_state, RoomMeeting, RoomShow, RoomState};
+pub use room::{
+    check_in_candidate, check_in_meetings, room_agenda, room_free_between, room_state,
+    CheckInMeeting, RoomMeeting, RoomShow, RoomState,
+};
 pub use rules::{Category, Keyword, MappedPresence, Mapping, Rules, SubjectVisibility};

@@ -246,6 +246,61 @@ pub fn room_free_between(
         .all(|booking| booking.end <= from || booking.start >= to)
 }
 
+/// A room meeting under `[rooms] check_in_minutes`: released at `deadline` (start + N minutes)
+/// unless someone checked it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckInMeeting {
+    pub id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub deadline: Timestamp,
+}
+
+/// The meetings of a room that need a check-in when check-in takes `minutes`: those that hold
+/// the room (as for [`room_state`]) and have a time of day; an all-day booking needs none, and
+/// neither does a meeting that ends by its deadline (there would be nothing left to free).
+pub fn check_in_meetings(
+    appointments: &[Appointment],
+    locale: &Locale,
+    minutes: u32,
+) -> Vec<CheckInMeeting> {
+    let after = jiff::SignedDuration::from_mins(i64::from(minutes));
+    bookings(appointments, locale)
+        .into_iter()
+        .filter(|booking| {
+            matches!(
+                booking.appointment.time,
+                calbridge_domain::AppointmentTime::Timed { .. }
+            )
+        })
+        .filter_map(|booking| {
+            let deadline = booking.start.checked_add(after).ok()?;
+            (deadline < booking.end).then(|| CheckInMeeting {
+                id: booking.appointment.id.clone(),
+                start: booking.start,
+                end: booking.end,
+                deadline,
+            })
+        })
+        .collect()
+}
+
+/// The meeting a check-in at `now` is for: the earliest one not yet `settled` (checked in or
+/// released) whose check-in is open. Check-in opens `minutes` before the start, so people can
+/// check in as they arrive, and stays open until the meeting ends.
+pub fn check_in_candidate(
+    meetings: &[CheckInMeeting],
+    minutes: u32,
+    now: Timestamp,
+    settled: impl Fn(&CheckInMeeting) -> bool,
+) -> Option<&CheckInMeeting> {
+    let ahead = jiff::SignedDuration::from_mins(i64::from(minutes));
+    meetings.iter().find(|meeting| {
+        let opens = meeting.start.checked_sub(ahead).unwrap_or(meeting.start);
+        opens <= now && now < meeting.end && !settled(meeting)
+    })
+}
+
 /// Time only on the day the note is written, otherwise date and time (the people's grammar).
 fn write_date_time(note: &mut String, language: Language, now_local: DateTime, at: DateTime) {
     if at.date() == now_local.date() {

@@ -6,6 +6,7 @@ mod common;
 use calbridge_domain::ShowAs;
 use calbridge_presence::{room_free_between, room_state, Language, RoomShow};
 use common::*;
+use jiff::Timestamp;
 use proptest::prelude::*;
 
 fn day() -> Vec<calbridge_domain::Appointment> {
@@ -194,4 +195,73 @@ proptest! {
             prop_assert!(room_free_between(&appointments, &english, now, until));
         }
     }
+}
+
+#[test]
+fn check_in_applies_to_timed_meetings_that_outlast_the_deadline_and_opens_before_the_start() {
+    let english = locale(Language::En);
+    let mut calendar = day();
+    // Shorter than the check-in time: it would be over before anything could be freed.
+    calendar.push(timed(
+        "short",
+        "Quick sync",
+        "2026-12-07T11:00",
+        "2026-12-07T11:10",
+        ShowAs::Busy,
+    ));
+    calendar.push(all_day(
+        "holiday",
+        "Closed",
+        (2026, 12, 8),
+        (2026, 12, 9),
+        ShowAs::Busy,
+    ));
+    let meetings = calbridge_presence::check_in_meetings(&calendar, &english, 10);
+    let described: Vec<(String, Timestamp, Timestamp)> = meetings
+        .iter()
+        .map(|meeting| (meeting.id.clone(), meeting.start, meeting.deadline))
+        .collect();
+    // Cancelled "d", free "e", the short meeting and the all-day booking need no check-in.
+    assert_eq!(
+        described,
+        vec![
+            (
+                "a".to_string(),
+                at("2026-12-07T09:00"),
+                at("2026-12-07T09:10")
+            ),
+            (
+                "b".to_string(),
+                at("2026-12-07T10:00"),
+                at("2026-12-07T10:10")
+            ),
+            (
+                "c".to_string(),
+                at("2026-12-07T13:00"),
+                at("2026-12-07T13:10")
+            ),
+        ]
+    );
+    let candidate = |now: &str, settled: &[&str]| {
+        calbridge_presence::check_in_candidate(&meetings, 10, at(now), |meeting| {
+            settled.contains(&meeting.id.as_str())
+        })
+        .map(|meeting| meeting.id.clone())
+    };
+    assert_eq!(
+        candidate("2026-12-07T08:49", &[]),
+        None,
+        "opens 10 minutes before"
+    );
+    assert_eq!(candidate("2026-12-07T08:50", &[]).as_deref(), Some("a"));
+    // Back to back: once "a" is checked in, the next one can be checked in 10 minutes ahead.
+    assert_eq!(candidate("2026-12-07T09:49", &["a"]), None);
+    assert_eq!(candidate("2026-12-07T09:50", &["a"]).as_deref(), Some("b"));
+    assert_eq!(candidate("2026-12-07T09:55", &[]).as_deref(), Some("a"));
+    assert_eq!(
+        candidate("2026-12-07T10:30", &["a"]),
+        None,
+        "over at its end"
+    );
+    assert_eq!(candidate("2026-12-07T12:59", &[]).as_deref(), Some("c"));
 }

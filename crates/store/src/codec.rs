@@ -761,3 +761,36 @@ pub(crate) fn sip_publication(
         expires_at,
     })
 }
+
+/// How long a room meeting's check-in record is kept after the meeting ended.
+pub(crate) const ROOM_CHECK_INS_KEPT_SECONDS: i64 = 7 * 24 * 3600;
+
+/// The columns of `room_check_ins` joined with the person's key, in both backends.
+pub(crate) const ROOM_CHECK_IN_COLUMNS: &str = "p.source_id, p.address, c.appointment_id, \
+     c.meeting_start, c.meeting_end, c.state, c.at, c.detail";
+
+pub(crate) fn decode_room_check_in<R: StoreRow>(
+    row: &R,
+) -> Result<(PersonKey, crate::RoomCheckIn), StoreError> {
+    let key = decode_person_key(row, "source_id", "address")?;
+    let what = || format!("room meeting record of {key}");
+    let state: String = row.column("state", &what)?;
+    let state = crate::CheckInState::parse(&state).ok_or_else(|| StoreError::InvalidRow {
+        what: what(),
+        field: "state",
+        reason: format!("unknown state {state:?}"),
+    })?;
+    let record = crate::RoomCheckIn {
+        appointment_id: row.column("appointment_id", &what)?,
+        meeting_start: decode_timestamp(
+            row.column("meeting_start", &what)?,
+            "meeting_start",
+            &what,
+        )?,
+        meeting_end: decode_timestamp(row.column("meeting_end", &what)?, "meeting_end", &what)?,
+        state,
+        at: decode_timestamp(row.column("at", &what)?, "at", &what)?,
+        detail: row.column("detail", &what)?,
+    };
+    Ok((key, record))
+}

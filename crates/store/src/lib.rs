@@ -34,9 +34,9 @@ pub use crypto::SecretKey;
 pub use error::{StoreError, StoreLocation};
 pub use postgres::{redact_url, PostgresStore, PostgresUrl};
 pub use records::{
-    AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId, Person, PersonKey,
-    PersonUpsert, Removal, Resolution, SipPublication, SourceCounters, SourceState, SyncError,
-    SyncState, TokenState, WindowReplacement,
+    AppointmentWindow, CheckInState, CurrentPresence, NewOutboxEvent, OutboxEvent, OutboxId,
+    Person, PersonKey, PersonUpsert, Removal, Resolution, RoomCheckIn, SipPublication,
+    SourceCounters, SourceState, SyncError, SyncState, TokenState, WindowReplacement,
 };
 pub use sqlite::{Rebuilt, SqliteStore};
 
@@ -89,6 +89,41 @@ pub trait Store: Send + Sync {
     /// Every room with its details (its display name from the person), ordered by source then
     /// address.
     async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError>;
+    /// Every room with its details and its appointments, in one read: the rooms API answers
+    /// "which room is free" for 200 rooms from this. The default reads each room's calendar.
+    async fn list_rooms_with_appointments(
+        &self,
+    ) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo, Vec<Appointment>)>, StoreError> {
+        let mut listed = Vec::new();
+        for (key, room) in self.list_rooms().await? {
+            let appointments = self.load_appointments(&key).await?;
+            listed.push((key, room, appointments));
+        }
+        Ok(listed)
+    }
+
+    /// Records the first word on a room's meeting (`appointment_id` at `meeting_start`): a
+    /// check-in, or calbridge's claim to release it. Answers whether it was written: `false`
+    /// when the meeting already has a record, which stays, except that a
+    /// [`CheckInState::ReleaseFailed`] record gives way to the new one. This is what makes a
+    /// check-in and a release at the same second exclusive, across instances too.
+    async fn claim_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &RoomCheckIn,
+    ) -> Result<bool, StoreError>;
+    /// Writes a meeting's record whatever it held (a claimed release that failed).
+    async fn set_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &RoomCheckIn,
+    ) -> Result<(), StoreError>;
+    /// Every room meeting's record whose meeting ends after `since`, by meeting start. Records
+    /// of meetings that ended a week before a new record's are deleted as it is written.
+    async fn list_room_meetings(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(PersonKey, RoomCheckIn)>, StoreError>;
 
     /// [`Store::upsert_person`] for each element, in order, in one transaction where the
     /// implementation has them. Never fails with `PersonNotFound`: upserting creates.

@@ -48,6 +48,11 @@ pub(crate) const SQLITE: Migrations = &[
         "rooms",
         include_str!("../migrations/sqlite/0005_rooms.sql"),
     ),
+    (
+        6,
+        "room_check_ins",
+        include_str!("../migrations/sqlite/0006_room_check_ins.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Migrations = &[
@@ -75,6 +80,11 @@ pub(crate) const POSTGRES: Migrations = &[
         5,
         "rooms",
         include_str!("../migrations/postgres/0005_rooms.sql"),
+    ),
+    (
+        6,
+        "room_check_ins",
+        include_str!("../migrations/postgres/0006_room_check_ins.sql"),
     ),
 ];
 

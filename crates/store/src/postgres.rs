@@ -705,6 +705,51 @@ async fn write_presences(
 
 impl PostgresStore {
     /// A transaction; dropping it without [`commit`] rolls it back.
+    /// A room meeting's record: with `claim`, only where the meeting has none or a failed
+    /// release (answering whether it wrote); otherwise whatever it held. Drops the records of
+    /// meetings that ended a week before this one.
+    async fn write_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &crate::RoomCheckIn,
+        claim: bool,
+    ) -> Result<bool, StoreError> {
+        let operation = || format!("record a room meeting of {key}");
+        let failed = |error| StoreError::database(operation(), error);
+        let mut tx = self.begin(&operation).await?;
+        let person = lock_person_id(&mut tx, key, "record a room meeting").await?;
+        let condition = if claim {
+            "WHERE room_check_ins.state = 'release_failed'"
+        } else {
+            ""
+        };
+        let written = sqlx::query(&format!(
+            "INSERT INTO room_check_ins (person_id, appointment_id, meeting_start, meeting_end, \
+             state, at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (person_id, appointment_id, meeting_start) DO UPDATE SET \
+             meeting_end = EXCLUDED.meeting_end, state = EXCLUDED.state, at = EXCLUDED.at, \
+             detail = EXCLUDED.detail {condition}"
+        ))
+        .bind(person)
+        .bind(&record.appointment_id)
+        .bind(record.meeting_start.as_second())
+        .bind(record.meeting_end.as_second())
+        .bind(record.state.as_str())
+        .bind(record.at.as_second())
+        .bind(&record.detail)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?
+        .rows_affected();
+        sqlx::query("DELETE FROM room_check_ins WHERE meeting_end < $1")
+            .bind(record.meeting_end.as_second() - crate::codec::ROOM_CHECK_INS_KEPT_SECONDS)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        commit(tx, &operation).await?;
+        Ok(written > 0)
+    }
+
     async fn begin(
         &self,
         operation: &(dyn Fn() -> String + Sync),
@@ -785,6 +830,68 @@ impl Store for PostgresStore {
             .map_err(failed)?;
         }
         commit(tx, &operation).await
+    }
+
+    async fn claim_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &crate::RoomCheckIn,
+    ) -> Result<bool, StoreError> {
+        self.write_room_meeting(key, record, true).await
+    }
+
+    async fn set_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &crate::RoomCheckIn,
+    ) -> Result<(), StoreError> {
+        self.write_room_meeting(key, record, false).await.map(drop)
+    }
+
+    async fn list_room_meetings(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(PersonKey, crate::RoomCheckIn)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM room_check_ins c JOIN people p ON p.id = c.person_id \
+             WHERE c.meeting_end > $1 ORDER BY c.meeting_start, p.source_id, p.address",
+            crate::codec::ROOM_CHECK_IN_COLUMNS
+        ))
+        .bind(since.as_second())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list room meetings".to_string(), error))?;
+        rows.iter()
+            .map(crate::codec::decode_room_check_in)
+            .collect()
+    }
+
+    async fn list_rooms_with_appointments(
+        &self,
+    ) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo, Vec<Appointment>)>, StoreError> {
+        // One row per room with its appointments packed as in `load_all_appointments`.
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, p.display_name, r.capacity, r.building, \
+             r.floor_number, r.floor_label, r.room_list, r.bookable, \
+             COALESCE((SELECT json_agg(json_build_array(a.appointment_id, a.start_at, a.end_at, \
+                     to_char(a.first_day, 'YYYY-MM-DD'), to_char(a.end_day, 'YYYY-MM-DD'), \
+                     a.show_as, a.sensitivity, a.subject, a.organizer, a.status)) \
+              FROM appointments a WHERE a.person_id = p.id), '[]'::json)::text AS appointments \
+             FROM rooms r JOIN people p ON p.id = r.person_id ORDER BY p.source_id, p.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list rooms with appointments".to_string(), error))?;
+        rows.iter()
+            .map(|row| {
+                let bookable: bool = row.column("bookable", &|| "a room".to_string())?;
+                let (key, room) = crate::codec::decode_room(row, bookable)?;
+                let json: String =
+                    row.column("appointments", &|| format!("appointments of room {key}"))?;
+                let appointments = decode_appointment_list(&json, &key)?;
+                Ok((key, room, appointments))
+            })
+            .collect()
     }
 
     async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {

@@ -191,3 +191,48 @@ pub struct SipPublication {
     pub etag: Option<String>,
     pub expires_at: Timestamp,
 }
+
+/// What became of a room's meeting under `[rooms] check_in_minutes`: someone checked it in,
+/// or nobody did and calbridge released it (declined it in the room's calendar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckInState {
+    CheckedIn,
+    Released,
+    /// The release was tried and the source refused it (no write right, say); `detail` says
+    /// what it answered. The meeting stays; a later check-in replaces this record.
+    ReleaseFailed,
+}
+
+impl CheckInState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckInState::CheckedIn => "checked_in",
+            CheckInState::Released => "released",
+            CheckInState::ReleaseFailed => "release_failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "checked_in" => Some(CheckInState::CheckedIn),
+            "released" => Some(CheckInState::Released),
+            "release_failed" => Some(CheckInState::ReleaseFailed),
+            _ => None,
+        }
+    }
+}
+
+/// One room meeting's check-in record; a meeting is the appointment id with its start (one
+/// occurrence of a series keeps its id in some sources' views).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCheckIn {
+    pub appointment_id: String,
+    pub meeting_start: Timestamp,
+    pub meeting_end: Timestamp,
+    pub state: CheckInState,
+    /// When it was checked in or released.
+    pub at: Timestamp,
+    /// For a release: the rule and the meeting ("nobody checked in within 10 minutes"); for a
+    /// failed one: what the source answered.
+    pub detail: Option<String>,
+}

@@ -841,6 +841,34 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(failed)
     }
 
+    async fn list_rooms_with_appointments(
+        &self,
+    ) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo, Vec<Appointment>)>, StoreError> {
+        // One row per room with its appointments packed as in `load_all_appointments`.
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, p.display_name, r.capacity, r.building, \
+             r.floor_number, r.floor_label, r.room_list, r.bookable, \
+             (SELECT json_group_array(json_array(a.appointment_id, a.start_at, a.end_at, \
+                     a.first_day, a.end_day, a.show_as, a.sensitivity, a.subject, a.organizer, \
+                     a.status)) \
+              FROM appointments a WHERE a.person_id = p.id) AS appointments \
+             FROM rooms r JOIN people p ON p.id = r.person_id ORDER BY p.source_id, p.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list rooms with appointments".to_string(), error))?;
+        rows.iter()
+            .map(|row| {
+                let bookable: i64 = row.column("bookable", &|| "a room".to_string())?;
+                let (key, room) = crate::codec::decode_room(row, bookable != 0)?;
+                let json: String =
+                    row.column("appointments", &|| format!("appointments of room {key}"))?;
+                let appointments = decode_appointment_list(&json, &key)?;
+                Ok((key, room, appointments))
+            })
+            .collect()
+    }
+
     async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.source_id, p.address, p.display_name, r.capacity, r.building, \
@@ -855,6 +883,53 @@ impl Store for SqliteStore {
                 let bookable: i64 = row.column("bookable", &|| "a room".to_string())?;
                 crate::codec::decode_room(row, bookable != 0)
             })
+            .collect()
+    }
+
+    async fn claim_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &crate::RoomCheckIn,
+    ) -> Result<bool, StoreError> {
+        let failed = |error| StoreError::database(format!("record a room meeting of {key}"), error);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person = require_person_id(&mut *tx, key, "record a room meeting").await?;
+        let written = write_room_meeting(&mut tx, person, record, true)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(written)
+    }
+
+    async fn set_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &crate::RoomCheckIn,
+    ) -> Result<(), StoreError> {
+        let failed = |error| StoreError::database(format!("record a room meeting of {key}"), error);
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(failed)?;
+        let person = require_person_id(&mut *tx, key, "record a room meeting").await?;
+        write_room_meeting(&mut tx, person, record, false)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn list_room_meetings(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(PersonKey, crate::RoomCheckIn)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM room_check_ins c JOIN people p ON p.id = c.person_id \
+             WHERE c.meeting_end > ? ORDER BY c.meeting_start, p.source_id, p.address",
+            crate::codec::ROOM_CHECK_IN_COLUMNS
+        ))
+        .bind(since.as_second())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::database("list room meetings".to_string(), error))?;
+        rows.iter()
+            .map(crate::codec::decode_room_check_in)
             .collect()
     }
 
@@ -1406,4 +1481,42 @@ impl Store for SqliteStore {
             .map(|(uri, etag, expires_at_ms)| sip_publication(uri, etag, expires_at_ms))
             .collect()
     }
+}
+
+/// Writes a room meeting's record: with `claim`, only where the meeting has none or a failed
+/// release (answering whether it wrote); otherwise whatever it held. Drops the records of
+/// meetings that ended a week before this one.
+async fn write_room_meeting(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    person: i64,
+    record: &crate::RoomCheckIn,
+    claim: bool,
+) -> Result<bool, sqlx::Error> {
+    let condition = if claim {
+        "WHERE room_check_ins.state = 'release_failed'"
+    } else {
+        ""
+    };
+    let written = sqlx::query(&format!(
+        "INSERT INTO room_check_ins (person_id, appointment_id, meeting_start, meeting_end, \
+         state, at, detail) VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (person_id, appointment_id, meeting_start) DO UPDATE SET \
+         meeting_end = excluded.meeting_end, state = excluded.state, at = excluded.at, \
+         detail = excluded.detail {condition}"
+    ))
+    .bind(person)
+    .bind(&record.appointment_id)
+    .bind(record.meeting_start.as_second())
+    .bind(record.meeting_end.as_second())
+    .bind(record.state.as_str())
+    .bind(record.at.as_second())
+    .bind(&record.detail)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM room_check_ins WHERE meeting_end < ?")
+        .bind(record.meeting_end.as_second() - crate::codec::ROOM_CHECK_INS_KEPT_SECONDS)
+        .execute(&mut **tx)
+        .await?;
+    Ok(written > 0)
 }

@@ -41,6 +41,26 @@ impl Store for SingleItemsOnly {
     async fn list_rooms(&self) -> Result<Vec<(PersonKey, calbridge_domain::RoomInfo)>, StoreError> {
         self.0.list_rooms().await
     }
+    async fn claim_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &calbridge_store::RoomCheckIn,
+    ) -> Result<bool, StoreError> {
+        self.0.claim_room_meeting(key, record).await
+    }
+    async fn set_room_meeting(
+        &self,
+        key: &PersonKey,
+        record: &calbridge_store::RoomCheckIn,
+    ) -> Result<(), StoreError> {
+        self.0.set_room_meeting(key, record).await
+    }
+    async fn list_room_meetings(
+        &self,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<(PersonKey, calbridge_store::RoomCheckIn)>, StoreError> {
+        self.0.list_room_meetings(since).await
+    }
     async fn list_people(&self) -> Result<Vec<Person>, StoreError> {
         self.0.list_people().await
     }

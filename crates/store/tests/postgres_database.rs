@@ -99,7 +99,7 @@ async fn a_database_from_a_newer_calbridge_is_refused_naming_the_database() {
             error,
             StoreError::SchemaTooNew {
                 found: 9999,
-                supported: 5,
+                supported: 6,
                 ..
             }
         ),

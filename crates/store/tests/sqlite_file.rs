@@ -101,7 +101,7 @@ async fn a_database_from_a_newer_calbridge_is_refused_with_its_path() {
         error,
         StoreError::SchemaTooNew {
             found: 9999,
-            supported: 5,
+            supported: 6,
             ..
         }
     ));

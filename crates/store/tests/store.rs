@@ -12,9 +12,9 @@ use std::collections::HashMap;
 
 use calbridge_domain::{Appointment, MailboxAddress, Secret, SourceId};
 use calbridge_store::{
-    AppointmentWindow, CurrentPresence, NewOutboxEvent, OutboxId, PersonKey, PersonUpsert, Removal,
-    Resolution, SecretKey, SipPublication, SourceCounters, SourceState, Store, StoreError,
-    SyncError, SyncState, TokenState,
+    AppointmentWindow, CheckInState, CurrentPresence, NewOutboxEvent, OutboxId, PersonKey,
+    PersonUpsert, Removal, Resolution, RoomCheckIn, SecretKey, SipPublication, SourceCounters,
+    SourceState, Store, StoreError, SyncError, SyncState, TokenState,
 };
 use jiff::civil::date;
 
@@ -963,6 +963,32 @@ async fn rooms_keep_their_details_are_replaced_per_source_and_go_with_their_pers
         "a room that is not a person of the source is skipped"
     );
 
+    // One read gives the rooms with their calendars, as reading each calendar would.
+    let mut calendar = vec![
+        timed("r1", "2026-12-07T09:00:00Z", "2026-12-07T10:00:00Z"),
+        all_day("r2"),
+        private_without_subject("r3"),
+    ];
+    store
+        .apply_appointment_changes(&first, calendar.clone(), Vec::new())
+        .await
+        .unwrap();
+    let with_calendars = store.list_rooms_with_appointments().await.unwrap();
+    assert_eq!(with_calendars.len(), 3);
+    for (key, info, mut appointments) in with_calendars {
+        let listed_info = listed
+            .iter()
+            .find(|(listed, _)| listed == &key)
+            .map(|(_, info)| info);
+        assert_eq!(Some(&info), listed_info, "{key}");
+        appointments.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut expected = store.load_appointments(&key).await.unwrap();
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(appointments, expected, "{key}");
+    }
+    calendar.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(store.load_appointments(&first).await.unwrap(), calendar);
+
     // A new read of one source replaces its rooms only.
     store
         .set_rooms(
@@ -991,7 +1017,116 @@ async fn rooms_keep_their_details_are_replaced_per_source_and_go_with_their_pers
     assert_eq!(listed, vec![elsewhere]);
 }
 
+async fn a_room_meeting_s_first_record_wins_and_a_failed_release_gives_way(backend: Backend) {
+    let room = person("m365", "room.1@contoso.example");
+    let store = store_with(&backend, &room).await;
+    let record = |id: &str, start: &str, state: CheckInState, at_text: &str| RoomCheckIn {
+        appointment_id: id.to_string(),
+        meeting_start: at(start),
+        meeting_end: at(start) + jiff::SignedDuration::from_hours(1),
+        state,
+        at: at(at_text),
+        detail: (state != CheckInState::CheckedIn).then(|| format!("{} detail", state.as_str())),
+    };
+    let checked_in = record(
+        "m1",
+        "2026-12-03T09:00:00Z",
+        CheckInState::CheckedIn,
+        "2026-12-03T09:09:59Z",
+    );
+    assert!(store.claim_room_meeting(&room, &checked_in).await.unwrap());
+    // The release one second later finds the check-in and writes nothing.
+    let late_release = record(
+        "m1",
+        "2026-12-03T09:00:00Z",
+        CheckInState::Released,
+        "2026-12-03T09:10:00Z",
+    );
+    assert!(!store
+        .claim_room_meeting(&room, &late_release)
+        .await
+        .unwrap());
+    // Another occurrence of the same id is another meeting.
+    let next_day = record(
+        "m1",
+        "2026-12-04T09:00:00Z",
+        CheckInState::Released,
+        "2026-12-04T09:10:00Z",
+    );
+    assert!(store.claim_room_meeting(&room, &next_day).await.unwrap());
+    // A claimed release that failed is written over, and then gives way to a check-in.
+    let failed = record(
+        "m1",
+        "2026-12-04T09:00:00Z",
+        CheckInState::ReleaseFailed,
+        "2026-12-04T09:10:01Z",
+    );
+    store.set_room_meeting(&room, &failed).await.unwrap();
+    let rescued = record(
+        "m1",
+        "2026-12-04T09:00:00Z",
+        CheckInState::CheckedIn,
+        "2026-12-04T09:12:00Z",
+    );
+    assert!(store.claim_room_meeting(&room, &rescued).await.unwrap());
+    assert_eq!(
+        store
+            .list_room_meetings(at("2026-12-03T00:00:00Z"))
+            .await
+            .unwrap(),
+        vec![
+            (room.clone(), checked_in.clone()),
+            (room.clone(), rescued.clone())
+        ]
+    );
+    assert_eq!(
+        store
+            .list_room_meetings(at("2026-12-03T10:00:00Z"))
+            .await
+            .unwrap(),
+        vec![(room.clone(), rescued)],
+        "only meetings that end after `since` are listed"
+    );
+    // A week after a meeting ended, a new record drops it.
+    let much_later = record(
+        "m2",
+        "2026-12-11T09:00:00Z",
+        CheckInState::CheckedIn,
+        "2026-12-11T09:01:00Z",
+    );
+    assert!(store.claim_room_meeting(&room, &much_later).await.unwrap());
+    let left: Vec<String> = store
+        .list_room_meetings(at("2026-01-01T00:00:00Z"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, record)| format!("{} {}", record.appointment_id, record.meeting_start))
+        .collect();
+    assert_eq!(
+        left,
+        vec!["m1 2026-12-04T09:00:00Z", "m2 2026-12-11T09:00:00Z"]
+    );
+    // An unknown room is named.
+    let stranger = person("m365", "nobody@contoso.example");
+    let error = store
+        .claim_room_meeting(&stranger, &much_later)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("nobody@contoso.example"),
+        "{error}"
+    );
+    // A room that leaves the directory takes its records with it.
+    store.remove_person(&room).await.unwrap();
+    assert!(store
+        .list_room_meetings(at("2026-01-01T00:00:00Z"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 on_each_backend!(
+    a_room_meeting_s_first_record_wins_and_a_failed_release_gives_way,
     rooms_keep_their_details_are_replaced_per_source_and_go_with_their_person,
     sip_publications_are_saved_replaced_removed_and_listed_while_they_live,
     a_notification_s_subscription_names_its_person_in_its_source,

@@ -53,6 +53,36 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
                 .load(std::sync::atomic::Ordering::Relaxed) as f64,
         )],
     );
+    if let Some(check_ins) = &state.check_ins {
+        let counters = &check_ins.counters;
+        metric(
+            &mut out,
+            "calbridge_room_check_ins_total",
+            "counter",
+            "Room meetings checked in (panel or API).",
+            &[(none.clone(), counters.check_ins.load(Relaxed) as f64)],
+        );
+        metric(
+            &mut out,
+            "calbridge_room_releases_total",
+            "counter",
+            "Room meetings nobody checked in: released (declined in the room's calendar) or refused by the source.",
+            &[
+                (label("result", "released"), counters.released.load(Relaxed) as f64),
+                (
+                    label("result", "refused"),
+                    counters.release_failures.load(Relaxed) as f64,
+                ),
+            ],
+        );
+        metric(
+            &mut out,
+            "calbridge_room_check_in_deadlines",
+            "gauge",
+            "Room meetings waiting for their check-in deadline on this instance.",
+            &[(none.clone(), check_ins.n_waiting() as f64)],
+        );
+    }
     metric(
         &mut out,
         "calbridge_presence_timers",

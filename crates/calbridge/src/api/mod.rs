@@ -79,6 +79,8 @@ pub struct ApiState {
     pub room_show: calbridge_presence::RoomShow,
     /// Which people are rooms, for the live stream's `room` events.
     pub room_keys: tokio::sync::Mutex<rooms::RoomKeys>,
+    /// `[rooms] check_in_minutes`; `None` when check-in is off.
+    pub check_ins: Option<Arc<crate::check_in::CheckIns>>,
 }
 
 /// The most a Graph notification POST may carry. Graph batches basic change notifications
@@ -105,7 +107,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/users/{address}/presence", get(presence))
         .route("/api/v1/users/{address}/calendar", get(calendar))
         .route("/api/v1/rooms", get(rooms::list))
+        .route("/api/v1/rooms/check-ins", get(rooms::check_in_log))
         .route("/api/v1/rooms/{address}", get(rooms::detail))
+        .route(
+            "/api/v1/rooms/{address}/check-in",
+            post(rooms::check_in_route),
+        )
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sources/{source}/sign-in", post(start_sign_in))
         .layer(timeout())

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use calbridge_domain::{MailboxAddress, RoomInfo};
 use calbridge_presence::{room_agenda, room_free_between, room_state, RoomMeeting, RoomState};
-use calbridge_store::PersonKey;
+use calbridge_store::{PersonKey, RoomCheckIn};
+
+use crate::check_in::CheckInError;
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -120,13 +122,23 @@ pub async fn list(
             Err(error) => return error.into_response(),
         },
     };
-    let rooms = match stored_rooms(&state).await {
+    // One store read for every room and its calendar.
+    let rooms = match state.store.list_rooms_with_appointments().await {
         Ok(rooms) => rooms,
-        Err(response) => return response,
+        Err(error) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the rooms from the store: {error}"),
+            )
+        }
     };
     let locale = state.hub.locale();
+    let records = match check_in_records(&state, now).await {
+        Ok(records) => records,
+        Err(response) => return response,
+    };
     let mut listed = Vec::new();
-    for (key, room) in &rooms {
+    for (key, room, appointments) in &rooms {
         let building_matches = query.building.as_deref().is_none_or(|wanted| {
             room.building
                 .as_deref()
@@ -141,29 +153,23 @@ pub async fn list(
         if !(building_matches && floor_matches && seats_enough) {
             continue;
         }
-        let appointments = match state.store.load_appointments(key).await {
-            Ok(appointments) => appointments,
-            Err(error) => {
-                return api_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot read the calendar of room {}: {error}", key.address),
-                )
-            }
-        };
-        let room_now = room_state(&appointments, state.room_show, &locale, now);
+        let room_now = room_state(appointments, state.room_show, &locale, now);
         if query.free_now.is_some_and(|free| free == room_now.occupied) {
             continue;
         }
         if let Some((from, to)) = span {
-            if !room_free_between(&appointments, &locale, from, to) {
+            if !room_free_between(appointments, &locale, from, to) {
                 continue;
             }
         }
-        listed.push(room_json(key, room, &room_now));
+        let mut body = room_json(key, room, &room_now);
+        body["check_in"] = check_in_json(&state, appointments, records.get(key), now);
+        listed.push(body);
     }
     Json(json!({
         "at": now.to_string(),
         "free_between": span.map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()})),
+        "check_in": check_in_summary(&state),
         "rooms": listed,
     }))
     .into_response()
@@ -205,7 +211,12 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
         .map(|tomorrow| calbridge_domain::start_of_day(tomorrow, zone))
         .unwrap_or(Timestamp::MAX);
     let room_now = room_state(&appointments, state.room_show, &locale, now);
+    let records = match check_in_records(&state, now).await {
+        Ok(records) => records,
+        Err(response) => return response,
+    };
     let mut body = room_json(key, room, &room_now);
+    body["check_in"] = check_in_json(&state, &appointments, records.get(key), now);
     body["agenda"] = json!({
         "from": day_start.to_string(),
         "to": day_end.to_string(),
@@ -253,4 +264,159 @@ pub async fn room_event(state: &ApiState, person: &PersonKey) -> Option<Value> {
         &room,
         &room_state(&appointments, state.room_show, &locale, now),
     ))
+}
+
+/// The check-in records of every room's meetings of the last day, by room (none when
+/// check-in is off).
+async fn check_in_records(
+    state: &ApiState,
+    now: Timestamp,
+) -> Result<std::collections::HashMap<PersonKey, Vec<RoomCheckIn>>, Response> {
+    let mut by_room: std::collections::HashMap<PersonKey, Vec<RoomCheckIn>> = Default::default();
+    if state.check_ins.is_none() {
+        return Ok(by_room);
+    }
+    let records = state
+        .store
+        .list_room_meetings(now - SignedDuration::from_hours(24))
+        .await
+        .map_err(|error| {
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the rooms' check-ins from the store: {error}"),
+            )
+        })?;
+    for (key, record) in records {
+        by_room.entry(key).or_default().push(record);
+    }
+    Ok(by_room)
+}
+
+/// A room's `check_in`: `null` when check-in is off; otherwise whether a check-in is open now
+/// (for which meeting, released when at `deadline`) and whether the meeting running now was
+/// checked in.
+fn check_in_json(
+    state: &ApiState,
+    appointments: &[calbridge_domain::Appointment],
+    records: Option<&Vec<RoomCheckIn>>,
+    now: Timestamp,
+) -> Value {
+    let Some(check_ins) = &state.check_ins else {
+        return Value::Null;
+    };
+    let records = records.map(Vec::as_slice).unwrap_or_default();
+    let status = check_ins.status(appointments, records, now);
+    json!({
+        "minutes": status.minutes,
+        "open": status.open.is_some(),
+        "meeting_start": status.open.as_ref().map(|meeting| meeting.start.to_string()),
+        "deadline": status.open.as_ref().map(|meeting| meeting.deadline.to_string()),
+        "checked_in": status.current_checked_in,
+    })
+}
+
+/// Check-in for the whole service: off (`null`), or the minutes and the sources that refuse
+/// releases (no write right to the rooms' calendars), with what they answered.
+fn check_in_summary(state: &ApiState) -> Value {
+    let Some(check_ins) = &state.check_ins else {
+        return Value::Null;
+    };
+    json!({
+        "minutes": check_ins.minutes(),
+        "refused_by": check_ins
+            .refusals()
+            .into_iter()
+            .map(|(source, refusal)| json!({
+                "source": source.0,
+                "at": refusal.at.to_string(),
+                "error": refusal.error,
+            }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `POST /api/v1/rooms/{address}/check-in`
+pub async fn check_in_route(
+    State(state): State<Arc<ApiState>>,
+    Path(address): Path<String>,
+) -> Response {
+    let address = match MailboxAddress::parse(&address) {
+        Ok(address) => address,
+        Err(error) => return api_error(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let rooms = match stored_rooms(&state).await {
+        Ok(rooms) => rooms,
+        Err(response) => return response,
+    };
+    let Some((key, _)) = rooms.iter().find(|(key, _)| key.address == address) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("no room {address} is followed (rooms come from a [[directory]] rooms entry)"),
+        );
+    };
+    check_in(&state, key).await
+}
+
+/// Checks in the meeting of `room` that check-in is open for: 200 with the meeting, 409 when
+/// check-in is off or there is no such meeting (or it was released), 503 when the store does
+/// not answer.
+pub async fn check_in(state: &ApiState, room: &PersonKey) -> Response {
+    let Some(check_ins) = &state.check_ins else {
+        return api_error(
+            StatusCode::CONFLICT,
+            "check-in is off: set [rooms] check_in_minutes to hold meetings for a check-in",
+        );
+    };
+    match check_ins.check_in(room).await {
+        Ok(meeting) => Json(json!({
+            "room": room.address.as_str(),
+            "checked_in": {
+                "start": meeting.start.to_string(),
+                "end": meeting.end.to_string(),
+                "deadline": meeting.deadline.to_string(),
+            },
+        }))
+        .into_response(),
+        Err(error @ CheckInError::Store(_)) => {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        Err(error) => api_error(StatusCode::CONFLICT, error.to_string()),
+    }
+}
+
+/// `GET /api/v1/rooms/check-ins`: every room meeting's check-in or release of the last day,
+/// releases with their rule and refusals with the source's answer (the admin page's log).
+pub async fn check_in_log(State(state): State<Arc<ApiState>>) -> Response {
+    if state.check_ins.is_none() {
+        return Json(json!({"check_in": Value::Null, "meetings": []})).into_response();
+    }
+    let now = state.clock.now();
+    let records = match state
+        .store
+        .list_room_meetings(now - SignedDuration::from_hours(24))
+        .await
+    {
+        Ok(records) => records,
+        Err(error) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the rooms' check-ins from the store: {error}"),
+            )
+        }
+    };
+    let meetings: Vec<Value> = records
+        .iter()
+        .map(|(key, record)| {
+            json!({
+                "room": key.address.as_str(),
+                "source": key.source.0,
+                "meeting_start": record.meeting_start.to_string(),
+                "meeting_end": record.meeting_end.to_string(),
+                "state": record.state.as_str(),
+                "at": record.at.to_string(),
+                "detail": record.detail,
+            })
+        })
+        .collect();
+    Json(json!({"check_in": check_in_summary(&state), "meetings": meetings})).into_response()
 }

@@ -124,9 +124,15 @@ pub enum AttendeeResponse {
     /// No answer yet (Graph `none`, EWS `Unknown`).
     #[default]
     None,
-    Accepted { at: Timestamp },
-    TentativelyAccepted { at: Timestamp },
-    Declined { at: Timestamp },
+    Accepted {
+        at: Timestamp,
+    },
+    TentativelyAccepted {
+        at: Timestamp,
+    },
+    Declined {
+        at: Timestamp,
+    },
 }
 
 impl AttendeeResponse {
@@ -897,10 +903,15 @@ pub fn decline_event(
         // An organizer outside the organisation: the answer went out as mail only.
         return Ok(());
     };
-    let is_declining = |attendee: &Attendee| directory.user(&attendee.email.address) == Some(mailbox);
+    let is_declining =
+        |attendee: &Attendee| directory.user(&attendee.email.address) == Some(mailbox);
     let mark = |data: &mut EventData| {
         let mut marked = false;
-        for attendee in data.attendees.iter_mut().filter(|attendee| is_declining(attendee)) {
+        for attendee in data
+            .attendees
+            .iter_mut()
+            .filter(|attendee| is_declining(attendee))
+        {
             attendee.response = AttendeeResponse::Declined { at: now };
             marked = true;
         }

@@ -10,7 +10,8 @@ use jiff::{Timestamp, ToSpan};
 use serde::Deserialize;
 
 use crate::calendar::{
-    Attendee, AttendeeResponse, EmailAddress, EventData, Exception, Mailbox, Sensitivity, ShowAs, StoredEvent,
+    Attendee, AttendeeResponse, EmailAddress, EventData, Exception, Mailbox, Sensitivity, ShowAs,
+    StoredEvent,
 };
 use crate::directory::{
     AppCertificate, AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User,

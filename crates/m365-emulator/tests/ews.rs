@@ -1714,6 +1714,20 @@ async fn a_room_declines_a_meeting_as_the_impersonated_room_and_the_organizer_se
         3
     );
 
+    // The room's streaming subscription is open while the meeting is declined.
+    let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>ModifiedEvent</t:EventType><t:EventType>DeletedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    let subscription = subscription_id(&ews(&harness, &service, &room, subscribe).await.text());
+    let mut stream = admitted(
+        open_stream(
+            &harness,
+            &service,
+            &[],
+            get_streaming_events(&room, &subscription),
+        )
+        .await,
+        "the room's stream",
+    );
+
     let declined = ews(
         &harness,
         &service,
@@ -1726,6 +1740,13 @@ async fn a_room_declines_a_meeting_as_the_impersonated_room_and_the_organizer_se
         declined.contains(r#"<m:CreateItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items/></m:CreateItemResponseMessage>"#),
         "{declined}"
     );
+    // The stream tells of the change: a declined occurrence modifies the room's series.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        read_until(&mut stream.body, &mut stream.text, "<t:ModifiedEvent>", 1),
+    )
+    .await
+    .expect("the decline is streamed");
     // The declined occurrence left the room's calendar; the others stay.
     let after = ews(&harness, &service, &room, &march).await.text();
     assert_eq!(count(&after, "<t:Subject>Weekly sync"), 2, "{after}");

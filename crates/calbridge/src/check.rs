@@ -282,6 +282,34 @@ async fn check_graph_source(
     Ok(())
 }
 
+/// Reports what a directory's `rooms` entry (`kind`) listed through `lister`; the first room,
+/// if there is one, is whose calendar the check reads.
+fn first_room(
+    kind: &str,
+    lister: &str,
+    rooms: Vec<calbridge_domain::RoomInfo>,
+) -> Option<MailboxAddress> {
+    if rooms.is_empty() {
+        step(
+            false,
+            "directory rooms",
+            &format!(
+                "{lister} lists no rooms for {kind}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)"
+            ),
+        );
+        return None;
+    }
+    step(
+        true,
+        "directory rooms",
+        &format!(
+            "{kind} lists {}",
+            crate::counted(rooms.len(), "room", "rooms")
+        ),
+    );
+    rooms.into_iter().next().map(|room| room.address)
+}
+
 async fn first_directory_person(
     config: &Config,
     source: &crate::config::SourceConfig,
@@ -313,26 +341,9 @@ async fn first_directory_person(
         if entry.rooms.is_some() {
             let list = entry.room_list()?;
             match graph.rooms(list.as_ref()).await {
-                Ok(rooms) if rooms.is_empty() => step(
-                    false,
-                    "directory rooms",
-                    &format!(
-                        "Graph's places API lists no rooms for {}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)",
-                        entry.kind()
-                    ),
-                ),
                 Ok(rooms) => {
-                    step(
-                        true,
-                        "directory rooms",
-                        &format!(
-                            "{} lists {}",
-                            entry.kind(),
-                            crate::counted(rooms.len(), "room", "rooms")
-                        ),
-                    );
-                    if let Some(room) = rooms.into_iter().next() {
-                        return Ok(room.address);
+                    if let Some(room) = first_room(&entry.kind(), "Graph's places API", rooms) {
+                        return Ok(room);
                     }
                 }
                 Err(error) => {
@@ -752,26 +763,10 @@ async fn first_ews_directory_person(
         if entry.rooms.is_some() {
             let list = entry.room_list()?;
             match ews.rooms(list.as_ref()).await {
-                Ok(rooms) if rooms.is_empty() => step(
-                    false,
-                    "directory rooms",
-                    &format!(
-                        "Exchange's GetRoomLists lists no rooms for {}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)",
-                        entry.kind()
-                    ),
-                ),
                 Ok(rooms) => {
-                    step(
-                        true,
-                        "directory rooms",
-                        &format!(
-                            "{} lists {}",
-                            entry.kind(),
-                            crate::counted(rooms.len(), "room", "rooms")
-                        ),
-                    );
-                    if let Some(room) = rooms.into_iter().next() {
-                        return Ok(vec![room.address.to_string()]);
+                    if let Some(room) = first_room(&entry.kind(), "Exchange's GetRoomLists", rooms)
+                    {
+                        return Ok(vec![room.to_string()]);
                     }
                 }
                 Err(error) => {

@@ -282,6 +282,34 @@ async fn check_graph_source(
     Ok(())
 }
 
+/// Reports what a directory's `rooms` entry (`kind`) listed through `lister`; the first room,
+/// if there is one, is whose calendar the check reads.
+fn first_room(
+    kind: &str,
+    lister: &str,
+    rooms: Vec<calbridge_domain::RoomInfo>,
+) -> Option<MailboxAddress> {
+    if rooms.is_empty() {
+        step(
+            false,
+            "directory rooms",
+            &format!(
+                "{lister} lists no rooms for {kind}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)"
+            ),
+        );
+        return None;
+    }
+    step(
+        true,
+        "directory rooms",
+        &format!(
+            "{kind} lists {}",
+            crate::counted(rooms.len(), "room", "rooms")
+        ),
+    );
+    rooms.into_iter().next().map(|room| room.address)
+}
+
 async fn first_directory_person(
     config: &Config,
     source: &crate::config::SourceConfig,
@@ -313,26 +341,9 @@ async fn first_directory_person(
         if entry.rooms.is_some() {
             let list = entry.room_list()?;
             match graph.rooms(list.as_ref()).await {
-                Ok(rooms) if rooms.is_empty() => step(
-                    false,
-                    "directory rooms",
-                    &format!(
-                        "Graph's places API lists no rooms for {}: rooms appear there once they are in a room list (New-DistributionGroup -RoomList, Add-DistributionGroupMember)",
-                        entry.kind()
-                    ),
-                ),
                 Ok(rooms) => {
-                    step(
-                        true,
-                        "directory rooms",
-                        &format!(
-                            "{} lists {}",
-                            entry.kind(),
-                            crate::counted(rooms.len(), "room", "rooms")
-                        ),
-                    );
-                    if let Some(room) = rooms.into_iter().next() {
-                        return Ok(room.address);
+                    if let Some(room) = first_room(&entry.kind(), "Graph's places API", rooms) {
+                        return Ok(room);
                     }
                 }
                 Err(error) => {
@@ -428,6 +439,16 @@ fn ews_advice(error: &EwsError, config: &EwsSourceConfig) -> String {
         }
         EwsError::ExceededConnectionCount { .. } => {
             "use access = \"impersonation\" so that each group's streaming connection is charged to its anchor mailbox, or raise HangingConnectionLimit in the EWS web.config; meanwhile the service polls the mailboxes it cannot stream".to_string()
+        }
+        EwsError::UnknownRoomList { .. } => {
+            "list the room lists with Get-DistributionGroup -RecipientTypeDetails RoomList and put one's address in [[directory]] rooms, or use rooms = \"all\"".to_string()
+        }
+        EwsError::DeclineRefused { mailbox, .. } => format!(
+            "grant '{}' the ApplicationImpersonation role and use access = \"impersonation\", or FullAccess on the room: Add-MailboxPermission {mailbox} -User {} -AccessRights FullAccess",
+            config.user, config.user
+        ),
+        EwsError::MeetingNotFound { .. } => {
+            "nothing to do: the meeting was deleted, moved or declined already".to_string()
         }
         EwsError::BadAnswer { .. } => {
             "check that the URL is Exchange's EWS endpoint (…/EWS/Exchange.asmx); `protocol_log = true` logs the exchange (credentials redacted)".to_string()
@@ -543,7 +564,7 @@ async fn check_ews_source(
     // Sign-in and user lookup: ResolveNames needs an authenticated account.
     let candidates: Vec<String> = match user {
         Some(raw) => vec![raw.to_string()],
-        None => first_ews_directory_person(config, source).await?,
+        None => first_ews_directory_person(config, source, &ews).await?,
     };
     let shown = candidates.join(";");
     let mailbox = match ews.resolve_names(&candidates).await {
@@ -705,10 +726,12 @@ async fn open_stream(
     }
 }
 
-/// The first person of the source's directory file with their further addresses.
+/// The first person of the source's directory (a file, LDAP or its rooms) with their further
+/// addresses.
 async fn first_ews_directory_person(
     config: &Config,
     source: &crate::config::SourceConfig,
+    ews: &EwsSource,
 ) -> Result<Vec<String>, String> {
     for entry in config
         .directory
@@ -735,6 +758,21 @@ async fn first_ews_directory_person(
                 let mut candidates = vec![person.address.to_string()];
                 candidates.extend(person.alternates);
                 return Ok(candidates);
+            }
+        }
+        if entry.rooms.is_some() {
+            let list = entry.room_list()?;
+            match ews.rooms(list.as_ref()).await {
+                Ok(rooms) => {
+                    if let Some(room) = first_room(&entry.kind(), "Exchange's GetRoomLists", rooms)
+                    {
+                        return Ok(vec![room.to_string()]);
+                    }
+                }
+                Err(error) => {
+                    step(false, "directory rooms", &error.to_string());
+                    return Err(ews_advice(&error, ews.config()));
+                }
             }
         }
         if entry.group_id.is_some() {

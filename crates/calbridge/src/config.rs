@@ -337,8 +337,10 @@ pub struct DirectoryConfig {
     /// `refresh_seconds`.
     #[serde(default)]
     pub ldap: Option<crate::directory::ldap::LdapConfig>,
-    /// Meeting rooms from Graph's places API: `"all"` (every room of the tenant) or the
-    /// address of one room list (`"rooms.building-1@contoso.com"`). Needs `Place.Read.All`.
+    /// Meeting rooms: `"all"` (every room of the tenant) or the address of one room list
+    /// (`"rooms.building-1@contoso.com"`). A Graph source reads the places API (needs
+    /// `Place.Read.All`; rooms come with capacity, building and floor), an EWS source
+    /// `GetRoomLists` / `GetRooms` (names and addresses only).
     /// Read again every 5 minutes at most, like a group.
     #[serde(default)]
     pub rooms: Option<String>,
@@ -595,12 +597,6 @@ impl Config {
             .map(|source| &source.id)
             .collect();
         for entry in &self.directory {
-            if entry.rooms.is_some() && ews_sources.contains(&entry.source) {
-                return Err(format!(
-                    "[[directory]] for EWS source `{}`: rooms come from Graph's places API; list the room mailboxes of an EWS source in a file",
-                    entry.source
-                ));
-            }
             entry.room_list()?;
             if entry.group_id.is_some() && ews_sources.contains(&entry.source) {
                 return Err(format!(
@@ -1071,6 +1067,26 @@ mod tests {
             Config::parse("").unwrap().rooms.check_in_minutes,
             None,
             "off by default"
+        );
+    }
+
+    #[test]
+    fn an_ews_source_follows_rooms_too_and_a_bad_selector_is_named() {
+        let ews = "[sources.ews]\nuser = \"svc@contoso.example\"\npassword = \"p\"\news_url = \"https://mail.contoso.example/EWS/Exchange.asmx\"\n";
+        for selector in ["all", "rooms.building-1@contoso.example"] {
+            let text = format!(
+                "[[sources]]\nid = \"onprem\"\n{ews}[[directory]]\nsource = \"onprem\"\nrooms = \"{selector}\"\n"
+            );
+            let config = Config::parse(&text).unwrap_or_else(|error| panic!("{selector}: {error}"));
+            assert_eq!(config.directory[0].rooms.as_deref(), Some(selector));
+        }
+        let text = format!(
+            "[[sources]]\nid = \"onprem\"\n{ews}[[directory]]\nsource = \"onprem\"\nrooms = \"building 1\"\n"
+        );
+        let error = Config::parse(&text).unwrap_err();
+        assert!(
+            error.contains("rooms = \"building 1\" is neither \"all\" nor a room list's address"),
+            "{error}"
         );
     }
 

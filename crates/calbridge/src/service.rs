@@ -1085,8 +1085,9 @@ pub(crate) async fn refresh_directory(
                     changed = true;
                     if rooms.is_empty() && state.reported.get(&kind).is_none_or(Vec::is_empty) {
                         let hint = format!(
-                            "directory of source {}: Graph's places API lists no rooms for {kind}. \
-                             Rooms appear there once they are in a room list: create one \
+                            "directory of source {}: the source lists no rooms for {kind} \
+                             (Graph's places API and EWS's GetRoomLists show rooms only once \
+                             they are in a room list): create one \
                              (New-DistributionGroup -RoomList) and add the room mailboxes \
                              (Add-DistributionGroupMember); new rooms can take a day to show",
                             sync.source_id()

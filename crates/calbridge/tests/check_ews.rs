@@ -2,7 +2,8 @@
 //! Extended Protection required (Exchange's default since 2019 CU14): a good configuration
 //! (found through Autodiscover) passes every step; a wrong password fails the sign-in step with
 //! advice and without printing the password; behind a TLS-terminating load balancer the check
-//! says that Extended Protection refused the channel binding, and names the certificate.
+//! says that Extended Protection refused the channel binding, and names the certificate; a
+//! source following rooms reads Exchange's room lists, and an unknown room list is named.
 
 use std::path::Path;
 use std::time::Duration;
@@ -230,6 +231,49 @@ async fn behind_a_tls_terminating_proxy_check_says_extended_protection_refused_t
     assert!(
         !output.contains(&password),
         "the password is printed:\n{output}"
+    );
+    emulator.shutdown().await;
+}
+
+/// Rewrites the directory entry of `config` to follow `rooms` instead of the file.
+fn follow_rooms(config: &Path, rooms: &str) {
+    let text = std::fs::read_to_string(config).expect("read calbridge.toml");
+    let (before, _) = text.split_once("file = ").expect("the directory file line");
+    std::fs::write(config, format!("{before}rooms = \"{rooms}\"\n")).expect("write calbridge.toml");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reads_the_rooms_of_exchanges_room_lists_and_names_an_unknown_list() {
+    let emulator = start_emulator(35).await;
+    let ready = emulator.ready().clone();
+    let password = ready.ews_password.clone().expect("its password");
+    let endpoint = format!("ews_url = \"{}\"", ready.ews_url);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &ready, &password, &endpoint, &[]);
+    follow_rooms(&config, "all");
+    let (success, output) = run_check(&config).await;
+    assert!(success, "check should pass:\n{output}");
+    // Six people come with two rooms, each in a building and room list of its own.
+    assert!(output.contains("ok   directory rooms"), "{output}");
+    assert!(output.contains("lists 2 rooms"), "{output}");
+    assert!(output.contains("ok   user lookup"), "{output}");
+    assert!(output.contains("room.1@contoso.example"), "{output}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &ready, &password, &endpoint, &[]);
+    follow_rooms(&config, "rooms.nowhere@contoso.example");
+    let (success, output) = run_check(&config).await;
+    assert!(!success, "check should fail:\n{output}");
+    assert!(output.contains("FAIL directory rooms"), "{output}");
+    assert!(
+        output.contains("rooms.nowhere@contoso.example")
+            && output.contains("ErrorNameResolutionNoResults"),
+        "{output}"
+    );
+    assert!(
+        output.contains("Get-DistributionGroup -RecipientTypeDetails RoomList"),
+        "{output}"
     );
     emulator.shutdown().await;
 }

@@ -112,6 +112,59 @@ pub struct Attendee {
     pub email: EmailAddress,
     /// required | optional | resource
     pub kind: String,
+    /// The attendee's answer as the organizer's copy records it.
+    pub response: AttendeeResponse,
+}
+
+/// An attendee's answer to a meeting, as the organizer's copy records it: Graph's
+/// `attendees[].status` (`responseStatus`: `response` and `time`), EWS's `ResponseType` and
+/// `LastResponseTime` on the attendee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttendeeResponse {
+    /// No answer yet (Graph `none`, EWS `Unknown`).
+    #[default]
+    None,
+    Accepted {
+        at: Timestamp,
+    },
+    TentativelyAccepted {
+        at: Timestamp,
+    },
+    Declined {
+        at: Timestamp,
+    },
+}
+
+impl AttendeeResponse {
+    /// Graph's `responseType` name.
+    pub fn graph_name(self) -> &'static str {
+        match self {
+            AttendeeResponse::None => "none",
+            AttendeeResponse::Accepted { .. } => "accepted",
+            AttendeeResponse::TentativelyAccepted { .. } => "tentativelyAccepted",
+            AttendeeResponse::Declined { .. } => "declined",
+        }
+    }
+
+    /// EWS's `ResponseTypeType` name.
+    pub fn ews_name(self) -> &'static str {
+        match self {
+            AttendeeResponse::None => "Unknown",
+            AttendeeResponse::Accepted { .. } => "Accept",
+            AttendeeResponse::TentativelyAccepted { .. } => "Tentative",
+            AttendeeResponse::Declined { .. } => "Decline",
+        }
+    }
+
+    /// When the attendee answered; `None` before any answer.
+    pub fn time(self) -> Option<Timestamp> {
+        match self {
+            AttendeeResponse::None => None,
+            AttendeeResponse::Accepted { at }
+            | AttendeeResponse::TentativelyAccepted { at }
+            | AttendeeResponse::Declined { at } => Some(at),
+        }
+    }
 }
 
 /// Everything about an event that a PATCH can change; an exception carries its own copy.
@@ -554,6 +607,8 @@ pub fn apply_event_json(
             .collect();
     }
     if let Some(attendees) = object.get("attendees").and_then(Value::as_array) {
+        // An attendee named again keeps the answer the organizer's copy recorded.
+        let previous = std::mem::take(&mut data.attendees);
         data.attendees = attendees
             .iter()
             .filter_map(|attendee| {
@@ -563,7 +618,15 @@ pub fn apply_event_json(
                     .and_then(Value::as_str)
                     .unwrap_or("required")
                     .to_string();
-                Some(Attendee { email, kind })
+                let response = previous
+                    .iter()
+                    .find(|known| known.email.address.eq_ignore_ascii_case(&email.address))
+                    .map_or(AttendeeResponse::None, |known| known.response);
+                Some(Attendee {
+                    email,
+                    kind,
+                    response,
+                })
             })
             .collect();
     }
@@ -793,6 +856,137 @@ pub fn delete_event(
     })
 }
 
+/// Declines the meeting `event_id` (an event, a series master or one occurrence) in the calendar
+/// of `mailbox` (a user index), as Graph's `event: decline` and EWS's `DeclineItem` do:
+///
+/// - the meeting leaves the declining mailbox's calendar (a declined occurrence leaves it
+///   alone), which is what Exchange does with a declined meeting and what a room's Resource
+///   Booking Attendant leaves after a decline;
+/// - the organizer's copy (the event in the organizer's calendar with the same iCalUId) records
+///   the declining attendee's answer, `declined` at `now` (Graph's `attendees[].status`, EWS's
+///   `ResponseType` `Decline`), for the whole series or for the one occurrence.
+///
+/// Both changes reach change notifications, delta and EWS streaming as any other write does.
+/// `comment` is the text of the response message to the organizer; the emulator keeps no mail,
+/// so it is only logged. The organizer cannot decline their own meeting ("A user cannot decline
+/// a meeting request or calendar item for which the user is the organizer", DeclineItemType).
+pub fn decline_event(
+    state: &crate::state::AppState,
+    mailbox: usize,
+    event_id: &str,
+    comment: &str,
+    now: Timestamp,
+) -> Result<(), EventInputError> {
+    let directory = &state.directory;
+    let (instance, removed) = {
+        let mut calendar = crate::faults::lock(&state.mailboxes[mailbox]);
+        let instance = calendar.item(event_id).ok_or(EventInputError::NotFound)?;
+        if directory.user(&instance.data.organizer.address) == Some(mailbox) {
+            return Err(EventInputError::Invalid(
+                "Your request can't be completed. You can't respond to a meeting you organized."
+                    .to_string(),
+            ));
+        }
+        let removed = delete_event(&mut calendar, event_id, now, &state.ids)?;
+        (instance, removed)
+    };
+    crate::graph::subscriptions::notify_change(state, mailbox, &removed);
+    tracing::debug!(
+        mailbox = %state.mailbox_name(mailbox),
+        comment_chars = comment.chars().count(),
+        "meeting declined"
+    );
+    let Some(organizer) = directory
+        .user(&instance.data.organizer.address)
+        .filter(|&index| index < state.mailboxes.len())
+    else {
+        // An organizer outside the organisation: the answer went out as mail only.
+        return Ok(());
+    };
+    let is_declining =
+        |attendee: &Attendee| directory.user(&attendee.email.address) == Some(mailbox);
+    let mark = |data: &mut EventData| {
+        let mut marked = false;
+        for attendee in data
+            .attendees
+            .iter_mut()
+            .filter(|attendee| is_declining(attendee))
+        {
+            attendee.response = AttendeeResponse::Declined { at: now };
+            marked = true;
+        }
+        marked
+    };
+    let change = {
+        let mut calendar = crate::faults::lock(&state.mailboxes[organizer]);
+        let Some(event) = calendar.events.iter_mut().find(|event| {
+            event.ical_uid == instance.ical_uid
+                && directory.user(&event.data.organizer.address) == Some(organizer)
+        }) else {
+            return Ok(());
+        };
+        let original_start = match instance.kind {
+            InstanceKind::Occurrence | InstanceKind::Exception => {
+                parse_occurrence_id(&instance.id).map(|(_, start)| start)
+            }
+            InstanceKind::SingleInstance | InstanceKind::SeriesMaster => None,
+        };
+        let change_key = state.ids.change_key();
+        let marked = match original_start {
+            Some(original_start) => match event.occurrence(original_start) {
+                Some(occurrence) => {
+                    let mut data = occurrence.data;
+                    let marked = mark(&mut data);
+                    if marked {
+                        event.exceptions.insert(
+                            original_start,
+                            Exception::Modified {
+                                data: Box::new(data),
+                                change_key: change_key.clone(),
+                                last_modified: now,
+                            },
+                        );
+                    }
+                    marked
+                }
+                None => false,
+            },
+            None => {
+                let mut marked = mark(&mut event.data);
+                for exception in event.exceptions.values_mut() {
+                    if let Exception::Modified {
+                        data,
+                        change_key: exception_key,
+                        last_modified,
+                    } = exception
+                    {
+                        if mark(data) {
+                            *exception_key = change_key.clone();
+                            *last_modified = now;
+                            marked = true;
+                        }
+                    }
+                }
+                if marked {
+                    event.change_key = change_key.clone();
+                }
+                marked
+            }
+        };
+        if !marked {
+            return Ok(());
+        }
+        event.last_modified = now;
+        ChangeRecord {
+            change_type: ChangeType::Updated,
+            event_id: event.id.clone(),
+            change_key,
+        }
+    };
+    crate::graph::subscriptions::notify_change(state, organizer, &change);
+    Ok(())
+}
+
 /// Renders an instance as Graph's event JSON with start/end in `output_zone`.
 ///
 /// `select` limits the properties (`id` and `@odata.etag` are always there, as in Graph).
@@ -829,7 +1023,13 @@ pub fn event_json(
         .map(|attendee| {
             json!({
                 "type": attendee.kind,
-                "status": {"response": "none", "time": "0001-01-01T00:00:00Z"},
+                "status": {
+                    "response": attendee.response.graph_name(),
+                    "time": attendee.response.time().map_or_else(
+                        || "0001-01-01T00:00:00Z".to_string(),
+                        graph_instant,
+                    ),
+                },
                 "emailAddress": {"name": attendee.email.name, "address": attendee.email.address},
             })
         })

@@ -9,7 +9,7 @@ use jiff::civil::{Date, DateTime, Time, Weekday};
 use jiff::{Timestamp, ToSpan};
 
 use crate::calendar::{
-    Attendee, EmailAddress, EventData, Mailbox, Sensitivity, ShowAs, StoredEvent,
+    Attendee, AttendeeResponse, EmailAddress, EventData, Mailbox, Sensitivity, ShowAs, StoredEvent,
 };
 use crate::directory::{
     AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User, WorkingHours,
@@ -622,6 +622,7 @@ fn person_calendar(
             .map(|&attendee| Attendee {
                 email: email_of(attendee),
                 kind: "required".to_string(),
+                response: AttendeeResponse::None,
             })
             .collect();
         let room_index = plan
@@ -633,6 +634,7 @@ fn person_calendar(
             attendees.push(Attendee {
                 email: email_of(room),
                 kind: "resource".to_string(),
+                response: AttendeeResponse::None,
             });
         }
         let event = StoredEvent {

@@ -28,6 +28,7 @@ mod identity;
 mod ids;
 mod jwt;
 mod notify;
+mod places;
 mod recurrence;
 mod scenario;
 mod server;

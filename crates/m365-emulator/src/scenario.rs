@@ -10,7 +10,8 @@ use jiff::{Timestamp, ToSpan};
 use serde::Deserialize;
 
 use crate::calendar::{
-    Attendee, EmailAddress, EventData, Exception, Mailbox, Sensitivity, ShowAs, StoredEvent,
+    Attendee, AttendeeResponse, EmailAddress, EventData, Exception, Mailbox, Sensitivity, ShowAs,
+    StoredEvent,
 };
 use crate::directory::{
     AppCertificate, AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User,
@@ -531,6 +532,21 @@ impl Scenario {
                     spec.subject
                 ))
             })?;
+            // A room among the attendees holds the booking in its own calendar too (with the
+            // same iCalUId), as the generated organisation's rooms do and as Exchange's
+            // Resource Booking Attendant leaves it after accepting the request.
+            let rooms_booked: Vec<usize> = event
+                .data
+                .attendees
+                .iter()
+                .filter_map(|attendee| user_index(&attendee.email.address))
+                .filter(|&index| index != owner && users[index].kind == MailboxKind::Room)
+                .collect();
+            for (n, room) in rooms_booked.into_iter().enumerate() {
+                let mut booking = event.clone();
+                booking.id = format!("{}Room{}", event.id, n + 1);
+                mailboxes[room].events.push(booking);
+            }
             mailboxes[owner].events.push(event);
         }
         let rights: Vec<UserRights<'_>> = self
@@ -721,6 +737,7 @@ fn build_event(
             Attendee {
                 email: email_of(address),
                 kind: if is_room { "resource" } else { "required" }.to_string(),
+                response: AttendeeResponse::None,
             }
         })
         .collect();

@@ -100,6 +100,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(events::update)
                 .delete(events::delete),
         )
+        .route(
+            "/v1.0/users/{user}/events/{event}/decline",
+            post(events::decline),
+        )
+        .route(
+            "/v1.0/users/{user}/calendar/events/{event}/decline",
+            post(events::decline),
+        )
         .route("/v1.0/$batch", post(batch::batch))
         .route(
             "/v1.0/subscriptions",
@@ -176,7 +184,7 @@ fn function_call(segment: &str) -> Option<&'static str> {
 /// some clients send a trailing slash; routing is exact, so known segments are normalised, a
 /// function called as `delta()` becomes the bare `delta`, and a cast its full name.
 pub fn normalize_path(path_and_query: &str) -> String {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 13] = [
         "v1.0",
         "users",
         "groups",
@@ -184,6 +192,7 @@ pub fn normalize_path(path_and_query: &str) -> String {
         "calendarView",
         "calendar",
         "events",
+        "decline",
         "delta",
         "getSchedule",
         "subscriptions",

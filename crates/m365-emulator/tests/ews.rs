@@ -1593,3 +1593,190 @@ async fn a_hanging_connection_limit_of_zero_means_no_limit() {
         Some(&12)
     );
 }
+
+/// The `Id` of every `ItemId` in an answer, in order.
+fn item_ids(reply: &str) -> Vec<String> {
+    reply
+        .split("<t:ItemId Id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next().map(str::to_string))
+        .collect()
+}
+
+fn decline_item(id: &str, disposition: Option<&str>) -> String {
+    let disposition = disposition
+        .map(|value| format!(r#" MessageDisposition="{value}""#))
+        .unwrap_or_default();
+    format!(
+        r#"<m:CreateItem{disposition}><m:Items><t:DeclineItem><t:ReferenceItemId Id="{id}"/><t:Body BodyType="Text">Nobody checked in.</t:Body></t:DeclineItem></m:Items></m:CreateItem>"#
+    )
+}
+
+#[tokio::test]
+async fn get_room_lists_and_get_rooms_answer_as_exchange_documents_them() {
+    let harness = start().await;
+    let auth = basic(SERVICE, SERVICE_PASSWORD);
+    let lists = ews(&harness, &auth, "", "<m:GetRoomLists/>").await;
+    assert_eq!(lists.status, 200);
+    let text = lists.text();
+    assert!(
+        text.contains(r#"<m:GetRoomListsResponse ResponseClass="Success""#)
+            && text.contains("<m:ResponseCode>NoError</m:ResponseCode>"),
+        "{text}"
+    );
+    // One room list: the building of the scenario's only room.
+    assert!(text.contains("<m:RoomLists><t:Address><t:Name>Main building</t:Name><t:EmailAddress>rooms.main-building@contoso.example</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>PublicDL</t:MailboxType></t:Address></m:RoomLists>"), "{text}");
+    let rooms = ews(
+        &harness,
+        &auth,
+        "",
+        "<m:GetRooms><m:RoomList><t:EmailAddress>ROOMS.main-building@contoso.example</t:EmailAddress></m:RoomList></m:GetRooms>",
+    )
+    .await
+    .text();
+    assert!(
+        rooms.contains(r#"<m:GetRoomsResponse ResponseClass="Success""#),
+        "{rooms}"
+    );
+    assert!(rooms.contains("<m:Rooms><t:Room><t:Id><t:Name>Room 1</t:Name><t:EmailAddress>room.1@contoso.example</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Id></t:Room></m:Rooms>"), "{rooms}");
+    let unknown = ews(
+        &harness,
+        &auth,
+        "",
+        "<m:GetRooms><m:RoomList><t:EmailAddress>rooms.nowhere@contoso.example</t:EmailAddress></m:RoomList></m:GetRooms>",
+    )
+    .await;
+    assert_eq!(unknown.status, 200);
+    let unknown = unknown.text();
+    assert!(
+        unknown.contains(r#"<m:GetRoomsResponse ResponseClass="Error""#),
+        "{unknown}"
+    );
+    assert!(unknown.contains("<m:MessageText>No results were found.</m:MessageText><m:ResponseCode>ErrorNameResolutionNoResults</m:ResponseCode>"), "{unknown}");
+    // The impersonation rules hold for these operations too.
+    let denied = ews(
+        &harness,
+        &basic("ada@contoso.example", "ada-password"),
+        &impersonating("bob@contoso.example"),
+        "<m:GetRoomLists/>",
+    )
+    .await;
+    assert_eq!(denied.status, 500);
+    assert!(denied.text().contains("ErrorImpersonateUserDenied"));
+}
+
+#[tokio::test]
+async fn a_room_declines_a_meeting_as_the_impersonated_room_and_the_organizer_sees_decline() {
+    let harness = start().await;
+    let service = basic(SERVICE, SERVICE_PASSWORD);
+    let room = impersonating("room.1@contoso.example");
+    let march = calendar_view(None, "2030-03-01T00:00:00Z", "2030-04-01T00:00:00Z", None);
+    let before = ews(&harness, &service, &room, &march).await.text();
+    // March holds three of the six Mondays: 4, 18 (moved) and 25 (11 was deleted).
+    assert_eq!(count(&before, "<t:Subject>Weekly sync"), 3, "{before}");
+    let first_day = calendar_view(None, "2030-03-04T00:00:00Z", "2030-03-05T00:00:00Z", None);
+    let ids = item_ids(&ews(&harness, &service, &room, &first_day).await.text());
+    let [meeting] = ids.as_slice() else {
+        panic!("one meeting on 4 March: {ids:?}")
+    };
+
+    // Ada may not act for the room, the reviewer may not impersonate, and a response object
+    // needs its MessageDisposition.
+    let ada = basic("ada@contoso.example", "ada-password");
+    let refused = ews(&harness, &ada, "", &decline_item(meeting, Some("SendOnly")))
+        .await
+        .text();
+    assert!(
+        refused.contains(r#"ResponseClass="Error""#) && refused.contains("ErrorAccessDenied"),
+        "{refused}"
+    );
+    let reviewer = ews(
+        &harness,
+        &basic(MONITOR, MONITOR_PASSWORD),
+        &room,
+        &decline_item(meeting, Some("SendOnly")),
+    )
+    .await;
+    assert_eq!(reviewer.status, 500);
+    assert!(reviewer.text().contains("ErrorImpersonateUserDenied"));
+    let no_disposition = ews(&harness, &service, &room, &decline_item(meeting, None))
+        .await
+        .text();
+    assert!(
+        no_disposition.contains("ErrorMessageDispositionRequired"),
+        "{no_disposition}"
+    );
+    assert_eq!(
+        count(
+            &ews(&harness, &service, &room, &march).await.text(),
+            "<t:Subject>Weekly sync"
+        ),
+        3
+    );
+
+    // The room's streaming subscription is open while the meeting is declined.
+    let subscribe = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>ModifiedEvent</t:EventType><t:EventType>DeletedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    let subscription = subscription_id(&ews(&harness, &service, &room, subscribe).await.text());
+    let mut stream = admitted(
+        open_stream(
+            &harness,
+            &service,
+            &[],
+            get_streaming_events(&room, &subscription),
+        )
+        .await,
+        "the room's stream",
+    );
+
+    let declined = ews(
+        &harness,
+        &service,
+        &room,
+        &decline_item(meeting, Some("SendAndSaveCopy")),
+    )
+    .await
+    .text();
+    assert!(
+        declined.contains(r#"<m:CreateItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items/></m:CreateItemResponseMessage>"#),
+        "{declined}"
+    );
+    // The stream tells of the change: a declined occurrence modifies the room's series.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        read_until(&mut stream.body, &mut stream.text, "<t:ModifiedEvent>", 1),
+    )
+    .await
+    .expect("the decline is streamed");
+    // The declined occurrence left the room's calendar; the others stay.
+    let after = ews(&harness, &service, &room, &march).await.text();
+    assert_eq!(count(&after, "<t:Subject>Weekly sync"), 2, "{after}");
+    assert!(item_ids(&ews(&harness, &service, &room, &first_day).await.text()).is_empty());
+    // Ada's copy shows the room's answer on that occurrence only.
+    let room_attendee = "<t:EmailAddress>room.1@contoso.example</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox><t:ResponseType>";
+    let organizer_day = ews(&harness, &ada, "", &first_day).await.text();
+    assert!(
+        organizer_day.contains(&format!("{room_attendee}Decline</t:ResponseType><t:LastResponseTime>2026-06-01T08:00:00Z</t:LastResponseTime>")),
+        "{organizer_day}"
+    );
+    let organizer_later = ews(
+        &harness,
+        &ada,
+        "",
+        &calendar_view(None, "2030-03-25T00:00:00Z", "2030-03-26T00:00:00Z", None),
+    )
+    .await
+    .text();
+    assert!(
+        organizer_later.contains(&format!("{room_attendee}Unknown</t:ResponseType>")),
+        "{organizer_later}"
+    );
+    let again = ews(
+        &harness,
+        &service,
+        &room,
+        &decline_item(meeting, Some("SendOnly")),
+    )
+    .await
+    .text();
+    assert!(again.contains("ErrorItemNotFound"), "{again}");
+}

@@ -1229,3 +1229,169 @@ async fn ten_thousand_generated_users_start_and_are_in_the_all_people_group() {
         "{view}"
     );
 }
+
+/// The id of the event with `subject` in `mailbox`'s events.
+async fn event_with_subject(harness: &Harness, token: &str, mailbox: &str, subject: &str) -> Value {
+    let reply = harness
+        .get(
+            &harness.graph(&format!("/users/{mailbox}/events?$top=100")),
+            token,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    body["value"]
+        .as_array()
+        .and_then(|events| events.iter().find(|event| event["subject"] == subject))
+        .cloned()
+        .unwrap_or_else(|| panic!("no '{subject}' in {mailbox}: {body}"))
+}
+
+fn attendee_status<'a>(event: &'a Value, address: &str) -> &'a Value {
+    event["attendees"]
+        .as_array()
+        .and_then(|attendees| {
+            attendees
+                .iter()
+                .find(|attendee| attendee["emailAddress"]["address"] == address)
+        })
+        .map(|attendee| &attendee["status"])
+        .unwrap_or_else(|| panic!("{address} is no attendee: {event}"))
+}
+
+async fn delegated_token(harness: &Harness, scope: &str) -> String {
+    let reply = harness
+        .token_request(&[
+            ("client_id", APP_ID),
+            ("grant_type", "password"),
+            ("username", "ada@contoso.example"),
+            ("password", "ada-password"),
+            ("scope", scope),
+        ])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_room_declining_a_meeting_loses_it_and_the_organizers_copy_shows_declined() {
+    let harness = start().await;
+    let token = harness.token().await;
+    let room = "room.1@contoso.example";
+    // The scenario's "Weekly sync" is Ada's, with the room among its attendees: the room's
+    // calendar holds the booking under the same iCalUId.
+    let booking = event_with_subject(&harness, &token, room, "Weekly sync").await;
+    let original = event_with_subject(&harness, &token, "ada@contoso.example", "Weekly sync").await;
+    assert_eq!(booking["iCalUId"], original["iCalUId"]);
+    assert_eq!(attendee_status(&original, room)["response"], "none");
+    let booking_id = booking["id"].as_str().unwrap_or_default().to_string();
+    let original_id = original["id"].as_str().unwrap_or_default().to_string();
+    let (seen, room_delta) = delta_round(
+        &harness,
+        &harness.graph(&format!("/users/{room}/calendarView/delta?{MARCH}")),
+        &token,
+    )
+    .await;
+    assert_eq!(seen.len(), 5, "five occurrences are left of six: {seen:?}");
+    let mut receiver = start_receiver(Validation::Answer).await;
+    let subscribed = harness
+        .send_json(
+            "POST",
+            &harness.graph("/subscriptions"),
+            &token,
+            &json!({"changeType": "updated", "notificationUrl": receiver.url,
+                    "resource": "/users/ada@contoso.example/events", "expirationDateTime": "2026-06-03T08:00:00Z"}),
+        )
+        .await;
+    assert_eq!(subscribed.status, 201, "{}", subscribed.text());
+    let _validation = receiver.validations.recv().await;
+
+    let decline_url = harness.graph(&format!("/users/{room}/events/{booking_id}/decline"));
+    let body = json!({"comment": "Nobody checked in.", "sendResponse": true});
+    // Without Calendars.ReadWrite: 403, and nothing changes.
+    let read_only = harness
+        .token_for(RESTRICTED_APP_ID, "restricted-secret")
+        .await;
+    let refused = harness
+        .send_json("POST", &decline_url, &read_only, &body)
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "ErrorAccessDenied");
+    let unknown = harness
+        .send_json(
+            "POST",
+            &harness.graph(&format!("/users/{room}/events/AAMkAGnothing/decline")),
+            &token,
+            &body,
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert_eq!(unknown.json()["error"]["code"], "ErrorItemNotFound");
+
+    let declined = harness.send_json("POST", &decline_url, &token, &body).await;
+    assert_eq!(declined.status, 202, "{}", declined.text());
+    assert!(declined.text().is_empty(), "{}", declined.text());
+
+    let gone = harness
+        .get(
+            &harness.graph(&format!("/users/{room}/events/{booking_id}")),
+            &token,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        gone.status, 404,
+        "the declined meeting left the room's calendar"
+    );
+    let after = harness
+        .get(
+            &harness.graph(&format!("/users/ada@contoso.example/events/{original_id}")),
+            &token,
+            &[],
+        )
+        .await
+        .json();
+    let status = attendee_status(&after, room);
+    assert_eq!(status["response"], "declined", "{after}");
+    assert!(
+        status["time"]
+            .as_str()
+            .is_some_and(|time| time.starts_with("2026-06-01T08:00:00")),
+        "answered at the emulator's now: {status}"
+    );
+    assert_eq!(
+        attendee_status(&after, "bob@contoso.example")["response"],
+        "none"
+    );
+    assert_ne!(after["changeKey"], original["changeKey"]);
+    // The organizer's subscription hears of the update; the room's delta removes the meeting.
+    let notification = receiver.next().await;
+    assert_eq!(notification["value"][0]["changeType"], "updated");
+    assert_eq!(
+        notification["value"][0]["resourceData"]["id"],
+        json!(original_id)
+    );
+    let (changes, _) = delta_round(&harness, &room_delta, &token).await;
+    assert_eq!(changes.len(), 5, "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .all(|change| change["@removed"]["reason"] == "deleted"),
+        "{changes:?}"
+    );
+
+    // A delegated token: without Calendars.ReadWrite 403; the organizer cannot decline her own
+    // meeting (400).
+    let reader = delegated_token(&harness, "https://graph.microsoft.com/Calendars.Read").await;
+    let own_url = harness.graph(&format!("/me/events/{original_id}/decline"));
+    let refused = harness.send_json("POST", &own_url, &reader, &body).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let writer = delegated_token(&harness, "https://graph.microsoft.com/Calendars.ReadWrite").await;
+    let own = harness.send_json("POST", &own_url, &writer, &body).await;
+    assert_eq!(own.status, 400, "{}", own.text());
+    assert_eq!(own.json()["error"]["code"], "ErrorInvalidRequest");
+}

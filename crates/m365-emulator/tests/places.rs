@@ -1,5 +1,6 @@
 //! The places API: rooms and room lists with paging, the rooms of a list by its address, and
-//! the refusals (no `Place.Read.All`, a list asked for by id).
+//! the refusals (no `Place.Read.All`, a list asked for by id); EWS's `GetRoomLists` and
+//! `GetRooms` answer the same lists and rooms.
 
 mod support;
 
@@ -7,6 +8,7 @@ use std::collections::BTreeSet;
 
 use m365_emulator::EmulatorConfig;
 use serde_json::Value;
+use support::ews::{basic, ews};
 use support::*;
 
 fn addresses(items: &[Value]) -> BTreeSet<String> {
@@ -181,4 +183,91 @@ async fn places_need_place_read_all_and_refuse_a_filter_they_cannot_apply() {
         )
         .await;
     assert_eq!(bad_top.status, 400);
+}
+
+/// The `(name, address)` pairs of every `<t:{element}>` in an EWS answer.
+fn ews_entries(text: &str, element: &str) -> BTreeSet<(String, String)> {
+    let between = |text: &str, tag: &str| -> String {
+        text.split(&format!("<t:{tag}>"))
+            .nth(1)
+            .and_then(|rest| rest.split(&format!("</t:{tag}>")).next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    text.split(&format!("<t:{element}>"))
+        .skip(1)
+        .map(|entry| (between(entry, "Name"), between(entry, "EmailAddress")))
+        .collect()
+}
+
+#[tokio::test]
+async fn ews_room_lists_and_rooms_agree_with_the_places_api() {
+    let harness = start_with(EmulatorConfig::generated(1000, 3)).await;
+    let ready = harness.emulator.ready().clone();
+    let token = harness
+        .token_for(
+            &ready.client_id,
+            ready.client_secret.as_deref().expect("a secret"),
+        )
+        .await;
+    let auth = basic(
+        ready.ews_user.as_deref().expect("an EWS service account"),
+        ready.ews_password.as_deref().expect("its password"),
+    );
+    let (lists, _) = collect_pages(
+        &harness,
+        &harness.graph("/places/microsoft.graph.roomlist"),
+        &token,
+        &[],
+    )
+    .await;
+    let graph_lists: BTreeSet<(String, String)> = lists
+        .iter()
+        .map(|list| {
+            (
+                list["displayName"].as_str().unwrap_or_default().to_string(),
+                list["emailAddress"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let ews_lists = ews_entries(
+        &ews(&harness, &auth, "", "<m:GetRoomLists/>").await.text(),
+        "Address",
+    );
+    assert_eq!(ews_lists.len(), 3);
+    assert_eq!(ews_lists, graph_lists);
+    for (_, address) in &graph_lists {
+        let (members, _) = collect_pages(
+            &harness,
+            &harness.graph(&format!("/places/{address}/microsoft.graph.roomlist/rooms")),
+            &token,
+            &[],
+        )
+        .await;
+        let graph_rooms: BTreeSet<(String, String)> = members
+            .iter()
+            .map(|room| {
+                (
+                    room["displayName"].as_str().unwrap_or_default().to_string(),
+                    room["emailAddress"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let reply = ews(
+            &harness,
+            &auth,
+            "",
+            &format!("<m:GetRooms><m:RoomList><t:EmailAddress>{address}</t:EmailAddress></m:RoomList></m:GetRooms>"),
+        )
+        .await
+        .text();
+        assert!(!graph_rooms.is_empty());
+        assert_eq!(ews_entries(&reply, "Id"), graph_rooms, "{address}: {reply}");
+    }
 }

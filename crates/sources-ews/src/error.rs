@@ -49,6 +49,22 @@ pub enum EwsError {
     /// is Exchange's message. Passing: it succeeds once one of those connections ends.
     #[error("Exchange allows only so many concurrent streaming connections for '{user}' (ErrorExceededConnectionCount: {detail}): raise HangingConnectionLimit in the EWS web.config on premises (Exchange Online allows 10 per mailbox) or use impersonation (access = \"impersonation\") so connections are charged to each group's anchor mailbox; calbridge reads these mailboxes by polling meanwhile")]
     ExceededConnectionCount { user: String, detail: String },
+    /// `GetRooms` of a room list Exchange does not know (`ErrorNameResolutionNoResults`).
+    #[error("Exchange knows no room list {address} (ErrorNameResolutionNoResults): check the address in [[directory]] rooms against Get-DistributionGroup -RecipientTypeDetails RoomList, or use rooms = \"all\"")]
+    UnknownRoomList { address: String },
+    /// Exchange refused to let the account decline a meeting in `mailbox` (an access or
+    /// impersonation refusal, `code` and `detail` as Exchange answered).
+    #[error("Exchange refused to let '{user}' decline a meeting in {mailbox} ({code}: {detail}): the account needs to act as that mailbox: the ApplicationImpersonation role (New-ManagementRoleAssignment -Role ApplicationImpersonation -User {user}) with access = \"impersonation\", or FullAccess on it (Add-MailboxPermission {mailbox} -User {user} -AccessRights FullAccess)")]
+    DeclineRefused {
+        user: String,
+        mailbox: String,
+        code: String,
+        detail: String,
+    },
+    /// The meeting to decline is no longer in the mailbox's calendar (`ErrorItemNotFound`):
+    /// deleted, moved or declined already. An expected outcome for the caller to note.
+    #[error("the meeting is no longer in the calendar of {mailbox} (ErrorItemNotFound): it was deleted, moved or declined already")]
+    MeetingNotFound { mailbox: String },
     /// The connection failed or broke.
     #[error("cannot reach {url}: {detail}")]
     Network { url: String, detail: String },

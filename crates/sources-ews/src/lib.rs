@@ -7,7 +7,9 @@
 //! - [`EwsSource`]: Autodiscover (answers trusted over https only; cached, failures too;
 //!   [`EwsSource::rediscover`]), `ResolveNames`, `FindItem` + `CalendarView`,
 //!   `GetUserAvailability`, `Subscribe`/`Unsubscribe`; with a bearer token every request
-//!   impersonates a mailbox, as Exchange Online requires.
+//!   impersonates a mailbox, as Exchange Online requires; `GetRoomLists`/`GetRooms`
+//!   ([`EwsSource::rooms`]) and the decline of a meeting (`CreateItem` with a `DeclineItem`,
+//!   [`EwsSource::decline`]) acting as the mailbox that holds it.
 //! - [`StreamingConnection`]: one `GetStreamingEvents` connection, re-opened after every close;
 //!   one refused for Exchange's hanging-connection limit ([`EwsError::ExceededConnectionCount`],
 //!   [`EwsError::is_connection_limit`]) is reported and retried with the back-off (doubling to
@@ -26,6 +28,7 @@ mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod ntlm;
+mod rooms;
 mod soap;
 mod source;
 mod streaming;
@@ -38,6 +41,7 @@ pub use config::{
     ServerSide, WindowRead,
 };
 pub use error::EwsError;
+pub use rooms::EwsRoomList;
 pub use source::{EwsSource, FreeBusy, SubscriptionId};
 pub use streaming::STREAMING_ENVELOPE_LIMIT;
 pub use streaming::{StreamEvent, StreamingConnection};

@@ -153,10 +153,10 @@ pub(crate) enum Acting<'a> {
 }
 
 /// A SOAP answer without a fault.
-struct SoapAnswer {
-    status: u16,
-    text: String,
-    root: Element,
+pub(crate) struct SoapAnswer {
+    pub(crate) status: u16,
+    pub(crate) text: String,
+    pub(crate) root: Element,
 }
 
 /// Reads one HTTP answer of the EWS URL: its SOAP envelope, or why the attempt failed.
@@ -606,7 +606,7 @@ impl EwsSource {
     }
 
     /// Posts one operation in its envelope, with the impersonation and routing `acting` asks for.
-    async fn send_soap(
+    pub(crate) async fn send_soap(
         &self,
         what: &str,
         acting: Acting<'_>,
@@ -707,6 +707,11 @@ impl EwsSource {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The account that logs on, for error messages.
+    pub(crate) fn transport_user(&self) -> String {
+        self.transport.user()
     }
 
     /// The primary SMTP address of a user, trying each candidate in turn (each may hold

@@ -120,6 +120,12 @@ pub enum GraphError {
         what: String,
         answer: Box<GraphAnswer>,
     },
+    /// A decline refused (403): the app lacks `Calendars.ReadWrite` for that mailbox.
+    #[error("Graph refused to decline {what} ({answer}): declining needs the Calendars.ReadWrite application permission with admin consent (an application access policy can scope it to the rooms: New-ApplicationAccessPolicy -AccessRight RestrictAccess -PolicyScopeGroupId <group of the rooms>), or the delegated Calendars.ReadWrite for a signed-in account")]
+    DeclineRefused {
+        what: String,
+        answer: Box<GraphAnswer>,
+    },
     #[error("Graph refused the request for {what} ({answer})")]
     Forbidden {
         what: String,
@@ -235,6 +241,7 @@ impl GraphError {
             GraphError::NotFound { answer, .. }
             | GraphError::AccessDenied { answer, .. }
             | GraphError::NotShared { answer, .. }
+            | GraphError::DeclineRefused { answer, .. }
             | GraphError::Forbidden { answer, .. }
             | GraphError::Unauthorized { answer, .. }
             | GraphError::ResyncRequired { answer, .. }

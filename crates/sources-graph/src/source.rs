@@ -977,6 +977,41 @@ impl GraphSource {
         }
     }
 
+    // ---- decline -----------------------------------------------------------------------
+
+    /// Declines the meeting `event_id` in the calendar of `user_id` with `comment` to the
+    /// organizer (`POST /users/{id}/events/{id}/decline`, Graph's "event: decline", sending
+    /// the response). Graph answers `202 Accepted`. A 403 is [`GraphError::DeclineRefused`],
+    /// naming the `Calendars.ReadWrite` permission it needs; a meeting no longer there is
+    /// [`GraphError::NotFound`].
+    pub async fn decline(
+        &self,
+        user_id: &str,
+        event_id: &str,
+        comment: &str,
+    ) -> Result<(), GraphError> {
+        let what = format!("meeting {event_id} in the calendar of {user_id}");
+        let request = GraphRequest::get(
+            self.absolute(&format!(
+                "/users/{}/events/{}/decline",
+                encode_path_segment(user_id),
+                encode_path_segment(event_id)
+            )),
+            what,
+        )
+        .json(
+            reqwest::Method::POST,
+            serde_json::json!({ "comment": comment, "sendResponse": true }),
+        );
+        match self.inner.http.send(&request, Some(user_id)).await {
+            Ok(_) => Ok(()),
+            Err(
+                GraphError::AccessDenied { what, answer } | GraphError::Forbidden { what, answer },
+            ) => Err(GraphError::DeclineRefused { what, answer }),
+            Err(error) => Err(error),
+        }
+    }
+
     /// How long to wait before retrying after `error`, for callers that schedule retries.
     pub fn retry_delay(&self, error: &GraphError, attempt: u32) -> Duration {
         self.inner.http.delay_for(error.retry_after(), attempt)

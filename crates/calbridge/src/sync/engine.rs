@@ -178,7 +178,7 @@ pub trait CalendarSource: Send + Sync + Sized + 'static {
         &self,
         _list: Option<&MailboxAddress>,
     ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
-        Err("rooms come from Microsoft Graph's places API; this source has none".to_string())
+        Err("this source cannot list rooms".to_string())
     }
     /// Declines the meeting `appointment_id` in the calendar of `user` (the id [`Resolved::user`]
     /// gave: Graph's user id, EWS's primary SMTP address) with `comment` to the organizer: the

@@ -279,6 +279,33 @@ impl CalendarSource for EwsCalendars {
         ))
     }
 
+    /// The rooms of every room list, or of one (`GetRoomLists` / `GetRooms`): their names and
+    /// addresses only, EWS knows no capacity, building or floor.
+    async fn rooms(
+        &self,
+        list: Option<&MailboxAddress>,
+    ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
+        self.ews
+            .rooms(list)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// `CreateItem` with a `DeclineItem`, acting as the mailbox (`user` is its primary SMTP
+    /// address, as [`Resolved::primary_smtp`] gave it).
+    async fn decline(&self, user: &str, appointment_id: &str, comment: &str) -> Result<(), String> {
+        let mailbox = MailboxAddress::parse(user).map_err(|error| {
+            format!(
+                "{} is not a mailbox address: {error}",
+                calbridge_domain::shorten(user, 100)
+            )
+        })?;
+        self.ews
+            .decline(&mailbox, appointment_id, comment)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     /// `ResolveNames` for each person: the directory's address, then alternatives.
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)> {
         let jobs: Vec<(PersonKey, Vec<String>)> = people

@@ -425,6 +425,14 @@ impl CalendarSource for GraphCalendars {
             .map_err(|error| error.to_string())
     }
 
+    /// Graph's `event: decline`, sending the answer to the organizer.
+    async fn decline(&self, user: &str, appointment_id: &str, comment: &str) -> Result<(), String> {
+        self.graph
+            .decline(user, appointment_id, comment)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     async fn resolve(&self, people: Vec<PersonKey>) -> Vec<(PersonKey, Result<Resolved, Trouble>)> {
         fan_out(PARALLEL_PEOPLE, people, |person| {
             let graph = self.graph.clone();

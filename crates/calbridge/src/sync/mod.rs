@@ -49,12 +49,13 @@ pub trait DirectoryTarget: Send + Sync {
     fn enqueue(&self, work: Work);
     /// The members of a directory group (Entra ID group for Graph).
     async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>, String>;
-    /// The meeting rooms of the tenant, or of one room list (Graph's places API).
+    /// The meeting rooms of the tenant, or of one room list (Graph's places API, EWS's
+    /// `GetRoomLists` / `GetRooms`).
     async fn rooms(
         &self,
         _list: Option<&MailboxAddress>,
     ) -> Result<Vec<calbridge_domain::RoomInfo>, String> {
-        Err("rooms come from Microsoft Graph's places API; this source has none".to_string())
+        Err("this source cannot list rooms".to_string())
     }
     async fn record_resolved_members(&self, members: Vec<(PersonKey, MailboxAddress, String)>);
     /// Declines a meeting in `person`'s calendar (see [`engine::CalendarSource::decline`]).

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod autodiscover;
 pub mod ntlm;
 pub mod ops;
+pub mod respond;
+pub mod rooms;
 pub mod setup;
 pub mod soap;
 pub mod streaming;
@@ -77,6 +79,20 @@ impl Context<'_> {
             Some(account) => self.state.ews.setup.accounts[account].user_index,
             None => self.anchor,
         }
+    }
+
+    /// The tenant the request acts in: the impersonated mailbox's, the app's, or the caller's
+    /// (on-premises accounts without a mailbox belong to the first tenant).
+    pub fn tenant(&self) -> usize {
+        let users = &self.state.directory.users;
+        if let Some(index) = self.impersonated {
+            return users[index].tenant_index;
+        }
+        if let Some(tenant) = self.app_tenant {
+            return tenant;
+        }
+        self.own_mailbox()
+            .map_or(0, |index| users[index].tenant_index)
     }
 
     pub fn rights(&self, user_index: usize) -> Rights {
@@ -235,6 +251,9 @@ async fn handle(
         "ResolveNames" => ops::resolve_names(&context, operation),
         "GetUserAvailabilityRequest" => ops::get_user_availability(&context, operation),
         "GetServerTimeZones" => ops::get_server_time_zones(&context, operation),
+        "GetRoomLists" => rooms::get_room_lists(&context, operation),
+        "GetRooms" => rooms::get_rooms(&context, operation),
+        "CreateItem" => respond::create_item(&context, operation),
         "ConvertId" => Err(Fault::new("ErrorInvalidIdMalformed", "Id is malformed.")),
         "Subscribe" => streaming::subscribe(&context, operation),
         "Unsubscribe" => streaming::unsubscribe(&context, operation),

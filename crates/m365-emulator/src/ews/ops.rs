@@ -202,7 +202,7 @@ fn sensitivity_name(sensitivity: Sensitivity) -> &'static str {
     }
 }
 
-fn mailbox_xml(name: &str, address: &str) -> String {
+pub fn mailbox_xml(name: &str, address: &str) -> String {
     format!(
         "<t:Mailbox><t:Name>{}</t:Name><t:EmailAddress>{}</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox>",
         escape(name),
@@ -321,9 +321,17 @@ pub fn calendar_item_xml(
                 .iter()
                 .filter(|attendee| attendee.kind.eq_ignore_ascii_case(kind))
                 .map(|attendee| {
+                    let last_response = attendee
+                        .response
+                        .time()
+                        .map(|time| {
+                            format!("<t:LastResponseTime>{}</t:LastResponseTime>", ews_time(time))
+                        })
+                        .unwrap_or_default();
                     format!(
-                        "<t:Attendee>{}<t:ResponseType>Unknown</t:ResponseType></t:Attendee>",
-                        mailbox_xml(&attendee.email.name, &attendee.email.address)
+                        "<t:Attendee>{}<t:ResponseType>{}</t:ResponseType>{last_response}</t:Attendee>",
+                        mailbox_xml(&attendee.email.name, &attendee.email.address),
+                        attendee.response.ews_name(),
                     )
                 })
                 .collect();

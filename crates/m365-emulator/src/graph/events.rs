@@ -15,7 +15,8 @@ use super::{
     Need, QueryParameters,
 };
 use crate::calendar::{
-    create_event, delete_event, event_json, update_event, EmailAddress, EventInputError,
+    create_event, decline_event, delete_event, event_json, update_event, EmailAddress,
+    EventInputError,
 };
 use crate::faults::lock;
 use crate::state::AppState;
@@ -236,6 +237,60 @@ pub async fn delete(
         };
         super::subscriptions::notify_change(&state, user_index, &change);
         Ok::<_, GraphError>(StatusCode::NO_CONTENT.into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1.0/users/{id}/events/{event}/decline` (and `/me/events/{event}/decline`), Graph's
+/// [event: decline](https://learn.microsoft.com/graph/api/event-decline): the body's `comment`
+/// and `sendResponse` (both optional), `202 Accepted` with an empty body. Needs
+/// `Calendars.ReadWrite` (application permission for app-only tokens, delegated scope
+/// otherwise), else 403 `ErrorAccessDenied`; an unknown event is 404 `ErrorItemNotFound`. The
+/// meeting leaves the mailbox's calendar and the organizer's copy shows the attendee declined
+/// (`calendar::decline_event`).
+pub async fn decline(
+    State(state): State<Arc<AppState>>,
+    Path((user_key, event_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers, "events.decline", Need::CalendarWrite).await?;
+        let user_index = resolve_mailbox(&state, &caller, &user_key)?;
+        let _slot = enter_mailbox(&state, &caller, user_index).await?;
+        let json_body = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            parse_json_body(&body)?
+        };
+        if !json_body.is_object() {
+            return Err(GraphError::bad_request(
+                "RequestBodyRead",
+                "The request body must be a JSON object.",
+            ));
+        }
+        let comment = match json_body.get("comment") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(comment)) => comment.as_str(),
+            Some(_) => {
+                return Err(GraphError::bad_request(
+                    "RequestBodyRead",
+                    "The property 'comment' must be a string.",
+                ))
+            }
+        };
+        if json_body
+            .get("sendResponse")
+            .is_some_and(|send| !send.is_boolean() && !send.is_null())
+        {
+            return Err(GraphError::bad_request(
+                "RequestBodyRead",
+                "The property 'sendResponse' must be a boolean.",
+            ));
+        }
+        decline_event(&state, user_index, &event_id, comment, state.clock.now())
+            .map_err(input_error)?;
+        Ok::<_, GraphError>(StatusCode::ACCEPTED.into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -165,6 +165,86 @@ pub async fn reload(args: ReloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PanelUrlArgs {
+    /// The room's address, as the directory's `rooms` entry follows it.
+    pub room: String,
+    /// Replace the panel key first: every panel link made before stops working (each panel
+    /// then needs its new URL).
+    #[arg(long)]
+    pub rotate: bool,
+    /// The service's configuration file: its `[store]` holds the panel key, its
+    /// `api.public_url` (else `api.listen`) begins the URL.
+    #[arg(long, default_value = "calbridge.toml")]
+    pub config: PathBuf,
+}
+
+/// `calbridge panel-url`: the panel URL of a room, from the panel key in the store.
+pub async fn panel_url(args: PanelUrlArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let room = calbridge_domain::MailboxAddress::parse(&args.room).map_err(|error| {
+        anyhow::anyhow!(
+            "the room `{}`: {error}",
+            calbridge_domain::shorten(&args.room, 80)
+        )
+    })?;
+    let opened = crate::service::open_store_for_command(&config)
+        .await
+        .context("the panel key is kept in the store, which cannot be opened: while `calbridge run` holds an SQLite store, copy the panel URL from the admin page's Rooms tab (or GET /api/v1/rooms/{room}/panel), or stop the service first")?;
+    let key_choice = if args.rotate {
+        PanelKeyChoice::Replace
+    } else {
+        PanelKeyChoice::Current
+    };
+    let made = panel_url_in(&config, opened.store().as_ref(), &room, key_choice).await;
+    opened.close().await;
+    let url = made?;
+    if args.rotate {
+        println!("The panel key was replaced: every panel link made before stops working; give each panel its new URL.");
+    }
+    println!("{url}");
+    Ok(())
+}
+
+/// Which panel key a panel URL is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelKeyChoice {
+    /// The store's key (made on its first use).
+    Current,
+    /// A new key, replacing the store's: every panel link made before stops working.
+    Replace,
+}
+
+/// The panel URL of `room` (a followed room) under the store's panel key.
+pub async fn panel_url_in(
+    config: &Config,
+    store: &dyn calbridge_store::Store,
+    room: &calbridge_domain::MailboxAddress,
+    key_choice: PanelKeyChoice,
+) -> anyhow::Result<String> {
+    let rooms = store
+        .list_rooms()
+        .await
+        .context("cannot read the rooms from the store")?;
+    if !rooms.iter().any(|(key, _)| &key.address == room) {
+        bail!(
+            "no room {room} is followed: rooms come from a [[directory]] entry with rooms = \"all\" or a room list's address, and are known once the service has read them"
+        );
+    }
+    let key = match key_choice {
+        PanelKeyChoice::Replace => crate::api::panel::rotate_panel_key(store).await?,
+        PanelKeyChoice::Current => crate::api::panel::panel_key(store).await?,
+    };
+    let base = match &config.api.public_url {
+        Some(public_url) => public_url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", local_address(&config.api.listen)),
+    };
+    Ok(format!(
+        "{base}{}",
+        crate::api::panel::panel_path(&key, room)
+    ))
+}
+
 /// Where to reach a listen address from this machine: a wildcard address means loopback.
 fn local_address(listen: &str) -> String {
     match listen.parse::<std::net::SocketAddr>() {

@@ -161,10 +161,17 @@ pub async fn list(
         }
         listed.push(room_json(key, room, &room_now));
     }
+    // No room at all (not: none left by the filters): how to make rooms appear.
+    let hints: Vec<&str> = if rooms.is_empty() {
+        vec![crate::service::ROOM_LISTS_HINT]
+    } else {
+        Vec::new()
+    };
     Json(json!({
         "at": now.to_string(),
         "free_between": span.map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()})),
         "rooms": listed,
+        "hints": hints,
     }))
     .into_response()
 }
@@ -206,6 +213,9 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
         .unwrap_or(Timestamp::MAX);
     let room_now = room_state(&appointments, state.room_show, &locale, now);
     let mut body = room_json(key, room, &room_now);
+    // The instant and zone the state was computed at and in, for panels to draw "now".
+    body["at"] = json!(now.to_string());
+    body["timezone"] = json!(locale.zone.iana());
     body["agenda"] = json!({
         "from": day_start.to_string(),
         "to": day_end.to_string(),
@@ -253,4 +263,13 @@ pub async fn room_event(state: &ApiState, person: &PersonKey) -> Option<Value> {
         &room,
         &room_state(&appointments, state.room_show, &locale, now),
     ))
+}
+
+/// Checks a meeting in: `POST /api/v1/rooms/{address}/check-in` and the panel's button.
+/// A stub until check-in exists: it answers 409.
+pub async fn check_in(_state: &ApiState, _room: &PersonKey) -> Response {
+    api_error(
+        StatusCode::CONFLICT,
+        "check-in is off: set [rooms] check_in_minutes",
+    )
 }

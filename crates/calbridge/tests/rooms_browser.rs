@@ -464,7 +464,7 @@ async fn rooms_tab_and_room_panels_show_what_the_rooms_api_reports() {
     // The panel token is no API token, however it is sent; the API token opens no panel.
     for path in ["/api/v1/rooms", "/api/v1/presence/stream"] {
         let (status, body) = api
-            .send(reqwest::Method::GET, &path, Some(&free_token))
+            .send(reqwest::Method::GET, path, Some(&free_token))
             .await;
         assert_eq!(status, 401, "{path} with a panel token: {body}");
     }

@@ -431,7 +431,7 @@ mod tests {
             PanelAccess::Granted
         );
         assert!(
-            panel_path(&rotated, &address).starts_with("/panel/room.1%40contoso.example?token=")
+            panel_path(&rotated, &address).starts_with("/panel/room.1@contoso.example?token=")
         );
     }
 }

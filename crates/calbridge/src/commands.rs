@@ -685,3 +685,112 @@ async fn follow_changes(running: &RunningService, print_changes: bool, stop: &mu
         }
     }
 }
+
+#[cfg(test)]
+mod panel_url_tests {
+    use super::*;
+    use calbridge_domain::{MailboxAddress, RoomInfo};
+    use calbridge_store::{PersonKey, PersonUpsert, SecretKey, SqliteStore, Store};
+
+    async fn store_with_room(room: &MailboxAddress) -> SqliteStore {
+        let store = SqliteStore::open_in_memory(SecretKey::generate())
+            .await
+            .expect("a store");
+        let source = SourceId("contoso".to_string());
+        store
+            .upsert_person(&PersonUpsert {
+                key: PersonKey {
+                    source: source.clone(),
+                    address: room.clone(),
+                },
+                display_name: Some("Room 1".to_string()),
+                sip_uri: None,
+            })
+            .await
+            .expect("the room as a person");
+        store
+            .set_rooms(&source, &[RoomInfo::new(room.clone())])
+            .await
+            .expect("the room's details");
+        store
+    }
+
+    fn config(public_url: Option<&str>) -> Config {
+        let mut config = Config::parse(include_str!("../../../examples/calbridge.toml"))
+            .expect("the example configuration");
+        config.api.public_url = public_url.map(str::to_string);
+        config.api.listen = "0.0.0.0:8080".to_string();
+        config
+    }
+
+    #[tokio::test]
+    async fn panel_url_opens_the_rooms_panel_and_rotation_replaces_it() {
+        let room = MailboxAddress::parse("room.1@contoso.example").expect("an address");
+        let store = store_with_room(&room).await;
+        let first = panel_url_in(
+            &config(Some("https://calbridge.example/")),
+            &store,
+            &room,
+            PanelKeyChoice::Current,
+        )
+        .await
+        .expect("a URL");
+        assert!(
+            first.starts_with("https://calbridge.example/panel/room.1@contoso.example?token="),
+            "{first}"
+        );
+        let again = panel_url_in(&config(None), &store, &room, PanelKeyChoice::Current)
+            .await
+            .expect("a URL");
+        assert_eq!(
+            again,
+            first.replace("https://calbridge.example", "http://127.0.0.1:8080"),
+            "the same key, the listen address without a public URL"
+        );
+        let token = |url: &str| {
+            url.split_once("?token=")
+                .map(|(_, token)| token.to_string())
+        };
+        let rotated = panel_url_in(&config(None), &store, &room, PanelKeyChoice::Replace)
+            .await
+            .expect("a URL");
+        assert_ne!(token(&rotated), token(&first), "a new key, a new token");
+        let key = store
+            .get_secret(crate::api::panel::PANEL_KEY_SECRET)
+            .await
+            .expect("the store answers");
+        assert_eq!(
+            crate::api::panel::check_panel_token(key.as_ref(), &room, token(&first).as_deref()),
+            crate::api::panel::PanelAccess::Wrong,
+            "the old link stops working"
+        );
+        assert_eq!(
+            crate::api::panel::check_panel_token(key.as_ref(), &room, token(&rotated).as_deref()),
+            crate::api::panel::PanelAccess::Granted
+        );
+    }
+
+    #[tokio::test]
+    async fn panel_url_of_an_address_that_is_no_room_names_the_directory_entry() {
+        let room = MailboxAddress::parse("room.1@contoso.example").expect("an address");
+        let store = store_with_room(&room).await;
+        let person = MailboxAddress::parse("ann@contoso.example").expect("an address");
+        let error = panel_url_in(&config(None), &store, &person, PanelKeyChoice::Current)
+            .await
+            .expect_err("no room");
+        let message = error.to_string();
+        assert!(
+            message.contains("no room ann@contoso.example is followed"),
+            "{message}"
+        );
+        assert!(message.contains("rooms = \"all\""), "{message}");
+        assert!(
+            store
+                .get_secret(crate::api::panel::PANEL_KEY_SECRET)
+                .await
+                .expect("the store answers")
+                .is_none(),
+            "no key is made for nothing"
+        );
+    }
+}

@@ -430,8 +430,6 @@ mod tests {
             ),
             PanelAccess::Granted
         );
-        assert!(
-            panel_path(&rotated, &address).starts_with("/panel/room.1@contoso.example?token=")
-        );
+        assert!(panel_path(&rotated, &address).starts_with("/panel/room.1@contoso.example?token="));
     }
 }

@@ -30,6 +30,9 @@ const AT: &str = "2026-12-03T09:42:00Z";
 /// The room the test books now, and the one it keeps free for three hours.
 const OCCUPIED_ROOM: &str = "room.1@contoso.example";
 const FREE_ROOM: &str = "room.2@contoso.example";
+/// A room kept free until the test books it while the page is open.
+const BOOKED_LIVE_ROOM: &str = "room.3@contoso.example";
+const LIVE_MEETING: &str = "Walk-in";
 const MEETING: &str = "Quarterly planning";
 const NEXT_MEETING: &str = "Design review";
 
@@ -124,7 +127,7 @@ async fn rooms_tab_and_room_panels_show_what_the_rooms_api_reports() {
     let graph = GraphClient::new(&ready).await;
     // The occupied room: a meeting from 12 minutes ago for another 48, then another one in
     // the afternoon; the free room: nothing for three hours, then a meeting.
-    for room in [OCCUPIED_ROOM, FREE_ROOM] {
+    for room in [OCCUPIED_ROOM, FREE_ROOM, BOOKED_LIVE_ROOM] {
         graph.free_around(room, at).await;
     }
     let meeting_end = at + SignedDuration::from_mins(48);
@@ -329,6 +332,44 @@ async fn rooms_tab_and_room_panels_show_what_the_rooms_api_reports() {
         "the page's filter shows the rooms the API's filter lists"
     );
     assert!(visible.len() < n_rooms, "others are hidden: {filtered}");
+
+    // A booking made while the page is open reaches the card through the live stream (Graph
+    // notifies the service, which sends the room event): the service's clock stands still, so
+    // only the stream can change what the card shows.
+    let live_end = at + SignedDuration::from_mins(25);
+    graph
+        .create_event(
+            BOOKED_LIVE_ROOM,
+            LIVE_MEETING,
+            at - SignedDuration::from_mins(5),
+            live_end,
+            "busy",
+        )
+        .await;
+    let booked = session
+        .wait_until(
+            "the live booking on its room's card",
+            cards_probe,
+            Duration::from_secs(60),
+            |cards| {
+                cards.as_array().is_some_and(|cards| {
+                    cards.iter().any(|card| {
+                        card["address"] == BOOKED_LIVE_ROOM
+                            && card["state"] == "occupied"
+                            && card["current"]
+                                .as_str()
+                                .is_some_and(|current| current.contains(LIVE_MEETING))
+                    })
+                })
+            },
+        )
+        .await;
+    let api_after = wait_for_rooms(&api, n_rooms).await;
+    assert_eq!(
+        api_after[BOOKED_LIVE_ROOM]["state"]["current"]["end"],
+        live_end.to_string(),
+        "the API reports the booking the page shows: {booked}"
+    );
 
     // --- The panels, on a tablet-sized window.
     session.resize(1280, 800).await;

@@ -480,6 +480,13 @@ async fn rooms_tab_and_room_panels_show_what_the_rooms_api_reports() {
     ] {
         let (status, body) = api.send(reqwest::Method::GET, &path, None).await;
         assert_eq!(status, 403, "{path}: {body}");
+        if !path.contains("/state") {
+            let page = body.as_str().unwrap_or_default();
+            assert!(
+                page.contains("Panel link not valid") && page.contains("does not open room"),
+                "a page a screen can show: {page}"
+            );
+        }
         assert!(
             !body.to_string().contains(&occupied_token) && !body.to_string().contains(&free_token),
             "no token in the answer: {body}"

@@ -129,51 +129,82 @@ pub(super) async fn followed_room(state: &ApiState, raw: &str) -> Result<PersonK
         })
 }
 
+/// Why a panel request is refused: its status and what to do, for the panel page (as a page)
+/// or its calls (as `{"error": …}`).
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn json(self) -> Response {
+        api_error(self.status, self.message)
+    }
+
+    /// A page a screen on a wall can show: the status in big letters and what to do.
+    fn page(self) -> Response {
+        let escaped = self
+            .message
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        let title = match self.status {
+            StatusCode::UNAUTHORIZED => "No panel token",
+            StatusCode::FORBIDDEN => "Panel link not valid",
+            _ => "Panel not available",
+        };
+        (
+            self.status,
+            [(header::CACHE_CONTROL, "no-store")],
+            Html(format!(
+                "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><title>{title}</title></head>\
+                 <body style=\"margin:0;padding:6vh 5vw;background:#4b5563;color:#fff;font-family:system-ui,sans-serif\">\
+                 <h1 style=\"font-size:7vw;margin:0 0 3vh\">{title}</h1><p id=\"refusal\" style=\"font-size:2.6vw\">{escaped}</p></body></html>"
+            )),
+        )
+            .into_response()
+    }
+}
+
 /// Checks the `?token=` of a panel request for the room in its path: the room's address, or
-/// the answer (400 for an address that is none, 401 without a token, 403 for a wrong one).
+/// why not (400 for an address that is none, 401 without a token, 403 for a wrong one).
 /// Nothing of the token goes into the answer or a log line.
 async fn authorise(
     state: &ApiState,
     raw_room: &str,
     query: Option<&str>,
-) -> Result<MailboxAddress, Response> {
-    let room = MailboxAddress::parse(raw_room)
-        .map_err(|error| api_error(StatusCode::BAD_REQUEST, error.to_string()))?;
+) -> Result<MailboxAddress, Refusal> {
+    let room = MailboxAddress::parse(raw_room).map_err(|error| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        message: error.to_string(),
+    })?;
     let presented = query.and_then(|query| {
         query
             .split('&')
             .find_map(|pair| pair.strip_prefix("token=").map(decode_form_value))
     });
-    if presented.as_deref().is_none_or(str::is_empty) {
-        return Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "the panel of room {room} needs its token (?token=…): take the panel URL from the admin page's Rooms tab or `calbridge panel-url {room}`"
-            ),
-        ));
-    }
     let key = state
         .store
         .get_secret(PANEL_KEY_SECRET)
         .await
-        .map_err(|error| {
-            api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the panel key from the store: {error}"),
-            )
+        .map_err(|error| Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("cannot read the panel key from the store: {error}"),
         })?;
     match check_panel_token(key.as_ref(), &room, presented.as_deref()) {
         PanelAccess::Granted => Ok(room),
-        PanelAccess::Missing => Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            format!("the panel of room {room} needs its token (?token=…)"),
-        )),
-        PanelAccess::Wrong => Err(api_error(
-            StatusCode::FORBIDDEN,
-            format!(
+        PanelAccess::Missing => Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            message: format!(
+                "the panel of room {room} needs its token (?token=…): take the panel URL from the admin page's Rooms tab or `calbridge panel-url {room}`"
+            ),
+        }),
+        PanelAccess::Wrong => Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
                 "this panel token does not open room {room}: it belongs to another room, or the panel key was replaced (calbridge panel-url --rotate) after it was made; take the room's panel URL again"
             ),
-        )),
+        }),
     }
 }
 
@@ -184,7 +215,7 @@ pub async fn page(
     RawQuery(query): RawQuery,
 ) -> Response {
     if let Err(refused) = authorise(&state, &room, query.as_deref()).await {
-        return refused;
+        return refused.page();
     }
     (
         [
@@ -210,7 +241,7 @@ pub async fn room_state(
 ) -> Response {
     let room = match authorise(&state, &room, query.as_deref()).await {
         Ok(room) => room,
-        Err(refused) => return refused,
+        Err(refused) => return refused.json(),
     };
     let mut answer = super::rooms::detail(State(state), Path(room.as_str().to_string())).await;
     answer.headers_mut().insert(
@@ -227,7 +258,7 @@ pub async fn check_in(
     RawQuery(query): RawQuery,
 ) -> Response {
     if let Err(refused) = authorise(&state, &room, query.as_deref()).await {
-        return refused;
+        return refused.json();
     }
     api_check_in(State(state), Path(room)).await
 }

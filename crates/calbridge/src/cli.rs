@@ -45,6 +45,9 @@ pub enum Command {
     /// Tell a running service to read its configuration file again (as SIGHUP does) and print
     /// what was applied and what waits for a restart.
     Reload(crate::commands::ReloadArgs),
+    /// Print the URL of a meeting room's panel (`/panel/{room}?token=…`); `--rotate` replaces
+    /// the panel key first, so that every panel link made before stops working.
+    PanelUrl(crate::commands::PanelUrlArgs),
     /// Check a configuration file and print what it resolves to.
     CheckConfig {
         #[arg(long, default_value = "calbridge.toml")]

@@ -165,6 +165,86 @@ pub async fn reload(args: ReloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PanelUrlArgs {
+    /// The room's address, as the directory's `rooms` entry follows it.
+    pub room: String,
+    /// Replace the panel key first: every panel link made before stops working (each panel
+    /// then needs its new URL).
+    #[arg(long)]
+    pub rotate: bool,
+    /// The service's configuration file: its `[store]` holds the panel key, its
+    /// `api.public_url` (else `api.listen`) begins the URL.
+    #[arg(long, default_value = "calbridge.toml")]
+    pub config: PathBuf,
+}
+
+/// `calbridge panel-url`: the panel URL of a room, from the panel key in the store.
+pub async fn panel_url(args: PanelUrlArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let room = calbridge_domain::MailboxAddress::parse(&args.room).map_err(|error| {
+        anyhow::anyhow!(
+            "the room `{}`: {error}",
+            calbridge_domain::shorten(&args.room, 80)
+        )
+    })?;
+    let opened = crate::service::open_store_for_command(&config)
+        .await
+        .context("the panel key is kept in the store, which cannot be opened: while `calbridge run` holds an SQLite store, copy the panel URL from the admin page's Rooms tab (or GET /api/v1/rooms/{room}/panel), or stop the service first")?;
+    let key_choice = if args.rotate {
+        PanelKeyChoice::Replace
+    } else {
+        PanelKeyChoice::Current
+    };
+    let made = panel_url_in(&config, opened.store().as_ref(), &room, key_choice).await;
+    opened.close().await;
+    let url = made?;
+    if args.rotate {
+        println!("The panel key was replaced: every panel link made before stops working; give each panel its new URL.");
+    }
+    println!("{url}");
+    Ok(())
+}
+
+/// Which panel key a panel URL is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelKeyChoice {
+    /// The store's key (made on its first use).
+    Current,
+    /// A new key, replacing the store's: every panel link made before stops working.
+    Replace,
+}
+
+/// The panel URL of `room` (a followed room) under the store's panel key.
+pub async fn panel_url_in(
+    config: &Config,
+    store: &dyn calbridge_store::Store,
+    room: &calbridge_domain::MailboxAddress,
+    key_choice: PanelKeyChoice,
+) -> anyhow::Result<String> {
+    let rooms = store
+        .list_rooms()
+        .await
+        .context("cannot read the rooms from the store")?;
+    if !rooms.iter().any(|(key, _)| &key.address == room) {
+        bail!(
+            "no room {room} is followed: rooms come from a [[directory]] entry with rooms = \"all\" or a room list's address, and are known once the service has read them"
+        );
+    }
+    let key = match key_choice {
+        PanelKeyChoice::Replace => crate::api::panel::rotate_panel_key(store).await?,
+        PanelKeyChoice::Current => crate::api::panel::panel_key(store).await?,
+    };
+    let base = match &config.api.public_url {
+        Some(public_url) => public_url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", local_address(&config.api.listen)),
+    };
+    Ok(format!(
+        "{base}{}",
+        crate::api::panel::panel_path(&key, room)
+    ))
+}
+
 /// Where to reach a listen address from this machine: a wildcard address means loopback.
 fn local_address(listen: &str) -> String {
     match listen.parse::<std::net::SocketAddr>() {
@@ -603,5 +683,114 @@ async fn follow_changes(running: &RunningService, print_changes: bool, stop: &mu
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod panel_url_tests {
+    use super::*;
+    use calbridge_domain::{MailboxAddress, RoomInfo};
+    use calbridge_store::{PersonKey, PersonUpsert, SecretKey, SqliteStore, Store};
+
+    async fn store_with_room(room: &MailboxAddress) -> SqliteStore {
+        let store = SqliteStore::open_in_memory(SecretKey::generate())
+            .await
+            .expect("a store");
+        let source = SourceId("contoso".to_string());
+        store
+            .upsert_person(&PersonUpsert {
+                key: PersonKey {
+                    source: source.clone(),
+                    address: room.clone(),
+                },
+                display_name: Some("Room 1".to_string()),
+                sip_uri: None,
+            })
+            .await
+            .expect("the room as a person");
+        store
+            .set_rooms(&source, &[RoomInfo::new(room.clone())])
+            .await
+            .expect("the room's details");
+        store
+    }
+
+    fn config(public_url: Option<&str>) -> Config {
+        let mut config = Config::parse(include_str!("../../../examples/calbridge.toml"))
+            .expect("the example configuration");
+        config.api.public_url = public_url.map(str::to_string);
+        config.api.listen = "0.0.0.0:8080".to_string();
+        config
+    }
+
+    #[tokio::test]
+    async fn panel_url_opens_the_rooms_panel_and_rotation_replaces_it() {
+        let room = MailboxAddress::parse("room.1@contoso.example").expect("an address");
+        let store = store_with_room(&room).await;
+        let first = panel_url_in(
+            &config(Some("https://calbridge.example/")),
+            &store,
+            &room,
+            PanelKeyChoice::Current,
+        )
+        .await
+        .expect("a URL");
+        assert!(
+            first.starts_with("https://calbridge.example/panel/room.1@contoso.example?token="),
+            "{first}"
+        );
+        let again = panel_url_in(&config(None), &store, &room, PanelKeyChoice::Current)
+            .await
+            .expect("a URL");
+        assert_eq!(
+            again,
+            first.replace("https://calbridge.example", "http://127.0.0.1:8080"),
+            "the same key, the listen address without a public URL"
+        );
+        let token = |url: &str| {
+            url.split_once("?token=")
+                .map(|(_, token)| token.to_string())
+        };
+        let rotated = panel_url_in(&config(None), &store, &room, PanelKeyChoice::Replace)
+            .await
+            .expect("a URL");
+        assert_ne!(token(&rotated), token(&first), "a new key, a new token");
+        let key = store
+            .get_secret(crate::api::panel::PANEL_KEY_SECRET)
+            .await
+            .expect("the store answers");
+        assert_eq!(
+            crate::api::panel::check_panel_token(key.as_ref(), &room, token(&first).as_deref()),
+            crate::api::panel::PanelAccess::Wrong,
+            "the old link stops working"
+        );
+        assert_eq!(
+            crate::api::panel::check_panel_token(key.as_ref(), &room, token(&rotated).as_deref()),
+            crate::api::panel::PanelAccess::Granted
+        );
+    }
+
+    #[tokio::test]
+    async fn panel_url_of_an_address_that_is_no_room_names_the_directory_entry() {
+        let room = MailboxAddress::parse("room.1@contoso.example").expect("an address");
+        let store = store_with_room(&room).await;
+        let person = MailboxAddress::parse("ann@contoso.example").expect("an address");
+        let error = panel_url_in(&config(None), &store, &person, PanelKeyChoice::Current)
+            .await
+            .expect_err("no room");
+        let message = error.to_string();
+        assert!(
+            message.contains("no room ann@contoso.example is followed"),
+            "{message}"
+        );
+        assert!(message.contains("rooms = \"all\""), "{message}");
+        assert!(
+            store
+                .get_secret(crate::api::panel::PANEL_KEY_SECRET)
+                .await
+                .expect("the store answers")
+                .is_none(),
+            "no key is made for nothing"
+        );
     }
 }

@@ -15,7 +15,8 @@ fn main() -> ExitCode {
         | Command::BenchEmulator(_)
         | Command::BenchInstance(_)
         | Command::Check(_)
-        | Command::Reload(_) => "warn",
+        | Command::Reload(_)
+        | Command::PanelUrl(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         Command::Run(args) => block_on(calbridge::commands::run(args)),
         Command::Reload(args) => block_on(calbridge::commands::reload(args)),
         Command::Login(args) => block_on(calbridge::sign_in::login(args)),
+        Command::PanelUrl(args) => block_on(calbridge::commands::panel_url(args)),
         Command::Demo(args) => block_on(calbridge::commands::demo(args)),
         Command::Check(args) => block_on(calbridge::check::run(args)),
         Command::Bench(args) => block_on(calbridge::bench::run(args)),

@@ -168,6 +168,19 @@ impl RunningService {
     }
 }
 
+/// How to make rooms appear in Graph's places API, for the status page when a `rooms` entry
+/// finds none and for `GET /api/v1/rooms` (`hints`) when no room is followed. Microsoft's
+/// "Configure rooms and workspaces for Places" and `Set-Place` documentation: rooms are listed
+/// once they belong to a room list (a distribution group made with `-RoomList`), and changes to
+/// rooms can take up to 24 hours to show.
+pub const ROOM_LISTS_HINT: &str = "Rooms appear in Graph's places API once they are in a room list. \
+In Exchange Online PowerShell, create a room list (New-DistributionGroup -RoomList -Name \"Building 1 rooms\"), \
+add the room mailboxes to it (Add-DistributionGroupMember -Identity \"Building 1 rooms\" -Member room1@contoso.com), and give each room its building, floor and capacity \
+(Set-Place -Identity room1@contoso.com -Building \"Building 1\" -Floor 2 -Capacity 8). \
+Microsoft notes that new rooms and changes to them can take up to 24 hours to show. \
+calbridge follows them through a [[directory]] entry with rooms = \"all\" or the room list's address \
+(Graph application permission Place.Read.All)";
+
 /// 24 random bytes from the operating system, as hex. There is no fallback: a token made
 /// from anything guessable (a clock) would open every calendar to whoever guesses it.
 pub(crate) fn random_token() -> anyhow::Result<String> {
@@ -356,7 +369,8 @@ pub async fn open_store_for_command(config: &Config) -> anyhow::Result<OpenedSto
     Ok(OpenedStore { backend })
 }
 
-async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret, bool)> {
+/// The secret saved as `name`, or a new random one saved there; `true` when it was made now.
+pub(crate) async fn secret_or_new(store: &dyn Store, name: &str) -> anyhow::Result<(Secret, bool)> {
     if let Some(secret) = store.get_secret(name).await? {
         return Ok((secret, false));
     }
@@ -1087,9 +1101,7 @@ pub(crate) async fn refresh_directory(
                         let hint = format!(
                             "directory of source {}: the source lists no rooms for {kind} \
                              (Graph's places API and EWS's GetRoomLists show rooms only once \
-                             they are in a room list): create one \
-                             (New-DistributionGroup -RoomList) and add the room mailboxes \
-                             (Add-DistributionGroupMember); new rooms can take a day to show",
+                             they are in a room list). {ROOM_LISTS_HINT}",
                             sync.source_id()
                         );
                         note_problem(problems, now, hint.clone());

@@ -3,32 +3,23 @@
 //! must show, for every user, the activity `GET /api/v1/users` reports; a screenshot is saved
 //! as `target/admin-page.png` for the reader.
 //!
-//! Chromium is driven through chromedriver (WebDriver is plain HTTP and JSON) rather than
-//! `chromium --dump-dom --virtual-time-budget=…`: the page keeps its live presence stream
-//! (server-sent events) open, and virtual time does not advance while a request is in
-//! flight, so `--dump-dom` never returns. WebDriver also lets the test wait for the table
-//! itself instead of guessing a budget.
-//!
-//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`.ci/services/chromium.sh install`);
-//! without them the test says it skipped, unless `CALBRIDGE_REQUIRE_SERVICES=1` makes that a
-//! failure. The test on PostgreSQL (a cluster of one instance) also needs the server of
-//! `CALBRIDGE_TEST_POSTGRES`, and skips alike without it.
+//! Chromium is driven through chromedriver (`common::browser`); without Chromium the test says
+//! it skipped, unless `CALBRIDGE_REQUIRE_SERVICES=1` makes that a failure. The test on
+//! PostgreSQL (a cluster of one instance) also needs the server of `CALBRIDGE_TEST_POSTGRES`,
+//! and skips alike without it.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calbridge::clock::{Clock, ManualClock};
+use common::browser::{base64_decode, chromium_installed, png_size, ChromeDriver, Session};
 use common::*;
 use m365_emulator::{Emulator, EmulatorConfig};
-use serde_json::{json, Value};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+use serde_json::Value;
 
 /// The whole browser session (start, page load, checks, screenshot) must end within this;
 /// otherwise chromedriver and the browsers it started are killed and the test fails.
@@ -177,17 +168,7 @@ async fn admin_page(
     screenshot: &str,
     extra: ExtraDirectory,
 ) -> Option<Page> {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
-        .into_iter()
-        .filter(|program| !Path::new(program).exists())
-        .collect();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var("CALBRIDGE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "{missing:?} not installed but CALBRIDGE_REQUIRE_SERVICES=1: \
-             run .ci/services/chromium.sh install"
-        );
-        eprintln!("skipped: chromium not installed (run .ci/services/chromium.sh install)");
+    if !chromium_installed() {
         return None;
     }
     init_logs();
@@ -338,9 +319,7 @@ async fn admin_page(
     assert!(dom.contains(&count_text), "the page says {count_text:?}");
 
     // The screenshot, for the reader (and the eye of whoever changes the page).
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG image");
-    let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
-    let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
+    let (width, height) = png_size(&png);
     assert!(
         width >= 1200 && height >= 700,
         "the window size asked for: {width}×{height}"
@@ -371,233 +350,38 @@ async fn browse(
     page_url: &str,
     n_users: usize,
 ) -> (String, Vec<u8>, Value) {
-    // The first start of a freshly installed Chromium builds its font and profile caches and
-    // can miss chromedriver's start-up deadline ("DevToolsActivePort file doesn't exist"); one
-    // more try with a fresh profile is what a person at the keyboard would do too. What the
-    // first try printed is shown, so that a real failure is not hidden.
-    let mut session = Value::Null;
-    // Profiles live until the end of the browse, the session's too.
-    let mut profiles = Vec::new();
-    for attempt in 1..=2 {
-        let profile = tempfile::tempdir_in(scratch).expect("a profile directory");
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    "--hide-scrollbars",
-                    "--window-size=1400,900",
-                    "--enable-logging=stderr",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            },
-        }}});
-        match driver
-            .try_call(reqwest::Method::POST, "/session", Some(capabilities))
-            .await
-        {
-            Ok(value) => {
-                session = value;
-                profiles.push(profile);
-                break;
-            }
-            Err(error) if attempt == 1 => {
-                profiles.push(profile);
-                eprintln!(
-                    "the first browser start failed, trying once more: {error}\n{}",
-                    driver.log_tail()
-                );
-            }
-            Err(error) => driver.fail(&error),
-        }
-    }
-    let session_id = session["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a WebDriver session: {session}"))
-        .to_string();
-    let path = |rest: &str| format!("/session/{session_id}{rest}");
-    driver
-        .call(
-            reqwest::Method::POST,
-            &path("/url"),
-            Some(json!({"url": page_url})),
-        )
-        .await;
+    let session = Session::open(driver, scratch, 1400, 900).await;
+    session.goto(page_url).await;
     // What the page shows, read in the browser: rows with an activity, the counter, and
     // whether the login form (a refused token) is visible.
-    let probe = json!({"script": "return {
+    let probe = "return {
         rows: document.querySelectorAll('#rows tr[data-address] td[data-col=activity] .badge').length,
         count: document.getElementById('user-count').textContent,
         login: !document.getElementById('login').hidden,
-        neterr: document.getElementById('neterr').textContent };", "args": []});
-    let started = Instant::now();
-    loop {
-        let state = driver
-            .call(
-                reqwest::Method::POST,
-                &path("/execute/sync"),
-                Some(probe.clone()),
-            )
-            .await;
-        if state["login"] != false {
-            driver.fail(&format!("the page asks for a token: {state}"));
-        }
-        if state["rows"].as_u64() == Some(n_users as u64) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            driver.fail(&format!("the table never showed {n_users} users: {state}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        neterr: document.getElementById('neterr').textContent };";
+    let shown = session
+        .wait_until(
+            &format!("the table to show {n_users} users"),
+            probe,
+            Duration::from_secs(30),
+            |state| state["login"] != false || state["rows"].as_u64() == Some(n_users as u64),
+        )
+        .await;
+    if shown["login"] != false {
+        driver.fail(&format!("the page asks for a token: {shown}"));
     }
-    let dom = driver
-        .call(reqwest::Method::GET, &path("/source"), None)
-        .await
-        .as_str()
-        .expect("the page source")
-        .to_string();
-    let layout_probe = json!({"script": "return {
+    let dom = session.source().await;
+    let layout = session
+        .script(
+            "return {
         instanceColumn: getComputedStyle(document.querySelector('#users th[data-col=instance]')).display,
         clusterPanel: !document.getElementById('cluster-panel').hidden,
-        directoryNotes: !document.getElementById('directory-notes').hidden };", "args": []});
-    let layout = driver
-        .call(
-            reqwest::Method::POST,
-            &path("/execute/sync"),
-            Some(layout_probe),
+        directoryNotes: !document.getElementById('directory-notes').hidden };",
         )
         .await;
-    let screenshot = driver
-        .call(reqwest::Method::GET, &path("/screenshot"), None)
-        .await;
-    let png = base64_decode(screenshot.as_str().expect("a base64 screenshot"));
-    driver.call(reqwest::Method::DELETE, &path(""), None).await;
+    let png = session.screenshot().await;
+    session.close().await;
     (dom, png, layout)
-}
-
-/// chromedriver on a free loopback port, in its own process group so that the browsers it
-/// starts can be killed with it.
-struct ChromeDriver {
-    child: tokio::process::Child,
-    base: String,
-    http: reqwest::Client,
-    log_path: std::path::PathBuf,
-}
-
-impl ChromeDriver {
-    async fn start(scratch: &Path) -> ChromeDriver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let log_path = scratch.join("chromedriver.log");
-        let log = std::fs::File::create(&log_path).expect("a log file");
-        // chromedriver's own log and, through `--enable-logging=stderr`, Chromium's output go
-        // to one file, shown when the browser fails.
-        let child = tokio::process::Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--log-level=INFO")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("a second handle on the log"))
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts");
-        let driver = ChromeDriver {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            http: calbridge_net::build_http_client(None).expect("an HTTP client"),
-            log_path,
-        };
-        let started = Instant::now();
-        loop {
-            let ready = driver
-                .http
-                .get(format!("{}/status", driver.base))
-                .send()
-                .await
-                .ok();
-            if let Some(response) = ready {
-                let status: Value = response.json().await.unwrap_or(Value::Null);
-                if status["value"]["ready"] == true {
-                    return driver;
-                }
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                driver.fail("chromedriver did not get ready within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// One WebDriver command; returns its `value`, failing the test (with chromedriver's and
-    /// Chromium's output) on a WebDriver error.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        match self.try_call(method, path, body).await {
-            Ok(value) => value,
-            Err(error) => self.fail(&error),
-        }
-    }
-
-    async fn try_call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, String> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| format!("WebDriver {path}: chromedriver does not answer: {error}"))?;
-        let status = response.status();
-        let answer: Value = response
-            .json()
-            .await
-            .map_err(|error| format!("WebDriver {path}: {status}, not JSON: {error}"))?;
-        if !status.is_success() {
-            return Err(format!("WebDriver {path}: {status} {answer}"));
-        }
-        Ok(answer["value"].clone())
-    }
-
-    /// The last lines chromedriver and Chromium wrote.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "--- last lines of {} (chromedriver and Chromium) ---\n{tail}",
-            self.log_path.display()
-        )
-    }
-
-    /// Kills chromedriver and its browsers and fails the test with what they printed.
-    fn fail(&self, what: &str) -> ! {
-        self.kill();
-        panic!("{what}\n{}", self.log_tail());
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-        }
-    }
 }
 
 /// `address → activity` as `GET /api/v1/users` reports it ("unknown" without a decision, as
@@ -617,34 +401,6 @@ async fn api_activities(api: &Api) -> BTreeMap<String, String> {
             (address, activity)
         })
         .collect()
-}
-
-/// Standard base64 (WebDriver's screenshot encoding); the test has no base64 crate.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |byte: u8| -> u32 {
-        match byte {
-            b'A'..=b'Z' => u32::from(byte - b'A'),
-            b'a'..=b'z' => u32::from(byte - b'a') + 26,
-            b'0'..=b'9' => u32::from(byte - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {:?}", byte as char),
-        }
-    };
-    let symbols: Vec<u8> = text
-        .bytes()
-        .filter(|byte| !byte.is_ascii_whitespace() && *byte != b'=')
-        .collect();
-    let mut bytes = Vec::with_capacity(symbols.len() * 3 / 4);
-    for chunk in symbols.chunks(4) {
-        let mut bits = 0u32;
-        for (index, symbol) in chunk.iter().enumerate() {
-            bits |= value(*symbol) << (18 - 6 * index);
-        }
-        let n_bytes = chunk.len().saturating_sub(1);
-        bytes.extend_from_slice(&bits.to_be_bytes()[1..1 + n_bytes]);
-    }
-    bytes
 }
 
 /// `(address, activity)` of every `tr[data-address]` in the dumped DOM, in table order; the

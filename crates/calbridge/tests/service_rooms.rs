@@ -13,7 +13,7 @@ use calbridge::config::DirectoryConfig;
 use calbridge_domain::SourceId;
 use common::sse::EventStream;
 use common::*;
-use m365_emulator::{Emulator, EmulatorConfig, Scenario};
+use m365_emulator::{Emulator, EmulatorConfig};
 
 fn rooms_entry(selector: &str) -> DirectoryConfig {
     DirectoryConfig {
@@ -172,17 +172,7 @@ async fn every_room_or_one_room_lists_rooms_are_followed_with_a_presence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_without_rooms_in_places_gets_the_hint_and_nobody_followed() {
     init_logs();
-    let scenario: Scenario = serde_json::from_value(serde_json::json!({
-        "tenants": [{"name": "contoso", "domains": ["contoso.example"]}],
-        "apps": [{
-            "name": "calbridge",
-            "tenant": "contoso",
-            "roles": ["Calendars.Read", "User.Read.All", "Place.Read.All"],
-            "secrets": [{"value": "rooms-test-secret"}],
-        }],
-        "users": [{"upn": "ada@contoso.example"}],
-    }))
-    .expect("a scenario");
+    let scenario = tenant_without_rooms("rooms-test-secret");
     let emulator = Emulator::start(EmulatorConfig::scenario(scenario))
         .await
         .expect("the emulator starts");

@@ -5,6 +5,7 @@
 //! accepted as `?access_token=`, because browsers' EventSource cannot send headers). The
 //! webhook is authenticated by Graph's `clientState` instead; `/healthz`, `/readyz` and
 //! `/metrics` are open so that load balancers and Prometheus can reach them.
+//! A room panel (`/panel/{room}`, `panel.rs`) takes neither: its own per-room panel token.
 //!
 //! Every route has its own body limit (the webhook takes what Graph sends, the rest next to
 //! nothing) and, but for the live stream, a time limit; live streams are capped by
@@ -40,6 +41,7 @@ use crate::sync::graph::GraphSync;
 
 pub mod connections;
 mod metrics;
+pub mod panel;
 mod rooms;
 
 const ADMIN_PAGE: &str = include_str!("admin.html");
@@ -109,9 +111,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/rooms", get(rooms::list))
         .route("/api/v1/rooms/check-ins", get(rooms::check_in_log))
         .route("/api/v1/rooms/{address}", get(rooms::detail))
+        .route("/api/v1/rooms/{address}/panel", get(panel::api_panel_url))
         .route(
             "/api/v1/rooms/{address}/check-in",
-            post(rooms::check_in_route),
+            post(panel::api_check_in),
         )
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sources/{source}/sign-in", post(start_sign_in))
@@ -140,6 +143,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics::metrics))
         // Entra ID sends the browser here; the single-use `state` stands in for the API token.
         .route("/oauth/callback", get(oauth_callback))
+        // A room panel shows its room with a panel token instead of the API token.
+        .route("/panel/{room}", get(panel::page))
+        .route("/panel/{room}/state", get(panel::room_state))
+        .route("/panel/{room}/check-in", post(panel::check_in))
         .layer(RequestBodyLimitLayer::new(OTHER_BODY_LIMIT))
         .merge(notifications)
         .layer(timeout())

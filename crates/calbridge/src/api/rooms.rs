@@ -166,11 +166,18 @@ pub async fn list(
         body["check_in"] = check_in_json(&state, appointments, records.get(key), now);
         listed.push(body);
     }
+    // No room at all (not: none left by the filters): how to make rooms appear.
+    let hints: Vec<&str> = if rooms.is_empty() {
+        vec![crate::service::ROOM_LISTS_HINT]
+    } else {
+        Vec::new()
+    };
     Json(json!({
         "at": now.to_string(),
         "free_between": span.map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()})),
         "check_in": check_in_summary(&state),
         "rooms": listed,
+        "hints": hints,
     }))
     .into_response()
 }
@@ -217,6 +224,9 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
     };
     let mut body = room_json(key, room, &room_now);
     body["check_in"] = check_in_json(&state, &appointments, records.get(key), now);
+    // The instant and zone the state was computed at and in, for panels to draw "now".
+    body["at"] = json!(now.to_string());
+    body["timezone"] = json!(locale.zone.iana());
     body["agenda"] = json!({
         "from": day_start.to_string(),
         "to": day_end.to_string(),
@@ -335,29 +345,8 @@ fn check_in_summary(state: &ApiState) -> Value {
     })
 }
 
-/// `POST /api/v1/rooms/{address}/check-in`
-pub async fn check_in_route(
-    State(state): State<Arc<ApiState>>,
-    Path(address): Path<String>,
-) -> Response {
-    let address = match MailboxAddress::parse(&address) {
-        Ok(address) => address,
-        Err(error) => return api_error(StatusCode::BAD_REQUEST, error.to_string()),
-    };
-    let rooms = match stored_rooms(&state).await {
-        Ok(rooms) => rooms,
-        Err(response) => return response,
-    };
-    let Some((key, _)) = rooms.iter().find(|(key, _)| key.address == address) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            format!("no room {address} is followed (rooms come from a [[directory]] rooms entry)"),
-        );
-    };
-    check_in(&state, key).await
-}
-
-/// Checks in the meeting of `room` that check-in is open for: 200 with the meeting, 409 when
+/// Checks in the meeting of `room` that check-in is open for (`POST /api/v1/rooms/{address}/check-in`
+/// and the panel's button): 200 with the meeting, 409 when
 /// check-in is off or there is no such meeting (or it was released), 503 when the store does
 /// not answer.
 pub async fn check_in(state: &ApiState, room: &PersonKey) -> Response {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod ldap;
 pub mod postgres;
@@ -508,8 +509,24 @@ impl Api {
         }
     }
 
+    /// `http://127.0.0.1:PORT`
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.get(format!("{}{path}", self.base));
+        self.send(reqwest::Method::GET, path, token).await
+    }
+
+    /// Any request to the service, with `token` as the bearer token when given; the status
+    /// and the answer (JSON, or the text as a string).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -527,4 +544,20 @@ impl Api {
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
+}
+
+/// A tenant of one person whose places API lists no room, its app allowed `Place.Read.All`
+/// with the client secret `secret` (the ready info does not carry a scenario's secret).
+pub fn tenant_without_rooms(secret: &str) -> m365_emulator::Scenario {
+    serde_json::from_value(json!({
+        "tenants": [{"name": "contoso", "domains": ["contoso.example"]}],
+        "apps": [{
+            "name": "calbridge",
+            "tenant": "contoso",
+            "roles": ["Calendars.Read", "User.Read.All", "Place.Read.All"],
+            "secrets": [{"value": secret}],
+        }],
+        "users": [{"upn": "ada@contoso.example"}],
+    }))
+    .expect("a scenario")
 }

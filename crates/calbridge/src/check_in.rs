@@ -31,8 +31,9 @@ use crate::sync::DirectoryTarget;
 /// A deadline found later than this (calbridge was not running then, or the meeting was
 /// booked after its deadline) releases nothing: a meeting is only released at its deadline.
 const LATE_GRACE: SignedDuration = SignedDuration::from_secs(60);
-/// How often every room's deadlines are computed again, whatever the hub said.
-const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+/// How often every room's deadlines are computed again, whatever the hub said (one store read
+/// for all rooms): catches a room the directory listed after its calendar was first read.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long the list of which people are rooms is trusted.
 const ROOMS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -291,17 +292,55 @@ impl CheckIns {
         }
     }
 
-    /// Every room's deadlines from the store.
+    /// Every room's deadlines from the store, in one read.
     async fn rescan(&self) {
-        let rooms = {
-            let mut rooms = self.rooms.lock().await;
-            self.read_rooms(&mut rooms).await;
-            rooms.keys.clone()
+        let listed = match self.store.list_rooms_with_appointments().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                // Keep what is known; the next change or rescan reads again.
+                tracing::warn!("check-in cannot read the rooms from the store: {error}");
+                return;
+            }
         };
-        lock(&self.due).retain(|due| rooms.contains(&due.room));
-        for room in rooms {
-            self.recompute(&room).await;
+        {
+            let mut rooms = self.rooms.lock().await;
+            rooms.keys = listed.iter().map(|(key, _, _)| key.clone()).collect();
+            rooms.read_at = Some(std::time::Instant::now());
         }
+        for (room, _, appointments) in listed {
+            self.set_deadlines(&room, Some(&appointments));
+        }
+        let rooms = self.rooms.lock().await.keys.clone();
+        lock(&self.due).retain(|due| rooms.contains(&due.room));
+        self.due_changed.notify_one();
+    }
+
+    /// Replaces `room`'s deadlines with those of `appointments` (none when `None` or when
+    /// another instance follows the room).
+    fn set_deadlines(
+        &self,
+        room: &PersonKey,
+        appointments: Option<&[calbridge_domain::Appointment]>,
+    ) {
+        let now = self.clock.now();
+        let deadlines: Vec<Due> = match appointments {
+            Some(appointments) if self.hub.follows(room) => {
+                check_in_meetings(appointments, &self.hub.locale(), self.minutes)
+                    .into_iter()
+                    .filter(|meeting| meeting.deadline + LATE_GRACE >= now)
+                    .map(|meeting| Due {
+                        deadline: meeting.deadline,
+                        room: room.clone(),
+                        appointment_id: meeting.id,
+                        start: meeting.start,
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut due = lock(&self.due);
+        due.retain(|due| &due.room != room);
+        due.extend(deadlines);
     }
 
     async fn read_rooms(&self, rooms: &mut Rooms) {
@@ -331,21 +370,9 @@ impl CheckIns {
 
     /// One person's deadlines, after their calendar changed.
     async fn recompute(&self, person: &PersonKey) {
-        let deadlines = if self.hub.follows(person) && self.is_room(person).await {
+        if self.hub.follows(person) && self.is_room(person).await {
             match self.store.load_appointments(person).await {
-                Ok(appointments) => {
-                    let now = self.clock.now();
-                    check_in_meetings(&appointments, &self.hub.locale(), self.minutes)
-                        .into_iter()
-                        .filter(|meeting| meeting.deadline + LATE_GRACE >= now)
-                        .map(|meeting| Due {
-                            deadline: meeting.deadline,
-                            room: person.clone(),
-                            appointment_id: meeting.id,
-                            start: meeting.start,
-                        })
-                        .collect()
-                }
+                Ok(appointments) => self.set_deadlines(person, Some(&appointments)),
                 Err(error) => {
                     // Keep the deadlines known; the next change or rescan reads again.
                     tracing::warn!(room = %person, "check-in cannot read the room's calendar: {error}");
@@ -353,12 +380,8 @@ impl CheckIns {
                 }
             }
         } else {
-            Vec::new()
-        };
-        let mut due = lock(&self.due);
-        due.retain(|due| &due.room != person);
-        due.extend(deadlines);
-        drop(due);
+            self.set_deadlines(person, None);
+        }
         self.due_changed.notify_one();
     }
 

@@ -59,6 +59,8 @@ pub struct RunningService {
         Arc<calbridge_publish_sip::SipPublisher>,
         Arc<crate::publish::SipAddressBook>,
     )>,
+    /// `[rooms] check_in_minutes`'s guard; `None` when check-in is off.
+    pub check_ins: Option<Arc<crate::check_in::CheckIns>>,
     trigger: Trigger,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     /// Closed after the tasks ended: SQLite's file is checkpointed and its lock released even
@@ -726,7 +728,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         sign_ins: Arc::default(),
         room_show: config.rooms.show,
         room_keys: Default::default(),
-        check_ins,
+        check_ins: check_ins.clone(),
     });
     let router = api::router(state);
     let api_shutdown = shutdown.clone();
@@ -785,6 +787,7 @@ pub async fn start(config: Config, options: ServiceOptions) -> anyhow::Result<Ru
         ));
     }
     Ok(RunningService {
+        check_ins,
         reloader,
         address,
         api_token,

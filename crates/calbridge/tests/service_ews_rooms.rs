@@ -358,3 +358,102 @@ async fn a_graph_source_declines_a_rooms_meeting_only_with_calendars_readwrite()
     assert_eq!(seen_at_graph(&graph).await, ("declined".to_string(), false));
     running.shutdown().await;
 }
+
+/// The whole release on the service's own clock: `[rooms] check_in_minutes = 10`, nobody checks
+/// the room's meeting in, and at start + 10 minutes the guard declines it through Graph (Ada's
+/// copy shows the room declined, the room's calendar no longer holds it), the room is free, and
+/// the API, its log and `/metrics` say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchecked_meeting_is_released_through_graph_at_start_plus_n_minutes() {
+    init_logs();
+    let emulator = Emulator::start(EmulatorConfig::scenario(decline_scenario()))
+        .await
+        .expect("the emulator starts");
+    let mut writer = emulator.ready().clone();
+    writer.client_id = WRITER.to_string();
+    writer.client_secret = Some(APP_SECRET.to_string());
+    let graph = GraphClient::new(&writer).await;
+
+    let clock = calbridge::clock::ManualClock::new(whole_second(jiff::Timestamp::now()));
+    let data = tempfile::tempdir().expect("temp dir");
+    let (listener, public_url) = listen(0).await;
+    let unused_file = data.path().join("unused.csv");
+    let mut config = config_for(&writer, data.path(), &public_url, Some(&unused_file));
+    let id = config.sources[0].id.clone();
+    config.directory = vec![rooms_entry(&id.0, "all")];
+    config.rooms.check_in_minutes = Some(10);
+    let running = start_service(config, Arc::new(clock.clone()), listener).await;
+    let room = calbridge_store::PersonKey {
+        source: id,
+        address: MailboxAddress::parse(ROOM).expect("an address"),
+    };
+    let appointments = running
+        .store
+        .load_appointments(&room)
+        .await
+        .expect("the room's appointments");
+    let [meeting] = appointments.as_slice() else {
+        panic!("the room's one meeting after the first sync: {appointments:?}")
+    };
+    let (start, _) = meeting.time.instants(&jiff::tz::TimeZone::UTC);
+    let deadline = start + jiff::SignedDuration::from_mins(10);
+    let api = Api::new(&running);
+    let listed = api.get_authorized(&format!("/api/v1/rooms/{ROOM}")).await;
+    assert_eq!(listed["check_in"]["minutes"], 10, "{listed}");
+    assert_eq!(
+        listed["check_in"]["open"], false,
+        "not open an hour ahead: {listed}"
+    );
+
+    // The meeting runs; nobody checks in; the deadline comes.
+    clock.set(start + jiff::SignedDuration::from_mins(1));
+    wait_for("the room occupied", Duration::from_secs(30), || {
+        presence_of(&running, ROOM).filter(|(activity, _, _)| activity != "available")
+    })
+    .await;
+    let listed = api.get_authorized(&format!("/api/v1/rooms/{ROOM}")).await;
+    assert_eq!(listed["check_in"]["open"], true, "{listed}");
+    assert_eq!(
+        listed["check_in"]["deadline"],
+        deadline.to_string(),
+        "{listed}"
+    );
+    // The guard knows the deadline (the rooms list may come after the room's first read; its
+    // rescan finds it then).
+    let check_ins = running.check_ins.clone().expect("check-in is on");
+    wait_for(
+        "the meeting's deadline known",
+        Duration::from_secs(30),
+        || (check_ins.n_waiting() == 1).then_some(()),
+    )
+    .await;
+    clock.set(deadline);
+    wait_for("the room free again", Duration::from_secs(30), || {
+        presence_of(&running, ROOM).filter(|(activity, _, _)| activity == "available")
+    })
+    .await;
+    assert_eq!(seen_at_graph(&graph).await, ("declined".to_string(), false));
+    let log = api.get_authorized("/api/v1/rooms/check-ins").await;
+    assert_eq!(log["meetings"][0]["room"], ROOM, "{log}");
+    assert_eq!(log["meetings"][0]["state"], "released", "{log}");
+    assert_eq!(log["meetings"][0]["at"], deadline.to_string(), "{log}");
+    let (status, metrics) = api.get("/metrics", Some(running.api_token.expose())).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.as_str().is_some_and(
+            |text| text.contains("calbridge_room_releases_total{result=\"released\"} 1")
+        ),
+        "{metrics}"
+    );
+    // A check-in now is told the meeting was released.
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{ROOM}/check-in"),
+            Some(running.api_token.expose()),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("released"), "{body}");
+    running.shutdown().await;
+}

@@ -286,17 +286,7 @@ async fn check_in_records(
     if state.check_ins.is_none() {
         return Ok(by_room);
     }
-    let records = state
-        .store
-        .list_room_meetings(now - SignedDuration::from_hours(24))
-        .await
-        .map_err(|error| {
-            api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the rooms' check-ins from the store: {error}"),
-            )
-        })?;
-    for (key, record) in records {
+    for (key, record) in recent_check_ins(state, now).await? {
         by_room.entry(key).or_default().push(record);
     }
     Ok(by_room)
@@ -379,19 +369,9 @@ pub async fn check_in_log(State(state): State<Arc<ApiState>>) -> Response {
     if state.check_ins.is_none() {
         return Json(json!({"check_in": Value::Null, "meetings": []})).into_response();
     }
-    let now = state.clock.now();
-    let records = match state
-        .store
-        .list_room_meetings(now - SignedDuration::from_hours(24))
-        .await
-    {
+    let records = match recent_check_ins(&state, state.clock.now()).await {
         Ok(records) => records,
-        Err(error) => {
-            return api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the rooms' check-ins from the store: {error}"),
-            )
-        }
+        Err(response) => return response,
     };
     let meetings: Vec<Value> = records
         .iter()
@@ -408,4 +388,21 @@ pub async fn check_in_log(State(state): State<Arc<ApiState>>) -> Response {
         })
         .collect();
     Json(json!({"check_in": check_in_summary(&state), "meetings": meetings})).into_response()
+}
+
+/// Every room meeting's check-in record of the day before `now`: one store read.
+async fn recent_check_ins(
+    state: &ApiState,
+    now: Timestamp,
+) -> Result<Vec<(PersonKey, RoomCheckIn)>, Response> {
+    state
+        .store
+        .list_room_meetings(now - SignedDuration::from_hours(24))
+        .await
+        .map_err(|error| {
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the rooms' check-ins from the store: {error}"),
+            )
+        })
 }

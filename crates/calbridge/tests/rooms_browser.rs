@@ -635,6 +635,331 @@ async fn rooms_tab_of_a_tenant_without_rooms_says_how_to_make_room_lists() {
     emulator.shutdown().await;
 }
 
+/// The rooms of the check-in test: one checked in on its panel, one nobody checks in.
+const CHECK_IN_ROOM: &str = "room.1@contoso.example";
+const RELEASED_ROOM: &str = "room.2@contoso.example";
+const CHECK_IN_SECRET: &str = "rooms-check-in-secret";
+
+/// Two rooms, each booked by Ada for a meeting that started a few minutes before the emulator's
+/// clock (the test's instant): the rooms hold Ada's meetings, so that declining them is a
+/// room's answer to its organizer. The app may write calendars (`Calendars.ReadWrite`), as a
+/// release needs.
+fn check_in_scenario() -> m365_emulator::Scenario {
+    let text = format!(
+        r#"
+[[tenants]]
+name = "contoso"
+domains = ["contoso.example"]
+
+[[apps]]
+name = "calbridge"
+roles = ["Calendars.ReadWrite", "User.Read.All", "Place.Read.All"]
+secrets = [{{ value = "{CHECK_IN_SECRET}" }}]
+
+[[users]]
+upn = "ada@contoso.example"
+display_name = "Ada Lovelace"
+
+[[rooms]]
+upn = "{CHECK_IN_ROOM}"
+display_name = "Room 1"
+office_location = "Building 1"
+
+[[rooms]]
+upn = "{RELEASED_ROOM}"
+display_name = "Room 2"
+office_location = "Building 2"
+
+[[events]]
+mailbox = "ada@contoso.example"
+subject = "Stand-up"
+start = "-3m"
+duration = "30m"
+attendees = ["{CHECK_IN_ROOM}"]
+
+[[events]]
+mailbox = "ada@contoso.example"
+subject = "Budget review"
+start = "-2m"
+duration = "40m"
+attendees = ["{RELEASED_ROOM}"]
+"#
+    );
+    m365_emulator::Scenario::from_toml_str(&text).expect("the scenario parses")
+}
+
+/// Check-in on (`check_in_minutes = 10`): the panel's button checks the running meeting in (the
+/// panel, the room's JSON and the check-in log say so, and the Rooms tab lists it); the other
+/// room's meeting, which nobody checks in, is released when the service's clock reaches its
+/// start + 10 minutes, and the Rooms tab's table says "released".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checking_in_on_the_panel_and_a_release_show_on_the_rooms_tab() {
+    if !chromium_installed() {
+        return;
+    }
+    init_logs();
+    let at: Timestamp = AT.parse().expect("an instant");
+    let mut emulator_config = EmulatorConfig::scenario(check_in_scenario());
+    emulator_config.clock = m365_emulator::Clock::manual(at);
+    let emulator = Emulator::start(emulator_config)
+        .await
+        .expect("the emulator starts");
+    let mut ready = emulator.ready().clone();
+    ready.client_secret = Some(CHECK_IN_SECRET.to_string());
+    let data_dir = tempfile::tempdir().expect("a temp dir");
+    let unused_file = data_dir.path().join("unused.csv");
+    std::fs::write(&unused_file, "address\n").expect("write");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(&ready, data_dir.path(), &public_url, Some(&unused_file));
+    config.directory = vec![rooms_entry()];
+    config.presence.show_subject = true;
+    config.rooms.show = calbridge_presence::RoomShow::Subject;
+    config.rooms.check_in_minutes = Some(10);
+    let clock = ManualClock::new(at);
+    let running = start_service(config, Arc::new(clock.clone()), listener).await;
+    let api = Api::new(&running);
+    let base = format!("http://{}", running.address);
+
+    // Both meetings run and wait for a check-in until their start + 10 minutes.
+    let check_in_deadline = at + SignedDuration::from_mins(7);
+    let release_deadline = at + SignedDuration::from_mins(8);
+    let listed = wait_for_api(
+        &api,
+        "/api/v1/rooms",
+        "both rooms open for check-in",
+        |body| {
+            let rooms = rooms_by_address(body);
+            rooms.len() == 2 && rooms.values().all(|room| room["check_in"]["open"] == true)
+        },
+    )
+    .await;
+    assert_eq!(listed["check_in"]["minutes"], 10, "{listed}");
+    assert_eq!(listed["check_in"]["refused_by"], json!([]), "{listed}");
+    let rooms = rooms_by_address(&listed);
+    assert_eq!(
+        rooms[CHECK_IN_ROOM]["check_in"]["deadline"],
+        check_in_deadline.to_string(),
+        "{listed}"
+    );
+    assert_eq!(
+        rooms[RELEASED_ROOM]["check_in"]["deadline"],
+        release_deadline.to_string(),
+        "{listed}"
+    );
+    assert_eq!(rooms[CHECK_IN_ROOM]["check_in"]["checked_in"], false);
+
+    // --- The panel: the button, a click, and the meeting checked in.
+    let driver = ChromeDriver::start(data_dir.path()).await;
+    let session = Session::open(&driver, data_dir.path(), 1280, 800).await;
+    let panel = api
+        .get_authorized(&format!("/api/v1/rooms/{CHECK_IN_ROOM}/panel"))
+        .await;
+    let panel_path = panel["path"].as_str().expect("the panel's path");
+    session.goto(&format!("{base}{panel_path}")).await;
+    let panel_probe = "return {
+        state: document.body.dataset.state || null,
+        background: getComputedStyle(document.body).backgroundColor,
+        current: document.getElementById('current').hidden ? null : document.getElementById('current-title').textContent,
+        checkIn: !document.getElementById('checkin').hidden,
+        checkedIn: !document.getElementById('checked-in').hidden,
+        result: document.getElementById('checkin-result').hidden ? null : document.getElementById('checkin-result').textContent };";
+    let shown = session
+        .wait_until(
+            "the panel's check-in button",
+            panel_probe,
+            BROWSER_PATIENCE,
+            |shown| panel_settled(shown) && shown["checkIn"] == true,
+        )
+        .await;
+    assert_eq!(shown["state"], "occupied", "{shown}");
+    // The room's copy of a meeting is named as Exchange names it (the organizer by default).
+    assert_eq!(
+        shown["current"], rooms[CHECK_IN_ROOM]["state"]["current"]["title"],
+        "{shown}"
+    );
+    assert_eq!(shown["checkedIn"], false, "{shown}");
+    let png = session.screenshot().await;
+    save_screenshot(&png, "room-panel-check-in.png", 1280, 800);
+
+    session.click("#checkin").await;
+    let shown = session
+        .wait_until(
+            "the meeting checked in on the panel",
+            panel_probe,
+            BROWSER_PATIENCE,
+            |shown| shown["checkedIn"] == true && shown["checkIn"] == false,
+        )
+        .await;
+    assert_eq!(shown["result"], "Checked in", "{shown}");
+    assert_eq!(shown["state"], "occupied", "still booked: {shown}");
+    let room = api
+        .get_authorized(&format!("/api/v1/rooms/{CHECK_IN_ROOM}"))
+        .await;
+    assert_eq!(room["check_in"]["checked_in"], true, "{room}");
+    assert_eq!(room["check_in"]["open"], false, "{room}");
+    let log = api.get_authorized("/api/v1/rooms/check-ins").await;
+    let records = log["meetings"].as_array().expect("the log's meetings");
+    assert_eq!(records.len(), 1, "{log}");
+    assert_eq!(records[0]["room"], CHECK_IN_ROOM, "{log}");
+    assert_eq!(records[0]["state"], "checked_in", "{log}");
+    assert_eq!(records[0]["at"], at.to_string(), "{log}");
+    assert_eq!(
+        records[0]["meeting_start"],
+        (at - SignedDuration::from_mins(3)).to_string(),
+        "{log}"
+    );
+
+    // --- The Rooms tab: the rule, the badges, and the check-in in the table.
+    session.resize(1400, 900).await;
+    open_rooms_tab(&session, &running).await;
+    let tab_probe = "return {
+        rule: document.getElementById('check-in-rule').hidden ? null : document.getElementById('check-in-rule').textContent,
+        refusals: document.querySelectorAll('#check-in-refusals [data-refused-by]').length,
+        badges: Object.fromEntries(Array.from(document.querySelectorAll('#rooms .room[data-room]')).map(card => {
+            const badge = card.querySelector('[data-col=check-in]');
+            return [card.dataset.room, badge ? {kind: badge.dataset.checkIn, text: badge.textContent, deadline: badge.dataset.deadline || null} : null]; })),
+        rows: Array.from(document.querySelectorAll('#check-in-rows tr[data-room]')).map(row => ({
+            room: row.dataset.room, state: row.dataset.state,
+            cells: Array.from(row.cells).map(cell => cell.textContent) })) };";
+    let shown = session
+        .wait_until(
+            "the check-in on the Rooms tab",
+            tab_probe,
+            BROWSER_PATIENCE,
+            |shown| {
+                shown["rows"].as_array().is_some_and(|rows| rows.len() == 1)
+                    && shown["badges"][RELEASED_ROOM].is_object()
+            },
+        )
+        .await;
+    assert_eq!(
+        shown["rule"],
+        "Check-in: meetings not checked in within 10 minutes of their start are released \
+         (declined in the room's calendar, the room turns free).",
+        "{shown}"
+    );
+    assert_eq!(shown["refusals"], 0, "{shown}");
+    assert_eq!(
+        shown["badges"][CHECK_IN_ROOM]["kind"], "checked_in",
+        "{shown}"
+    );
+    assert_eq!(
+        shown["badges"][CHECK_IN_ROOM]["text"], "✓ checked in",
+        "{shown}"
+    );
+    assert_eq!(shown["badges"][RELEASED_ROOM]["kind"], "open", "{shown}");
+    assert_eq!(
+        shown["badges"][RELEASED_ROOM]["deadline"],
+        release_deadline.to_string(),
+        "{shown}"
+    );
+    assert!(
+        shown["badges"][RELEASED_ROOM]["text"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("check-in open until ")),
+        "{shown}"
+    );
+    let row = &shown["rows"][0];
+    assert_eq!(row["room"], CHECK_IN_ROOM, "{shown}");
+    assert_eq!(row["state"], "checked_in", "{shown}");
+    assert_eq!(row["cells"][1], "Room 1", "the room's name: {shown}");
+    assert_eq!(row["cells"][3], "checked in", "{shown}");
+
+    // --- The release: nobody checks in the other room's meeting; its deadline comes on the
+    // service's clock. The page stays open: the room's event on the stream brings the release.
+    let check_ins = running.check_ins.clone().expect("check-in is on");
+    wait_for("the deadline known to the guard", PATIENCE, || {
+        (check_ins.n_waiting() >= 1).then_some(())
+    })
+    .await;
+    clock.set(release_deadline);
+    let log = wait_for_api(&api, "/api/v1/rooms/check-ins", "the release", |log| {
+        log["meetings"].as_array().is_some_and(|meetings| {
+            meetings
+                .iter()
+                .any(|record| record["room"] == RELEASED_ROOM && record["state"] == "released")
+        })
+    })
+    .await;
+    let released = log["meetings"]
+        .as_array()
+        .and_then(|meetings| {
+            meetings
+                .iter()
+                .find(|record| record["room"] == RELEASED_ROOM)
+        })
+        .expect("the release's record");
+    assert_eq!(released["at"], release_deadline.to_string(), "{log}");
+    let room = api
+        .get_authorized(&format!("/api/v1/rooms/{RELEASED_ROOM}"))
+        .await;
+    assert_eq!(
+        room["state"]["occupied"], false,
+        "free once released: {room}"
+    );
+    let shown = session
+        .wait_until(
+            "the release on the Rooms tab",
+            tab_probe,
+            Duration::from_secs(60),
+            |shown| {
+                shown["rows"].as_array().is_some_and(|rows| {
+                    rows.iter()
+                        .any(|row| row["room"] == RELEASED_ROOM && row["state"] == "released")
+                })
+            },
+        )
+        .await;
+    let rows = shown["rows"].as_array().expect("the rows");
+    assert_eq!(rows.len(), 2, "the check-in and the release: {shown}");
+    assert_eq!(rows[0]["room"], RELEASED_ROOM, "newest first: {shown}");
+    assert_eq!(rows[0]["cells"][1], "Room 2", "{shown}");
+    assert_eq!(rows[0]["cells"][3], "released", "{shown}");
+    assert_eq!(
+        rows[0]["cells"][4], released["detail"],
+        "the rule as the log has it: {shown}"
+    );
+    assert_eq!(rows[1]["state"], "checked_in", "{shown}");
+    // The released room's card flashes for its change; the picture waits for it to end.
+    session
+        .wait_until(
+            "the cards' animations to end",
+            "return document.getAnimations().length;",
+            BROWSER_PATIENCE,
+            |running| running == &json!(0),
+        )
+        .await;
+    let png = session.screenshot().await;
+    save_screenshot(&png, "admin-rooms-check-ins.png", 1400, 900);
+    // The checked-in meeting was not released at its own deadline, which has passed too.
+    let room = api
+        .get_authorized(&format!("/api/v1/rooms/{CHECK_IN_ROOM}"))
+        .await;
+    assert_eq!(room["state"]["occupied"], true, "{room}");
+    assert_eq!(room["check_in"]["checked_in"], true, "{room}");
+
+    session.close().await;
+    driver.kill();
+    running.shutdown().await;
+    emulator.shutdown().await;
+}
+
+/// `path`'s answer once `done` holds for it; fails after [`PATIENCE`] with the last answer.
+async fn wait_for_api(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let body = api.get_authorized(path).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{what}: {path} still answers {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `GET /api/v1/rooms` once every room has a state (the first presence of each is decided
 /// shortly after the first sync).
 async fn wait_for_rooms(api: &Api, n_rooms: usize) -> BTreeMap<String, Value> {

@@ -37,6 +37,16 @@ pub struct RoomQuery {
     free_for_minutes: Option<u32>,
     /// RFC 3339 instant for `free_for_minutes`.
     from: Option<String>,
+    /// `today`: each room with its local day's meetings (`agenda`), as the detail has it, so
+    /// that a page of hundreds of rooms draws their days from one request.
+    agenda: Option<AgendaDay>,
+}
+
+/// The days `agenda=` can ask for: only today (the local day of `presence.timezone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AgendaDay {
+    Today,
 }
 
 /// The longest `free_for_minutes`: a week. Longer asks about a calendar calbridge does not hold.
@@ -88,7 +98,7 @@ async fn stored_rooms(state: &ApiState) -> Result<Vec<(PersonKey, RoomInfo)>, Re
     })
 }
 
-/// `GET /api/v1/rooms?building=…&floor=…&min_capacity=…&free_now=…&free_for_minutes=…&from=…`
+/// `GET /api/v1/rooms?building=…&floor=…&min_capacity=…&free_now=…&free_for_minutes=…&from=…&agenda=today`
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     query: Result<Query<RoomQuery>, QueryRejection>,
@@ -100,7 +110,8 @@ pub async fn list(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "{}: the query takes building, floor, min_capacity, free_now (true or \
-                     false), free_for_minutes and from (an RFC 3339 instant)",
+                     false), free_for_minutes, from (an RFC 3339 instant) and agenda (only \
+                     agenda=today)",
                     calbridge_domain::shorten(&rejection.body_text(), 200)
                 ),
             )
@@ -164,6 +175,9 @@ pub async fn list(
         }
         let mut body = room_json(key, room, &room_now);
         body["check_in"] = check_in_json(&state, appointments, records.get(key), now);
+        if query.agenda == Some(AgendaDay::Today) {
+            body["agenda"] = today_agenda(&state, &locale, appointments, now);
+        }
         listed.push(body);
     }
     // No room at all (not: none left by the filters): how to make rooms appear.
@@ -172,14 +186,43 @@ pub async fn list(
     } else {
         Vec::new()
     };
-    Json(json!({
+    let mut body = json!({
         "at": now.to_string(),
         "free_between": span.map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()})),
         "check_in": check_in_summary(&state),
         "rooms": listed,
         "hints": hints,
-    }))
-    .into_response()
+    });
+    if query.agenda.is_some() {
+        // The zone the agendas' days are local to, as the detail names it.
+        body["timezone"] = json!(locale.zone.iana());
+    }
+    Json(body).into_response()
+}
+
+/// A room's `agenda`: its meetings of the local day (of `presence.timezone`) around `now`,
+/// with the day's bounds (`from`, `to`), as `[rooms] show` names them.
+fn today_agenda(
+    state: &ApiState,
+    locale: &calbridge_presence::Locale,
+    appointments: &[calbridge_domain::Appointment],
+    now: Timestamp,
+) -> Value {
+    let zone = locale.zone.zone();
+    let today = now.to_zoned(zone.clone()).date();
+    let day_start = calbridge_domain::start_of_day(today, zone);
+    let day_end = today
+        .tomorrow()
+        .map(|tomorrow| calbridge_domain::start_of_day(tomorrow, zone))
+        .unwrap_or(Timestamp::MAX);
+    json!({
+        "from": day_start.to_string(),
+        "to": day_end.to_string(),
+        "meetings": room_agenda(appointments, state.room_show, locale, day_start, day_end)
+            .iter()
+            .map(meeting_json)
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// `GET /api/v1/rooms/{address}`: the room, its state, and today's meetings (the local day of
@@ -210,13 +253,6 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
     };
     let now = state.clock.now();
     let locale = state.hub.locale();
-    let zone = locale.zone.zone();
-    let today = now.to_zoned(zone.clone()).date();
-    let day_start = calbridge_domain::start_of_day(today, zone);
-    let day_end = today
-        .tomorrow()
-        .map(|tomorrow| calbridge_domain::start_of_day(tomorrow, zone))
-        .unwrap_or(Timestamp::MAX);
     let room_now = room_state(&appointments, state.room_show, &locale, now);
     let records = match check_in_records(&state, now).await {
         Ok(records) => records,
@@ -227,14 +263,7 @@ pub async fn detail(State(state): State<Arc<ApiState>>, Path(address): Path<Stri
     // The instant and zone the state was computed at and in, for panels to draw "now".
     body["at"] = json!(now.to_string());
     body["timezone"] = json!(locale.zone.iana());
-    body["agenda"] = json!({
-        "from": day_start.to_string(),
-        "to": day_end.to_string(),
-        "meetings": room_agenda(&appointments, state.room_show, &locale, day_start, day_end)
-            .iter()
-            .map(meeting_json)
-            .collect::<Vec<_>>(),
-    });
+    body["agenda"] = today_agenda(&state, &locale, &appointments, now);
     Json(body).into_response()
 }
 

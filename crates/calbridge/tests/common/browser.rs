@@ -262,6 +262,31 @@ impl<'d> Session<'d> {
             .await
     }
 
+    /// Clicks the element `css_selector` finds, as a pointer would: WebDriver scrolls it into
+    /// view and refuses (failing the test) an element that is hidden or covered.
+    pub async fn click(&self, css_selector: &str) {
+        let element = self
+            .driver
+            .call(
+                reqwest::Method::POST,
+                &self.path("/element"),
+                Some(json!({"using": "css selector", "value": css_selector})),
+            )
+            .await;
+        // The W3C WebDriver name of an element reference in JSON.
+        let id = element["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| self.driver.fail(&format!("{css_selector}: {element}")))
+            .to_string();
+        self.driver
+            .call(
+                reqwest::Method::POST,
+                &self.path(&format!("/element/{id}/click")),
+                Some(json!({})),
+            )
+            .await;
+    }
+
     /// Runs `probe` every 100 ms until `done` holds for its value, and returns that value;
     /// fails the test with the last value after `patience`.
     pub async fn wait_until(

@@ -322,3 +322,147 @@ async fn rooms_api_answers_from_the_store(
         .await;
     assert_eq!(status, 404);
 }
+
+const WRITER_SECRET: &str = "rooms-processing-secret";
+const ROOM_DEFAULTS: &str = "room.defaults@contoso.example";
+const ROOM_KEEPS: &str = "room.keeps@contoso.example";
+
+/// Ada and two rooms: one with Exchange's default calendar processing (`DeleteSubject`,
+/// `AddOrganizerToSubject`, `RemovePrivateProperty` all `$true`), one that keeps subjects and
+/// the private flag; an app that may write calendars, so that Ada can book the rooms.
+fn calendar_processing_scenario() -> m365_emulator::Scenario {
+    let text = format!(
+        r#"
+[[tenants]]
+name = "contoso"
+domains = ["contoso.example"]
+
+[[apps]]
+name = "writer"
+roles = ["Calendars.ReadWrite", "User.Read.All", "Place.Read.All"]
+secrets = [{{ value = "{WRITER_SECRET}" }}]
+
+[[users]]
+upn = "ada@contoso.example"
+display_name = "Ada Lovelace"
+
+[[rooms]]
+upn = "{ROOM_DEFAULTS}"
+display_name = "Defaults"
+office_location = "Building 1"
+
+[[rooms]]
+upn = "{ROOM_KEEPS}"
+display_name = "Keeps"
+office_location = "Building 1"
+calendar_processing = {{ delete_subject = false, add_organizer_to_subject = false, remove_private_property = false }}
+"#
+    );
+    m365_emulator::Scenario::from_toml_str(&text).expect("the scenario parses")
+}
+
+/// The room `address` of a `GET /api/v1/rooms` answer.
+fn listed_room<'a>(body: &'a serde_json::Value, address: &str) -> Option<&'a serde_json::Value> {
+    body["rooms"]
+        .as_array()?
+        .iter()
+        .find(|room| room["address"] == address)
+}
+
+/// Ada books both rooms through Graph, as people do (the rooms' calendar processing makes
+/// their copies): with `[rooms] show = "subject"`, the room whose subjects Exchange replaced
+/// with the organizer's name shows the organizer's name, the room that keeps the private flag
+/// shows "Private" (and never the subject), and Ada's cancellation frees the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_show_what_their_calendar_processing_left_and_private_meetings_stay_private() {
+    init_logs();
+    let emulator = Emulator::start(EmulatorConfig::scenario(calendar_processing_scenario()))
+        .await
+        .expect("the emulator starts");
+    let mut ready = emulator.ready().clone();
+    ready.client_secret = Some(WRITER_SECRET.to_string());
+    let graph = GraphClient::new(&ready).await;
+    // Whole minutes an hour and more ahead: inside the window at any hour, and "next" for both.
+    let start = whole_second(jiff::Timestamp::now()) + jiff::SignedDuration::from_hours(1);
+    let book = |room: &'static str, subject: &'static str, sensitivity: &'static str| {
+        let graph = &graph;
+        async move {
+            let answer = graph
+                .send(
+                    reqwest::Method::POST,
+                    "/users/ada@contoso.example/events",
+                    Some(serde_json::json!({
+                        "subject": subject,
+                        "sensitivity": sensitivity,
+                        "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S").to_string(), "timeZone": "UTC"},
+                        "end": {"dateTime": (start + jiff::SignedDuration::from_hours(1)).strftime("%Y-%m-%dT%H:%M:%S").to_string(), "timeZone": "UTC"},
+                        "attendees": [{"emailAddress": {"address": room}, "type": "resource"}],
+                    })),
+                )
+                .await;
+            assert_eq!(answer.status, 201, "{}", answer.body);
+            answer.body["id"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let planning = book(ROOM_DEFAULTS, "Quarterly planning", "normal").await;
+    book(ROOM_KEEPS, "Salary review with Bob", "private").await;
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let (listener, public_url) = listen(0).await;
+    let unused_file = data.path().join("unused.csv");
+    let mut config = config_for(&ready, data.path(), &public_url, Some(&unused_file));
+    config.directory = vec![rooms_entry("all")];
+    config.rooms.show = calbridge_presence::RoomShow::Subject;
+    let running = start_service(config, Arc::new(calbridge::clock::SystemClock), listener).await;
+    let api = Api::new(&running);
+    let mut listed = api.get_authorized("/api/v1/rooms").await;
+    let started = std::time::Instant::now();
+    while [ROOM_DEFAULTS, ROOM_KEEPS]
+        .iter()
+        .any(|room| listed_room(&listed, room).is_none_or(|room| room["state"]["next"].is_null()))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "both rooms' meetings: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listed = api.get_authorized("/api/v1/rooms").await;
+    }
+    let defaults = &listed_room(&listed, ROOM_DEFAULTS).expect("listed")["state"]["next"];
+    assert_eq!(defaults["title"], "Ada Lovelace", "{listed}");
+    assert_eq!(defaults["organizer"], "ada@contoso.example", "{listed}");
+    assert_eq!(defaults["start"], start.to_string(), "{listed}");
+    let keeps = &listed_room(&listed, ROOM_KEEPS).expect("listed")["state"]["next"];
+    assert_eq!(keeps["title"], "Private", "{listed}");
+    assert_eq!(keeps["private"], true, "{listed}");
+    assert!(keeps["organizer"].is_null(), "{listed}");
+    for room in [ROOM_DEFAULTS, ROOM_KEEPS] {
+        let detail = api.get_authorized(&format!("/api/v1/rooms/{room}")).await;
+        assert!(!detail.to_string().contains("Salary"), "{detail}");
+        assert!(!detail.to_string().contains("Quarterly"), "{detail}");
+    }
+    assert!(!listed.to_string().contains("Salary"), "{listed}");
+
+    // Ada cancels the planning: the room's copy is cancelled, and the room has nothing next.
+    let deleted = graph
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/users/ada@contoso.example/events/{planning}"),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let started = std::time::Instant::now();
+    loop {
+        let listed = api.get_authorized("/api/v1/rooms").await;
+        if listed_room(&listed, ROOM_DEFAULTS).is_some_and(|room| room["state"]["next"].is_null()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cancelled meeting gone: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown().await;
+}

@@ -2,7 +2,10 @@
 lists and rooms Graph's places API shows (read with requests), exchangelib declines a meeting in
 a room's calendar as the impersonated room, and requests declines one through Graph's
 `event: decline` (refused 403 without Calendars.ReadWrite). Each time the meeting leaves the
-room's calendar and the organizer's copy shows the room's answer.
+room's calendar and the organizer's copy shows the room's answer. A meeting Ada books through
+Graph with a room among its attendees is processed as the room's calendar processing says
+(Exchange's defaults: accepted, the organizer's name for a subject, no body, no private flag; a
+conflicting request declined; Ada's delete leaves the room's copy cancelled).
 
 The scenario is this module's own (rooms in two buildings, meetings booked in them in May 2030),
 so the generated calendars and the hour never matter."""
@@ -63,6 +66,8 @@ office_location = "Building A"
 upn = "room.b1@contoso.example"
 display_name = "B1"
 office_location = "Building B"
+# Keeps the organizer's subjects (A1 and A2 have Exchange's defaults: the organizer's name).
+calendar_processing = {{ delete_subject = false, add_organizer_to_subject = false }}
 
 [[exchange.accounts]]
 address = "{SERVICE_USER}"
@@ -174,14 +179,19 @@ def test_exchangelib_declines_a_meeting_as_the_impersonated_room(rooms_emulator)
     room = ews_account(rooms_emulator, "room.a1@contoso.example", SERVICE_USER, SERVICE_PASSWORD, IMPERSONATION)
     start, end = may(6)
     [meeting] = list(room.calendar.view(start=start, end=end))
-    assert meeting.subject == "Design review"
+    # Exchange's default calendar processing (DeleteSubject, AddOrganizerToSubject) left the
+    # organizer's name where Ada wrote "Design review".
+    assert meeting.subject == "Ada Lovelace"
+    ada = ews_account(rooms_emulator, "ada@contoso.example", "CONTOSO\\ada", ADA_PASSWORD, DELEGATE)
+    [before] = list(ada.calendar.view(start=start, end=end))
+    assert before.subject == "Design review"
+    assert [resource.response_type for resource in before.resources] == ["Accept"]
     # SEND_ONLY: exchangelib saves a copy of SEND_AND_SAVE_COPY answers in Sent Items, which it
     # looks up through the folder hierarchy (FindFolder), and the emulator's mailboxes have only
     # their calendar (a known deviation in the README).
     meeting.decline(message_disposition=SEND_ONLY, body="Nobody checked in.")
     assert list(room.calendar.view(start=start, end=end)) == []
 
-    ada = ews_account(rooms_emulator, "ada@contoso.example", "CONTOSO\\ada", ADA_PASSWORD, DELEGATE)
     [original] = list(ada.calendar.view(start=start, end=end))
     [resource] = original.resources
     assert resource.mailbox.email_address == "room.a1@contoso.example"
@@ -217,3 +227,57 @@ def test_graph_decline_needs_calendars_readwrite_and_leaves_the_organizer_a_decl
     missing = writer.post(f"{base}/users/room.b1@contoso.example/events/{booking['id']}/decline", json=body)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "ErrorItemNotFound"
+
+
+def test_a_meeting_booked_through_graph_is_processed_by_the_rooms_calendar_processing(rooms_emulator):
+    base = rooms_emulator["graph_url"]
+    writer = graph(rooms_emulator)
+    room_a2 = "room.a2@contoso.example"
+
+    def book(subject, start, end, sensitivity="normal"):
+        created = writer.post(
+            f"{base}/users/ada@contoso.example/events",
+            json={
+                "subject": subject,
+                "body": {"contentType": "html", "content": "<p>Budgets</p>"},
+                "sensitivity": sensitivity,
+                "start": {"dateTime": start, "timeZone": "UTC"},
+                "end": {"dateTime": end, "timeZone": "UTC"},
+                "attendees": [{"emailAddress": {"address": room_a2}, "type": "resource"}],
+            },
+        )
+        assert created.status_code == 201, created.text
+        return created.json()
+
+    def room_answer(event_id):
+        event = writer.get(f"{base}/users/ada@contoso.example/events/{event_id}").json()
+        [room] = [attendee for attendee in event["attendees"] if attendee["emailAddress"]["address"] == room_a2]
+        return room["status"]["response"]
+
+    def room_view():
+        reply = writer.get(
+            f"{base}/users/{room_a2}/calendarView",
+            params={"startDateTime": "2030-05-08T00:00:00Z", "endDateTime": "2030-05-09T00:00:00Z", "$select": "subject,body,sensitivity,isCancelled,iCalUId"},
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()["value"]
+
+    first = book("Budget talks", "2030-05-08T09:00:00", "2030-05-08T10:00:00", sensitivity="private")
+    assert room_answer(first["id"]) == "accepted"
+    [copy] = room_view()
+    assert copy["iCalUId"] == first["iCalUId"]
+    assert copy["subject"] == "Ada Lovelace"
+    assert "Budgets" not in copy["body"]["content"]
+    assert copy["sensitivity"] == "normal"
+
+    # Half an hour of overlap: AllowConflicts is $false, so the room declines and holds nothing.
+    second = book("Overlapping", "2030-05-08T09:30:00", "2030-05-08T10:30:00")
+    assert room_answer(second["id"]) == "declined"
+    assert [event["iCalUId"] for event in room_view()] == [first["iCalUId"]]
+
+    # Ada cancels: the room keeps a cancelled copy (RemoveCanceledMeetings is $false).
+    deleted = writer.delete(f"{base}/users/ada@contoso.example/events/{first['id']}")
+    assert deleted.status_code == 204, deleted.text
+    [cancelled] = room_view()
+    assert cancelled["isCancelled"] is True
+    assert cancelled["subject"].startswith("Canceled: ")

@@ -104,6 +104,51 @@ pub struct User {
     /// False for users without an Exchange Online mailbox (`MailboxNotEnabledForRESTAPI`).
     pub has_mailbox: bool,
     pub working_hours: WorkingHours,
+    /// How the mailbox answers meeting requests (`Set-CalendarProcessing`); meaningful for
+    /// rooms only, since Exchange applies it only to resource mailboxes.
+    pub calendar_processing: CalendarProcessing,
+}
+
+/// `AutomateProcessing` of `Set-CalendarProcessing`
+/// (https://learn.microsoft.com/powershell/module/exchange/set-calendarprocessing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutomateProcessing {
+    /// Calendar processing off: a request stays in the inbox, the calendar is not touched.
+    None,
+    /// Only the Calendar Attendant: a request is added as tentative, nobody answers it.
+    AutoUpdate,
+    /// The Resource Booking Attendant answers: free = accept, busy = decline. The default of
+    /// room mailboxes in Exchange Online since November 2018.
+    AutoAccept,
+}
+
+/// A resource mailbox's calendar processing, with the defaults `Set-CalendarProcessing`
+/// documents (https://learn.microsoft.com/powershell/module/exchange/set-calendarprocessing):
+/// `AutomateProcessing AutoAccept`, `AllowConflicts $false`, and on an accepted request
+/// `DeleteSubject $true`, `AddOrganizerToSubject $true` (the organizer's name replaces the
+/// subject), `DeleteComments $true` (the body is removed) and `RemovePrivateProperty $true`
+/// (the private flag is cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalendarProcessing {
+    pub automate_processing: AutomateProcessing,
+    pub allow_conflicts: bool,
+    pub delete_subject: bool,
+    pub add_organizer_to_subject: bool,
+    pub delete_comments: bool,
+    pub remove_private_property: bool,
+}
+
+impl Default for CalendarProcessing {
+    fn default() -> Self {
+        CalendarProcessing {
+            automate_processing: AutomateProcessing::AutoAccept,
+            allow_conflicts: false,
+            delete_subject: true,
+            add_organizer_to_subject: true,
+            delete_comments: true,
+            remove_private_property: true,
+        }
+    }
 }
 
 impl User {

@@ -12,7 +12,8 @@ use crate::calendar::{
     Attendee, AttendeeResponse, EmailAddress, EventData, Mailbox, Sensitivity, ShowAs, StoredEvent,
 };
 use crate::directory::{
-    AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User, WorkingHours,
+    AppRegistration, CalendarProcessing, ClientSecret, Directory, Group, MailboxKind, Tenant, User,
+    WorkingHours,
 };
 use crate::ews::setup::{AccountSpec, ExchangeSetup, ExchangeSpec};
 use crate::faults::FaultSettings;
@@ -250,6 +251,7 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             kind: MailboxKind::Person,
             has_mailbox: true,
             working_hours: WorkingHours::default(),
+            calendar_processing: CalendarProcessing::default(),
         });
     }
     let berlin = zones
@@ -275,6 +277,7 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
             kind: MailboxKind::Room,
             has_mailbox: true,
             working_hours: WorkingHours::default(),
+            calendar_processing: CalendarProcessing::default(),
         });
     }
     // The Graph monitor account of `auth = "delegated"`: every person shares their calendar
@@ -299,6 +302,7 @@ pub fn generate(n_users: usize, seed: u64, now: Timestamp) -> Result<World, Scen
         kind: MailboxKind::Person,
         has_mailbox: true,
         working_hours: WorkingHours::default(),
+        calendar_processing: CalendarProcessing::default(),
     });
     let calendar_sharing: Vec<(usize, usize)> = (0..n_users)
         .filter(|index| index % GENERATED_NOT_SHARED_EVERY != GENERATED_NOT_SHARED_EVERY - 1)
@@ -637,7 +641,7 @@ fn person_calendar(
                 response: AttendeeResponse::None,
             });
         }
-        let event = StoredEvent {
+        let mut event = StoredEvent {
             id: random.item_id(),
             ical_uid: format!(
                 "040000008200E00074C5B7101A82E0080000000{:016X}",
@@ -666,12 +670,23 @@ fn person_calendar(
             recurrence: plan.recurrence,
             exceptions: BTreeMap::new(),
         };
-        // The room's own calendar holds the booking too, so room presence works.
+        // The room's own calendar holds the booking too, as its calendar processing leaves it
+        // (Exchange's defaults: the organizer's name for a subject, `booking.rs`), and the
+        // organizer's copy shows the room's answer.
         if let Some(room) = room_index {
-            if let Some(room_mailbox) = mailboxes.get_mut(room) {
-                let mut booking = event.clone();
-                booking.id = random.item_id();
+            let processing = users[room].calendar_processing;
+            let id = random.item_id();
+            if let (Some(room_mailbox), Some(booking)) = (
+                mailboxes.get_mut(room),
+                crate::booking::room_copy(&event, &processing, id),
+            ) {
                 room_mailbox.events.push(booking);
+                let answer = crate::booking::room_answer(&processing, event.created);
+                for attendee in &mut event.data.attendees {
+                    if attendee.kind == "resource" {
+                        attendee.response = answer;
+                    }
+                }
             }
         }
         events.push(event);

@@ -17,6 +17,7 @@
 //! same [`ReadyInfo`] as one JSON line on stdout.
 
 mod admin;
+mod booking;
 mod calendar;
 mod clock;
 mod directory;

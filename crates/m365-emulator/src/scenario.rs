@@ -14,8 +14,8 @@ use crate::calendar::{
     StoredEvent,
 };
 use crate::directory::{
-    AppCertificate, AppRegistration, ClientSecret, Directory, Group, MailboxKind, Tenant, User,
-    WorkingHours,
+    AppCertificate, AppRegistration, AutomateProcessing, CalendarProcessing, ClientSecret,
+    Directory, Group, MailboxKind, Tenant, User, WorkingHours,
 };
 use crate::ews::setup::{ExchangeSetup, ExchangeSpec, UserRights};
 use crate::faults::FaultSettings;
@@ -168,6 +168,52 @@ pub struct UserSpec {
     /// may then read it through Graph with delegated `Calendars.Read.Shared`.
     #[serde(default)]
     pub calendar_shared_with: Vec<String>,
+    /// Rooms only: `Set-CalendarProcessing` of the room mailbox; omitted keys keep Exchange's
+    /// defaults (`booking.rs`).
+    pub calendar_processing: Option<CalendarProcessingSpec>,
+}
+
+/// `[rooms.calendar_processing]`: the `Set-CalendarProcessing` parameters the emulator models,
+/// in snake case (`automate_processing = "auto_accept" | "auto_update" | "none"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarProcessingSpec {
+    pub automate_processing: Option<String>,
+    pub allow_conflicts: Option<bool>,
+    pub delete_subject: Option<bool>,
+    pub add_organizer_to_subject: Option<bool>,
+    pub delete_comments: Option<bool>,
+    pub remove_private_property: Option<bool>,
+}
+
+impl CalendarProcessingSpec {
+    fn build(&self, upn: &str) -> Result<CalendarProcessing, ScenarioError> {
+        let defaults = CalendarProcessing::default();
+        let automate_processing = match self.automate_processing.as_deref() {
+            None => defaults.automate_processing,
+            Some("auto_accept") => AutomateProcessing::AutoAccept,
+            Some("auto_update") => AutomateProcessing::AutoUpdate,
+            Some("none") => AutomateProcessing::None,
+            Some(other) => {
+                return Err(ScenarioError::Invalid(format!(
+                    "room '{upn}': automate_processing '{other}' is not auto_accept, auto_update \
+                     or none"
+                )))
+            }
+        };
+        Ok(CalendarProcessing {
+            automate_processing,
+            allow_conflicts: self.allow_conflicts.unwrap_or(defaults.allow_conflicts),
+            delete_subject: self.delete_subject.unwrap_or(defaults.delete_subject),
+            add_organizer_to_subject: self
+                .add_organizer_to_subject
+                .unwrap_or(defaults.add_organizer_to_subject),
+            delete_comments: self.delete_comments.unwrap_or(defaults.delete_comments),
+            remove_private_property: self
+                .remove_private_property
+                .unwrap_or(defaults.remove_private_property),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,8 +579,9 @@ impl Scenario {
                 ))
             })?;
             // A room among the attendees holds the booking in its own calendar too (with the
-            // same iCalUId), as the generated organisation's rooms do and as Exchange's
-            // Resource Booking Attendant leaves it after accepting the request.
+            // same iCalUId) as its calendar processing leaves it (`booking.rs`), and the
+            // organizer's copy shows the room's answer. A scenario's bookings are not checked
+            // for conflicts: the scenario says what the room holds.
             let rooms_booked: Vec<usize> = event
                 .data
                 .attendees
@@ -542,10 +589,20 @@ impl Scenario {
                 .filter_map(|attendee| user_index(&attendee.email.address))
                 .filter(|&index| index != owner && users[index].kind == MailboxKind::Room)
                 .collect();
+            let mut event = event;
             for (n, room) in rooms_booked.into_iter().enumerate() {
-                let mut booking = event.clone();
-                booking.id = format!("{}Room{}", event.id, n + 1);
-                mailboxes[room].events.push(booking);
+                let processing = &users[room].calendar_processing;
+                let id = format!("{}Room{}", event.id, n + 1);
+                if let Some(booking) = crate::booking::room_copy(&event, processing, id) {
+                    mailboxes[room].events.push(booking);
+                    let answer = crate::booking::room_answer(processing, event.created);
+                    let room_addresses = users[room].addresses();
+                    for attendee in &mut event.data.attendees {
+                        if room_addresses.contains(&attendee.email.address.to_ascii_lowercase()) {
+                            attendee.response = answer;
+                        }
+                    }
+                }
             }
             mailboxes[owner].events.push(event);
         }
@@ -647,6 +704,17 @@ fn build_user(
             }
         }
     };
+    // "Note that this cmdlet is effective only on resource mailboxes" (Set-CalendarProcessing).
+    let calendar_processing = match (&spec.calendar_processing, kind) {
+        (None, _) => CalendarProcessing::default(),
+        (Some(processing), MailboxKind::Room) => processing.build(&spec.upn)?,
+        (Some(_), MailboxKind::Person) => {
+            return Err(ScenarioError::Invalid(format!(
+                "user '{}': calendar_processing applies to rooms only ([[rooms]])",
+                spec.upn
+            )))
+        }
+    };
     let local_part = spec.upn.split('@').next().unwrap_or_default().to_string();
     Ok(User {
         id: spec.id.clone().unwrap_or_else(|| random.guid()),
@@ -665,6 +733,7 @@ fn build_user(
         kind,
         has_mailbox: spec.mailbox.unwrap_or(true),
         working_hours,
+        calendar_processing,
     })
 }
 

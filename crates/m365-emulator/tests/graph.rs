@@ -1283,11 +1283,12 @@ async fn a_room_declining_a_meeting_loses_it_and_the_organizers_copy_shows_decli
     let token = harness.token().await;
     let room = "room.1@contoso.example";
     // The scenario's "Weekly sync" is Ada's, with the room among its attendees: the room's
-    // calendar holds the booking under the same iCalUId.
-    let booking = event_with_subject(&harness, &token, room, "Weekly sync").await;
+    // calendar holds the booking under the same iCalUId, with Ada's name for a subject (the
+    // room's default calendar processing), and Ada's copy shows the room's acceptance.
+    let booking = event_with_subject(&harness, &token, room, "Ada Lovelace").await;
     let original = event_with_subject(&harness, &token, "ada@contoso.example", "Weekly sync").await;
     assert_eq!(booking["iCalUId"], original["iCalUId"]);
-    assert_eq!(attendee_status(&original, room)["response"], "none");
+    assert_eq!(attendee_status(&original, room)["response"], "accepted");
     let booking_id = booking["id"].as_str().unwrap_or_default().to_string();
     let original_id = original["id"].as_str().unwrap_or_default().to_string();
     let (seen, room_delta) = delta_round(

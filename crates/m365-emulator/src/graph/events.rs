@@ -157,6 +157,9 @@ pub async fn create(
             .map_err(input_error)?
         };
         super::subscriptions::notify_change(&state, user_index, &change);
+        // The rooms among the attendees answer (`booking.rs`); the response shows the event
+        // as sent, before their answers, as Exchange's does.
+        crate::booking::sync_room_copies(&state, user_index, &item.ical_uid);
         let prefer = parse_prefer(&headers);
         let zone = prefer
             .time_zone
@@ -204,6 +207,7 @@ pub async fn update(
             .map_err(input_error)?
         };
         super::subscriptions::notify_change(&state, user_index, &change);
+        crate::booking::sync_room_copies(&state, user_index, &item.ical_uid);
         let prefer = parse_prefer(&headers);
         let zone = prefer
             .time_zone
@@ -230,12 +234,24 @@ pub async fn delete(
         let caller = authenticate(&state, &headers, "events.delete", Need::CalendarWrite).await?;
         let user_index = resolve_mailbox(&state, &caller, &user_key)?;
         let _slot = enter_mailbox(&state, &caller, user_index).await?;
-        let change = {
+        let (change, ical_uid) = {
             let mut mailbox = lock(&state.mailboxes[user_index]);
-            delete_event(&mut mailbox, &event_id, state.clock.now(), &state.ids)
-                .map_err(input_error)?
+            // Only the organizer's delete is a cancellation.
+            let ical_uid = mailbox
+                .item(&event_id)
+                .filter(|item| {
+                    state.directory.user(&item.data.organizer.address) == Some(user_index)
+                })
+                .map(|item| item.ical_uid);
+            let change = delete_event(&mut mailbox, &event_id, state.clock.now(), &state.ids)
+                .map_err(input_error)?;
+            (change, ical_uid)
         };
         super::subscriptions::notify_change(&state, user_index, &change);
+        // The organizer's delete cancels the meeting for its rooms (`booking.rs`).
+        if let Some(ical_uid) = ical_uid {
+            crate::booking::sync_room_copies(&state, user_index, &ical_uid);
+        }
         Ok::<_, GraphError>(StatusCode::NO_CONTENT.into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)

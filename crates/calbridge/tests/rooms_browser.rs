@@ -581,24 +581,12 @@ async fn rooms_tab_of_a_tenant_without_rooms_says_how_to_make_room_lists() {
         return;
     }
     init_logs();
-    let scenario = tenant_without_rooms("rooms-browser-secret");
-    let at: Timestamp = AT.parse().expect("an instant");
-    let mut emulator_config = EmulatorConfig::scenario(scenario);
-    emulator_config.clock = m365_emulator::Clock::manual(at);
-    let emulator = Emulator::start(emulator_config)
-        .await
-        .expect("the emulator starts");
-    let mut ready = emulator.ready().clone();
-    ready.client_secret = Some("rooms-browser-secret".to_string());
-    let data_dir = tempfile::tempdir().expect("a temp dir");
-    let directory_file = data_dir.path().join("unused.csv");
-    std::fs::write(&directory_file, "address\n").expect("write");
-    let (listener, public_url) = listen(0).await;
-    let mut config = config_for(&ready, data_dir.path(), &public_url, Some(&directory_file));
-    config.directory = vec![rooms_entry()];
-    let running = try_start_service(config, Arc::new(ManualClock::new(at)), listener)
-        .await
-        .expect("the service starts");
+    let (emulator, running, _clock, data_dir) = start_on_scenario(
+        tenant_without_rooms("rooms-browser-secret"),
+        "rooms-browser-secret",
+        |_| {},
+    )
+    .await;
     let api = Api::new(&running);
     let listed = api.get_authorized("/api/v1/rooms").await;
     assert_eq!(listed["rooms"], json!([]), "{listed}");
@@ -635,16 +623,18 @@ async fn rooms_tab_of_a_tenant_without_rooms_says_how_to_make_room_lists() {
     emulator.shutdown().await;
 }
 
-/// The rooms of the check-in test: one checked in on its panel, one nobody checks in.
-const CHECK_IN_ROOM: &str = "room.1@contoso.example";
-const RELEASED_ROOM: &str = "room.2@contoso.example";
-const CHECK_IN_SECRET: &str = "rooms-check-in-secret";
+/// The two rooms of a [`two_rooms`] tenant: Room 1 in Building 1 and Room 2 in Building 2.
+const ROOM_1: &str = "room.1@contoso.example";
+const ROOM_2: &str = "room.2@contoso.example";
+/// The check-in test checks in Room 1's meeting on its panel; nobody checks in Room 2's.
+const CHECK_IN_ROOM: &str = ROOM_1;
+const RELEASED_ROOM: &str = ROOM_2;
+const SCENARIO_SECRET: &str = "rooms-browser-secret";
 
-/// Two rooms, each booked by Ada for a meeting that started a few minutes before the emulator's
-/// clock (the test's instant): the rooms hold Ada's meetings, so that declining them is a
-/// room's answer to its organizer. The app may write calendars (`Calendars.ReadWrite`), as a
-/// release needs.
-fn check_in_scenario() -> m365_emulator::Scenario {
+/// A tenant of Ada and the two rooms, its app granted `roles`, and `events` (scenario
+/// `[[events]]` TOML): Ada's meetings, which the rooms among their attendees hold in their own
+/// calendars too, so that declining one is the room's answer to its organizer.
+fn two_rooms(roles: &[&str], events: &str) -> m365_emulator::Scenario {
     let text = format!(
         r#"
 [[tenants]]
@@ -653,39 +643,74 @@ domains = ["contoso.example"]
 
 [[apps]]
 name = "calbridge"
-roles = ["Calendars.ReadWrite", "User.Read.All", "Place.Read.All"]
-secrets = [{{ value = "{CHECK_IN_SECRET}" }}]
+roles = {roles}
+secrets = [{{ value = "{SCENARIO_SECRET}" }}]
 
 [[users]]
 upn = "ada@contoso.example"
 display_name = "Ada Lovelace"
 
 [[rooms]]
-upn = "{CHECK_IN_ROOM}"
+upn = "{ROOM_1}"
 display_name = "Room 1"
 office_location = "Building 1"
 
 [[rooms]]
-upn = "{RELEASED_ROOM}"
+upn = "{ROOM_2}"
 display_name = "Room 2"
 office_location = "Building 2"
-
-[[events]]
-mailbox = "ada@contoso.example"
-subject = "Stand-up"
-start = "-3m"
-duration = "30m"
-attendees = ["{CHECK_IN_ROOM}"]
-
-[[events]]
-mailbox = "ada@contoso.example"
-subject = "Budget review"
-start = "-2m"
-duration = "40m"
-attendees = ["{RELEASED_ROOM}"]
-"#
+{events}"#,
+        roles = json!(roles),
     );
     m365_emulator::Scenario::from_toml_str(&text).expect("the scenario parses")
+}
+
+/// A `[[events]]` entry of [`two_rooms`]: Ada's meeting `subject` in `room`, from `start`
+/// (relative to the emulator's clock, such as `-3m`) for `duration`.
+fn booking(room: &str, subject: &str, start: &str, duration: &str) -> String {
+    format!(
+        r#"
+[[events]]
+mailbox = "ada@contoso.example"
+subject = "{subject}"
+start = "{start}"
+duration = "{duration}"
+attendees = ["{room}"]
+"#
+    )
+}
+
+/// The emulator serving `scenario` (its app's secret `secret`) and the service following its
+/// rooms, both on a clock at [`AT`] (the service's a [`ManualClock`] the test moves), after
+/// `configure` changed the service's configuration; the temp dir holds the store.
+async fn start_on_scenario(
+    scenario: m365_emulator::Scenario,
+    secret: &str,
+    configure: impl FnOnce(&mut calbridge::config::Config),
+) -> (
+    m365_emulator::RunningEmulator,
+    calbridge::service::RunningService,
+    ManualClock,
+    tempfile::TempDir,
+) {
+    let at: Timestamp = AT.parse().expect("an instant");
+    let mut emulator_config = EmulatorConfig::scenario(scenario);
+    emulator_config.clock = m365_emulator::Clock::manual(at);
+    let emulator = Emulator::start(emulator_config)
+        .await
+        .expect("the emulator starts");
+    let mut ready = emulator.ready().clone();
+    ready.client_secret = Some(secret.to_string());
+    let data_dir = tempfile::tempdir().expect("a temp dir");
+    let unused_file = data_dir.path().join("unused.csv");
+    std::fs::write(&unused_file, "address\n").expect("write");
+    let (listener, public_url) = listen(0).await;
+    let mut config = config_for(&ready, data_dir.path(), &public_url, Some(&unused_file));
+    config.directory = vec![rooms_entry()];
+    configure(&mut config);
+    let clock = ManualClock::new(at);
+    let running = start_service(config, Arc::new(clock.clone()), listener).await;
+    (emulator, running, clock, data_dir)
 }
 
 /// Check-in on (`check_in_minutes = 10`): the panel's button checks the running meeting in (the
@@ -699,24 +724,22 @@ async fn checking_in_on_the_panel_and_a_release_show_on_the_rooms_tab() {
     }
     init_logs();
     let at: Timestamp = AT.parse().expect("an instant");
-    let mut emulator_config = EmulatorConfig::scenario(check_in_scenario());
-    emulator_config.clock = m365_emulator::Clock::manual(at);
-    let emulator = Emulator::start(emulator_config)
-        .await
-        .expect("the emulator starts");
-    let mut ready = emulator.ready().clone();
-    ready.client_secret = Some(CHECK_IN_SECRET.to_string());
-    let data_dir = tempfile::tempdir().expect("a temp dir");
-    let unused_file = data_dir.path().join("unused.csv");
-    std::fs::write(&unused_file, "address\n").expect("write");
-    let (listener, public_url) = listen(0).await;
-    let mut config = config_for(&ready, data_dir.path(), &public_url, Some(&unused_file));
-    config.directory = vec![rooms_entry()];
-    config.presence.show_subject = true;
-    config.rooms.show = calbridge_presence::RoomShow::Subject;
-    config.rooms.check_in_minutes = Some(10);
-    let clock = ManualClock::new(at);
-    let running = start_service(config, Arc::new(clock.clone()), listener).await;
+    // Both rooms' meetings started a few minutes before the test's instant.
+    let scenario = two_rooms(
+        &["Calendars.ReadWrite", "User.Read.All", "Place.Read.All"],
+        &[
+            booking(CHECK_IN_ROOM, "Stand-up", "-3m", "30m"),
+            booking(RELEASED_ROOM, "Budget review", "-2m", "40m"),
+        ]
+        .concat(),
+    );
+    let (emulator, running, clock, data_dir) =
+        start_on_scenario(scenario, SCENARIO_SECRET, |config| {
+            config.presence.show_subject = true;
+            config.rooms.show = calbridge_presence::RoomShow::Subject;
+            config.rooms.check_in_minutes = Some(10);
+        })
+        .await;
     let api = Api::new(&running);
     let base = format!("http://{}", running.address);
 
@@ -944,6 +967,114 @@ async fn checking_in_on_the_panel_and_a_release_show_on_the_rooms_tab() {
     emulator.shutdown().await;
 }
 
+/// `GET /api/v1/rooms?agenda=today` (what the Rooms tab reads, one request for every room's
+/// day): each listed room with the `agenda` its detail has, from the list's one store read; the
+/// list without the option is as before, and another value is refused with the field and the
+/// value it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agenda_today_lists_every_rooms_day_as_its_detail_does() {
+    init_logs();
+    let at: Timestamp = AT.parse().expect("an instant");
+    // Room 1: a meeting running since half an hour ago, one in two hours and one tomorrow (the
+    // stored calendar starts at the first sync, so today's agenda holds the first two);
+    // Room 2: nothing.
+    let events = [
+        booking(ROOM_1, "Running", "-30m", "1h"),
+        booking(ROOM_1, "Later", "+2h", "1h"),
+        booking(ROOM_1, "Tomorrow", "+1d", "1h"),
+    ]
+    .concat();
+    let scenario = two_rooms(
+        &["Calendars.Read", "User.Read.All", "Place.Read.All"],
+        &events,
+    );
+    let (emulator, running, _clock, _data_dir) =
+        start_on_scenario(scenario, SCENARIO_SECRET, |_| {}).await;
+    let api = Api::new(&running);
+
+    let body = wait_for_api(
+        &api,
+        "/api/v1/rooms?agenda=today",
+        "both rooms with a state",
+        |body| every_room_has_a_state(body, 2),
+    )
+    .await;
+    assert_eq!(body["timezone"], "UTC", "{body}");
+    let rooms = rooms_by_address(&body);
+    let day_start: Timestamp = "2026-12-03T00:00:00Z".parse().expect("an instant");
+    let day_end: Timestamp = "2026-12-04T00:00:00Z".parse().expect("an instant");
+    let agenda = &rooms[ROOM_1]["agenda"];
+    assert_eq!(agenda["from"], day_start.to_string(), "{body}");
+    assert_eq!(agenda["to"], day_end.to_string(), "{body}");
+    let starts: Vec<&str> = agenda["meetings"]
+        .as_array()
+        .expect("the meetings")
+        .iter()
+        .filter_map(|meeting| meeting["start"].as_str())
+        .collect();
+    let running_start = (at - SignedDuration::from_mins(30)).to_string();
+    let later_start = (at + SignedDuration::from_hours(2)).to_string();
+    assert_eq!(
+        starts,
+        [running_start.as_str(), later_start.as_str()],
+        "today's two meetings, not tomorrow's: {body}"
+    );
+    assert_eq!(rooms[ROOM_2]["agenda"]["meetings"], json!([]), "{body}");
+    // Each room's agenda is its detail's.
+    for (address, room) in &rooms {
+        let detail = api
+            .get_authorized(&format!("/api/v1/rooms/{address}"))
+            .await;
+        assert_eq!(room["agenda"], detail["agenda"], "{address}: {detail}");
+        assert_eq!(body["timezone"], detail["timezone"], "{address}: {detail}");
+        assert_eq!(room["state"], detail["state"], "{address}: {detail}");
+    }
+
+    // Without the option the list is as before: no agenda, no zone.
+    let plain = api.get_authorized("/api/v1/rooms").await;
+    assert!(plain.get("timezone").is_none(), "{plain}");
+    assert!(
+        rooms_by_address(&plain)
+            .values()
+            .all(|room| room.get("agenda").is_none()),
+        "{plain}"
+    );
+    // With a filter: the rooms it leaves, each with its day.
+    let filtered = api
+        .get_authorized("/api/v1/rooms?building=Building%202&agenda=today")
+        .await;
+    let filtered_rooms = rooms_by_address(&filtered);
+    assert_eq!(
+        filtered_rooms.keys().collect::<Vec<_>>(),
+        [ROOM_2],
+        "{filtered}"
+    );
+    assert_eq!(
+        filtered_rooms[ROOM_2]["agenda"]["from"],
+        day_start.to_string(),
+        "{filtered}"
+    );
+
+    // Another day is refused with the field and the one value it takes.
+    for query in ["agenda=tomorrow", "agenda=", "agenda=TODAY"] {
+        let (status, answer) = api
+            .get(
+                &format!("/api/v1/rooms?{query}"),
+                Some(running.api_token.expose()),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("agenda: unknown variant") && error.contains("expected `today`"),
+            "{query}: the field and its one value: {answer}"
+        );
+    }
+
+    running.shutdown().await;
+    emulator.shutdown().await;
+}
+
 /// `path`'s answer once `done` holds for it; fails after [`PATIENCE`] with the last answer.
 async fn wait_for_api(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = std::time::Instant::now();
@@ -963,22 +1094,23 @@ async fn wait_for_api(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -
 /// `GET /api/v1/rooms` once every room has a state (the first presence of each is decided
 /// shortly after the first sync).
 async fn wait_for_rooms(api: &Api, n_rooms: usize) -> BTreeMap<String, Value> {
-    let started = std::time::Instant::now();
-    loop {
-        let listed = rooms_by_address(&api.get_authorized("/api/v1/rooms").await);
-        if listed.len() == n_rooms
-            && listed
-                .values()
-                .all(|room| room["state"]["note"].is_string())
-        {
-            return listed;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "every room listed with a state: {listed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = wait_for_api(
+        api,
+        "/api/v1/rooms",
+        "every room listed with a state",
+        |body| every_room_has_a_state(body, n_rooms),
+    )
+    .await;
+    rooms_by_address(&body)
+}
+
+/// Whether a rooms list has `n_rooms` rooms, each with its state's note.
+fn every_room_has_a_state(body: &Value, n_rooms: usize) -> bool {
+    let listed = rooms_by_address(body);
+    listed.len() == n_rooms
+        && listed
+            .values()
+            .all(|room| room["state"]["note"].is_string())
 }
 
 /// Opens the admin page with the API token and switches to its Rooms tab.

@@ -967,6 +967,93 @@ async fn checking_in_on_the_panel_and_a_release_show_on_the_rooms_tab() {
     emulator.shutdown().await;
 }
 
+/// A source that may only read calendars (`Calendars.Read`) releases nothing: the meeting stays
+/// booked, and the Rooms tab shows a warning box naming the source with Graph's answer, and the
+/// refused release in its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_may_not_decline_is_a_warning_on_the_rooms_tab() {
+    if !chromium_installed() {
+        return;
+    }
+    init_logs();
+    let at: Timestamp = AT.parse().expect("an instant");
+    let scenario = two_rooms(
+        &["Calendars.Read", "User.Read.All", "Place.Read.All"],
+        &booking(RELEASED_ROOM, "Budget review", "-2m", "40m"),
+    );
+    let (emulator, running, clock, data_dir) =
+        start_on_scenario(scenario, SCENARIO_SECRET, |config| {
+            config.rooms.check_in_minutes = Some(10);
+        })
+        .await;
+    let api = Api::new(&running);
+    let check_ins = running.check_ins.clone().expect("check-in is on");
+    wait_for("the deadline known to the guard", PATIENCE, || {
+        (check_ins.n_waiting() == 1).then_some(())
+    })
+    .await;
+    clock.set(at + SignedDuration::from_mins(8));
+    let listed = wait_for_api(&api, "/api/v1/rooms", "the refusal", |body| {
+        body["check_in"]["refused_by"]
+            .as_array()
+            .is_some_and(|refused| !refused.is_empty())
+    })
+    .await;
+    let refusal = &listed["check_in"]["refused_by"][0];
+    assert_eq!(refusal["source"], SOURCE, "{listed}");
+    let error = refusal["error"].as_str().expect("the source's answer");
+    assert_eq!(
+        rooms_by_address(&listed)[RELEASED_ROOM]["state"]["occupied"],
+        true,
+        "still booked: {listed}"
+    );
+
+    let driver = ChromeDriver::start(data_dir.path()).await;
+    let session = Session::open(&driver, data_dir.path(), 1400, 900).await;
+    open_rooms_tab(&session, &running).await;
+    let shown = session
+        .wait_until(
+            "the warning and the refused release",
+            "return {
+                badges: Object.fromEntries(Array.from(document.querySelectorAll('#rooms .room[data-room]')).map(card => [card.dataset.room, (card.querySelector('[data-col=check-in]') || {}).textContent || null])),
+                warnings: Array.from(document.querySelectorAll('#check-in-refusals [data-refused-by]')).map(box => ({
+                    source: box.dataset.refusedBy, text: box.textContent, visible: box.offsetParent !== null })),
+                rows: Array.from(document.querySelectorAll('#check-in-rows tr[data-room]')).map(row => ({
+                    room: row.dataset.room, state: row.dataset.state,
+                    cells: Array.from(row.cells).map(cell => cell.textContent) })) };",
+            BROWSER_PATIENCE,
+            |shown| {
+                shown["warnings"].as_array().is_some_and(|boxes| boxes.len() == 1)
+                    && shown["rows"].as_array().is_some_and(|rows| rows.len() == 1)
+            },
+        )
+        .await;
+    let warning = &shown["warnings"][0];
+    assert_eq!(warning["source"], SOURCE, "{shown}");
+    assert_eq!(warning["visible"], true, "{shown}");
+    let text = warning["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("Source {SOURCE} releases nothing"))
+            && text.contains("Calendars.ReadWrite")
+            && text.contains(error),
+        "the source, the fix and its answer: {shown}"
+    );
+    // The meeting is still booked and may still be checked in.
+    assert_eq!(
+        shown["badges"][RELEASED_ROOM], "check-in open, not released",
+        "{shown}"
+    );
+    let row = &shown["rows"][0];
+    assert_eq!(row["room"], RELEASED_ROOM, "{shown}");
+    assert_eq!(row["state"], "release_failed", "{shown}");
+    assert_eq!(row["cells"][3], "release refused", "{shown}");
+
+    session.close().await;
+    driver.kill();
+    running.shutdown().await;
+    emulator.shutdown().await;
+}
+
 /// `GET /api/v1/rooms?agenda=today` (what the Rooms tab reads, one request for every room's
 /// day): each listed room with the `agenda` its detail has, from the list's one store read; the
 /// list without the option is as before, and another value is refused with the field and the

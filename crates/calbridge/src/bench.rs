@@ -7,9 +7,11 @@
 //! `bench-emulator`) so that the memory measured is the service's alone.
 //!
 //! With `--store`, [`stores`] compares one instance on SQLite with several on PostgreSQL,
-//! each instance a process of its own.
+//! each instance a process of its own; with `--rooms N`, [`rooms`] times the rooms API's
+//! "which room is free" over N rooms.
 
 mod directory;
+mod rooms;
 pub mod slapd;
 mod stores;
 
@@ -102,6 +104,11 @@ pub struct BenchArgs {
     /// Page size of `--directory ldap`'s paged search.
     #[arg(long, default_value_t = 500)]
     pub page_size: u32,
+    /// Measure the rooms API instead: the service follows this many rooms (five buildings,
+    /// booked around now), and "a free room for 8 people for the next 30 minutes in building
+    /// 2" is checked against the calendars at Graph, then timed over HTTP.
+    #[arg(long)]
+    pub rooms: Option<usize>,
     /// Print only the rows (used for the fresh process each row of `--source both` runs in).
     #[arg(long, hide = true)]
     pub rows_only: bool,
@@ -167,6 +174,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(store) = args.store {
         return stores::run(&args, store).await;
+    }
+    if let Some(rooms_count) = args.rooms {
+        return rooms::run(rooms_count).await;
     }
     let kinds = args.source.kinds();
     let ews = kinds.iter().any(|kind| kind.starts_with("ews"));

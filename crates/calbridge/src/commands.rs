@@ -382,6 +382,25 @@ pub fn demo_config(
     let mut config = Config::default();
     config.store.path = Some(data_dir.join("calbridge.sqlite"));
     config.api.public_url = Some(public_url.to_string());
+    let source = demo_source(ready)?;
+    let id = source.id.clone();
+    config.sources.push(source);
+    config.directory.push(DirectoryConfig {
+        group_id: Some(
+            ready
+                .group_id
+                .clone()
+                .context("the generated organisation has no group")?,
+        ),
+        refresh_seconds: 300,
+        ..DirectoryConfig::new(id)
+    });
+    Ok(config)
+}
+
+/// The Graph source `demo` on the emulator `ready`: its app's client secret, the emulator's
+/// authority and Graph, and its CA.
+pub fn demo_source(ready: &m365_emulator::ReadyInfo) -> anyhow::Result<SourceConfig> {
     let mut graph = GraphSourceConfig::new(
         ready.tenant_id.clone(),
         ready.client_id.clone(),
@@ -397,24 +416,12 @@ pub fn demo_config(
     // The emulator checks the audience like Entra ID does: ask for Graph's real resource.
     graph.token_scope = Some("https://graph.microsoft.com/.default".to_string());
     graph.extra_root_ca = Some(ready.ca_cert.clone());
-    let source = SourceId("demo".to_string());
-    config.sources.push(SourceConfig {
-        id: source.clone(),
+    Ok(SourceConfig {
+        id: SourceId("demo".to_string()),
         secret_expires_on: None,
         graph: Some(graph),
         ews: None,
-    });
-    config.directory.push(DirectoryConfig {
-        group_id: Some(
-            ready
-                .group_id
-                .clone()
-                .context("the generated organisation has no group")?,
-        ),
-        refresh_seconds: 300,
-        ..DirectoryConfig::new(source)
-    });
-    Ok(config)
+    })
 }
 
 /// An EWS source on the emulator's on-premises side, as an administrator would set it up: the

@@ -8,30 +8,10 @@
 
 mod common;
 
-use std::time::Duration;
+use common::bench;
 
 use calbridge_store::scratch::server_url_from_env;
 use sqlx::Connection;
-
-/// Runs `calbridge bench …` and returns (success, stdout, stderr).
-async fn bench(arguments: &[&str]) -> (bool, String, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
-            .arg("bench")
-            .args(arguments)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the benchmark ends within 180 s")
-    .expect("calbridge runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// The benchmark's databases on the server (it names them `calbridge_bench_…`).
 async fn bench_databases(server: &str) -> Vec<String> {

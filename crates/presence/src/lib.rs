@@ -15,6 +15,6 @@ pub use decide::{decide, timeline, Activity, AppointmentSummary, Decision, Reaso
 pub use locale::{Language, Locale};
 pub use room::{
     check_in_candidate, check_in_meetings, room_agenda, room_free_between, room_state,
-    CheckInMeeting, RoomMeeting, RoomShow, RoomState,
+    CheckInMeeting, RoomFilter, RoomMeeting, RoomShow, RoomState,
 };
 pub use rules::{Category, Keyword, MappedPresence, Mapping, Rules, SubjectVisibility};

@@ -246,6 +246,65 @@ pub fn room_free_between(
         .all(|booking| booking.end <= from || booking.start >= to)
 }
 
+/// A room search: "a free room for 8 people for the next 30 minutes in building B". Every
+/// filter is optional; a room passes when it passes all that are set. Pure, so that the API
+/// and the benchmark (`cargo bench -p calbridge-presence --bench rooms`) run the same code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomFilter {
+    /// The building, compared without regard to case or surrounding spaces.
+    pub building: Option<String>,
+    pub floor: Option<i32>,
+    /// At least this many seats (a room whose capacity is unknown does not pass).
+    pub min_capacity: Option<u32>,
+    /// Free now (`true`) or occupied now (`false`).
+    pub free_now: Option<bool>,
+    /// Free for the whole of `[from, to)`.
+    pub free_between: Option<(Timestamp, Timestamp)>,
+}
+
+impl RoomFilter {
+    /// Whether the room's details pass (building, floor, seats): no calendar needed, so a
+    /// search looks at the calendars of these rooms only.
+    pub fn details_match(&self, room: &calbridge_domain::RoomInfo) -> bool {
+        let building = self.building.as_deref().is_none_or(|wanted| {
+            room.building
+                .as_deref()
+                .is_some_and(|building| building.trim().eq_ignore_ascii_case(wanted.trim()))
+        });
+        let floor = self
+            .floor
+            .is_none_or(|floor| room.floor_number == Some(floor));
+        let seats = self
+            .min_capacity
+            .is_none_or(|seats| room.capacity.is_some_and(|capacity| capacity >= seats));
+        building && floor && seats
+    }
+
+    /// The room's state at `now` when the room passes every filter, else `None`.
+    pub fn select(
+        &self,
+        room: &calbridge_domain::RoomInfo,
+        appointments: &[Appointment],
+        show: RoomShow,
+        locale: &Locale,
+        now: Timestamp,
+    ) -> Option<RoomState> {
+        if !self.details_match(room) {
+            return None;
+        }
+        if let Some((from, to)) = self.free_between {
+            if !room_free_between(appointments, locale, from, to) {
+                return None;
+            }
+        }
+        let state = room_state(appointments, show, locale, now);
+        if self.free_now.is_some_and(|free| free == state.occupied) {
+            return None;
+        }
+        Some(state)
+    }
+}
+
 /// A room meeting under `[rooms] check_in_minutes`: released at `deadline` (start + N minutes)
 /// unless someone checked it in.
 #[derive(Debug, Clone, PartialEq, Eq)]

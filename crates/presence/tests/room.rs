@@ -4,7 +4,7 @@
 mod common;
 
 use calbridge_domain::ShowAs;
-use calbridge_presence::{room_free_between, room_state, Language, RoomShow};
+use calbridge_presence::{room_free_between, room_state, Language, RoomFilter, RoomShow};
 use common::*;
 use jiff::Timestamp;
 use proptest::prelude::*;
@@ -146,6 +146,185 @@ fn the_policy_names_the_meeting_and_each_language_has_its_words() {
         at("2026-12-06T20:00"),
     );
     assert_eq!(evening.note, "Frei bis 07.12.2026 09:00");
+}
+
+fn room(
+    address: &str,
+    building: &str,
+    floor: i32,
+    capacity: Option<u32>,
+) -> calbridge_domain::RoomInfo {
+    calbridge_domain::RoomInfo {
+        building: Some(building.to_string()),
+        floor_number: Some(floor),
+        capacity,
+        ..calbridge_domain::RoomInfo::new(calbridge_domain::MailboxAddress::parse(address).unwrap())
+    }
+}
+
+#[test]
+fn a_room_search_passes_rooms_that_pass_every_filter_set() {
+    let english = locale(Language::En);
+    let b2 = room("b2.1@contoso.example", "Building B", 2, Some(8));
+    let unknown_seats = room("b2.2@contoso.example", "Building B", 2, None);
+    let search = RoomFilter {
+        building: Some(" building b ".to_string()),
+        min_capacity: Some(8),
+        free_between: Some((at("2026-12-07T10:30"), at("2026-12-07T11:00"))),
+        ..RoomFilter::default()
+    };
+    // Free 10:30–13:00 in `day()`: passes, with its state at 10:40.
+    let state = search
+        .select(
+            &b2,
+            &day(),
+            RoomShow::Reserved,
+            &english,
+            at("2026-12-07T10:40"),
+        )
+        .expect("free for the half hour");
+    assert!(!state.occupied);
+    assert!(search.details_match(&b2));
+    assert!(
+        !search.details_match(&unknown_seats),
+        "unknown capacity is not enough seats"
+    );
+    // 10:00–10:30 is the private meeting: not free.
+    let earlier = RoomFilter {
+        free_between: Some((at("2026-12-07T10:00"), at("2026-12-07T10:30"))),
+        ..search.clone()
+    };
+    assert!(earlier
+        .select(
+            &b2,
+            &day(),
+            RoomShow::Reserved,
+            &english,
+            at("2026-12-07T10:40")
+        )
+        .is_none());
+    for (filter, passes) in [
+        (
+            RoomFilter {
+                floor: Some(3),
+                ..RoomFilter::default()
+            },
+            false,
+        ),
+        (
+            RoomFilter {
+                floor: Some(2),
+                ..RoomFilter::default()
+            },
+            true,
+        ),
+        (
+            RoomFilter {
+                building: Some("Building A".to_string()),
+                ..RoomFilter::default()
+            },
+            false,
+        ),
+        (
+            RoomFilter {
+                min_capacity: Some(9),
+                ..RoomFilter::default()
+            },
+            false,
+        ),
+        (
+            RoomFilter {
+                free_now: Some(false),
+                ..RoomFilter::default()
+            },
+            false,
+        ),
+        (
+            RoomFilter {
+                free_now: Some(true),
+                ..RoomFilter::default()
+            },
+            true,
+        ),
+    ] {
+        assert_eq!(
+            filter
+                .select(
+                    &b2,
+                    &day(),
+                    RoomShow::Reserved,
+                    &english,
+                    at("2026-12-07T10:40")
+                )
+                .is_some(),
+            passes,
+            "{filter:?}"
+        );
+    }
+}
+
+proptest! {
+    /// A search over a generated building answers what minute-by-minute inspection of every
+    /// room's calendar answers.
+    #[test]
+    fn a_room_search_equals_looking_at_every_minute(
+        rooms in proptest::collection::vec(
+            (0usize..3, 0i32..4, proptest::option::of(2u32..20),
+             proptest::collection::vec((0u32..40, 1u32..8, any::<bool>()), 0..6)),
+            1..12,
+        ),
+        building in 0usize..3,
+        seats in proptest::option::of(2u32..20),
+        from_step in 0u32..100,
+        minutes in 1u32..180,
+        free_now in proptest::option::of(any::<bool>()),
+    ) {
+        let english = locale(Language::En);
+        let clock = |minutes: u32| at("2026-12-07T08:00") + jiff::SignedDuration::from_mins(i64::from(minutes));
+        let from = clock(from_step * 5);
+        let to = from + jiff::SignedDuration::from_mins(i64::from(minutes));
+        let now = from;
+        let search = RoomFilter {
+            building: Some(format!("Building {building}")),
+            min_capacity: seats,
+            free_between: Some((from, to)),
+            free_now,
+            ..RoomFilter::default()
+        };
+        for (index, (in_building, floor, capacity, meetings)) in rooms.iter().enumerate() {
+            let info = room(&format!("room.{index}@contoso.example"), &format!("building {in_building}"), *floor, *capacity);
+            let spans: Vec<(u32, u32, bool)> = meetings
+                .iter()
+                .map(|(start, length, free)| (start * 15, start * 15 + length * 15, *free))
+                .collect();
+            let appointments: Vec<_> = spans
+                .iter()
+                .enumerate()
+                .map(|(n, (start, end, free))| {
+                    let mut appointment = timed(&format!("m{n}"), "Meeting", "2026-12-07T08:00", "2026-12-07T09:00", if *free { ShowAs::Free } else { ShowAs::Busy });
+                    appointment.time = calbridge_domain::AppointmentTime::Timed { start: clock(*start), end: clock(*end) };
+                    appointment
+                })
+                .collect();
+            let held_at = |minute: Timestamp| spans.iter().any(|(start, end, free)| !free && clock(*start) <= minute && minute < clock(*end));
+            let mut minute = from;
+            let mut free_throughout = true;
+            while minute < to {
+                free_throughout &= !held_at(minute);
+                minute += jiff::SignedDuration::from_mins(1);
+            }
+            let seats_enough =
+                seats.is_none_or(|seats| capacity.is_some_and(|capacity| capacity >= seats));
+            let expected = *in_building == building
+                && seats_enough
+                && free_throughout
+                && free_now.is_none_or(|free| free != held_at(now));
+            prop_assert_eq!(
+                search.select(&info, &appointments, RoomShow::Reserved, &english, now).is_some(),
+                expected
+            );
+        }
+    }
 }
 
 proptest! {

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use calbridge_domain::{MailboxAddress, RoomInfo};
-use calbridge_presence::{room_agenda, room_free_between, room_state, RoomMeeting, RoomState};
+use calbridge_presence::{room_agenda, room_state, RoomFilter, RoomMeeting, RoomState};
 use calbridge_store::{PersonKey, RoomCheckIn};
 
 use crate::check_in::CheckInError;
@@ -148,31 +148,19 @@ pub async fn list(
         Ok(records) => records,
         Err(response) => return response,
     };
+    let search = RoomFilter {
+        building: query.building.clone(),
+        floor: query.floor,
+        min_capacity: query.min_capacity,
+        free_now: query.free_now,
+        free_between: span,
+    };
     let mut listed = Vec::new();
     for (key, room, appointments) in &rooms {
-        let building_matches = query.building.as_deref().is_none_or(|wanted| {
-            room.building
-                .as_deref()
-                .is_some_and(|building| building.eq_ignore_ascii_case(wanted.trim()))
-        });
-        let floor_matches = query
-            .floor
-            .is_none_or(|floor| room.floor_number == Some(floor));
-        let seats_enough = query
-            .min_capacity
-            .is_none_or(|seats| room.capacity.is_some_and(|capacity| capacity >= seats));
-        if !(building_matches && floor_matches && seats_enough) {
+        let Some(room_now) = search.select(room, appointments, state.room_show, &locale, now)
+        else {
             continue;
-        }
-        let room_now = room_state(appointments, state.room_show, &locale, now);
-        if query.free_now.is_some_and(|free| free == room_now.occupied) {
-            continue;
-        }
-        if let Some((from, to)) = span {
-            if !room_free_between(appointments, &locale, from, to) {
-                continue;
-            }
-        }
+        };
         let mut body = room_json(key, room, &room_now);
         body["check_in"] = check_in_json(&state, appointments, records.get(key), now);
         if query.agenda == Some(AgendaDay::Today) {

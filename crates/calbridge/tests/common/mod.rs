@@ -561,3 +561,24 @@ pub fn tenant_without_rooms(secret: &str) -> m365_emulator::Scenario {
     }))
     .expect("a scenario")
 }
+
+/// Runs `calbridge bench …` (the binary) and returns (success, stdout, stderr); fails the test
+/// when it takes more than 180 s.
+pub async fn bench(arguments: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_calbridge"))
+            .arg("bench")
+            .args(arguments)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the benchmark ends within 180 s")
+    .expect("calbridge runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

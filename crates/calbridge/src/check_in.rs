@@ -95,6 +95,8 @@ pub struct CheckIns {
     rooms: tokio::sync::Mutex<Rooms>,
     due_changed: Notify,
     refusals: Mutex<HashMap<SourceId, Refusal>>,
+    /// Rooms whose meeting was just checked in, released or refused, for the live stream.
+    recorded: tokio::sync::broadcast::Sender<PersonKey>,
     pub counters: CheckInCounters,
 }
 
@@ -138,8 +140,15 @@ impl CheckIns {
             rooms: tokio::sync::Mutex::default(),
             due_changed: Notify::new(),
             refusals: Mutex::default(),
+            recorded: tokio::sync::broadcast::channel(64).0,
             counters: CheckInCounters::default(),
         })
+    }
+
+    /// Rooms as their meeting is checked in, released or refused here (the live stream sends
+    /// each as a `room` event, so an open admin page shows it at once).
+    pub fn subscribe_records(&self) -> tokio::sync::broadcast::Receiver<PersonKey> {
+        self.recorded.subscribe()
     }
 
     pub fn minutes(&self) -> u32 {
@@ -240,6 +249,8 @@ impl CheckIns {
             });
         }
         self.counters.check_ins.fetch_add(1, Ordering::Relaxed);
+        // Nobody listening is fine.
+        let _ = self.recorded.send(room.clone());
         tracing::info!(
             room = %room.address,
             meeting_start = %meeting.start,
@@ -463,6 +474,7 @@ impl CheckIns {
                 self.hub.refresh(room).await;
                 lock(&self.refusals).remove(&room.source);
                 self.counters.released.fetch_add(1, Ordering::Relaxed);
+                let _ = self.recorded.send(room.clone());
                 tracing::info!(
                     room = %room.address,
                     source = %room.source,
@@ -484,6 +496,7 @@ impl CheckIns {
                 self.counters
                     .release_failures
                     .fetch_add(1, Ordering::Relaxed);
+                let _ = self.recorded.send(room.clone());
                 let first = lock(&self.refusals)
                     .insert(
                         room.source.clone(),

@@ -20,6 +20,7 @@ use calbridge::clock::ManualClock;
 use calbridge::config::DirectoryConfig;
 use calbridge_domain::SourceId;
 use common::browser::{chromium_installed, png_size, ChromeDriver, Session};
+use common::sse::EventStream;
 use common::*;
 use jiff::{SignedDuration, Timestamp};
 use m365_emulator::{Emulator, EmulatorConfig};
@@ -804,7 +805,22 @@ async fn checking_in_on_the_panel_and_a_release_show_on_the_rooms_tab() {
     let png = session.screenshot().await;
     save_screenshot(&png, "room-panel-check-in.png", 1280, 800);
 
+    // The live stream says so too, as the room's state with its check-in (an open admin page
+    // shows it at once).
+    let mut stream = EventStream::connect(&base, running.api_token.expose()).await;
     session.click("#checkin").await;
+    let event = stream
+        .wait_for(
+            "the room event of the check-in",
+            BROWSER_PATIENCE,
+            |event| {
+                event.name == "room"
+                    && event.data["address"] == CHECK_IN_ROOM
+                    && event.data["check_in"]["checked_in"] == true
+            },
+        )
+        .await;
+    assert_eq!(event.data["check_in"]["open"], false, "{:?}", event.data);
     let shown = session
         .wait_until(
             "the meeting checked in on the panel",

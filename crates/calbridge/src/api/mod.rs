@@ -933,6 +933,7 @@ async fn stream(State(state): State<Arc<ApiState>>) -> Response {
             "too many live streams are open: close one, or raise [api] max_streams",
         );
     };
+    let records_state = state.clone();
     let changes = BroadcastStream::new(state.hub.subscribe_stream())
         .then(move |item| {
             // The permit lives as long as the stream: dropped with it when the client goes.
@@ -961,6 +962,25 @@ async fn stream(State(state): State<Arc<ApiState>>) -> Response {
             }
         })
         .flatten();
+    // A room's check-in, release or refused release comes as the room's state too (no presence
+    // changes with a check-in).
+    let records = records_state
+        .check_ins
+        .as_ref()
+        .map(|check_ins| check_ins.subscribe_records());
+    let room_records = futures_util::stream::iter(records)
+        .flat_map(BroadcastStream::new)
+        .filter_map(|item| async move { item.ok() })
+        .then(move |room| {
+            let state = records_state.clone();
+            async move {
+                rooms::room_event(&state, &room).await.map(|body| {
+                    Ok::<_, Infallible>(Event::default().event("room").data(body.to_string()))
+                })
+            }
+        })
+        .filter_map(|event| async move { event });
+    let changes = futures_util::stream::select(changes, room_records);
     Sse::new(changes)
         .keep_alive(KeepAlive::default())
         .into_response()

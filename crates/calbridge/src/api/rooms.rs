@@ -266,8 +266,9 @@ pub struct RoomKeys {
 
 const ROOMS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The `room` event of the live stream for a presence change of `person`, when `person` is a
-/// room: the room with its state now, as `GET /api/v1/rooms` lists it.
+/// The `room` event of the live stream for a presence change of `person`, or a check-in or
+/// release in `person`'s calendar, when `person` is a room: the room with its state now (and
+/// its `check_in` when check-in is on), as `GET /api/v1/rooms` lists it.
 pub async fn room_event(state: &ApiState, person: &PersonKey) -> Option<Value> {
     let room = {
         let mut cache = state.room_keys.lock().await;
@@ -286,11 +287,18 @@ pub async fn room_event(state: &ApiState, person: &PersonKey) -> Option<Value> {
     let appointments = state.store.load_appointments(person).await.ok()?;
     let locale = state.hub.locale();
     let now = state.clock.now();
-    Some(room_json(
+    let mut body = room_json(
         person,
         &room,
         &room_state(&appointments, state.room_show, &locale, now),
-    ))
+    );
+    if state.check_ins.is_some() {
+        // As the list shows it; a store that does not answer leaves it out of this event.
+        if let Ok(records) = check_in_records(state, now).await {
+            body["check_in"] = check_in_json(state, &appointments, records.get(person), now);
+        }
+    }
+    Some(body)
 }
 
 /// The check-in records of every room's meetings of the last day, by room (none when

@@ -109,6 +109,11 @@ pub struct BenchArgs {
     /// 2" is checked against the calendars at Graph, then timed over HTTP.
     #[arg(long)]
     pub rooms: Option<usize>,
+    /// One JSON object per row, with every column (`source`, `users`, `presence_right_s`,
+    /// `first_sync_s`, `requests_per_user`, `notify_p99_ms`, `cpu_ms_per_person`,
+    /// `rss_peak_mb`, `rss_steady_mb`, …), instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// Print only the rows (used for the fresh process each row of `--source both` runs in).
     #[arg(long, hide = true)]
     pub rows_only: bool,
@@ -148,10 +153,78 @@ fn resident_memory_bytes() -> Option<u64> {
 
 /// `VmRSS` of `/proc/{process}/status` (`self` or a process id).
 fn resident_memory_bytes_at(process: &str) -> Option<u64> {
+    status_kilobytes(process, "VmRSS:").map(|kilobytes| kilobytes * 1024)
+}
+
+/// A `kB` field of `/proc/{process}/status`.
+fn status_kilobytes(process: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user and system) this process has used so far, from `getrusage`.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the pointer it is given, which points to
+    // memory of that type and size owned by this frame.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return f64::NAN;
+        }
+        usage.assume_init()
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1_000_000.0;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The process's figures around one first sync: CPU time, peak and steady resident memory.
+/// The emulator runs in a child process, so all of them are calbridge's own.
+struct ProcessMeter {
+    started: Instant,
+    cpu_before: f64,
+    rss_before: u64,
+}
+
+/// What [`ProcessMeter::first_sync_done`] measured.
+struct ProcessFigures {
+    cpu_seconds: f64,
+    /// `VmHWM` from the meter's start (the peak is reset then) to the end of the first sync.
+    rss_peak: u64,
+    /// `VmRSS` once the first sync is over, its garbage given back and two seconds passed.
+    rss_steady: u64,
+}
+
+impl ProcessMeter {
+    /// Starts measuring: resets the peak resident size (`echo 5 > /proc/self/clear_refs`, so
+    /// that `VmHWM` is this first sync's, not the process's earlier rows').
+    fn start() -> ProcessMeter {
+        if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+            eprintln!("(cannot reset the peak resident size: rss_peak is the process's)");
+        }
+        ProcessMeter {
+            started: Instant::now(),
+            cpu_before: cpu_seconds(),
+            rss_before: resident_memory_bytes().unwrap_or(0),
+        }
+    }
+
+    fn elapsed_seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// At the end of the first sync: the CPU it took, the peak, then the steady size.
+    async fn first_sync_done(&self) -> ProcessFigures {
+        let cpu_seconds = cpu_seconds() - self.cpu_before;
+        let rss_peak = status_kilobytes("self", "VmHWM:").map_or(0, |kilobytes| kilobytes * 1024);
+        crate::memory::release_free_memory();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ProcessFigures {
+            cpu_seconds,
+            rss_peak,
+            rss_steady: resident_memory_bytes().unwrap_or(0),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
@@ -180,7 +253,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let kinds = args.source.kinds();
     let ews = kinds.iter().any(|kind| kind.starts_with("ews"));
-    if !args.rows_only {
+    if !args.rows_only && !args.json {
         println!(
             "calbridge bench: emulator with Graph throttling (4 concurrent per mailbox, 10,000 per 10 min) and {} ms latency per request",
             args.latency_ms
@@ -194,15 +267,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("(each row runs in a fresh process, so that one row's memory does not hide the next one's)");
         }
         println!(
-            "{:>7} {:>7} {:>11} {:>14} {:>12} {:>12} {:>13} {:>13} {:>14} {:>12}",
+            "{:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>10} {:>10} {:>11} {:>9} {:>11} {:>12} {:>10}",
             "source",
             "users",
             "emulator s",
+            "presence s",
             "first sync s",
             "requests",
             "req/user",
-            "notify p50 ms",
-            "notify p99 ms",
+            "notify p50",
+            "notify p99",
+            "CPU ms/pers",
+            "RSS peak",
+            "RSS steady",
             "RSS MB/1000",
             "throttled"
         );
@@ -223,31 +300,62 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             _ => bench_ews(users, &args, WindowRead::FreeBusy).await,
         };
         let row = row.with_context(|| format!("{kind} benchmark with {users} users"))?;
-        println!(
-            "{:>7} {:>7} {:>11.2} {:>14.2} {:>12} {:>12.3} {:>13.1} {:>13.1} {:>14.2} {:>12}",
-            kind,
-            users,
-            row.emulator_start_seconds,
-            row.first_sync_seconds,
-            row.requests,
-            row.requests as f64 / users as f64,
-            row.notify_p50_ms,
-            row.notify_p99_ms,
-            row.rss_mb_per_1000,
-            row.throttled
-                .map_or_else(|| "-".to_string(), |count| count.to_string())
-        );
+        print_row(kind, &row, args.json)?;
     }
     Ok(())
 }
 
+/// Prints a row as a line of the table, or as one JSON object with `--json`.
+fn print_row(kind: &str, row: &Row, json: bool) -> anyhow::Result<()> {
+    if json {
+        let mut object = serde_json::to_value(row)?;
+        object["source"] = serde_json::json!(kind);
+        println!("{object}");
+        return Ok(());
+    }
+    println!(
+        "{:>7} {:>7} {:>10.2} {:>10.2} {:>12.2} {:>9} {:>9.3} {:>10.1} {:>10.1} {:>11.3} {:>9.1} {:>11.1} {:>12.2} {:>10}",
+        kind,
+        row.users,
+        row.emulator_start_s,
+        row.presence_right_s,
+        row.first_sync_s,
+        row.requests,
+        row.requests_per_user,
+        row.notify_p50_ms,
+        row.notify_p99_ms,
+        row.cpu_ms_per_person,
+        row.rss_peak_mb,
+        row.rss_steady_mb,
+        row.rss_mb_per_1000,
+        row.throttled
+            .map_or_else(|| "-".to_string(), |count| count.to_string())
+    );
+    Ok(())
+}
+
+/// One row of the table, and of `--json` (one object per row, with `source` added).
+#[derive(serde::Serialize)]
 struct Row {
+    users: usize,
     /// From starting the emulator child until its ready line: generating the organisation.
-    emulator_start_seconds: f64,
-    first_sync_seconds: f64,
+    emulator_start_s: f64,
+    /// From the service's start until every window of the first sync is read: everyone's
+    /// presence is right from then on.
+    presence_right_s: f64,
+    /// Until every subscription is in place (EWS: and its streams open).
+    first_sync_s: f64,
     requests: u64,
+    requests_per_user: f64,
     notify_p50_ms: f64,
     notify_p99_ms: f64,
+    /// calbridge's own CPU time (user and system, `getrusage`) in the first sync, per person.
+    cpu_ms_per_person: f64,
+    /// The process's peak resident size during the first sync (`VmHWM`).
+    rss_peak_mb: f64,
+    /// The resident size after the first sync, its garbage given back and 2 s passed.
+    rss_steady_mb: f64,
+    /// (steady − before the start) per 1,000 people.
     rss_mb_per_1000: f64,
     /// Throttled answers the source counted (Graph's 429s); None where it keeps no count.
     throttled: Option<u64>,
@@ -275,6 +383,7 @@ async fn bench_in_child(kind: &str, users: usize, args: &BenchArgs) -> anyhow::R
             "--seed",
             &args.seed.to_string(),
         ])
+        .args(args.json.then_some("--json"))
         .kill_on_drop(true)
         .status()
         .await
@@ -327,9 +436,8 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let public_url = format!("http://{}", listener.local_addr()?);
     let config = demo_config(&ready, &data_dir, &public_url)?;
-    let rss_before = resident_memory_bytes().unwrap_or(0);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let started = Instant::now();
+    let meter = ProcessMeter::start();
     let running = service::start(
         config,
         ServiceOptions {
@@ -338,8 +446,17 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         },
     )
     .await?;
-    running.first_sync_done().await;
-    let first_sync_seconds = started.elapsed().as_secs_f64();
+    let (presence_right_seconds, first_sync_seconds) = tokio::join!(
+        async {
+            running.first_windows_read().await;
+            meter.elapsed_seconds()
+        },
+        async {
+            running.first_sync_done().await;
+            meter.elapsed_seconds()
+        }
+    );
+    let figures = meter.first_sync_done().await;
     let sync = running
         .syncs
         .values()
@@ -348,7 +465,6 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
         .clone();
     let counters = sync.source.graph.counters();
     let requests = counters.requests_sent + counters.token_requests;
-    let rss_after = resident_memory_bytes().unwrap_or(0);
     let people = running.hub.n_people();
     if people < users {
         bail!("only {people} of {users} people have presence after the first sync");
@@ -372,10 +488,11 @@ async fn bench_one(users: usize, args: &BenchArgs) -> anyhow::Result<Row> {
     let measured = Measured {
         users,
         emulator_start_seconds,
+        presence_right_seconds,
         first_sync_seconds,
         requests,
-        rss_before,
-        rss_after,
+        rss_before: meter.rss_before,
+        figures,
         latencies,
     };
     Ok(finish(running, child, &data_dir, measured, Some(throttled)).await)
@@ -485,9 +602,8 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
     config.directory.push(directory);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let rss_before = resident_memory_bytes().unwrap_or(0);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let started = Instant::now();
+    let meter = ProcessMeter::start();
     let running = service::start(
         config,
         ServiceOptions {
@@ -496,7 +612,13 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
         },
     )
     .await?;
-    running.first_sync_done().await;
+    let (presence_right_seconds, ()) = tokio::join!(
+        async {
+            running.first_windows_read().await;
+            meter.elapsed_seconds()
+        },
+        running.first_sync_done()
+    );
     let sync = running
         .ews_syncs
         .values()
@@ -524,9 +646,9 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(if subscribed { 20 } else { 100 })).await;
     }
-    let first_sync_seconds = started.elapsed().as_secs_f64();
+    let first_sync_seconds = meter.elapsed_seconds();
+    let figures = meter.first_sync_done().await;
     let requests = sync.source.ews.requests_sent();
-    let rss_after = resident_memory_bytes().unwrap_or(0);
     let people = running.hub.n_people();
     if people < users {
         bail!("only {people} of {users} people have presence after the first sync");
@@ -545,10 +667,11 @@ async fn bench_ews(users: usize, args: &BenchArgs, read: WindowRead) -> anyhow::
     let measured = Measured {
         users,
         emulator_start_seconds,
+        presence_right_seconds,
         first_sync_seconds,
         requests,
-        rss_before,
-        rss_after,
+        rss_before: meter.rss_before,
+        figures,
         latencies,
     };
     Ok(finish(running, child, &data_dir, measured, None).await)
@@ -586,10 +709,11 @@ fn format_graph(instant: Timestamp) -> String {
 struct Measured {
     users: usize,
     emulator_start_seconds: f64,
+    presence_right_seconds: f64,
     first_sync_seconds: f64,
     requests: u64,
     rss_before: u64,
-    rss_after: u64,
+    figures: ProcessFigures,
     latencies: Vec<f64>,
 }
 
@@ -609,15 +733,26 @@ async fn finish(
     }
     drop(child);
     let _ = std::fs::remove_dir_all(data_dir);
+    let users = measured.users as f64;
+    let megabytes = |bytes: u64| bytes as f64 / 1_048_576.0;
     Row {
-        emulator_start_seconds: measured.emulator_start_seconds,
-        first_sync_seconds: measured.first_sync_seconds,
+        users: measured.users,
+        emulator_start_s: measured.emulator_start_seconds,
+        presence_right_s: measured.presence_right_seconds,
+        first_sync_s: measured.first_sync_seconds,
         requests: measured.requests,
+        requests_per_user: measured.requests as f64 / users,
         notify_p50_ms: percentile(&measured.latencies, 0.50),
         notify_p99_ms: percentile(&measured.latencies, 0.99),
-        rss_mb_per_1000: (measured.rss_after.saturating_sub(measured.rss_before)) as f64
-            / 1_048_576.0
-            / (measured.users as f64 / 1000.0),
+        cpu_ms_per_person: measured.figures.cpu_seconds * 1000.0 / users,
+        rss_peak_mb: megabytes(measured.figures.rss_peak),
+        rss_steady_mb: megabytes(measured.figures.rss_steady),
+        rss_mb_per_1000: megabytes(
+            measured
+                .figures
+                .rss_steady
+                .saturating_sub(measured.rss_before),
+        ) / (users / 1000.0),
         throttled,
     }
 }

@@ -125,22 +125,30 @@ impl RunningService {
     /// Waits until every source finished its first sync (resolution, window reads,
     /// subscriptions).
     pub async fn first_sync_done(&self) {
+        self.first_sync_reached(|progress| &progress.finished).await;
+    }
+
+    /// Waits until every source read every window of its first sync: presence is right for
+    /// everyone from then on, while subscriptions may still be in the making.
+    pub async fn first_windows_read(&self) {
+        self.first_sync_reached(|progress| &progress.windows_read)
+            .await;
+    }
+
+    async fn first_sync_reached(
+        &self,
+        flag: impl Fn(&crate::sync::engine::Progress) -> &std::sync::atomic::AtomicBool,
+    ) {
+        let reached = |progress: &crate::sync::engine::Progress| {
+            flag(progress).load(std::sync::atomic::Ordering::Relaxed)
+        };
         loop {
-            let ews_finished = self.ews_syncs.values().all(|sync| {
-                sync.progress
-                    .finished
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            });
-            let finished = ews_finished
-                && self.syncs.values().all(|sync| {
-                    sync.progress
-                        .finished
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                });
-            if finished {
+            if self.ews_syncs.values().all(|sync| reached(&sync.progress))
+                && self.syncs.values().all(|sync| reached(&sync.progress))
+            {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Progress {
     pub total: AtomicUsize,
     pub done: AtomicUsize,
     pub failed: AtomicUsize,
+    /// Every window of the first sync is read (or failed): presence is right from here on;
+    /// subscriptions may still be in the making (a later delta covers the gap).
+    pub windows_read: AtomicBool,
     pub finished: AtomicBool,
 }
 
@@ -792,6 +795,9 @@ impl<S: CalendarSource> Engine<S> {
         self.resolve(&to_resolve).await;
         let resolved = started.elapsed();
         self.read_windows(&to_read, progress).await;
+        if let Some(progress) = progress {
+            progress.windows_read.store(true, Ordering::Relaxed);
+        }
         let read = started.elapsed();
         let everyone: Vec<PersonKey> = people.into_iter().map(|person| person.key).collect();
         let n_people = everyone.len();

@@ -210,6 +210,20 @@ pub trait Store: Send + Sync {
 
     /// A person's sync state; the default (nothing synced yet) when none was saved.
     async fn get_sync_state(&self, key: &PersonKey) -> Result<SyncState, StoreError>;
+    /// The saved sync states of every person of `source` who has one, in one read: a start
+    /// restores 10,000 people's states from this instead of 10,000 reads. The default reads
+    /// each person's.
+    async fn sync_states_of_source(
+        &self,
+        source: &SourceId,
+    ) -> Result<HashMap<PersonKey, SyncState>, StoreError> {
+        let mut states = HashMap::new();
+        for person in self.list_people_of_source(source).await? {
+            let state = self.get_sync_state(&person.key).await?;
+            states.insert(person.key, state);
+        }
+        Ok(states)
+    }
     /// The person of `source` whose saved sync state holds `subscription_id`, if any: how an
     /// instance that did not make a subscription finds whom its notification is about.
     async fn person_with_subscription(

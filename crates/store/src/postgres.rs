@@ -1122,6 +1122,32 @@ impl Store for PostgresStore {
         decode_sync_state(&row, key, &self.key)
     }
 
+    async fn sync_states_of_source(
+        &self,
+        source: &SourceId,
+    ) -> Result<HashMap<PersonKey, SyncState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.source_id, p.address, s.delta_link, s.subscription_id, \
+             s.subscription_expires_at, s.client_state_sealed, s.last_full_sync_at, \
+             s.last_delta_at, s.last_error, s.last_error_at, s.consecutive_failures, \
+             s.window_start, s.window_end \
+             FROM sync_state s JOIN people p ON p.id = s.person_id WHERE p.source_id = $1",
+        )
+        .bind(&source.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| {
+            StoreError::database(format!("read the sync states of source {source}"), error)
+        })?;
+        let mut states = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key = decode_person_key(row, "source_id", "address")?;
+            let state = decode_sync_state(row, &key, &self.key)?;
+            states.insert(key, state);
+        }
+        Ok(states)
+    }
+
     async fn person_with_subscription(
         &self,
         source: &SourceId,

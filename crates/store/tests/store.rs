@@ -1125,7 +1125,67 @@ async fn a_room_meeting_s_first_record_wins_and_a_failed_release_gives_way(backe
         .is_empty());
 }
 
+async fn a_source_s_sync_states_read_at_once_are_what_each_person_s_read_says(backend: Backend) {
+    let alice = person("tenant-a", "alice@example.com");
+    let bob = person("tenant-a", "bob@example.com");
+    let carol = person("tenant-a", "carol@example.com");
+    let other = person("tenant-b", "alice@example.com");
+    let store = store_with(&backend, &alice).await;
+    for key in [&bob, &carol, &other] {
+        add(&*store, key).await;
+    }
+    store
+        .replace_appointments(
+            &alice,
+            at("2026-06-01T00:00:00Z"),
+            at("2026-06-03T00:00:00Z"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    for (key, subscription) in [(&alice, "sub-a"), (&bob, "sub-b"), (&other, "sub-other")] {
+        let state = SyncState {
+            delta_link: Some(format!("https://graph.example/delta?{subscription}")),
+            subscription_id: Some(subscription.to_string()),
+            client_state: Some(Secret::new("client-state-shared-secret")),
+            consecutive_failures: 1,
+            ..SyncState::default()
+        };
+        store.set_sync_state(key, &state).await.unwrap();
+    }
+    let states = store
+        .sync_states_of_source(&SourceId("tenant-a".to_string()))
+        .await
+        .unwrap();
+    // Carol has none saved: absent, which means the default, as her own read says.
+    assert_eq!(
+        states
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [alice.clone(), bob.clone()].into_iter().collect()
+    );
+    for key in [&alice, &bob] {
+        assert_eq!(
+            states[key],
+            store.get_sync_state(key).await.unwrap(),
+            "{key}"
+        );
+    }
+    assert!(states[&alice].appointment_window.is_some());
+    assert_eq!(
+        store.get_sync_state(&carol).await.unwrap(),
+        SyncState::default()
+    );
+    assert!(store
+        .sync_states_of_source(&SourceId("tenant-c".to_string()))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 on_each_backend!(
+    a_source_s_sync_states_read_at_once_are_what_each_person_s_read_says,
     a_room_meeting_s_first_record_wins_and_a_failed_release_gives_way,
     rooms_keep_their_details_are_replaced_per_source_and_go_with_their_person,
     sip_publications_are_saved_replaced_removed_and_listed_while_they_live,

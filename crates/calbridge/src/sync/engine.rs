@@ -721,17 +721,19 @@ impl<S: CalendarSource> Engine<S> {
             let zone = locale.zone.zone();
             calbridge_domain::start_of_day(zone.to_datetime(self.clock.now()).date(), zone)
         };
+        // Everyone's saved sync state in one read, not one read per person.
+        let mut saved_states = match self.store.sync_states_of_source(&self.source_id).await {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::warn!(source = %self.source_id, "cannot read the sync states, syncing everyone anew: {error}");
+                HashMap::new()
+            }
+        };
         let mut to_read = Vec::new();
         let mut to_resolve = Vec::new();
         let mut to_catch_up = Vec::new();
         for person in &people {
-            let state = match self.store.get_sync_state(&person.key).await {
-                Ok(state) => state,
-                Err(error) => {
-                    tracing::warn!(person = %person.key, "cannot read the sync state: {error}");
-                    calbridge_store::SyncState::default()
-                }
-            };
+            let state = saved_states.remove(&person.key).unwrap_or_default();
             let mut health = PersonHealth {
                 last_full_sync_at: state.last_full_sync_at,
                 last_delta_at: state.last_delta_at,
@@ -788,6 +790,7 @@ impl<S: CalendarSource> Engine<S> {
             }
         }
         drop(stored_appointments);
+        drop(saved_states);
         if let Some(progress) = progress {
             progress.total.store(to_read.len(), Ordering::Relaxed);
         }

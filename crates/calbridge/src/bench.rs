@@ -8,8 +8,10 @@
 //!
 //! With `--store`, [`stores`] compares one instance on SQLite with several on PostgreSQL,
 //! each instance a process of its own; with `--rooms N`, [`rooms`] times the rooms API's
-//! "which room is free" over N rooms.
+//! "which room is free" over N rooms; with `--api`, [`api`] the requests per second the API
+//! answers.
 
+mod api;
 mod directory;
 mod rooms;
 pub mod slapd;
@@ -109,6 +111,10 @@ pub struct BenchArgs {
     /// 2" is checked against the calendars at Graph, then timed over HTTP.
     #[arg(long)]
     pub rooms: Option<usize>,
+    /// Measure the API instead: requests per second for `GET /api/v1/users` and one person's
+    /// presence, with `--users` people (default 200 here) and the clients in this process.
+    #[arg(long)]
+    pub api: bool,
     /// One JSON object per row, with every column (`source`, `users`, `presence_right_s`,
     /// `first_sync_s`, `requests_per_user`, `notify_p99_ms`, `cpu_ms_per_person`,
     /// `rss_peak_mb`, `rss_steady_mb`, …), instead of the table.
@@ -250,6 +256,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(rooms_count) = args.rooms {
         return rooms::run(rooms_count).await;
+    }
+    if args.api {
+        // `--users` keeps its default for the calendar rows; the API's is 200.
+        let users = if args.users == [1000, 10000] {
+            200
+        } else {
+            args.users.first().copied().unwrap_or(200)
+        };
+        return api::run(users, args.seed).await;
     }
     let kinds = args.source.kinds();
     let ews = kinds.iter().any(|kind| kind.starts_with("ews"));

@@ -62,3 +62,25 @@ async fn every_row_is_one_json_object_with_every_column() {
         assert!(row["requests"].as_u64().is_some_and(|n| n > 0), "{row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_benchmark_times_the_list_and_one_presence() {
+    let (success, stdout, stderr) = bench(&["--api", "--users", "20"]).await;
+    assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for row in [
+        "GET /api/v1/users (",
+        "GET /api/v1/users/{address}/presence",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(row))
+            .unwrap_or_else(|| panic!("no row '{row}' in:\n{stdout}"));
+        let per_second: f64 = line
+            .split_whitespace()
+            .rev()
+            .nth(3)
+            .and_then(|figure| figure.parse().ok())
+            .unwrap_or_else(|| panic!("requests/s in: {line}"));
+        assert!(per_second > 0.0, "{line}");
+    }
+}
